@@ -1,0 +1,47 @@
+"""jq: the quantization toolkit for JAX.
+
+Post-training quantization with calibration, quantization-aware training in ordinary optax loops, Pallas
+GPU kernels, ONNX Q/DQ export for TensorRT and a Q/DQ placement autotuner. The public API::
+
+    import jq
+    qm = jq.quantize(params, apply_fn, jq.NVFP4_DEFAULT_CFG, calib_data=batches)
+    y = qm.apply(qm.params, x)
+    jq.print_quant_summary(qm)
+"""
+
+from jq import numerics, presets, trace
+from jq.config import Algorithm, BlockSizes, QuantConfig, QuantizerSpec, as_config
+from jq.fake_quant import fake_quant, jq_fake_quant_p
+from jq.presets import (
+    FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG,
+    FP8_DEFAULT_CFG,
+    FP8_KV_CFG,
+    FP8_PER_CHANNEL_PER_TOKEN_CFG,
+    INT4_AWQ_CFG,
+    INT4_BLOCKWISE_WEIGHT_ONLY_CFG,
+    INT8_DEFAULT_CFG,
+    INT8_SMOOTHQUANT_CFG,
+    INT8_WEIGHT_ONLY_CFG,
+    MXFP4_DEFAULT_CFG,
+    MXFP8_DEFAULT_CFG,
+    MXINT8_DEFAULT_CFG,
+    NVFP4_AWQ_LITE_CFG,
+    NVFP4_DEFAULT_CFG,
+    NVFP4_KV_CFG,
+    W4A8_AWQ_BETA_CFG,
+    W4A16_NVFP4_CFG,
+    get_preset,
+    merge_presets,
+)
+from jq.quantize import (
+    QuantizedModel,
+    calibrate,
+    disable_quantizer,
+    enable_quantizer,
+    fold_weights,
+    print_quant_summary,
+    quant_summary,
+    quantize,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""NVFP4: E2M1 values with one E4M3 scale per 16-element block and an FP32 per-tensor scale.
+
+With ``amax`` the per-tensor absolute maximum (calibrated or computed) and ``amax_b`` that of a block::
+
+    gs   = amax / 2688                      (2688 = 6 * 448; gs = 1 when amax = 0)
+    r    = amax_b / (6 * gs);  r = 1 where r == 0
+    s_b  = e4m3(clamp(r, 2^-9, 448)) * gs   (the E4M3 block scale times the global scale)
+    q    = E2M1(x / s_b)                    (ties to even, saturating at 6)
+    y    = q * s_b
+
+Blocks run along the last axis (1D, 16 elements) or over 16x16 tiles of the last two axes (2D, for
+weights, as TransformerEngine's recipe). Partial blocks are zero-padded. An all-zero tensor gives zeros.
+Export scales: ``weight_scale = e4m3(r)`` per block, ``weight_scale_2 = gs``; activations ``input_scale = gs``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jq.numerics.blocks import BlockLayout
+from jq.numerics.rounding import E2M1, E4M3, round_to_minifloat, stochastic_round_to_minifloat
+
+__all__ = [
+    "NVFP4_BLOCK_SIZE",
+    "NVFP4_AMAX_DIVISOR",
+    "nvfp4_layout",
+    "nvfp4_global_scale",
+    "nvfp4_block_scale",
+    "nvfp4_quantize",
+    "nvfp4_dequantize",
+    "nvfp4_fake_quant",
+]
+
+NVFP4_BLOCK_SIZE = 16
+NVFP4_AMAX_DIVISOR = 6.0 * 448.0  # E2M1 max times E4M3 max
+MIN_BLOCK_SCALE = 2.0**-9  # smallest positive E4M3 (subnormal)
+
+
+def nvfp4_layout(shape, two_d: bool = False, block_size: int = NVFP4_BLOCK_SIZE) -> BlockLayout:
+    """1D blocks along the last axis, or ``block_size``-square tiles over the last two axes."""
+    sizes = {-1: block_size, -2: block_size} if two_d else {-1: block_size}
+    return BlockLayout.create(shape, sizes)
+
+
+def nvfp4_global_scale(amax: jax.Array) -> jax.Array:
+    """``amax / 2688`` in float32; 1 where ``amax == 0`` so an all-zero tensor quantizes to zeros."""
+    amax = jnp.asarray(amax, jnp.float32)
+    return jnp.where(amax > 0, amax / NVFP4_AMAX_DIVISOR, 1.0)
+
+
+def nvfp4_block_scale(block_amax: jax.Array, global_scale: jax.Array) -> jax.Array:
+    """E4M3 block scales (float32 values on the E4M3 grid): ``e4m3(clamp(amax_b / (6 gs), 2^-9, 448))``."""
+    r = block_amax.astype(jnp.float32) / (6.0 * global_scale)
+    r = jnp.where(r == 0, 1.0, r)
+    return round_to_minifloat(jnp.clip(r, MIN_BLOCK_SCALE, E4M3.max_value), E4M3)
+
+
+def nvfp4_quantize(
+    x: jax.Array,
+    amax: jax.Array | None = None,
+    *,
+    two_d: bool = False,
+    block_size: int = NVFP4_BLOCK_SIZE,
+    random_bits: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, BlockLayout]:
+    """Quantize to E2M1 values (float32 on the grid), E4M3 block scales and the global scale.
+
+    Args:
+      x: input of any float dtype; blocks along the last axis (or last two with ``two_d``).
+      amax: per-tensor amax (a scalar, or broadcastable per leading batch); computed from ``x`` when None.
+      two_d: 16x16 tiles instead of 1x16 rows.
+      random_bits: uint8 (or wider) array of ``x``'s shape for stochastic rounding; round-to-nearest-even if None.
+
+    Returns:
+      ``(q_blocked, block_scale, global_scale, layout)`` where ``q_blocked`` has ``layout.blocked_shape`` and
+      ``block_scale`` broadcasts against it.
+    """
+    layout = nvfp4_layout(x.shape, two_d, block_size)
+    if amax is None:
+        amax = jnp.max(jnp.abs(x.astype(jnp.float32)))
+    gs = nvfp4_global_scale(amax)
+    scale_e4m3 = nvfp4_block_scale(layout.block_amax(x), gs)
+    xb = layout.split(x).astype(jnp.float32)
+    scaled = xb / (scale_e4m3 * gs)
+    if random_bits is None:
+        q = round_to_minifloat(scaled, E2M1)
+    else:
+        q = stochastic_round_to_minifloat(scaled, E2M1, layout.split(random_bits))
+    return q, scale_e4m3, gs, layout
+
+
+def nvfp4_dequantize(q_blocked, block_scale, global_scale, layout: BlockLayout, dtype=jnp.float32) -> jax.Array:
+    """``q * (block_scale * global_scale)`` merged back to the original shape."""
+    return layout.merge(q_blocked * (block_scale * global_scale)).astype(dtype)
+
+
+def nvfp4_fake_quant(
+    x: jax.Array,
+    amax: jax.Array | None = None,
+    *,
+    two_d: bool = False,
+    block_size: int = NVFP4_BLOCK_SIZE,
+    random_bits: jax.Array | None = None,
+) -> jax.Array:
+    """NVFP4 quantize-dequantize in one expression; returns ``x.dtype``.
+
+    Example:
+      >>> x = jnp.linspace(-1, 1, 32)
+      >>> y = nvfp4_fake_quant(x)
+      >>> bool(jnp.all(jnp.abs(y - x) <= 0.25))
+      True
+    """
+    q, s, gs, layout = nvfp4_quantize(x, amax, two_d=two_d, block_size=block_size, random_bits=random_bits)
+    return nvfp4_dequantize(q, s, gs, layout, x.dtype)

@@ -1,0 +1,111 @@
+"""Rounding rules shared by every format: round-half-to-even onto minifloat grids, stochastic rounding.
+
+All functions compute in float32 and never rely on a narrow cast (``astype(float8_*)``): XLA deletes
+``f32 -> f8 -> f32`` round trips on GPU unless ``--xla_allow_excess_precision=false``, and turns overflow
+into NaN on CPU but saturates on GPU. Rounding with ``frexp``/``ldexp`` and ``round`` is exact in float32
+and gives the same bits on every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "MinifloatFormat",
+    "E4M3",
+    "E5M2",
+    "E2M1",
+    "round_half_even",
+    "round_to_minifloat",
+    "stochastic_round_to_minifloat",
+    "minifloat_floor_ceil",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class MinifloatFormat:
+    """A small float format without infinities, as used for quantized values.
+
+    Attributes:
+      name: e.g. ``"e4m3"``.
+      exponent_bits, mantissa_bits: field widths.
+      min_exponent: exponent of the smallest normal number (``1 - bias``); subnormals share it.
+      max_value: the largest finite magnitude (448 for E4M3FN, 57344 for E5M2, 6 for E2M1).
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    min_exponent: int
+    max_value: float
+
+    @property
+    def min_subnormal(self) -> float:
+        """Smallest positive value: ``2^(min_exponent - mantissa_bits)``."""
+        return 2.0 ** (self.min_exponent - self.mantissa_bits)
+
+
+E4M3 = MinifloatFormat("e4m3", 4, 3, -6, 448.0)  # OCP E4M3FN: no inf, max 448
+E5M2 = MinifloatFormat("e5m2", 5, 2, -14, 57344.0)  # IEEE-like E5M2, max finite 57344
+E2M1 = MinifloatFormat("e2m1", 2, 1, 0, 6.0)  # grid {0, .5, 1, 1.5, 2, 3, 4, 6}
+
+
+def round_half_even(x: jax.Array) -> jax.Array:
+    """Round to the nearest integer, ties to even (``jnp.round`` semantics, spelled out)."""
+    return jnp.round(x)
+
+
+def _ulp_exponent(a: jax.Array, fmt: MinifloatFormat) -> jax.Array:
+    """Exponent of one unit in the last place of ``fmt`` at magnitude ``a`` (subnormals included)."""
+    _, e = jnp.frexp(a)  # a = m * 2^e with m in [0.5, 1): floor(log2 a) = e - 1
+    return jnp.maximum(e - 1, fmt.min_exponent) - fmt.mantissa_bits
+
+
+def round_to_minifloat(x: jax.Array, fmt: MinifloatFormat) -> jax.Array:
+    """Round float32 ``x`` to the nearest value of ``fmt``, ties to even, saturating at ``fmt.max_value``.
+
+    ``q = sign(x) * min(round_half_even(|x| / ulp) * ulp, max)`` with ``ulp = 2^(max(floor(log2|x|), emin) - m)``.
+    The division by a power of two and the multiplication back are exact, so this is the IEEE
+    round-to-nearest-even conversion to ``fmt`` followed by saturation. NaN stays NaN.
+
+    Example:
+      >>> round_to_minifloat(jnp.array([2.5, 5.0, 7.0]), E2M1)   # ties to even, saturate at 6
+      Array([2., 4., 6.], dtype=float32)
+    """
+    x = jnp.asarray(x, jnp.float32)
+    a = jnp.minimum(jnp.abs(x), fmt.max_value)  # clamp first: never rely on overflow behaviour
+    k = _ulp_exponent(a, fmt)
+    q = jnp.ldexp(round_half_even(jnp.ldexp(a, -k)), k)
+    q = jnp.minimum(q, fmt.max_value)
+    return jnp.where(jnp.isnan(x), x, jnp.copysign(q, x))
+
+
+def minifloat_floor_ceil(a: jax.Array, fmt: MinifloatFormat) -> tuple[jax.Array, jax.Array]:
+    """The two grid points of ``fmt`` around non-negative ``a`` (equal when ``a`` is on the grid)."""
+    a = jnp.minimum(jnp.asarray(a, jnp.float32), fmt.max_value)
+    k = _ulp_exponent(a, fmt)
+    scaled = jnp.ldexp(a, -k)
+    lo = jnp.ldexp(jnp.floor(scaled), k)
+    hi = jnp.minimum(jnp.ldexp(jnp.ceil(scaled), k), fmt.max_value)
+    return lo, hi
+
+
+def stochastic_round_to_minifloat(x: jax.Array, fmt: MinifloatFormat, random_bits: jax.Array) -> jax.Array:
+    """Stochastic rounding onto ``fmt``: round up with probability equal to the distance from the lower point.
+
+    ``random_bits`` are unsigned integers of any width (uint8 suffices for E2M1, as TransformerEngine uses);
+    they are turned into a uniform ``u`` in [0, 1) and ``|x|`` rounds up when ``u < (|x| - lo) / (hi - lo)``.
+    The expectation of the result equals ``x`` for ``|x| <= max_value``.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    bits = jnp.iinfo(random_bits.dtype).bits
+    u = random_bits.astype(jnp.float32) * (2.0**-bits)
+    a = jnp.abs(x)
+    lo, hi = minifloat_floor_ceil(a, fmt)
+    gap = hi - lo
+    frac = jnp.where(gap > 0, (jnp.minimum(a, fmt.max_value) - lo) / jnp.where(gap > 0, gap, 1.0), 0.0)
+    q = jnp.where(u < frac, hi, lo)
+    return jnp.where(jnp.isnan(x), x, jnp.copysign(q, x))

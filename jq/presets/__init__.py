@@ -1,0 +1,124 @@
+"""ModelOpt's named presets, with the same names, formats and meaning (ModelOpt 0.4x ``config.py``).
+
+Each preset is a plain ModelOpt-form dict (``{"quant_cfg": ..., "algorithm": ...}``) so that ModelOpt's
+recipes for customising them work unchanged::
+
+    cfg = copy.deepcopy(jq.INT4_AWQ_CFG)
+    cfg["quant_cfg"]["*lm_head*"] = {"enable": False}
+
+Every preset starts by disabling everything (``"default"``) and ends with the standard exclusions
+(lm_head, routers and MoE gates, output layers, embeddings, norms). KV-cache presets are fragments meant to
+be merged into a main preset with :func:`merge_presets`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+__all__ = [
+    "DEFAULT_DISABLED_QUANTIZER_CFG",
+    "INT8_DEFAULT_CFG",
+    "INT8_SMOOTHQUANT_CFG",
+    "INT8_WEIGHT_ONLY_CFG",
+    "FP8_DEFAULT_CFG",
+    "FP8_PER_CHANNEL_PER_TOKEN_CFG",
+    "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
+    "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
+    "INT4_AWQ_CFG",
+    "W4A8_AWQ_BETA_CFG",
+    "NVFP4_DEFAULT_CFG",
+    "NVFP4_AWQ_LITE_CFG",
+    "W4A16_NVFP4_CFG",
+    "MXFP8_DEFAULT_CFG",
+    "MXFP4_DEFAULT_CFG",
+    "MXINT8_DEFAULT_CFG",
+    "FP8_KV_CFG",
+    "NVFP4_KV_CFG",
+    "PRESETS",
+    "get_preset",
+    "merge_presets",
+]
+
+DEFAULT_DISABLED_QUANTIZER_CFG = {
+    "*lm_head*": {"enable": False},
+    "*proj_out.*": {"enable": False},  # Whisper's lm_head
+    "*block_sparse_moe.gate*": {"enable": False},  # MoE routers
+    "*router*": {"enable": False},
+    "*mlp.gate.*": {"enable": False},
+    "*mlp.shared_expert_gate.*": {"enable": False},
+    "*output_layer*": {"enable": False},
+    "output.*": {"enable": False},
+    "*embed*": {"enable": False},  # embeddings (ModelOpt: quantizers under nn.Embedding parents)
+    "*norm*": {"enable": False},  # norms (ModelOpt: nn.BatchNorm*/LayerNorm parents)
+    "default": {"enable": False},
+}
+
+_NVFP4 = {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "dynamic", "scale_bits": (4, 3)}, "axis": None,
+          "enable": True}
+
+
+def _mx(bits):
+    return {"num_bits": bits, "block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)}, "enable": True}
+
+
+def _preset(weight, inp, algorithm):
+    return {"quant_cfg": {"*weight_quantizer": weight, "*input_quantizer": inp, **DEFAULT_DISABLED_QUANTIZER_CFG},
+            "algorithm": algorithm}
+
+
+_OFF = {"enable": False}
+INT8_DEFAULT_CFG = _preset({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "max")
+INT8_SMOOTHQUANT_CFG = _preset({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "smoothquant")
+INT8_WEIGHT_ONLY_CFG = _preset({"num_bits": 8, "axis": 0}, _OFF, "max")
+FP8_DEFAULT_CFG = _preset({"num_bits": (4, 3), "axis": None}, {"num_bits": (4, 3), "axis": None}, "max")
+FP8_PER_CHANNEL_PER_TOKEN_CFG = _preset(
+    {"num_bits": (4, 3), "axis": 0}, {"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}}, "max")
+FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG = _preset(
+    {"num_bits": (4, 3), "block_sizes": {-1: 128, -2: 128}, "enable": True}, _OFF, "max")
+INT4_BLOCKWISE_WEIGHT_ONLY_CFG = _preset({"num_bits": 4, "block_sizes": {-1: 128}, "enable": True}, _OFF, "max")
+INT4_AWQ_CFG = _preset({"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True}, _OFF,
+                       {"method": "awq_lite", "alpha_step": 0.1})
+W4A8_AWQ_BETA_CFG = _preset(
+    [{"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True},
+     {"num_bits": (4, 3), "axis": None, "enable": True}],
+    {"num_bits": (4, 3), "axis": None, "enable": True}, "awq_lite")
+NVFP4_DEFAULT_CFG = _preset(_NVFP4, _NVFP4, "max")
+NVFP4_AWQ_LITE_CFG = _preset(_NVFP4, _NVFP4, "awq_lite")
+W4A16_NVFP4_CFG = _preset(_NVFP4, _OFF, "max")
+MXFP8_DEFAULT_CFG = _preset(_mx((4, 3)), _mx((4, 3)), None)
+MXFP4_DEFAULT_CFG = _preset(_mx((2, 1)), _mx((2, 1)), None)
+MXINT8_DEFAULT_CFG = _preset(_mx(8), _mx(8), None)
+FP8_KV_CFG = {"quant_cfg": {"*[kv]_bmm_quantizer": {"num_bits": (4, 3), "axis": None, "enable": True},
+                            "default": {"enable": False}}, "algorithm": "max"}
+NVFP4_KV_CFG = {"quant_cfg": {"*[kv]_bmm_quantizer": dict(_NVFP4), "default": {"enable": False}}, "algorithm": "max"}
+
+PRESETS = {
+    name: globals()[name]
+    for name in __all__
+    if name.endswith("_CFG") and name != "DEFAULT_DISABLED_QUANTIZER_CFG"
+}
+
+
+def get_preset(name: str) -> dict:
+    """A deep copy of the preset called ``name`` (case-insensitive; ``_CFG`` suffix optional)."""
+    key = name.upper()
+    key = key if key.endswith("_CFG") else key + "_CFG"
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[key])
+
+
+def merge_presets(main: dict, *fragments: dict) -> dict:
+    """Add fragments (e.g. ``FP8_KV_CFG``) to a main preset: their entries, minus ``default``, are appended.
+
+    Example:
+      >>> cfg = merge_presets(FP8_DEFAULT_CFG, FP8_KV_CFG)
+      >>> cfg["quant_cfg"]["*[kv]_bmm_quantizer"]["num_bits"]
+      (4, 3)
+    """
+    out = copy.deepcopy(main)
+    for frag in fragments:
+        for k, v in frag["quant_cfg"].items():
+            if k != "default":
+                out["quant_cfg"][k] = copy.deepcopy(v)
+    return out
