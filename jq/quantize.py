@@ -244,7 +244,7 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
         collect_weights = {n for n, s in traced.quantizers.items()
                            if s.is_weight and not isinstance(s.sites[0].weight, ParamOrigin)}
         outs, st = _collector(qm, key, traced, collect_weights)(flat)
-        bad = sorted(k for k, (_, fin) in st.items() if not bool(fin))
+        bad = sorted(k for k, (_, fin) in st.items() if not bool(jnp.all(fin)))
         if bad:
             raise ValueError(f"calibration batch {n_batches[0]} has NaN or inf values reaching quantizer(s) "
                              f"{bad}; clean the data (or the model) before calibrating")

@@ -19,7 +19,7 @@ from jq import numerics as nx
 from jq.config import QuantizerSpec
 from jq.numerics.blocks import BlockLayout, normalize_axes
 
-__all__ = ["CanonicalView", "amax_shape", "compute_amax", "fake_quant_reference", "clip_mask", "needs_amax",
+__all__ = ["CanonicalView", "block_layout", "broadcastable_amax", "amax_shape", "compute_amax", "fake_quant_reference", "clip_mask", "needs_amax",
            "hadamard_rotate"]
 
 
@@ -71,7 +71,7 @@ def _spec_axes(spec_axes, ndim: int, batch: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _block_layout(spec: QuantizerSpec, shape: Sequence[int], batch: int) -> BlockLayout:
+def block_layout(spec: QuantizerSpec, shape: Sequence[int], batch: int) -> BlockLayout:
     sizes = {}
     for a, size in spec.block_sizes.sizes:
         (ax,) = _spec_axes(a, len(shape), batch)
@@ -110,7 +110,7 @@ def compute_amax(x: jax.Array, spec: QuantizerSpec, batch: int = 0) -> jax.Array
     if spec.kind == "nvfp4" or (spec.axis is None and spec.block_sizes is None):
         return nx.reduce_amax(x, batch_axes if batch else None)
     if spec.block_sizes is not None:
-        layout = _block_layout(spec, x.shape, batch)
+        layout = block_layout(spec, x.shape, batch)
         return layout.squeeze_stats(layout.block_amax(x))
     keep = batch_axes + _spec_axes(spec.axis, x.ndim, batch)
     return nx.reduce_amax(x, keep)
@@ -169,7 +169,7 @@ def fake_quant_reference(
         return nx.fp8_fake_quant(v, a, spec.fp8_name)
 
     if spec.block_sizes is not None:
-        layout = _block_layout(spec, x.shape, batch)
+        layout = block_layout(spec, x.shape, batch)
         if amax is None:
             block_amax = layout.block_amax(x)
         else:
@@ -178,10 +178,10 @@ def fake_quant_reference(
     if amax is None:
         amax = nx.reduce_amax(x, tuple(range(batch)) + _spec_axes(spec.axis, x.ndim, batch)
                               if (batch or spec.axis is not None) else None)
-    return apply(x, _broadcastable(amax, x.ndim))
+    return apply(x, broadcastable_amax(amax, x.ndim))
 
 
-def _broadcastable(amax: jax.Array, ndim: int) -> jax.Array:
+def broadcastable_amax(amax: jax.Array, ndim: int) -> jax.Array:
     amax = jnp.asarray(amax, jnp.float32)
     if amax.ndim and amax.ndim < ndim:  # per-batch amax stored squeezed: append singleton axes
         amax = amax.reshape(amax.shape + (1,) * (ndim - amax.ndim))
@@ -197,10 +197,10 @@ def clip_mask(x: jax.Array, spec: QuantizerSpec, amax: jax.Array | None, batch: 
     if amax is None or spec.kind in ("mxfp8", "mxfp4", "mxint8"):
         return None
     if spec.kind != "nvfp4" and spec.block_sizes is not None:
-        layout = _block_layout(spec, x.shape, batch)
+        layout = block_layout(spec, x.shape, batch)
         bound = layout.merge(jnp.broadcast_to(layout.expand_stats(amax), layout.blocked_shape))
         return jnp.abs(x) <= bound
-    return jnp.abs(x) <= _broadcastable(amax, x.ndim)
+    return jnp.abs(x) <= broadcastable_amax(amax, x.ndim)
 
 
 def normalize_keep_axes(axes, ndim):  # re-exported helper for callers that validate spec axes

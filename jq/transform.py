@@ -303,7 +303,7 @@ class Evaluator:
         def f(*a):
             qs = jax.tree_util.tree_unflatten(q_def, a[n:])
             st: dict | None = {} if want_stats else None
-            outs = self.eval_jaxpr(inner, consts, list(a[:n]), path + (0,), {**qstate, **qs}, st)
+            outs = tuple(self.eval_jaxpr(inner, consts, list(a[:n]), path + (0,), {**qstate, **qs}, st))
             if not want_stats:
                 return outs
             st = {k: (None if am is None else lax.pmax(am, axes), lax.pmin(fin.astype(jnp.int32), axes) > 0)

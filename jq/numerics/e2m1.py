@@ -17,24 +17,26 @@ E2M1_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], np.float32)
 E2M1_VALUES = np.concatenate([E2M1_GRID, -E2M1_GRID])  # value of each code 0..15 (code 8 is -0)
 
 
-def e2m1_encode(q: jax.Array) -> jax.Array:
+def e2m1_encode(q: jax.Array, negative: jax.Array | None = None) -> jax.Array:
     """Codes (uint8 in 0..15) of values that already lie on the E2M1 grid.
 
-    The grid index is ``2|q|`` below 2, ``|q| + 2`` for 2 and 3, 6 for 4 and 7 for 6. A negative zero
-    encodes as code 0, as in ModelOpt (the sign bit is ``q < 0``).
+    The grid index is ``2|q|`` below 2, ``|q| + 2`` for 2 and 3, 6 for 4 and 7 for 6. The sign bit is
+    ``negative`` when given (ModelOpt takes it from the value before rounding, so a small negative that
+    rounds to zero is code 8), else the sign bit of ``q`` (so ``-0.0`` is code 8 too).
     """
-    a = jnp.abs(q.astype(jnp.float32))
+    q = q.astype(jnp.float32)
+    a = jnp.abs(q)
     index = jnp.where(a < 2, 2 * a, jnp.where(a < 4, a + 2, jnp.where(a < 6, 6.0, 7.0)))
-    sign = (q < 0).astype(jnp.uint8)
+    sign = (jnp.signbit(q) if negative is None else negative).astype(jnp.uint8)
     return (sign << 3) | index.astype(jnp.uint8)
 
 
 def e2m1_decode(codes: jax.Array) -> jax.Array:
-    """Float32 values of E2M1 codes (arithmetic, no table gather)."""
+    """Float32 values of E2M1 codes (arithmetic, no table gather); code 8 decodes to +0 as in ModelOpt."""
     c = codes.astype(jnp.int32)
     index = (c & 7).astype(jnp.float32)
     mag = jnp.where(index < 4, index * 0.5, jnp.where(index < 6, index - 2, jnp.where(index < 7, 4.0, 6.0)))
-    return jnp.where((c & 8) != 0, -mag, mag)
+    return jnp.where(((c & 8) != 0) & (index > 0), -mag, mag)
 
 
 def pack_nibbles(codes: jax.Array, axis: int = -1) -> jax.Array:

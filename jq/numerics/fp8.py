@@ -1,12 +1,17 @@
 """FP8 quantization (E4M3FN and E5M2) with an amax-derived scale, as ModelOpt's ``scaled_e4m3``.
 
-With ``s = max_value / amax`` (448 for E4M3, 57344 for E5M2)::
+With ``s = max_value * (1 / amax)`` (448 for E4M3, 57344 for E5M2)::
 
-    y = fp8(clamp(x * s, -max_value, max_value)) / s
+    y = fp8(clamp(x * s, -max_value, max_value)) * (1 / s)
 
-where ``fp8`` rounds to nearest, ties to even. ``amax <= 2^-24`` is treated as ``amax = 1``, and inputs with
-``|x| < 2^-24`` give exactly 0 (ModelOpt zeroes them so a tiny amax cannot blow up the scale).
-``amax`` broadcasts against ``x`` (per tensor, per axis, or per block on a split tensor).
+where ``fp8`` rounds to nearest, ties to even, and ``amax <= 2^-24`` is treated as ``amax = 1``.
+The reciprocals are ModelOpt's actual arithmetic: PyTorch
+evaluates ``448.0 / amax`` as ``amax.reciprocal() * 448`` and divides by the scale by multiplying with its
+reciprocal, so the float32 bits differ from a correctly rounded division in about a quarter of the
+elements (one ulp). jq reproduces ModelOpt bit for bit (see ``tests/data/modelopt``); ``1 / s`` is also
+exactly the scale an ONNX ``DequantizeLinear`` multiplies by, so exported FP8 graphs match too. ModelOpt's CUDA extension also zeroes inputs with
+``|x| < 2^-24``; its CPU reference (``_fp8_eager``), which the parity vectors come from, does not, and
+neither does jq (such inputs keep their FP8 value when the block's amax is small). ``amax`` broadcasts against ``x`` (per tensor, per axis, or per block on a split tensor).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import jax.numpy as jnp
 from jq.numerics.int import TINY_AMAX
 from jq.numerics.rounding import E4M3, E5M2, MinifloatFormat, round_to_minifloat
 
-__all__ = ["FP8_FORMATS", "fp8_format", "fp8_quant_scale", "fp8_quantize", "fp8_dequantize", "fp8_fake_quant"]
+__all__ = ["FP8_FORMATS", "fp8_format", "fp8_quant_scale", "fp8_dequant_scale", "fp8_quantize", "fp8_dequantize", "fp8_fake_quant"]
 
 FP8_FORMATS = {"e4m3": E4M3, "e5m2": E5M2}
 
@@ -33,10 +38,15 @@ def fp8_format(name: str | MinifloatFormat) -> MinifloatFormat:
 
 
 def fp8_quant_scale(amax: jax.Array, fmt: str | MinifloatFormat = "e4m3") -> jax.Array:
-    """``max_value / amax`` in float32, with ``amax <= 2^-24`` treated as 1."""
+    """``max_value * (1 / amax)`` in float32, with ``amax <= 2^-24`` treated as 1."""
     fmt = fp8_format(fmt)
     amax = jnp.asarray(amax, jnp.float32)
-    return fmt.max_value / jnp.where(amax <= TINY_AMAX, 1.0, amax)
+    return fmt.max_value * (1.0 / jnp.where(amax <= TINY_AMAX, 1.0, amax))
+
+
+def fp8_dequant_scale(scale: jax.Array) -> jax.Array:
+    """``1 / s``: the multiplier that dequantizes (and the ``DequantizeLinear`` scale on export)."""
+    return 1.0 / jnp.asarray(scale, jnp.float32)
 
 
 def fp8_quantize(x: jax.Array, amax: jax.Array, fmt: str | MinifloatFormat = "e4m3") -> tuple[jax.Array, jax.Array]:
@@ -51,13 +61,12 @@ def fp8_quantize(x: jax.Array, amax: jax.Array, fmt: str | MinifloatFormat = "e4
     x = x.astype(jnp.float32)
     scale = fp8_quant_scale(amax, fmt)
     q = round_to_minifloat(jnp.clip(x * scale, -fmt.max_value, fmt.max_value), fmt)
-    q = jnp.where(jnp.abs(x) < TINY_AMAX, 0.0, q)
     return q, scale
 
 
 def fp8_dequantize(q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """``q / s`` cast to ``dtype``."""
-    return (q.astype(jnp.float32) / scale).astype(dtype)
+    """``q * (1 / s)`` cast to ``dtype``."""
+    return (q.astype(jnp.float32) * fp8_dequant_scale(scale)).astype(dtype)
 
 
 def fp8_fake_quant(x: jax.Array, amax: jax.Array, fmt: str | MinifloatFormat = "e4m3") -> jax.Array:

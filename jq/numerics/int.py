@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jq.numerics.rounding import round_half_even
+from jq.numerics.rounding import exact_divide, round_half_even
 
 __all__ = ["TINY_AMAX", "int_bounds", "int_quant_scale", "int_quantize", "int_dequantize", "int_fake_quant"]
 
@@ -57,8 +57,8 @@ def int_quantize(
 
 
 def int_dequantize(q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """``q / scale`` cast to ``dtype``."""
-    return (q.astype(jnp.float32) / scale).astype(dtype)
+    """``q / scale`` (a true division, as ModelOpt) cast to ``dtype``."""
+    return exact_divide(q.astype(jnp.float32), jnp.asarray(scale, jnp.float32)).astype(dtype)
 
 
 def int_fake_quant(

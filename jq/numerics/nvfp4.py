@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jq.numerics.blocks import BlockLayout
-from jq.numerics.rounding import E2M1, E4M3, round_to_minifloat, stochastic_round_to_minifloat
+from jq.numerics.rounding import E2M1, E4M3, exact_divide, round_to_minifloat, stochastic_round_to_minifloat
 
 __all__ = [
     "NVFP4_BLOCK_SIZE",
@@ -51,7 +51,7 @@ def nvfp4_global_scale(amax: jax.Array) -> jax.Array:
 
 def nvfp4_block_scale(block_amax: jax.Array, global_scale: jax.Array) -> jax.Array:
     """E4M3 block scales (float32 values on the E4M3 grid): ``e4m3(clamp(amax_b / (6 gs), 2^-9, 448))``."""
-    r = block_amax.astype(jnp.float32) / (6.0 * global_scale)
+    r = exact_divide(block_amax.astype(jnp.float32), 6.0 * global_scale)
     r = jnp.where(r == 0, 1.0, r)
     return round_to_minifloat(jnp.clip(r, MIN_BLOCK_SCALE, E4M3.max_value), E4M3)
 
@@ -82,7 +82,7 @@ def nvfp4_quantize(
     gs = nvfp4_global_scale(amax)
     scale_e4m3 = nvfp4_block_scale(layout.block_amax(x), gs)
     xb = layout.split(x).astype(jnp.float32)
-    scaled = xb / (scale_e4m3 * gs)
+    scaled = exact_divide(xb, scale_e4m3 * gs)  # ModelOpt divides by the two-level scale
     if random_bits is None:
         q = round_to_minifloat(scaled, E2M1)
     else:

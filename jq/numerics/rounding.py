@@ -22,6 +22,7 @@ __all__ = [
     "round_to_minifloat",
     "stochastic_round_to_minifloat",
     "minifloat_floor_ceil",
+    "exact_divide",
 ]
 
 
@@ -51,6 +52,20 @@ class MinifloatFormat:
 E4M3 = MinifloatFormat("e4m3", 4, 3, -6, 448.0)  # OCP E4M3FN: no inf, max 448
 E5M2 = MinifloatFormat("e5m2", 5, 2, -14, 57344.0)  # IEEE-like E5M2, max finite 57344
 E2M1 = MinifloatFormat("e2m1", 2, 1, 0, 6.0)  # grid {0, .5, 1, 1.5, 2, 3, 4, 6}
+
+
+def exact_divide(a: jax.Array, b: jax.Array) -> jax.Array:
+    """IEEE ``a / b`` (correctly rounded), elementwise with broadcasting.
+
+    XLA's algebraic simplifier rewrites a division by a broadcast value into a multiplication by its
+    reciprocal, which is off by one ulp in about a quarter of the elements and would break bit-exactness
+    with ModelOpt (PyTorch divides). Hiding the broadcast divisor behind an optimization barrier keeps the
+    true division on every backend.
+    """
+    a = jnp.asarray(a)
+    b = jnp.asarray(b)
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    return jnp.broadcast_to(a, shape) / jax.lax.optimization_barrier(jnp.broadcast_to(b, shape).astype(a.dtype))
 
 
 def round_half_even(x: jax.Array) -> jax.Array:

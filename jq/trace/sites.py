@@ -12,6 +12,11 @@ __all__ = ["ACT", "CONST", "ChainStep", "ScanSlice", "ParamOrigin", "Derived", "
            "keypath_parts", "name_from_keypath"]
 
 
+# Equations that only annotate sharding or placement: replaying them outside their context is the identity.
+REPLAY_AS_IDENTITY = frozenset({"pvary", "mesh_cast", "reshard", "sharding_constraint", "device_put",
+                                "optimization_barrier"})
+
+
 class _Tag:
     def __init__(self, name):
         self.name = name
@@ -37,6 +42,8 @@ class ChainStep:
     others: tuple
 
     def apply(self, value):
+        if self.eqn.primitive.name in REPLAY_AS_IDENTITY:
+            return value
         args = list(self.others)
         args.insert(self.operand, value)
         out = bind_eqn(self.eqn, args)

@@ -162,6 +162,10 @@ def _combine(origins) -> Any:
     return Derived(leaves) if leaves else CONST
 
 
+def _replicated(spec) -> bool:
+    return spec is None or all(p is None for p in tuple(spec))
+
+
 def _is_weight(o) -> bool:
     return isinstance(o, (ParamOrigin, Derived))
 
@@ -217,6 +221,10 @@ class _Walker:
                 outs = self._cond(eqn, ins, path, full_stack)
             elif call_jaxpr_param(eqn) is not None:
                 inner, inner_consts = jaxpr_of(eqn.params[call_jaxpr_param(eqn)])
+                if name == "shard_map":  # a sharded weight is a per-device shard inside: not replayable
+                    ins = [Derived(o.leaves if isinstance(o, Derived) else frozenset({o.leaf}))
+                           if _is_weight(o) and not _replicated(spec) else o
+                           for o, spec in zip(ins, eqn.params["in_specs"])]
                 outs = self.run(inner, inner_consts, ins, path + (0,), full_stack)
                 outs = list(outs)[:n_out] + [_combine(ins)] * max(0, n_out - len(outs))
             else:
