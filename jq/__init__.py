@@ -9,7 +9,7 @@ GPU kernels, ONNX Q/DQ export for TensorRT and a Q/DQ placement autotuner. The p
     jq.print_quant_summary(qm)
 """
 
-from jq import numerics, presets, trace
+from jq import numerics, presets, qat, trace
 from jq.config import Algorithm, BlockSizes, QuantConfig, QuantizerSpec, as_config
 from jq.fake_quant import fake_quant, jq_fake_quant_p
 from jq.presets import (

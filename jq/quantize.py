@@ -225,10 +225,14 @@ def _collector(qm: QuantizedModel, key, traced: TracedModel, collect_weights):
 
 
 def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_loop: Callable | None = None,
-              algorithm=None, *, progress: bool = True, _warn_unused: bool = False) -> QuantizedModel:
+              algorithm=None, *, progress: bool = True, share_sibling_weight_amax: bool = False,
+              _warn_unused: bool = False) -> QuantizedModel:
     """(Re)calibrate ``qm``: weights from its params, activations from data (max calibration).
 
     ``algorithm`` overrides the config's (``"max"`` or None; others raise ``NotImplementedError``).
+    Sibling layers that read the same input (q/k/v, gate/up; see :func:`jq.trace.sibling_groups`) share
+    one input amax (the max over the group). With ``share_sibling_weight_amax`` their per-tensor weight
+    amaxes (the NVFP4 global amax, FP8 per-tensor amax) are shared too, as fused serving kernels need.
     Returns a new model; ``qm`` is unchanged.
     """
     alg = qm.config.algorithm if algorithm is None else Algorithm.parse(algorithm)
@@ -252,6 +256,17 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
         n_batches[0] += 1
         return jax.tree_util.tree_unflatten(traced.out_tree, outs)
 
+    if alg.method is None and cache.first is None:  # nothing to calibrate, but the model must be traced
+        if calib_data is not None:
+            first = next(iter(calib_data), None)
+            if first is not None:
+                args, kwargs = _as_args(first)
+                cache.get(qm.params, args, kwargs)
+        elif forward_loop is not None:
+            def trace_only(*args, **kwargs):
+                cache.get(qm.params, args, kwargs)
+                return qm.apply_fn(qm.params, *args, **kwargs)
+            forward_loop(trace_only)
     if alg.method is not None:
         if forward_loop is not None:
             forward_loop(run)
@@ -275,6 +290,7 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
         for name, (amax, _) in stats.items():
             if amax is not None:
                 qstate.setdefault(name, {})["amax"] = amax
+        _share_siblings(traced, qstate, share_sibling_weight_amax)
         missing = [n for n, s in traced.quantizers.items() if specs.get(n) is not None and not s.is_weight
                    and _needs(specs[n]) and "amax" not in qstate.get(n, {})]
         if missing:
@@ -284,6 +300,25 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
         from jq.config import warn_unused
         warn_unused(qm.config, traced.quantizers)
     return qm.replace(qstate=qstate)
+
+
+def _share_siblings(traced, qstate, weights: bool) -> None:
+    from jq.trace.symbols import sibling_groups
+
+    slots = ["input_quantizer"] + (["weight_quantizer"] if weights else [])
+    for group in sibling_groups(traced):
+        for slot in slots:
+            names = [f"{g}.{slot}" for g in group if "amax" in qstate.get(f"{g}.{slot}", {})]
+            amaxes = [qstate[n]["amax"] for n in names]
+            if len(names) < 2 or any(a.shape != amaxes[0].shape for a in amaxes):
+                continue
+            if slot == "weight_quantizer" and any(a.size != 1 for a in amaxes):
+                continue  # only per-tensor weight amaxes are shared
+            shared = amaxes[0]
+            for a in amaxes[1:]:
+                shared = jnp.maximum(shared, a)
+            for n in names:
+                qstate[n]["amax"] = shared
 
 
 def _needs(spec) -> bool:

@@ -37,6 +37,8 @@ from jq.numerics.rounding import (
     E5M2,
     MinifloatFormat,
     exact_divide,
+    ldexp,
+    pow2,
     minifloat_floor_ceil,
     round_half_even,
     round_to_minifloat,

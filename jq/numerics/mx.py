@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jq.numerics.blocks import BlockLayout
-from jq.numerics.rounding import E2M1, E4M3, MinifloatFormat, round_half_even, round_to_minifloat
+from jq.numerics.rounding import E2M1, E4M3, MinifloatFormat, ldexp, round_half_even, round_to_minifloat
 
 __all__ = [
     "MX_BLOCK_SIZE",
@@ -79,13 +79,13 @@ def mx_quantize(
     layout = BlockLayout.create(x.shape, {-1: block_size})
     k = e8m0_exponent(layout.block_amax(x), fmt.dmax)
     xb = layout.split(x).astype(jnp.float32)
-    q = fmt.round(jnp.ldexp(xb, -k))
+    q = fmt.round(ldexp(xb, -k))
     return q, k, layout
 
 
 def mx_dequantize(q: jax.Array, k: jax.Array, layout: BlockLayout, dtype=jnp.float32) -> jax.Array:
     """``q * 2^k`` merged back to the original shape."""
-    return layout.merge(jnp.ldexp(q.astype(jnp.float32), k)).astype(dtype)
+    return layout.merge(ldexp(q.astype(jnp.float32), k)).astype(dtype)
 
 
 def mx_fake_quant(x: jax.Array, fmt: MXFormat, block_size: int = MX_BLOCK_SIZE) -> jax.Array:

@@ -23,6 +23,8 @@ __all__ = [
     "stochastic_round_to_minifloat",
     "minifloat_floor_ceil",
     "exact_divide",
+    "ldexp",
+    "pow2",
 ]
 
 
@@ -59,13 +61,32 @@ def exact_divide(a: jax.Array, b: jax.Array) -> jax.Array:
 
     XLA's algebraic simplifier rewrites a division by a broadcast value into a multiplication by its
     reciprocal, which is off by one ulp in about a quarter of the elements and would break bit-exactness
-    with ModelOpt (PyTorch divides). Hiding the broadcast divisor behind an optimization barrier keeps the
-    true division on every backend.
+    with ModelOpt (PyTorch divides). The divisor is made a full-size array that depends on ``a`` (so it
+    stays full-size under ``vmap`` too: ``where(a == a, b, a)`` is ``b`` except where ``a`` is NaN, where
+    the quotient is NaN either way) and hidden behind an optimization barrier.
     """
     a = jnp.asarray(a)
-    b = jnp.asarray(b)
-    shape = jnp.broadcast_shapes(a.shape, b.shape)
-    return jnp.broadcast_to(a, shape) / jax.lax.optimization_barrier(jnp.broadcast_to(b, shape).astype(a.dtype))
+    shape = jnp.broadcast_shapes(a.shape, jnp.shape(b))
+    a = jnp.broadcast_to(a, shape)
+    b = jnp.broadcast_to(jnp.asarray(b, a.dtype), shape)
+    divisor = jax.lax.optimization_barrier(jnp.where(a == a, b, a))
+    return a / divisor
+
+
+def pow2(k: jax.Array) -> jax.Array:
+    """Exactly ``2.0 ** k`` (float32) for integer ``k`` in ``[-126, 127]``, built from the exponent bits."""
+    k = jnp.asarray(k, jnp.int32)
+    return jax.lax.bitcast_convert_type((k + 127) << 23, jnp.float32)
+
+
+def ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
+    """``x * 2^k`` exactly for ``k`` in ``[-252, 254]`` (two multiplications by normal powers of two).
+
+    ``jnp.ldexp`` goes through ``pow``, whose accuracy is backend-dependent; this does not.
+    """
+    k = jnp.asarray(k, jnp.int32)
+    k1 = k // 2
+    return (jnp.asarray(x, jnp.float32) * pow2(k1)) * pow2(k - k1)
 
 
 def round_half_even(x: jax.Array) -> jax.Array:
@@ -93,7 +114,7 @@ def round_to_minifloat(x: jax.Array, fmt: MinifloatFormat) -> jax.Array:
     x = jnp.asarray(x, jnp.float32)
     a = jnp.minimum(jnp.abs(x), fmt.max_value)  # clamp first: never rely on overflow behaviour
     k = _ulp_exponent(a, fmt)
-    q = jnp.ldexp(round_half_even(jnp.ldexp(a, -k)), k)
+    q = ldexp(round_half_even(ldexp(a, -k)), k)
     q = jnp.minimum(q, fmt.max_value)
     return jnp.where(jnp.isnan(x), x, jnp.copysign(q, x))
 
@@ -102,9 +123,9 @@ def minifloat_floor_ceil(a: jax.Array, fmt: MinifloatFormat) -> tuple[jax.Array,
     """The two grid points of ``fmt`` around non-negative ``a`` (equal when ``a`` is on the grid)."""
     a = jnp.minimum(jnp.asarray(a, jnp.float32), fmt.max_value)
     k = _ulp_exponent(a, fmt)
-    scaled = jnp.ldexp(a, -k)
-    lo = jnp.ldexp(jnp.floor(scaled), k)
-    hi = jnp.minimum(jnp.ldexp(jnp.ceil(scaled), k), fmt.max_value)
+    scaled = ldexp(a, -k)
+    lo = ldexp(jnp.floor(scaled), k)
+    hi = jnp.minimum(ldexp(jnp.ceil(scaled), k), fmt.max_value)
     return lo, hi
 
 

@@ -108,6 +108,8 @@ class Site:
     layer_axes: tuple = ()
     params: dict = dataclasses.field(default_factory=dict)
     attention_role: str | None = None  # "qk" or "pv" for bmm sites
+    scope: tuple = ()  # path of the jaxpr the equation lives in (sites reading one var share it)
+    eqn: Any = dataclasses.field(default=None, repr=False)
 
     def quantizer(self, operand: int) -> str | None:
         slot = self.roles.get(operand)

@@ -186,6 +186,13 @@ class _Walker:
         self.other_uses: set = set()  # params leaves consumed by something other than a weight chain/site
 
     def run(self, jaxpr, consts, in_origins, prefix: tuple, stack: str):
+        outer_jaxpr, self.current_jaxpr = getattr(self, "current_jaxpr", None), prefix
+        try:
+            return self._run(jaxpr, consts, in_origins, prefix, stack)
+        finally:
+            self.current_jaxpr = outer_jaxpr
+
+    def _run(self, jaxpr, consts, in_origins, prefix: tuple, stack: str):
         env: dict = {}
         vals: dict = {}
         for v, c in zip(jaxpr.constvars, consts):
@@ -275,7 +282,7 @@ class _Walker:
             self.skipped.append(SkippedSite(name, stack, reason, shapes))
             return
         self.raw_sites.append(dict(
-            eqn=eqn, path=path, stack=stack, kind=kind, weight_op=weight_op,
+            eqn=eqn, path=path, stack=stack, kind=kind, weight_op=weight_op, jaxpr_id=self.current_jaxpr,
             weight=None if weight_op is None else ins[weight_op], shapes=shapes, dtypes=dtypes,
             layer_axes=tuple(self.layer_stack)))
 
@@ -457,7 +464,7 @@ def _name_sites(walker: _Walker, param_paths, param_shapes, jaxpr) -> list[Site]
             name=names[i], kind=r["kind"], primitive=r["eqn"].primitive.name, path=r["path"], roles=roles,
             weight_operand=r["weight_op"], weight=r["weight"], view=views[i], shapes=r["shapes"],
             dtypes=r["dtypes"], name_stack=r["stack"], layer_axes=r["layer_axes"], params=dict(r["eqn"].params),
-            attention_role=att[i]))
+            attention_role=att[i], scope=r["jaxpr_id"], eqn=r["eqn"]))
     return sites
 
 

@@ -1,0 +1,125 @@
+"""QuantizerSpec validation and QuantConfig matching (ModelOpt semantics: ordered globs, later wins)."""
+
+import warnings
+
+import pytest
+
+import jq
+from jq.config import QuantConfig, QuantizerSpec, as_config, warn_unused
+
+
+def test_spec_kinds():
+    assert QuantizerSpec(num_bits=8).kind == "int"
+    assert QuantizerSpec(num_bits=(4, 3)).kind == "fp8"
+    assert QuantizerSpec(num_bits="e4m3").num_bits == (4, 3)
+    assert QuantizerSpec(num_bits="int4").num_bits == 4
+    nv = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
+    assert nv.kind == "nvfp4" and nv.is_dynamic and nv.bits_per_element == 4.5
+    mx = QuantizerSpec(num_bits=8, block_sizes={-1: 32, "type": "dynamic", "scale_bits": (8, 0)})
+    assert mx.kind == "mxint8"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_bits=8, axis=0, block_sizes={-1: 16}), "axis must be None when block_sizes"),
+    (dict(num_bits=(2, 1)), "E2M1"),
+    (dict(num_bits=(3, 2), block_sizes={-1: 32, "type": "dynamic", "scale_bits": (8, 0)}), "not implemented in jq"),
+    (dict(num_bits=(7, 7)), "supported FPx"),
+    (dict(num_bits=0), "positive"),
+    (dict(num_bits=(4, 3), unsigned=True), "integer quantization only"),
+    (dict(num_bits=8, block_sizes={-1: 16, "scale_bits": (4, 3), "type": "dynamic"}), "NVFP4"),
+    (dict(num_bits=8, block_sizes={-1: 16, "type": "dynamic", "scale_bits": (8, 0)}), "blocks of 32"),
+    (dict(num_bits=8, block_sizes={-1: 16, "kind": 3}), "unknown key 'kind'"),
+    (dict(num_bits=8, block_sizes={-1: -4}), "positive int"),
+    (dict(num_bits=8, type="sometimes"), "static"),
+    (dict(num_bits=8, calibrator="magic"), "calibrator"),
+    (dict(num_bits=8, enable="yes"), "enable must be a bool"),
+])
+def test_invalid_specs_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QuantizerSpec(**kwargs)
+
+
+def test_unknown_field_lists_allowed_ones():
+    with pytest.raises(ValueError, match=r"quant_cfg\['\*weight_quantizer'\]: unknown QuantizerSpec field 'num_bit'"):
+        as_config({"quant_cfg": {"*weight_quantizer": {"num_bit": 8}}})
+
+
+def test_later_entries_win_and_default_comes_first():
+    cfg = as_config({"quant_cfg": {
+        "*weight_quantizer": {"num_bits": 8, "axis": 0},
+        "*lm_head*": {"enable": False},
+        "default": {"enable": False},  # written last, applied first (ModelOpt)
+    }, "algorithm": "max"})
+    assert cfg.entries[0][0] == "*"
+    assert cfg.resolve("fc.weight_quantizer").axis == 0
+    assert not cfg.resolve("fc.input_quantizer").enable
+    assert not cfg.resolve("lm_head.weight_quantizer").enable
+
+
+def test_enable_only_entry_keeps_the_format():
+    cfg = as_config({"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {-1: 128}},
+                                   "*fc*": {"enable": False}}})
+    cfg = cfg.with_entries(("fc.weight_quantizer", {"enable": True}))
+    spec = cfg.resolve("fc.weight_quantizer")
+    assert spec.enable and spec.num_bits == 4
+
+
+def test_full_entry_resets_unnamed_fields():
+    cfg = as_config({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0}}})
+    cfg = cfg.with_entries(("*weight_quantizer", {"num_bits": 4, "block_sizes": {-1: 128}}))
+    assert cfg.resolve("x.weight_quantizer").axis is None  # no axis/block_sizes conflict
+
+
+def test_legacy_flat_dict_and_list_form():
+    legacy = as_config({"*weight_quantizer": {"num_bits": 8, "axis": 0}, "default": {"num_bits": 8, "axis": None}})
+    assert legacy.algorithm.method == "max"
+    assert legacy.resolve("a.input_quantizer").enable and legacy.resolve("a.weight_quantizer").axis == 0
+    listed = as_config({"quant_cfg": [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": (4, 3)}},
+    ], "algorithm": None})
+    assert listed.resolve("a.weight_quantizer").kind == "fp8"
+    assert not listed.resolve("a.input_quantizer").enable
+    assert listed.algorithm.method is None
+
+
+def test_glob_brackets_and_module_class_entries():
+    cfg = as_config(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    assert cfg.resolve("layers.0.attn.k_bmm_quantizer").enable
+    assert cfg.resolve("layers.0.attn.v_bmm_quantizer").enable
+    assert not cfg.resolve("layers.0.attn.q_bmm_quantizer").enable
+    with_class = as_config({"quant_cfg": {"nn.BatchNorm2d": {"*": {"enable": False}},
+                                          "*input_quantizer": {"num_bits": 8}}})
+    assert [p for p, _ in with_class.entries] == ["*input_quantizer"]
+
+
+def test_sequential_entries():
+    cfg = as_config(jq.W4A8_AWQ_BETA_CFG)
+    spec = cfg.resolve("mlp.fc.weight_quantizer")
+    assert isinstance(spec, tuple) and [s.kind for s in spec] == ["int", "fp8"]
+
+
+def test_algorithm_parsing():
+    assert as_config(jq.INT4_AWQ_CFG).algorithm.kwargs == {"alpha_step": 0.1}
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        as_config({"quant_cfg": {}, "algorithm": "magic"})
+    with pytest.raises(ValueError, match="unknown config keys"):
+        as_config({"quant_cfg": {}, "algo": "max"})
+
+
+def test_round_trip_through_dict():
+    cfg = as_config(jq.NVFP4_DEFAULT_CFG)
+    again = QuantConfig.from_dict(cfg.to_dict())
+    names = ["a.weight_quantizer", "a.input_quantizer", "lm_head.weight_quantizer", "x.k_bmm_quantizer"]
+    assert [again.resolve(n) for n in names] == [cfg.resolve(n) for n in names]
+
+
+def test_unused_patterns_skip_standard_exclusions():
+    cfg = as_config({"quant_cfg": {"*weight_quantizer": {"num_bits": 8}, "*lm_head*": {"enable": False},
+                                   "*typo_layer*": {"enable": False}}})
+    names = ["fc.weight_quantizer", "fc.input_quantizer"]
+    assert cfg.unused_patterns(names) == ["*typo_layer*"]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        warn_unused(cfg, names)
+    assert any("*typo_layer*" in str(x.message) for x in w)

@@ -1,0 +1,78 @@
+"""Presets carry ModelOpt's names, formats and algorithms, plus the standard exclusions."""
+
+import copy
+
+import pytest
+
+import jq
+from jq.config import as_config
+from jq.presets import PRESETS, get_preset
+
+EXPECTED = {  # preset: (weight format, input format or None, algorithm)
+    "INT8_DEFAULT_CFG": ("int8 per-axis0", "int8 per-tensor", "max"),
+    "INT8_SMOOTHQUANT_CFG": ("int8 per-axis0", "int8 per-tensor", "smoothquant"),
+    "INT8_WEIGHT_ONLY_CFG": ("int8 per-axis0", None, "max"),
+    "FP8_DEFAULT_CFG": ("e4m3 per-tensor", "e4m3 per-tensor", "max"),
+    "FP8_PER_CHANNEL_PER_TOKEN_CFG": ("e4m3 per-axis0", "e4m3 per-token dyn", "max"),
+    "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG": ("e4m3 b128x128", None, "max"),
+    "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": ("int4 b128", None, "max"),
+    "INT4_AWQ_CFG": ("int4 b128", None, "awq_lite"),
+    "W4A8_AWQ_BETA_CFG": ("int4 b128 -> e4m3 per-tensor", "e4m3 per-tensor", "awq_lite"),
+    "NVFP4_DEFAULT_CFG": ("nvfp4 b16", "nvfp4 b16", "max"),
+    "NVFP4_AWQ_LITE_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_lite"),
+    "W4A16_NVFP4_CFG": ("nvfp4 b16", None, "max"),
+    "MXFP8_DEFAULT_CFG": ("mxfp8 b32", "mxfp8 b32", None),
+    "MXFP4_DEFAULT_CFG": ("mxfp4 b32", "mxfp4 b32", None),
+    "MXINT8_DEFAULT_CFG": ("mxint8 b32", "mxint8 b32", None),
+    "FP8_KV_CFG": (None, None, "max"),
+    "NVFP4_KV_CFG": (None, None, "max"),
+}
+
+
+def _fmt(spec):
+    if isinstance(spec, tuple):
+        return " -> ".join(s.describe() for s in spec) if any(s.enable for s in spec) else None
+    return spec.describe() if spec.enable else None
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_formats(name):
+    cfg = as_config(PRESETS[name])
+    w, i, alg = EXPECTED[name]
+    assert _fmt(cfg.resolve("block.fc1.weight_quantizer")) == w
+    assert _fmt(cfg.resolve("block.fc1.input_quantizer")) == i
+    assert cfg.algorithm.method == alg
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("excluded", ["lm_head", "model.router", "layers.0.mlp.gate.proj", "output_layer",
+                                      "embed_tokens", "layers.0.input_layernorm", "unmatched_out"])
+def test_standard_exclusions(name, excluded):
+    cfg = as_config(PRESETS[name])
+    for slot in ("weight_quantizer", "input_quantizer", "output_quantizer", "q_bmm_quantizer"):
+        spec = cfg.resolve(f"{excluded}.{slot}")
+        if excluded == "unmatched_out" and slot in ("weight_quantizer", "input_quantizer"):
+            continue
+        assert _fmt(spec) is None, (name, excluded, slot)
+
+
+def test_kv_fragments_enable_k_and_v_only():
+    cfg = as_config(jq.NVFP4_KV_CFG)
+    assert _fmt(cfg.resolve("attn.k_bmm_quantizer")) == "nvfp4 b16"
+    assert _fmt(cfg.resolve("attn.q_bmm_quantizer")) is None
+
+
+def test_presets_are_modelopt_dicts_that_copy_and_edit():
+    cfg = copy.deepcopy(jq.INT4_AWQ_CFG)
+    cfg["quant_cfg"]["*lm_head*"] = {"enable": False}
+    assert jq.INT4_AWQ_CFG["quant_cfg"] is not cfg["quant_cfg"]
+    assert get_preset("int8_default") == jq.INT8_DEFAULT_CFG
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("int3")
+
+
+def test_unbuilt_algorithm_is_an_error_not_silence():
+    import jax.numpy as jnp
+
+    with pytest.raises(NotImplementedError, match="awq_lite"):
+        jq.quantize({"w": jnp.ones((4, 4))}, lambda p, x: x @ p["w"], jq.INT4_AWQ_CFG, example_args=(jnp.ones((2, 4)),))
