@@ -46,7 +46,8 @@ def test_preset_formats(name):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 @pytest.mark.parametrize("excluded", ["lm_head", "model.router", "layers.0.mlp.gate.proj", "output_layer",
-                                      "embed_tokens", "layers.0.input_layernorm", "unmatched_out"])
+                                      "model.embed_tokens", "embed", "transformer.wte", "layers.0.input_layernorm",
+                                      "unmatched_out"])
 def test_standard_exclusions(name, excluded):
     cfg = as_config(PRESETS[name])
     for slot in ("weight_quantizer", "input_quantizer", "output_quantizer", "q_bmm_quantizer"):
@@ -76,3 +77,10 @@ def test_unbuilt_algorithm_is_an_error_not_silence():
 
     with pytest.raises(NotImplementedError, match="awq_lite"):
         jq.quantize({"w": jnp.ones((4, 4))}, lambda p, x: x @ p["w"], jq.INT4_AWQ_CFG, example_args=(jnp.ones((2, 4)),))
+
+
+def test_projections_named_like_embeddings_stay_quantized():
+    cfg = as_config(jq.INT8_DEFAULT_CFG)
+    assert cfg.resolve("embed_proj.weight_quantizer").enable
+    assert cfg.resolve("patch_embed.proj.weight_quantizer").enable
+    assert cfg.resolve("normalizer_mlp.weight_quantizer").enable

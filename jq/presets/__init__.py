@@ -48,8 +48,21 @@ DEFAULT_DISABLED_QUANTIZER_CFG = {
     "*mlp.shared_expert_gate.*": {"enable": False},
     "*output_layer*": {"enable": False},
     "output.*": {"enable": False},
-    "*embed*": {"enable": False},  # embeddings (ModelOpt: quantizers under nn.Embedding parents)
-    "*norm*": {"enable": False},  # norms (ModelOpt: nn.BatchNorm*/LayerNorm parents)
+    # Embedding tables (ModelOpt: quantizers under nn.Embedding parents). In jq a lookup is a gather, never a
+    # site; these catch a table reused as a tied output head. Projections such as "embed_proj" stay quantized.
+    "embed.*": {"enable": False},
+    "*.embed.*": {"enable": False},
+    "*embedding*": {"enable": False},
+    "*embed_tokens*": {"enable": False},
+    "*wte*": {"enable": False},
+    # Norm layers (ModelOpt: BatchNorm/LayerNorm parents); norms have no matmuls, so this only matters for
+    # modules nested under a norm.
+    "*layernorm*": {"enable": False},
+    "*layer_norm*": {"enable": False},
+    "*rmsnorm*": {"enable": False},
+    "*batchnorm*": {"enable": False},
+    "*batch_norm*": {"enable": False},
+    "*.norm.*": {"enable": False},
     "default": {"enable": False},
 }
 

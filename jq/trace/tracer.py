@@ -238,6 +238,8 @@ class _Walker:
                 nonconst = [k for k, o in enumerate(ins) if o is not CONST]
                 if any(o is ACT for o in ins):
                     outs = [ACT] * n_out
+                    for o in ins:  # e.g. an embedding table gathered by token ids
+                        self.other_uses.update(_leaves_of(o))
                 elif not nonconst:
                     outs = [CONST] * n_out
                     if n_out == 1 and all(value(v) is not _MISSING for v in eqn.invars):
