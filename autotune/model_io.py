@@ -8,7 +8,7 @@
   after Conv folded into the Conv, an all-zero Gemm ``C`` removed (ONNX Runtime rules),
   and the opset raised to what the Q/DQ nodes need (INT8 per-channel: 13, FP8: 19).
 * :class:`ModelWriter` saves models into a directory where the external weight files
-  are linked (or copied) once.
+  are copied once.
 
 Example::
 
@@ -279,16 +279,16 @@ def prune_unused_initializers(model: onnx.ModelProto) -> None:
 class ModelWriter:
     """Writes models into ``directory`` so they can read the original external data.
 
-    External data files of the source model are hard-linked (or copied when linking is
-    impossible) into ``directory`` once; models written afterwards keep their references.
+    External data files of the source model are copied into ``directory`` once; models
+    written afterwards keep their references (one copy serves every scheme).
     Tensors added in memory are stored inline unless the model would exceed the
     protobuf limit, in which case they go to ``<name>.data`` next to the model.
 
     Example::
 
-        >>> w = ModelWriter("out/work", base_dir, model)     # doctest: +SKIP
-        >>> w.save(model, "scheme_3.onnx")                    # doctest: +SKIP
-        PosixPath('out/work/scheme_3.onnx')
+        >>> w = ModelWriter("out", base_dir, model)     # doctest: +SKIP
+        >>> w.save(model, "candidate.onnx")              # doctest: +SKIP
+        PosixPath('out/candidate.onnx')
     """
 
     def __init__(self, directory: str | os.PathLike, base_dir: str, model: onnx.ModelProto, inline_limit: int = INLINE_LIMIT_BYTES):
@@ -301,10 +301,9 @@ class ModelWriter:
             if dst.exists() or not src.exists():
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
+            # a copy, not a link: onnx refuses hard-linked data files (hard-link attack
+            # check) and ONNX Runtime refuses locations outside the model's directory
+            shutil.copyfile(src, dst)
 
     def save(self, model: onnx.ModelProto, name: str) -> Path:
         """Write ``model`` as ``directory/name`` and return the path."""
@@ -313,8 +312,10 @@ class ModelWriter:
             data = self.directory / (name + ".data")
             if data.exists():  # onnx appends to an existing data file
                 data.unlink()
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # saving with external data moves tensors out of the proto
             onnx.save_model(
-                model,
+                copy,
                 str(path),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,

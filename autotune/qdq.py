@@ -207,6 +207,17 @@ def insert_qdq(
     del out.graph.node[:]
     out.graph.node.extend(_toposort(nodes + extra, {v.name for v in out.graph.input} | {t.name for t in out.graph.initializer} | {t.name for t in inits}))
     out.graph.initializer.extend(inits)
+    # float weights replaced by their quantized form are dropped (ORT would warn)
+    used = {x for n in out.graph.node for x in n.input}
+    for n in out.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= {x for sn in a.g.node for x in sn.input}
+    replaced = {name for name in graph.initializers if name not in used}
+    if replaced:
+        keep = [t for t in out.graph.initializer if t.name not in replaced or t.name in graph.graph_outputs]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(keep)
     return out
 
 

@@ -8,7 +8,7 @@
     pattern_cache.yaml          best diverse schemes per pattern (seed for later runs)
     measurements.csv            one line per benchmark
     latency_per_scheme.png      plot of every measured scheme
-    work/                       scratch models
+    candidate.onnx              the model of the scheme measured last (scratch)
 
 Example::
 
@@ -135,8 +135,8 @@ def autotune(
 
     tuner = QDQAutotuner(model, base_dir, config, rules, shapes, node_filter)
     out.mkdir(parents=True, exist_ok=True)
-    work = ModelWriter(out / "work", base_dir, tuner.model)
-    final_writer = ModelWriter(out, base_dir, tuner.model)
+    # one writer: scheme models and results share the (copied) external data files
+    final_writer = work = ModelWriter(out, base_dir, tuner.model)
     for note in tuner.notes:
         echo(f"[autotune] preprocessing: {note}")
     baseline_path = final_writer.save(tuner.model, "baseline.onnx")
