@@ -2,7 +2,7 @@
 
 Costs (ms): a float Conv/MatMul/Gemm 4.0; the same op 1.0 when it is "fused" the way
 ONNX Runtime fuses it (every data input from a DQ, and its output feeding only Q
-nodes); every Q or DQ on activations 0.15; every other op 0.2. So the best placement
+nodes, possibly through one Relu that ONNX Runtime folds into the Q); every Q or DQ on activations 0.15; every other op 0.2. So the best placement
 quantizes inputs and outputs of compute ops and nothing else, and the search has
 something to find. Every call is appended to ``log_path`` (the model's structural
 hash) so tests can count measurements across processes.
@@ -36,6 +36,8 @@ def model_cost(model: onnx.ModelProto) -> float:
             data = [x for x in n.input[:1] if x]
             fused_in = all(producer.get(x) is not None and producer[x].op_type == "DequantizeLinear" for x in data)
             outs = consumers.get(n.output[0], [])
+            if len(outs) == 1 and outs[0].op_type == "Relu":  # ONNX Runtime folds Relu into the Q
+                outs = consumers.get(outs[0].output[0], [])
             fused_out = bool(outs) and all(c.op_type == "QuantizeLinear" for c in outs)
             cost += 1.0 if fused_in and fused_out else 4.0
         elif n.op_type in ("QuantizeLinear", "DequantizeLinear"):
