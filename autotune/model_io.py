@@ -6,6 +6,7 @@
 * :func:`parse_input_shapes` parses ``name:1x3x224x224,other:1x128``.
 * :func:`preprocess` produces the FP32 model all measurements use: BatchNormalization
   after Conv folded into the Conv, an all-zero Gemm ``C`` removed (ONNX Runtime rules),
+  a constant bias Add after Conv/Gemm folded into the op's bias,
   and the opset raised to what the Q/DQ nodes need (INT8 per-channel: 13, FP8: 19).
 * :class:`ModelWriter` saves models into a directory where the external weight files
   are copied once.
@@ -175,7 +176,8 @@ def opset_version(model: onnx.ModelProto) -> int:
 def preprocess(model: onnx.ModelProto, base_dir: str, min_opset: int, clean_gemm: bool) -> tuple[onnx.ModelProto, list[str]]:
     """The FP32 model every scheme is built on, plus notes on what changed.
 
-    Folding BN and cleaning Gemm leave the math unchanged (up to float rounding);
+    Folding BN and bias Adds and cleaning Gemm leave the math unchanged (up to float
+    rounding);
     raising the opset uses ONNX's version converter.
     """
     notes: list[str] = []
@@ -195,6 +197,9 @@ def preprocess(model: onnx.ModelProto, base_dir: str, min_opset: int, clean_gemm
         n = remove_zero_gemm_bias(m, base_dir)
         if n:
             notes.append(f"removed the all-zero C input of {n} Gemm node(s)")
+    n = fold_bias_add(m, base_dir)
+    if n:
+        notes.append(f"folded {n} constant bias Add node(s) into Conv/Gemm")
     return m, notes
 
 
@@ -235,6 +240,67 @@ def fold_batchnorm(model: onnx.ModelProto, base_dir: str = "") -> int:
         conv.input.extend([wname, bname])
         conv.output[0] = node.output[0]
         remove.add(i)
+    if remove:
+        keep = [n for k, n in enumerate(model.graph.node) if k not in remove]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model.graph.initializer.extend(new_inits)
+        prune_unused_initializers(model)
+    return len(remove)
+
+
+def fold_bias_add(model: onnx.ModelProto, base_dir: str = "") -> int:
+    """Fold ``Conv -> Add(constant per-channel)`` and ``Gemm -> Add(constant [N])`` in place.
+
+    Exporters such as jax2onnx emit the bias as a separate Add; a Q/DQ'd Conv can then
+    not absorb it (ONNX Runtime's QLinearConv needs ``Conv -> Q``), so the bias moves
+    into the op's own bias input. Returns the number of folded Adds.
+    """
+    g = GraphIndex(model, infer_shapes=False, base_dir=base_dir)
+    remove: set[int] = set()
+    new_inits: list[onnx.TensorProto] = []
+    for i, node in enumerate(g.nodes):
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        for data_slot in (0, 1):
+            x, c = node.input[data_slot], node.input[1 - data_slot]
+            p = g.producer.get(x)
+            if p is None or p in remove or len(g.consumers.get(x, ())) != 1 or x in g.graph_outputs:
+                continue
+            op = g.nodes[p]
+            if op.op_type not in ("Conv", "Gemm") or c not in g.constants:
+                continue
+            bias = g.constant_value(c)
+            w = g.constant_value(op.input[1]) if len(op.input) > 1 else None
+            if bias is None or w is None or bias.dtype != w.dtype:
+                continue
+            if op.op_type == "Conv":
+                channels = w.shape[0]
+                ok = bias.size == channels and (bias.ndim == 1 or bias.shape == (1, channels) + (1,) * (bias.ndim - 2) or bias.shape == (channels,) + (1,) * (bias.ndim - 1))
+            else:
+                trans_b = next((a.i for a in op.attribute if a.name == "transB"), 0)
+                channels = w.shape[0] if trans_b else w.shape[1]
+                ok = bias.size == channels and bias.ndim <= 2 and bias.shape[-1] == channels
+                has_c = len(op.input) > 2 and bool(op.input[2])
+                # beta scales C; without a C it is irrelevant (jax2onnx writes beta=0)
+                ok = ok and (not has_c or next((a.f for a in op.attribute if a.name == "beta"), 1.0) == 1.0)
+            if not ok:
+                continue
+            old = g.constant_value(op.input[2]) if len(op.input) > 2 and op.input[2] else np.zeros(channels, w.dtype)
+            if old is None or old.size != channels:
+                continue
+            fused = (old.reshape(-1) + bias.reshape(-1)).astype(w.dtype)
+            name = f"{node.output[0]}__folded_bias"
+            new_inits.append(numpy_helper.from_array(fused, name))
+            while len(op.input) < 3:
+                op.input.append("")
+            op.input[2] = name
+            for a in op.attribute:
+                if a.name == "beta":
+                    a.f = 1.0
+            op.output[0] = node.output[0]
+            remove.add(i)
+            break
     if remove:
         keep = [n for k, n in enumerate(model.graph.node) if k not in remove]
         del model.graph.node[:]

@@ -154,7 +154,11 @@ def autotune(
         banner = "!" * 100
         echo(f"{banner}\n{LATENCY_ONLY_WARNING.format(scale=config.default_q_scale, zp=config.default_q_zero_point)}\n{banner}")
 
-    feeds = dict(samples[0]) if samples else random_inputs(tuner.model, shapes, seed=config.seed)
+    # time with a real sample when it has the tuned shapes, else with random data
+    if samples and all(tuple(samples[0][k].shape) == tuple(v) for k, v in shapes.items() if k in samples[0]):
+        feeds = dict(samples[0])
+    else:
+        feeds = random_inputs(tuner.model, shapes, seed=config.seed)
     bench = benchmark or make_benchmark(backend, feeds, config.warmup_runs, config.timing_runs, provider, threads, timing_cache, plugin_libraries)
 
     if pattern_cache:

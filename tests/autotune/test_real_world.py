@@ -117,3 +117,25 @@ def test_missing_and_invalid_models(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="cannot read"):
         tune(None, tmp_path, name="junk.onnx")
+
+
+def test_exporter_style_bias_adds_and_zero_gemm_c_are_folded(tmp_path):
+    """jax2onnx writes Conv without bias + Add, and Gemm(beta=0, C=0) + Add."""
+    from graphs import Builder, fvi
+
+    from autotune.model_io import preprocess
+
+    b = Builder()
+    c = b.op("Add", [b.conv("x", 3, 8, bias=False), b.weight((1, 8, 1, 1), 0.5)])
+    r = b.op("Relu", [c])
+    f = b.op("Flatten", [b.op("GlobalAveragePool", [r])], axis=1)
+    zero = b.weight((1, 4), value=np.zeros((1, 4)))
+    gemm = b.op("Gemm", [f, b.weight((8, 4)), zero], beta=0.0)
+    b.op("Add", [gemm, b.weight((1, 4), 0.5)])
+    b.nodes[-1].output[0] = "y"
+    model = b.model([fvi("x", [1, 3, 16, 16])], [fvi("y", [1, 4])])
+    pre, notes = preprocess(model, "", 13, clean_gemm=True)
+    assert "removed the all-zero C input of 1 Gemm node(s)" in notes
+    assert "folded 2 constant bias Add node(s) into Conv/Gemm" in notes
+    assert [n.op_type for n in pre.graph.node] == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]
+    np.testing.assert_allclose(run(pre), run(model), rtol=1e-5, atol=1e-6)
