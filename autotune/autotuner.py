@@ -300,8 +300,22 @@ class QDQAutotuner:
 
     # ------------------------------------------------------------- state
     def save_state(self, path: str | os.PathLike) -> None:
-        """Write the progress (atomically)."""
-        self.state.save(path)
+        """Write the progress (atomically).
+
+        Measurements of the current pattern that were loaded from an earlier state but
+        not replayed yet are written too, so an interrupted resume loses nothing.
+        """
+        pending = list(self._replay.values()) if self.current is not None else []
+        if not pending:
+            self.state.save(path)
+            return
+        ps = self.state.pattern(self.signature_of(self.current))
+        kept = ps.results
+        ps.results = kept + pending
+        try:
+            self.state.save(path)
+        finally:
+            ps.results = kept
 
     def load_state(self, path: str | os.PathLike) -> bool:
         """Resume from ``path`` if it belongs to this model and settings.
