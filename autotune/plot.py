@@ -30,6 +30,7 @@ def plot_latencies(state: AutotuneState, path: str | os.PathLike, title: str = "
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(10, 4.5))
+    colors = plt.get_cmap("tab20")  # 20 distinct colours: patterns rarely share one
     x = 0
     for k, (sig, ps) in enumerate(state.patterns.items()):
         xs, ys, fails = [], [], []
@@ -41,7 +42,7 @@ def plot_latencies(state: AutotuneState, path: str | os.PathLike, title: str = "
             else:
                 fails.append(x)
         if xs:
-            ax.scatter(xs, ys, s=12, label=f"pattern {sig[:8]}" if k < 12 else None)
+            ax.scatter(xs, ys, s=12, color=colors(k % 20), label=f"pattern {sig[:8]}" if k < 16 else None)
         if fails:
             ax.scatter(fails, [0] * len(fails), marker="x", color="red", s=12)
     if state.baseline_latency_ms:
