@@ -27,7 +27,7 @@ import hashlib
 import os
 import random
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import onnx
 
@@ -35,10 +35,7 @@ from .cache import PatternCache
 from .config import Config
 from .graph import GraphIndex
 from .insertion_points import (
-    ChildRegionInputInsertionPoint,
     InsertionPoint,
-    NodeInputInsertionPoint,
-    RegionOutputInsertionPoint,
     ResolvedInsertionPoint,
     candidate_points,
     merge_resolved,
@@ -128,6 +125,8 @@ class QDQAutotuner:
             "seed": c.seed,
             "maximum_sequence_region_size": c.maximum_sequence_region_size,
             "minimum_topdown_search_size": c.minimum_topdown_search_size,
+            "min_output_cosine": c.min_output_cosine,
+            "accuracy_samples": c.accuracy_samples,
         }
 
     def _filter(self, regions: list[Region], patterns: Sequence[str] | None) -> list[Region]:
@@ -248,13 +247,17 @@ class QDQAutotuner:
             return scheme
         return None
 
-    def submit(self, latency_ms: float, success: bool = True) -> None:
-        """Record the measurement of the scheme returned by :meth:`generate`."""
+    def submit(self, latency_ms: float, success: bool = True, benchmarked: bool = True) -> None:
+        """Record the measurement of the scheme returned by :meth:`generate`.
+
+        ``benchmarked=False`` records a scheme rejected without timing it (accuracy guard).
+        """
         if self._pending is None or self.current is None:
             raise RuntimeError("submit() without a pending scheme from generate()")
         ps = self.state.pattern(self.signature_of(self.current))
         ps.results.append(SchemeResult(self._pending, float(latency_ms), bool(success)))
-        self.state.benchmarks_run += 1
+        if benchmarked:
+            self.state.benchmarks_run += 1
         self._pending = None
 
     def commit_current(self) -> PatternState | None:
@@ -346,19 +349,4 @@ class QDQAutotuner:
         return lines
 
 
-def count_points(schemes: Iterable[InsertionScheme]) -> dict[str, int]:
-    """Points per kind over schemes (for reports)."""
-    counts = {"node_input": 0, "child_input": 0, "region_output": 0}
-    for s in schemes:
-        for p in s.points:
-            counts[p.kind] += 1
-    return counts
-
-
-__all__ = [
-    "QDQAutotuner",
-    "NodeFilterError",
-    "NodeInputInsertionPoint",
-    "ChildRegionInputInsertionPoint",
-    "RegionOutputInsertionPoint",
-]
+__all__ = ["NodeFilterError", "QDQAutotuner"]

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdq-baseline", default=None, help="existing Q/DQ model whose placement seeds the search")
     p.add_argument("--node-filter", default=None, help="comma-separated wildcards over node names/op types, or @file with one per line; only matching regions are profiled")
     p.add_argument("--performance-threshold", type=float, default=1.02, help="minimum speedup over no Q/DQ for a pattern to keep its scheme (default 1.02)")
+    p.add_argument("--min-cosine", type=float, default=0.99, help="with --calibration-data: reject schemes whose outputs' cosine similarity to FP32 falls below this (0 disables; default 0.99)")
     p.add_argument("--default-q-scale", type=float, default=0.1, help="scale used without calibration (latency-only model; default 0.1)")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
     p.add_argument("--plugin-library", action="append", default=[], help="TensorRT plugin library (repeatable)")
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "default_quant_type": args.quant_type,
             "performance_threshold": args.performance_threshold,
             "default_q_scale": args.default_q_scale,
+            "min_output_cosine": args.min_cosine,
             "seed": args.seed,
             "verbose": args.verbose,
         }

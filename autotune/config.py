@@ -50,6 +50,10 @@ class Config:
             measured one (relaxed to 1, i.e. merely unique, once attempts run out).
     Pattern cache:
         pattern_cache_minimum_distance / pattern_cache_max_entries_per_pattern.
+    Accuracy guard (only when calibration samples are given):
+        min_output_cosine: a scheme whose outputs on ``accuracy_samples`` calibration
+            samples have a mean (worst-output) cosine similarity to FP32 below this is
+            rejected as failed; 0 disables the guard.
     Reproducibility:
         seed: random seed; each pattern derives its own stream from it and its signature,
             so a resumed run generates the same schemes as an uninterrupted one.
@@ -72,6 +76,8 @@ class Config:
     scheme_minimum_distance: int = 2
     pattern_cache_minimum_distance: int = 4
     pattern_cache_max_entries_per_pattern: int = 32
+    min_output_cosine: float = 0.99
+    accuracy_samples: int = 4
     warmup_runs: int = 50
     timing_runs: int = 100
     seed: int = 0

@@ -51,6 +51,7 @@ class AutotuneState:
     patterns: dict[str, PatternState] = field(default_factory=dict)
     final_latency_ms: float | None = None
     benchmarks_run: int = 0
+    accuracy_rejections: int = 0
 
     def pattern(self, signature: str) -> PatternState:
         """The (possibly new) state of a pattern."""
@@ -68,6 +69,7 @@ class AutotuneState:
             "baseline_noise": num(self.baseline_noise),
             "final_latency_ms": num(self.final_latency_ms),
             "benchmarks_run": self.benchmarks_run,
+            "accuracy_rejections": self.accuracy_rejections,
             "patterns": {
                 sig: {
                     "complete": ps.complete,
@@ -115,6 +117,7 @@ class AutotuneState:
         st.baseline_noise = num(data.get("baseline_noise"))
         st.final_latency_ms = num(data.get("final_latency_ms"))
         st.benchmarks_run = int(data.get("benchmarks_run", 0))
+        st.accuracy_rejections = int(data.get("accuracy_rejections", 0))
         for sig, entry in (data.get("patterns") or {}).items():
             ps = st.pattern(str(sig))
             ps.complete = bool(entry.get("complete"))

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import onnx
 
+from .accuracy import AccuracyGuard
 from .autotuner import QDQAutotuner
 from .benchmark import Benchmark, BenchmarkError, make_benchmark, random_inputs
 from .cache import PatternCache
@@ -67,6 +68,7 @@ class AutotuneReport:
     qdq_tensors: int
     calibrated: bool
     resumed: bool
+    rejected_for_accuracy: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +87,7 @@ class AutotuneReport:
             ("unique patterns (with Q/DQ)", f"{self.unique_patterns} ({self.patterns_with_qdq})"),
             ("quantized activation tensors", str(self.qdq_tensors)),
             ("benchmarks run", str(self.benchmarks_run)),
+            ("schemes rejected (accuracy)", str(self.rejected_for_accuracy)),
             ("scales", "calibrated" if self.calibrated else "DEFAULT (latency only)"),
             ("resumed from state", "yes" if self.resumed else "no"),
         ]
@@ -161,6 +164,11 @@ def autotune(
         feeds = random_inputs(tuner.model, shapes, seed=config.seed)
     bench = benchmark or make_benchmark(backend, feeds, config.warmup_runs, config.timing_runs, provider, threads, timing_cache, plugin_libraries)
 
+    guard = None
+    if samples is not None and config.min_output_cosine > 0:
+        guard = AccuracyGuard(baseline_path, samples[: max(1, config.accuracy_samples)], config.min_output_cosine)
+        echo(f"[autotune] accuracy guard: schemes need mean output cosine >= {config.min_output_cosine} to FP32 on {len(guard.samples)} calibration sample(s)")
+
     if pattern_cache:
         tuner.initialize(pattern_cache=PatternCache.load(pattern_cache, config.pattern_cache_minimum_distance, config.pattern_cache_max_entries_per_pattern))
     if qdq_baseline:
@@ -183,16 +191,20 @@ def autotune(
     with open(csv_path, "a", newline="") as fcsv:
         writer = csv.writer(fcsv)
         if new_csv:
-            writer.writerow(["pattern", "region", "scheme", "points", "latency_ms", "success"])
+            writer.writerow(["pattern", "region", "scheme", "points", "latency_ms", "success", "note"])
 
-        def measure(label: str) -> tuple[float, bool]:
+        def measure(label: str, scheme) -> tuple[float, bool, str]:
             path = work.save(tuner.build_model(True), "candidate.onnx")
+            if guard is not None and not scheme.is_empty:
+                ok, score = guard.accepts(path)
+                if not ok:  # inaccurate: never timed, never kept
+                    return float("inf"), False, f"rejected: output cosine {score:.4f} < {guard.min_cosine}"
             try:
                 res = bench.run(path)
-                return res.median_ms, True
+                return res.median_ms, True, ""
             except BenchmarkError as e:
                 log.warning("benchmark failed for %s: %s", label, e)
-                return float("inf"), False
+                return float("inf"), False, f"benchmark failed: {str(e).splitlines()[0][:200]}"
 
         try:
             if tuner.state.baseline_latency_ms is None:
@@ -217,9 +229,11 @@ def autotune(
                 ps = tuner.state.pattern(sig)
                 try:
                     while (scheme := tuner.generate()) is not None:
-                        latency, ok = measure(label)
-                        tuner.submit(latency, ok)
-                        writer.writerow([sig, region.id, scheme.hash, len(scheme), f"{latency:.4f}", ok])
+                        latency, ok, note = measure(label, scheme)
+                        rejected = note.startswith("rejected")
+                        tuner.submit(latency, ok, benchmarked=not rejected)
+                        tuner.state.accuracy_rejections += int(rejected)
+                        writer.writerow([sig, region.id, scheme.hash, len(scheme), f"{latency:.4f}", ok, note])
                         fcsv.flush()
                         best = min((r.latency_ms for r in ps.results if r.success), default=float("nan"))
                         bar.n = len(ps.results)
@@ -271,6 +285,7 @@ def autotune(
         qdq_tensors=n_tensors,
         calibrated=tuner.params.calibrated,
         resumed=resumed,
+        rejected_for_accuracy=tuner.state.accuracy_rejections,
         notes=list(tuner.notes),
     )
     echo(report.table())

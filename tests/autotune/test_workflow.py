@@ -171,3 +171,28 @@ def test_ragged_calibration_samples(tmp_path):
     assert [s["ids"].shape for s in samples] == [(1, 5), (1, 9)]
     with pytest.raises(ValueError, match="not found"):
         load_calibration_inputs(tmp_path / "missing.npz")
+
+
+def test_accuracy_guard_rejects_schemes_that_drift_from_fp32(cnn, tmp_path):
+    xs = np.random.default_rng(0).standard_normal((4, 1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    # an impossible bar: every Q/DQ scheme is rejected untimed, the model keeps no Q/DQ
+    strict = quiet(cnn, tmp_path / "strict", calibration_data=tmp_path / "calib.npz", config=CFG.replace(min_output_cosine=0.999999999))
+    final = onnx.load(tmp_path / "strict" / "optimized_final.onnx")
+    assert not any(n.op_type == "QuantizeLinear" for n in final.graph.node)
+    assert strict.rejected_for_accuracy > 0
+    notes = (tmp_path / "strict" / "measurements.csv").read_text()
+    assert "rejected: output cosine" in notes
+    # the guard off: the same run keeps Q/DQ
+    loose = quiet(cnn, tmp_path / "loose", calibration_data=tmp_path / "calib.npz", config=CFG.replace(min_output_cosine=0.0))
+    assert loose.rejected_for_accuracy == 0 and loose.qdq_tensors > 0
+
+
+def test_output_cosine():
+    from autotune.accuracy import output_cosine
+
+    a = [np.array([1.0, 2.0]), np.zeros(3)]
+    assert output_cosine(a, a) == pytest.approx(1.0)
+    assert output_cosine(a, [np.array([2.0, 4.0]), np.zeros(3)]) == pytest.approx(1.0)
+    assert output_cosine(a, [np.array([-1.0, -2.0]), np.zeros(3)]) == pytest.approx(-1.0)
+    assert output_cosine(a, [np.array([1.0, 2.0]), np.ones(3)]) == 0.0
