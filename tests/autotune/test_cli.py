@@ -1,0 +1,108 @@
+"""CLI: exit codes 0 / 1 / 130, clear errors, the final table, and autotune.inspect."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+from graphs import residual_cnn
+
+from autotune.cli import main
+from autotune.inspect import main as inspect_main
+from autotune.state import AutotuneState
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--schemes-per-region", "3", "--warmup-runs", "1", "--timing-runs", "3", "--no-progress"]
+
+
+def model_file(tmp_path, **kw):
+    path = tmp_path / "m.onnx"
+    onnx.save(residual_cnn(**kw), path)
+    return path
+
+
+def test_success_prints_the_summary_table_and_exits_0(tmp_path, capsys):
+    path = model_file(tmp_path, blocks=1, batch=1)
+    rc = main(["--model", str(path), "--output", str(tmp_path / "out"), "--mode", "quick", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "baseline latency" in out and "speedup" in out and "unique patterns" in out and "benchmarks run" in out
+    assert "LATENCY MEASUREMENT ONLY" in out  # loud note without calibration data
+    assert (tmp_path / "out" / "optimized_final.onnx").exists()
+    assert (tmp_path / "out" / "latency_per_scheme.png").exists()
+
+
+def test_bad_model_path_exits_1(tmp_path, capsys):
+    rc = main(["--model", str(tmp_path / "missing.onnx"), "--output", str(tmp_path / "out")])
+    assert rc == 1
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_unknown_quant_type_exits_1(tmp_path, capsys):
+    rc = main(["--model", str(model_file(tmp_path)), "--output", str(tmp_path / "o"), "--quant-type", "int3"])
+    assert rc == 1
+    assert "unknown --quant-type 'int3'" in capsys.readouterr().err
+
+
+def test_malformed_input_shapes_exit_1(tmp_path, capsys):
+    rc = main(["--model", str(model_file(tmp_path)), "--output", str(tmp_path / "o"), "--input-shapes", "x:1xBx16"])
+    assert rc == 1
+    assert "malformed --input-shapes" in capsys.readouterr().err
+
+
+def test_dynamic_input_without_shapes_exits_1(tmp_path, capsys):
+    rc = main(["--model", str(model_file(tmp_path, batch="N")), "--output", str(tmp_path / "o")])
+    assert rc == 1
+    assert "--input-shapes x:Nx3x16x16" in capsys.readouterr().err
+
+
+def test_node_filter_matching_nothing_exits_1(tmp_path, capsys):
+    rc = main(["--model", str(model_file(tmp_path, batch=1)), "--output", str(tmp_path / "o"), "--node-filter", "nothing_*", *FAST])
+    assert rc == 1
+    assert "matches no node" in capsys.readouterr().err
+
+
+def test_unavailable_backend_exits_1(tmp_path, capsys):
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("tensorrt") is not None or shutil.which("trtexec"):
+        import pytest
+
+        pytest.skip("TensorRT is installed here")
+    rc = main(["--model", str(model_file(tmp_path, batch=1)), "--output", str(tmp_path / "o"), "--benchmark", "trtexec", *FAST])
+    assert rc == 1
+    assert "trtexec is not installed" in capsys.readouterr().err
+
+
+def test_sigint_exits_130_with_state_saved(tmp_path):
+    path = model_file(tmp_path, blocks=3, channels=16, hw=32, batch=1)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "autotune", "--model", str(path), "--output", str(out), "--schemes-per-region", "40", "--warmup-runs", "2", "--timing-runs", "20", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state_file = out / "autotuner_state.yaml"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.exists() and any(p.complete and p.results for p in AutotuneState.load(state_file).patterns.values()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "state saved" in err
+    st = AutotuneState.load(state_file)
+    assert st.baseline_latency_ms and any(p.complete for p in st.patterns.values())
+
+
+def test_inspect_prints_the_region_tree(tmp_path, capsys):
+    rc = inspect_main(["--model", str(model_file(tmp_path, blocks=2, batch=1)), "--points"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[0].startswith("ROOT#0")
+    assert "LEAF#" in out and "pattern=" in out and "unique patterns" in out and "candidate point(s)" in out
+    assert inspect_main(["--model", str(tmp_path / "none.onnx")]) == 1
