@@ -74,10 +74,12 @@ class Evaluator:
       mode: ``"apply"`` or ``"collect"``.
       collect_weights: weight quantizers whose statistics are collected from data (weights derived from
         several params leaves); other weights are calibrated from params and skipped in collect mode.
+      site_impls: ``{site name: fn(eqn, site, invals, qstate) -> outvals}`` replacing the quantized
+        evaluation of a site in apply mode (real-quantized kernels, e.g. an FP8 GEMM on stored FP8 weights).
     """
 
     def __init__(self, traced: TracedModel, specs: Mapping, qstate: Mapping, mode: str = "apply",
-                 collect_weights=frozenset()):
+                 collect_weights=frozenset(), site_impls: Mapping | None = None):
         if mode not in ("apply", "collect"):
             raise ValueError(f"mode must be 'apply' or 'collect', got {mode!r}")
         self.traced = traced
@@ -85,6 +87,7 @@ class Evaluator:
         self.qstate = qstate
         self.mode = mode
         self.collect_weights = frozenset(collect_weights)
+        self.site_impls = dict(site_impls or {})
 
     # -- entry point ---------------------------------------------------------------------------------
     def run(self, flat_args):
@@ -125,6 +128,9 @@ class Evaluator:
 
     # -- sites ----------------------------------------------------------------------------------------
     def _site(self, eqn, site, invals, qstate, stats):
+        impl = self.site_impls.get(site.name) if self.mode == "apply" else None
+        if impl is not None:
+            return list(impl(eqn, site, invals, qstate))
         vals = list(invals)
         for op, slot in site.roles.items():
             vals[op] = self._quantize(f"{site.name}.{slot}", vals[op], site, op, qstate, stats)
