@@ -1,0 +1,141 @@
+"""The ``jq`` command (also ``python -m jq``).
+
+Subcommands:
+  quantize   quantize a real model on real offline data with one or more presets; print the per-quantizer
+             summary and the accuracy of each quantized model against the float model
+  presets    list the presets with their formats and algorithms
+  analyze    print jq's trace report (sites, siblings, coupled dimensions) for a model
+
+Example:
+  python -m jq quantize --model fashion-cnn --preset INT8_DEFAULT_CFG --preset NVFP4_DEFAULT_CFG
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["main"]
+
+MODELS = ("fashion-cnn",)
+
+
+def _load_model(name, args):
+    if name != "fashion-cnn":
+        raise SystemExit(f"unknown model {name!r}; available: {MODELS}")
+    from jq.zoo.cnn import FashionCNN, load_or_train_fashion_cnn
+    from jq.zoo.fashion_mnist import load_fashion_mnist
+
+    params, path = load_or_train_fashion_cnn(cache_dir=args.cache_dir, epochs=args.epochs, data_dir=args.data_dir)
+    x_train, _ = load_fashion_mnist("train", args.data_dir)
+    x_test, y_test = load_fashion_mnist("test", args.data_dir)
+    calib = [(x_train[i:i + args.calib_batch_size],)
+             for i in range(0, args.calib_batches * args.calib_batch_size, args.calib_batch_size)]
+    return FashionCNN().apply, params, calib, (x_test, y_test), path
+
+
+def _cmd_quantize(args) -> int:
+    import jq
+    from jq.zoo.cnn import accuracy
+
+    apply_fn, params, calib, (x_test, y_test), path = _load_model(args.model, args)
+    if args.limit:
+        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    presets = args.preset or ["INT8_DEFAULT_CFG", "FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG", "MXFP8_DEFAULT_CFG"]
+    base = accuracy(apply_fn, params, x_test, y_test)
+    print(f"model {args.model} (params cached at {path}); calibration: {len(calib)} batches of "
+          f"{args.calib_batch_size} training images; evaluation: {len(x_test)} test images")
+    rows = [("float32", "-", base, 0.0, 1.0)]
+    for name in presets:
+        cfg = jq.get_preset(name)
+        t0 = time.perf_counter()
+        qm = jq.quantize(params, apply_fn, cfg, calib_data=calib, progress=not args.quiet)
+        t_cal = time.perf_counter() - t0
+        if not args.quiet:
+            print(f"\n== {name} ==")
+            jq.print_quant_summary(qm)
+        acc = accuracy(qm.apply, qm.params, x_test, y_test)
+        agree = _agreement(apply_fn, params, qm, x_test)
+        rows.append((name, f"{t_cal:.1f}s", acc, 100 * (base - acc), agree))
+    print("\nresults (top-1 accuracy on the Fashion-MNIST test split)")
+    print(f"{'config':<28} {'calibrate':>9} {'top-1':>8} {'drop (pt)':>10} {'agreement':>10}")
+    for name, t, acc, drop, agree in rows:
+        print(f"{name:<28} {t:>9} {100 * acc:>7.2f}% {drop:>10.2f} {100 * agree:>9.2f}%")
+    return 0
+
+
+def _agreement(apply_fn, params, qm, images, batch=1000) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    f, g = jax.jit(apply_fn), jax.jit(qm.apply)
+    same = 0
+    for i in range(0, len(images), batch):
+        xb = jnp.asarray(images[i:i + batch])
+        same += int(jnp.sum(jnp.argmax(f(params, xb), -1) == jnp.argmax(g(qm.params, xb), -1)))
+    return same / len(images)
+
+
+def _cmd_presets(args) -> int:
+    from jq.config import as_config
+    from jq.presets import PRESETS
+
+    print(f"{'preset':<34} {'weights':<28} {'inputs':<22} algorithm")
+    for name, cfg in PRESETS.items():
+        c = as_config(cfg)
+
+        def fmt(spec):
+            specs = spec if isinstance(spec, tuple) else (spec,)
+            on = [s.describe() for s in specs if s.enable]
+            return " -> ".join(on) if on else "off"
+
+        extra = "" if not name.endswith("KV_CFG") else f"  (k/v bmm: {fmt(c.resolve('attn.k_bmm_quantizer'))})"
+        print(f"{name:<34} {fmt(c.resolve('x.weight_quantizer')):<28} {fmt(c.resolve('x.input_quantizer')):<22} "
+              f"{c.algorithm.method}{extra}")
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    import jax.numpy as jnp
+
+    import jq
+
+    apply_fn, params, calib, _, _ = _load_model(args.model, args)
+    jq.trace.analyze(apply_fn, params, jnp.asarray(calib[0][0]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jq", description="jq: quantization toolkit for JAX")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp):
+        sp.add_argument("--model", default="fashion-cnn", choices=MODELS)
+        sp.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
+        sp.add_argument("--cache-dir", default=None, help="where the trained float model is cached")
+        sp.add_argument("--epochs", type=int, default=3, help="training epochs for the float model")
+        sp.add_argument("--calib-batches", type=int, default=8)
+        sp.add_argument("--calib-batch-size", type=int, default=128)
+
+    q = sub.add_parser("quantize", help="quantize a real model and report accuracy")
+    model_args(q)
+    q.add_argument("--preset", action="append", help="preset name (repeatable); default INT8, FP8, NVFP4, MXFP8")
+    q.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
+    q.add_argument("--quiet", action="store_true", help="no per-quantizer summary or progress bars")
+    q.set_defaults(func=_cmd_quantize)
+    pr = sub.add_parser("presets", help="list the presets")
+    pr.set_defaults(func=_cmd_presets)
+    a = sub.add_parser("analyze", help="print the trace report of a model")
+    model_args(a)
+    a.set_defaults(func=_cmd_analyze)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FileNotFoundError as e:
+        print(f"jq: {e}", file=sys.stderr)
+        return 1
