@@ -62,6 +62,7 @@ def recalibrate_weights(qm):
     """Recompute weight amaxes from ``qm.params`` (after QAT moved the weights); activations unchanged."""
     traced = qm.traced
     state = {k: dict(v) for k, v in qm.qstate.items()}
-    for name, entry in calibrate_weights(traced, qm.specs(traced), jax.tree_util.tree_leaves(qm.params)).items():
+    leaves = jax.tree_util.tree_leaves(qm.params)
+    for name, entry in calibrate_weights(traced, qm.specs(traced), leaves, qm.qstate).items():
         state.setdefault(name, {}).update(entry)
     return qm.replace(qstate=state)

@@ -40,7 +40,7 @@ __all__ = [
     "IMPLEMENTED_ALGORITHMS",
 ]
 
-IMPLEMENTED_ALGORITHMS = ("max", None)
+IMPLEMENTED_ALGORITHMS = ("max", None, "smoothquant", "awq_lite")
 
 
 class _TraceCache:
@@ -173,8 +173,8 @@ def _as_args(batch):
 def _check_algorithm(algorithm: Algorithm):
     if algorithm.method not in IMPLEMENTED_ALGORITHMS:
         raise NotImplementedError(
-            f"calibration algorithm {algorithm.method!r} is not implemented in jq yet; implemented: 'max' and None "
-            f"(pass algorithm='max' to calibrate, or pick a preset that uses max)")
+            f"calibration algorithm {algorithm.method!r} is not implemented in jq yet; implemented: "
+            f"{[m for m in IMPLEMENTED_ALGORITHMS if m]} and None (pass algorithm='max' to calibrate)")
 
 
 def quantize(params, apply_fn: Callable, cfg, calib_data: Iterable | None = None,
@@ -210,26 +210,62 @@ def quantize(params, apply_fn: Callable, cfg, calib_data: Iterable | None = None
     return calibrate(qm, calib_data, forward_loop, progress=progress, _warn_unused=True)
 
 
-def _collector(qm: QuantizedModel, key, traced: TracedModel, collect_weights):
+def _collector(qm: QuantizedModel, key, traced: TracedModel, collect_weights, qstate, site_stats, alphas):
     cache = qm._meta.cache
-    ckey = (key, qm.config, frozenset(collect_weights))
+    stat_key = tuple(sorted((k, tuple(sorted(v))) for k, v in (site_stats or {}).items()))
+    ckey = (key, qm.config, frozenset(collect_weights), stat_key, None if alphas is None else tuple(alphas))
     fn = cache.collectors.get(ckey)
     if fn is None:
         specs = qm.specs(traced)
 
-        def run(flat):
-            return Evaluator(traced, specs, {}, "collect", collect_weights).run(flat)
+        def run(flat, qstate):
+            return Evaluator(traced, specs, qstate, "collect", collect_weights, site_stats=site_stats,
+                             awq_alphas=alphas).run(flat)
 
         fn = cache.collectors[ckey] = jax.jit(run)
-    return fn
+    return lambda flat: fn(flat, qstate)
+
+
+def _collect(qm, calib_data, forward_loop, progress, qstate=None, site_stats=None, alphas=None, desc="calibrate"):
+    """One pass over the data in collect mode; returns the merged statistics."""
+    cache = qm._meta.cache
+    stats: dict = {}
+    n_batches = [0]
+
+    def run(*args, **kwargs):
+        key, traced, flat = cache.get(qm.params, args, kwargs)
+        collect_weights = {n for n, s in traced.quantizers.items()
+                           if s.is_weight and not isinstance(s.sites[0].weight, ParamOrigin)}
+        outs, st = _collector(qm, key, traced, collect_weights, qstate or {}, site_stats, alphas)(flat)
+        bad = sorted(k for k, (_, fin) in st.items() if not bool(jnp.all(fin)))
+        if bad:
+            raise ValueError(f"calibration batch {n_batches[0]} has NaN or inf values reaching quantizer(s) "
+                             f"{bad}; clean the data (or the model) before calibrating")
+        stats.update(merge_stats(stats, st))
+        n_batches[0] += 1
+        return jax.tree_util.tree_unflatten(traced.out_tree, outs)
+
+    if forward_loop is not None:
+        forward_loop(run)
+    elif calib_data is not None:
+        total = len(calib_data) if hasattr(calib_data, "__len__") else None
+        bar = tqdm(iter(calib_data), total=total, desc=f"jq {desc}", unit="batch", disable=not progress,
+                   file=sys.stderr, leave=False)
+        for batch in bar:
+            args, kwargs = _as_args(batch)
+            run(*args, **kwargs)
+    return stats
 
 
 def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_loop: Callable | None = None,
               algorithm=None, *, progress: bool = True, share_sibling_weight_amax: bool = False,
               _warn_unused: bool = False) -> QuantizedModel:
-    """(Re)calibrate ``qm``: weights from its params, activations from data (max calibration).
+    """(Re)calibrate ``qm``: weights from its params, activations from data.
 
-    ``algorithm`` overrides the config's (``"max"`` or None; others raise ``NotImplementedError``).
+    ``algorithm`` overrides the config's: ``"max"``, ``None`` (nothing to calibrate), ``"smoothquant"``
+    (``{"method": "smoothquant", "alpha": 1.0}``) or ``"awq_lite"`` (``{"method": "awq_lite",
+    "alpha_step": 0.1}``); the multi-pass algorithms read the data two or three times (a generator is
+    materialised into a list first). Others raise ``NotImplementedError``.
     Sibling layers that read the same input (q/k/v, gate/up; see :func:`jq.trace.sibling_groups`) share
     one input amax (the max over the group). With ``share_sibling_weight_amax`` their per-tensor weight
     amaxes (the NVFP4 global amax, FP8 per-tensor amax) are shared too, as fused serving kernels need.
@@ -240,22 +276,6 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
     if calib_data is not None and forward_loop is not None:
         raise ValueError("pass calib_data or forward_loop, not both")
     cache = qm._meta.cache
-    stats: dict = {}
-    n_batches = [0]
-
-    def run(*args, **kwargs):
-        key, traced, flat = cache.get(qm.params, args, kwargs)
-        collect_weights = {n for n, s in traced.quantizers.items()
-                           if s.is_weight and not isinstance(s.sites[0].weight, ParamOrigin)}
-        outs, st = _collector(qm, key, traced, collect_weights)(flat)
-        bad = sorted(k for k, (_, fin) in st.items() if not bool(jnp.all(fin)))
-        if bad:
-            raise ValueError(f"calibration batch {n_batches[0]} has NaN or inf values reaching quantizer(s) "
-                             f"{bad}; clean the data (or the model) before calibrating")
-        stats.update(merge_stats(stats, st))
-        n_batches[0] += 1
-        return jax.tree_util.tree_unflatten(traced.out_tree, outs)
-
     if alg.method is None and cache.first is None:  # nothing to calibrate, but the model must be traced
         if calib_data is not None:
             first = next(iter(calib_data), None)
@@ -267,28 +287,24 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
                 cache.get(qm.params, args, kwargs)
                 return qm.apply_fn(qm.params, *args, **kwargs)
             forward_loop(trace_only)
-    if alg.method is not None:
-        if forward_loop is not None:
-            forward_loop(run)
-        elif calib_data is not None:
-            it = iter(calib_data)
-            total = len(calib_data) if hasattr(calib_data, "__len__") else None
-            bar = tqdm(it, total=total, desc="jq calibrate", unit="batch", disable=not progress,
-                       file=sys.stderr, leave=False)
-            for batch in bar:
-                args, kwargs = _as_args(batch)
-                run(*args, **kwargs)
+    qstate: dict = {k: dict(v) for k, v in qm.qstate.items()}
+    if alg.method in ("smoothquant", "awq_lite"):
+        if calib_data is not None and not hasattr(calib_data, "__len__"):
+            calib_data = list(calib_data)
+        if calib_data is None and forward_loop is None:
+            raise ValueError(f"{alg.method} needs calibration data")
+        _pre_quant_scales(qm, alg, calib_data, forward_loop, progress, qstate)
+    stats = _collect(qm, calib_data, forward_loop, progress, qstate) if alg.method is not None else {}
     if cache.first is None:
         raise ValueError("no calibration batch was seen and nothing was traced: give calib_data or example_args")
     traced = cache.first
     specs = qm.specs(traced)
-    qstate: dict = {k: dict(v) for k, v in qm.qstate.items()}
     if alg.method is not None:
         p_leaves = jax.tree_util.tree_leaves(qm.params)
-        for name, entry in calibrate_weights(traced, specs, p_leaves).items():
+        for name, entry in calibrate_weights(traced, specs, p_leaves, qstate).items():
             qstate.setdefault(name, {}).update(entry)
         for name, (amax, _) in stats.items():
-            if amax is not None:
+            if amax is not None and "#" not in name:
                 qstate.setdefault(name, {})["amax"] = amax
         _share_siblings(traced, qstate, share_sibling_weight_amax)
         missing = [n for n, s in traced.quantizers.items() if specs.get(n) is not None and not s.is_weight
@@ -300,6 +316,62 @@ def calibrate(qm: QuantizedModel, calib_data: Iterable | None = None, forward_lo
         from jq.config import warn_unused
         warn_unused(qm.config, traced.quantizers)
     return qm.replace(qstate=qstate)
+
+
+def _pre_quant_scales(qm, alg, calib_data, forward_loop, progress, qstate):
+    """SmoothQuant / AWQ-lite: compute ``pre_quant_scale`` per site (stored on the input quantizer)."""
+    from jq.calib import awq, smoothquant
+
+    cache = qm._meta.cache
+    if cache.first is None:  # trace once so the targets are known
+        if calib_data is None:
+            raise ValueError(f"{alg.method} with a forward_loop needs example_args to trace the model first")
+        args, kwargs = _as_args(calib_data[0])
+        cache.get(qm.params, args, kwargs)
+    traced = cache.first
+    leaves = jax.tree_util.tree_leaves(qm.params)
+    opts = alg.kwargs
+    if alg.method == "smoothquant":
+        kinds = {s.name: {"channel_amax"} for s in smoothquant.smoothquant_targets(qm, traced)}
+        stats = _collect(qm, calib_data, forward_loop, progress, qstate, kinds, desc="smoothquant")
+        for name, scale in smoothquant.smoothquant_scales(qm, traced, stats, leaves, opts.get("alpha", 1.0)).items():
+            qstate.setdefault(name, {})["pre_quant_scale"] = scale
+        return
+    targets = awq.awq_targets(qm, traced)
+    stats = _collect(qm, calib_data, forward_loop, progress, qstate,
+                     {s.name: {"channel_abssum"} for s in targets}, desc="awq pass 1")
+    act_scales, w_scales = {}, {}
+    groups = _groups(traced, [s.name for s in targets])
+    by_name = {s.name: s for s in targets}
+    for group in groups:
+        key = f"{group[0]}.input_quantizer"
+        if f"{key}#channel_abssum#sum" not in stats:
+            continue
+        act = stats[f"{key}#channel_abssum#sum"][0] / stats[f"{key}#count#sum"][0][..., None]
+        ws = [awq.awq_weight_scale(by_name[n], qm.spec(f"{n}.weight_quantizer"), leaves) for n in group]
+        rows = [by_name[n].view.shape[by_name[n].view.batch] for n in group]
+        w = sum(r * x for r, x in zip(rows, ws)) / sum(rows)
+        for n in group:
+            qstate.setdefault(f"{n}.input_quantizer", {}).update(awq_act_scale=act, awq_w_scale=w)
+            act_scales[f"{n}.input_quantizer"], w_scales[f"{n}.input_quantizer"] = act, w
+    alphas = awq.awq_alphas(opts.get("alpha_step", 0.1))
+    stats = _collect(qm, calib_data, forward_loop, progress, qstate,
+                     {n: {"awq"} for n in by_name if f"{n}.input_quantizer" in act_scales}, alphas=tuple(alphas),
+                     desc="awq pass 2")
+    pqs, _ = awq.awq_select(qm, traced, stats, act_scales, w_scales, alphas)
+    for name in list(qstate):
+        for k in ("awq_act_scale", "awq_w_scale"):
+            qstate[name].pop(k, None)
+    for name, scale in pqs.items():
+        qstate.setdefault(name, {})["pre_quant_scale"] = scale
+
+
+def _groups(traced, names):
+    from jq.trace.symbols import sibling_groups
+
+    groups = [g for g in sibling_groups(traced) if all(n in names for n in g)]
+    grouped = {n for g in groups for n in g}
+    return groups + [[n] for n in names if n not in grouped]
 
 
 def _share_siblings(traced, qstate, weights: bool) -> None:

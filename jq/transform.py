@@ -28,6 +28,7 @@ from jq.config import QuantizerSpec
 from jq.fake_quant import fake_quant
 from jq.quantizer import compute_amax, needs_amax
 from jq.trace.primitives import bind_eqn, call_jaxpr_param, jaxpr_of
+from jq.trace import geometry
 from jq.trace.tracer import TracedModel
 
 __all__ = ["Evaluator", "merge_stats", "Stat"]
@@ -38,20 +39,23 @@ Stat = tuple  # (amax or None, all-finite flag)
 
 
 def merge_stats(a: dict, b: Mapping) -> dict:
-    """Combine statistics: elementwise max of amaxes, logical and of the finite flags."""
+    """Combine statistics: elementwise max (sums for keys ending in ``#sum``), and of the finite flags."""
     out = dict(a)
-    for k, (amax, finite) in b.items():
+    for k, (value, finite) in b.items():
         if k in out:
-            old_amax, old_finite = out[k]
-            amax = amax if old_amax is None else jnp.maximum(old_amax, amax)
+            old, old_finite = out[k]
+            if old is not None:
+                value = old + value if k.endswith("#sum") else jnp.maximum(old, value)
             finite = jnp.logical_and(old_finite, finite)
-        out[k] = (amax, finite)
+        out[k] = (value, finite)
     return out
 
 
 def _reduce_leading(stats: Mapping) -> dict:
     """Reduce statistics stacked over scan iterations (non-layer scans)."""
-    return {k: (None if a is None else jnp.max(a, axis=0), jnp.all(f, axis=0)) for k, (a, f) in stats.items()}
+    def red(k, a):
+        return None if a is None else (jnp.sum(a, axis=0) if k.endswith("#sum") else jnp.max(a, axis=0))
+    return {k: (red(k, a), jnp.all(f, axis=0)) for k, (a, f) in stats.items()}
 
 
 def _zeros_like_stats(shapes: Mapping) -> dict:
@@ -76,10 +80,18 @@ class Evaluator:
         several params leaves); other weights are calibrated from params and skipped in collect mode.
       site_impls: ``{site name: fn(eqn, site, invals, qstate) -> outvals}`` replacing the quantized
         evaluation of a site in apply mode (real-quantized kernels, e.g. an FP8 GEMM on stored FP8 weights).
+      site_stats: ``{site name: kinds}`` of extra per-site statistics in collect mode, stored under
+        ``"{input quantizer}#{kind}"``: ``channel_amax`` (per input channel max|x|), ``channel_abssum`` and
+        ``count`` (for mean|x|), ``awq`` (AWQ-lite search losses, see :mod:`jq.calib.awq`).
+      awq_alphas: the AWQ-lite grid of alphas (for the ``awq`` statistic).
+
+    A site whose input quantizer state holds ``pre_quant_scale`` (SmoothQuant / AWQ) computes
+    ``(x * pre_quant_scale) @ (W / pre_quant_scale)`` before quantizing, in every mode.
     """
 
     def __init__(self, traced: TracedModel, specs: Mapping, qstate: Mapping, mode: str = "apply",
-                 collect_weights=frozenset(), site_impls: Mapping | None = None):
+                 collect_weights=frozenset(), site_impls: Mapping | None = None,
+                 site_stats: Mapping | None = None, awq_alphas=None):
         if mode not in ("apply", "collect"):
             raise ValueError(f"mode must be 'apply' or 'collect', got {mode!r}")
         self.traced = traced
@@ -88,6 +100,8 @@ class Evaluator:
         self.mode = mode
         self.collect_weights = frozenset(collect_weights)
         self.site_impls = dict(site_impls or {})
+        self.site_stats = {k: frozenset(v) for k, v in (site_stats or {}).items()}
+        self.awq_alphas = awq_alphas
 
     # -- entry point ---------------------------------------------------------------------------------
     def run(self, flat_args):
@@ -132,12 +146,46 @@ class Evaluator:
         if impl is not None:
             return list(impl(eqn, site, invals, qstate))
         vals = list(invals)
+        if site.kind != "bmm":
+            vals = self._pre_quant_scale(site, vals, qstate)
+            kinds = self.site_stats.get(site.name)
+            if kinds and stats is not None:
+                self._site_stats(eqn, site, vals, qstate, stats, kinds)
         for op, slot in site.roles.items():
             vals[op] = self._quantize(f"{site.name}.{slot}", vals[op], site, op, qstate, stats)
         outs = _bind(eqn, vals)
         if site.kind != "bmm":
             outs[0] = self._quantize(f"{site.name}.output_quantizer", outs[0], site, None, qstate, stats)
         return outs
+
+    def _pre_quant_scale(self, site, vals, qstate):
+        pqs = qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
+        if pqs is None:
+            return vals
+        act, w = 1 - site.weight_operand, site.weight_operand
+        vals = list(vals)
+        vals[act] = (vals[act] * geometry.broadcast_to_activation(site, pqs, vals[act].shape)).astype(vals[act].dtype)
+        vals[w] = geometry.scale_weight(site, vals[w], 1.0 / pqs)
+        return vals
+
+    def _site_stats(self, eqn, site, vals, qstate, stats, kinds):
+        name = f"{site.name}.input_quantizer"
+        x, w = vals[1 - site.weight_operand], vals[site.weight_operand]
+        true = jnp.array(True)
+        new = {}
+        if "channel_amax" in kinds:
+            new[f"{name}#channel_amax"] = (geometry.channel_reduce(site, x, "amax"), true)
+        if "channel_abssum" in kinds:
+            new[f"{name}#channel_abssum#sum"] = (geometry.channel_reduce(site, x, "abssum"), true)
+            n = x.size // geometry.in_features(site)
+            new[f"{name}#count#sum"] = (jnp.float32(n), true)
+        if "awq" in kinds:
+            from jq.calib.awq import awq_losses
+            st = qstate.get(name, {})
+            spec = self.specs.get(f"{site.name}.weight_quantizer")
+            losses = awq_losses(eqn, site, x, w, st["awq_act_scale"], st["awq_w_scale"], spec, self.awq_alphas)
+            new[f"{name}#awq#sum"] = (losses, true)
+        stats.update(merge_stats(stats, new))
 
     def _quantize(self, qname, x, site, op, qstate, stats):
         spec = self.specs.get(qname)
@@ -156,9 +204,6 @@ class Evaluator:
             finite = jnp.all(jnp.isfinite(v))
             stats.update(merge_stats(stats, {qname: (amax, finite)}))
             return x
-        pqs = state.get("pre_quant_scale")
-        if pqs is not None:
-            x = (x * pqs).astype(x.dtype) if not is_weight else x
         for i, s in enumerate(specs):
             if not s.enable:
                 continue

@@ -75,8 +75,9 @@ def test_presets_are_modelopt_dicts_that_copy_and_edit():
 def test_unbuilt_algorithm_is_an_error_not_silence():
     import jax.numpy as jnp
 
-    with pytest.raises(NotImplementedError, match="awq_lite"):
-        jq.quantize({"w": jnp.ones((4, 4))}, lambda p, x: x @ p["w"], jq.INT4_AWQ_CFG, example_args=(jnp.ones((2, 4)),))
+    cfg = {**jq.INT4_AWQ_CFG, "algorithm": "awq_clip"}
+    with pytest.raises(NotImplementedError, match="awq_clip"):
+        jq.quantize({"w": jnp.ones((4, 4))}, lambda p, x: x @ p["w"], cfg, example_args=(jnp.ones((2, 4)),))
 
 
 def test_projections_named_like_embeddings_stay_quantized():

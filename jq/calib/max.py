@@ -50,12 +50,14 @@ def _to_layer_axes(x, depths, layer_axes):
     return jnp.broadcast_to(x, tuple(layer_axes) + x.shape[len(layer_axes):])
 
 
-def calibrate_weights(traced, specs, params_leaves) -> dict:
+def calibrate_weights(traced, specs, params_leaves, qstate=None) -> dict:
     """``{quantizer name: {"amax": ...}}`` for every enabled weight quantizer whose weight is replayable.
 
     Sequential specs get ``amax``, ``amax_1``, ...: stage ``i`` is calibrated on the output of the stages
-    before it (ModelOpt's SequentialQuantizer order).
+    before it (ModelOpt's SequentialQuantizer order). A site's ``pre_quant_scale`` (in ``qstate``) divides
+    the weight's input channels first, as it does when the model runs.
     """
+    qstate = qstate or {}
     state = {}
     for name, slot in traced.quantizers.items():
         spec = specs.get(name)
@@ -73,6 +75,21 @@ def calibrate_weights(traced, specs, params_leaves) -> dict:
             return view.to_canonical(v)
 
         c = _per_layer(canon, w, len(depths))
+        pqs = qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
+        if pqs is not None:
+            if len(depths) != len(slot.layer_axes):
+                raise NotImplementedError(f"{name}: pre_quant_scale on a weight shared across layer scans")
+            axis = view.batch + 1
+
+            def divide(v, p, axis=axis):
+                shape = [1] * v.ndim
+                shape[axis] = v.shape[axis]
+                return v / jnp.reshape(p, shape)
+
+            fn = divide
+            for _ in range(len(depths)):
+                fn = jax.vmap(fn)
+            c = fn(c, pqs)
         for i, s in enumerate(stages):
             if not s.enable:
                 continue

@@ -1,0 +1,87 @@
+"""SmoothQuant: migrate activation outliers into the weights with a per-input-channel scale.
+
+For each linear site (and each group of siblings that read the same input, e.g. q/k/v), with
+``a_j = max|x_j|`` over the calibration data and ``w_j = max_i |W[i, j]|`` over the weights of the group::
+
+    pre_quant_scale_j = clamp(w_j^(1 - alpha) / a_j^alpha, 1e-4, 1e4)     (1 where a_j ~ 0)
+    x @ W == (x * pre_quant_scale) @ (W / pre_quant_scale)
+
+so the smoothed activation has flatter channels and the weight absorbs the difference. The activation
+and weight amaxes are then re-calibrated (max) on the smoothed tensors. Applies where both the input and
+the weight quantizer are enabled integer quantizers (ModelOpt: INT8 only).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jq.calib.max import replay_weight
+from jq.trace.sites import ParamOrigin, ScanSlice
+from jq.trace.symbols import sibling_groups
+
+__all__ = ["smoothquant_targets", "smoothquant_scales", "weight_channel_reduce"]
+
+MIN_SCALE, MAX_SCALE = 1e-4, 1e4
+
+
+def smoothquant_targets(qm, traced) -> list:
+    """Sites SmoothQuant applies to: enabled integer input and weight quantizers on a params weight."""
+    out = []
+    for s in traced.sites:
+        if s.kind == "bmm" or not isinstance(s.weight, ParamOrigin):
+            continue
+        i, w = qm.spec(f"{s.name}.input_quantizer"), qm.spec(f"{s.name}.weight_quantizer")
+        if i is None or w is None or isinstance(i, tuple) or isinstance(w, tuple):
+            continue
+        if i.kind == "int" and w.kind == "int":
+            out.append(s)
+    return out
+
+
+def weight_channel_reduce(site, params_leaves, op: str) -> jax.Array:
+    """Per-input-channel reduction of ``|W|`` over the output rows, from the params, per layer.
+
+    ``op``: ``"amax"`` (max over rows) or a callable ``f(canonical [out, in]) -> [in]``.
+    Returns shape ``(*layer_axes, in)``.
+    """
+    origin = site.weight
+    w = replay_weight(params_leaves[origin.leaf], origin.chain)
+    n_layers = sum(isinstance(c, ScanSlice) for c in origin.chain)
+    view = site.view
+
+    def one(v):
+        c = jnp.abs(view.to_canonical(v).astype(jnp.float32))
+        c = jnp.moveaxis(c, view.batch + 1, -1).reshape(-1, c.shape[view.batch + 1])  # rows x in
+        return jnp.max(c, axis=0) if op == "amax" else op(c)
+
+    fn = one
+    for _ in range(n_layers):
+        fn = jax.vmap(fn)
+    r = fn(w)
+    if n_layers < len(site.layer_axes):
+        raise NotImplementedError(f"{site.name}: a weight shared across layer scans cannot be smoothed per layer")
+    return r
+
+
+def smoothquant_scales(qm, traced, stats, params_leaves, alpha: float) -> dict:
+    """``{input quantizer name: pre_quant_scale}`` from per-channel activation amaxes in ``stats``."""
+    targets = {s.name: s for s in smoothquant_targets(qm, traced)}
+    groups = [g for g in sibling_groups(traced) if all(n in targets for n in g)]
+    grouped = {n for g in groups for n in g}
+    groups += [[n] for n in targets if n not in grouped]
+    out = {}
+    for group in groups:
+        act = stats.get(f"{group[0]}.input_quantizer#channel_amax")
+        if act is None:
+            continue  # no calibration data reached this site
+        act = act[0]
+        w = None
+        for n in group:
+            wn = weight_channel_reduce(targets[n], params_leaves, "amax")
+            w = wn if w is None else jnp.maximum(w, wn)
+        scale = jnp.power(jnp.maximum(w, 1e-12), 1.0 - alpha) / jnp.power(jnp.maximum(act, 1e-12), alpha)
+        scale = jnp.where(act <= 1e-8, 1.0, jnp.clip(scale, MIN_SCALE, MAX_SCALE)).astype(jnp.float32)
+        for n in group:
+            out[f"{n}.input_quantizer"] = scale
+    return out
