@@ -58,10 +58,11 @@ def _cmd_quantize(args) -> int:
         acc = accuracy(qm.apply, qm.params, x_test, y_test)
         agree = _agreement(apply_fn, params, qm, x_test)
         rows.append((name, f"{t_cal:.1f}s", acc, 100 * (base - acc), agree))
+    w = max(len(r[0]) for r in rows) + 2
     print("\nresults (top-1 accuracy on the Fashion-MNIST test split)")
-    print(f"{'config':<28} {'calibrate':>9} {'top-1':>8} {'drop (pt)':>10} {'agreement':>10}")
+    print(f"{'config':<{w}} {'calibrate':>9} {'top-1':>8} {'drop (pt)':>10} {'agreement':>10}")
     for name, t, acc, drop, agree in rows:
-        print(f"{name:<28} {t:>9} {100 * acc:>7.2f}% {drop:>10.2f} {100 * agree:>9.2f}%")
+        print(f"{name:<{w}} {t:>9} {100 * acc:>7.2f}% {drop:>10.2f} {100 * agree:>9.2f}%")
     return 0
 
 

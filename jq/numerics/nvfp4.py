@@ -44,9 +44,12 @@ def nvfp4_layout(shape, two_d: bool = False, block_size: int = NVFP4_BLOCK_SIZE)
 
 
 def nvfp4_global_scale(amax: jax.Array) -> jax.Array:
-    """``amax / 2688`` in float32; 1 where ``amax == 0`` so an all-zero tensor quantizes to zeros."""
+    """``amax / 2688`` in float32; 1 where ``amax == 0`` so an all-zero tensor quantizes to zeros.
+
+    A NaN amax stays NaN (a broken calibration must not turn into silently finite outputs).
+    """
     amax = jnp.asarray(amax, jnp.float32)
-    return jnp.where(amax > 0, exact_divide(amax, jnp.float32(NVFP4_AMAX_DIVISOR)), 1.0)
+    return jnp.where(amax == 0, 1.0, exact_divide(amax, jnp.float32(NVFP4_AMAX_DIVISOR)))
 
 
 def nvfp4_block_scale(block_amax: jax.Array, global_scale: jax.Array) -> jax.Array:

@@ -58,3 +58,14 @@ def test_per_axis_amax_broadcasts(rng):
     y = np.asarray(int_fake_quant(x, amax, 8))
     for r in range(4):
         np.testing.assert_array_equal(y[r], np.asarray(int_fake_quant(x[r], amax[r, 0], 8)))
+
+
+@pytest.mark.parametrize("amax", [np.nan, np.inf])
+def test_nan_or_inf_amax_never_gives_silent_finite_values(amax):
+    # a broken calibration must be visible: the outputs are NaN (calibrate() refuses NaN/inf data earlier)
+    from jq.numerics import fp8_fake_quant, nvfp4_fake_quant
+
+    x = jnp.array([0.5, -1.0] + [0.25] * 14)
+    for y in (int_fake_quant(x, jnp.float32(amax), 8), fp8_fake_quant(x, jnp.float32(amax)),
+              nvfp4_fake_quant(x, jnp.float32(amax))):
+        assert np.isnan(np.asarray(y)).all()
