@@ -1,0 +1,248 @@
+"""GPU smoke test + benchmark of the real-quantized GEMMs (kernels/gemm.py).
+
+* FP8: XLA's fp8 ``dot_general`` (K-major weights) vs the bf16 GEMM at 8192^3; the compiled HLO is checked for
+  ``__cublas$lt$matmul$f8``.
+* W4A16 decode GEMM, N=28672 K=8192, batch 1/4/16: the Mosaic GPU kernel (NVFP4, INT4 g128) vs XLA's bf16 dot and
+  XLA's native int4 path, same run. Smoke: small and ragged shapes against ``x @ dequant(W).T``.
+
+``PYTHONPATH=. python -m benchmarks.kernel_bench.gemm_bench [smoke|bench|all]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from benchmarks.kernel_bench.common import device_info, save, time_fn
+from jq import qtensor
+from jq.config import QuantizerSpec
+from kernels import gemm as G
+from kernels import nvfp4 as K
+
+NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
+I4 = QuantizerSpec(num_bits=4, block_sizes={-1: 128})
+
+
+def _rel(a, b):
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _quant_weight(w, spec):
+    if spec.kind == "nvfp4":
+        return jax.jit(lambda v: K.quantize_to_qtensor(v, spec))(w)
+    return jax.jit(lambda v: qtensor.quantize(v, spec))(w)
+
+
+def smoke(configs=None) -> dict:
+    res = {"cases": [], "failures": 0}
+    rng = np.random.default_rng(0)
+    configs = configs or [G.MosaicConfig()]
+    for spec in (NV1, I4):
+        for (n, k) in ((256, 512), (200, 300), (1024, 1024)):
+            w = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
+            try:
+                qt = _quant_weight(w, spec)
+                pw = G.pack_w4(qt)
+            except Exception as e:
+                res["failures"] += 1
+                res["cases"].append({"name": f"pack {spec.kind} {n}x{k}", "error": str(e)[:1500]})
+                traceback.print_exc()
+                continue
+            for b in (1, 3, 16, 33, 64):
+                x = jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16)
+                ref = jax.jit(G.w4a16_matmul_xla)(x, qt)
+                for cfg in configs:
+                    name = f"w4a16 {spec.kind} N={n} K={k} B={b} {cfg}"
+                    try:
+                        y = jax.jit(functools.partial(G.w4a16_matmul_mosaic, cfg=cfg))(x, pw)
+                        err = _rel(y, ref)
+                        ok = err < 2e-2
+                        res["cases"].append({"name": name, "rel_err": err, "ok": ok})
+                        res["failures"] += 0 if ok else 1
+                        print(f"  {name}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)
+                    except Exception as e:
+                        res["failures"] += 1
+                        res["cases"].append({"name": name, "error": f"{type(e).__name__}: {str(e)[:3000]}"})
+                        print(f"  {name}: ERROR {type(e).__name__}: {str(e)[:1500]}", flush=True)
+                        traceback.print_exc()
+    return res
+
+
+def bench(configs=None, batches=(1, 4, 16)) -> dict:
+    out = {"fp8": {}, "decode": []}
+    rng = np.random.default_rng(0)
+    # ---------------- FP8 GEMM 8192^3
+    m = n = k = 8192
+    try:
+        a = [jnp.asarray(rng.standard_normal((m, k), dtype=np.float32), jnp.bfloat16) for _ in range(2)]
+        wb = [jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16) for _ in range(2)]
+        flops = 2 * m * n * k
+        bf = jax.jit(lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ())),
+                                                   preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+        bf_kn = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+        wkn = [w.T.copy() for w in wb]
+        t_bf = time_fn(bf, list(zip(a, wb)), iters=20)
+        t_bf2 = time_fn(bf_kn, list(zip(a, wkn)), iters=20)
+        wq = [G.prepare_fp8_weight(w, jnp.float32(4.0)) for w in wb]
+        xq = [jax.jit(lambda v: jnp.clip(v * 100, -448, 448).astype(jnp.float8_e4m3fn))(x) for x in a]
+        f8 = jax.jit(lambda x, w, s: (lax.dot_general(x, w, (((1,), (1,)), ((), ())),
+                                                       preferred_element_type=jnp.float32) * s).astype(jnp.bfloat16))
+        args8 = [(x, w[0], w[1] * 0.01) for x, w in zip(xq, wq)]
+        t_f8 = time_fn(f8, args8, iters=20)
+        hlo = f8.lower(*args8[0]).compile().as_text()
+        from kernels.fp8 import fp8_quantize
+
+        lin = jax.jit(lambda x, w, s: G.fp8_linear(x, w, s, jnp.float32(4.0),
+                                                   quantize_x=lambda v, am: fp8_quantize(v, am)))
+        t_lin = time_fn(lin, [(x, w[0], w[1]) for x, w in zip(a, wq)], iters=20)
+        lin_hlo = lin.lower(a[0], wq[0][0], wq[0][1]).compile().as_text()
+        # f8 with weights stored (K, N): XLA inserts a transpose
+        f8kn = jax.jit(lambda x, w, s: (jnp.dot(x, w, preferred_element_type=jnp.float32) * s).astype(jnp.bfloat16))
+        wq_kn = [w[0].T.copy() for w in wq]
+        t_f8kn = time_fn(f8kn, [(x, w, jnp.float32(0.01)) for x, w in zip(xq, wq_kn)], iters=20)
+        bf_best = min(t_bf["s"], t_bf2["s"])
+        out["fp8"] = {
+            "shape": [m, n, k],
+            "bf16_NK_TFLOPs": flops / t_bf["s"] / 1e12, "bf16_KN_TFLOPs": flops / t_bf2["s"] / 1e12,
+            "fp8_NK_TFLOPs": flops / t_f8["s"] / 1e12, "fp8_KN_TFLOPs": flops / t_f8kn["s"] / 1e12,
+            "fp8_linear_with_act_quant_TFLOPs": flops / t_lin["s"] / 1e12,
+            "ratio_fp8_vs_best_bf16": bf_best / t_f8["s"],
+            "ratio_fp8_linear_vs_best_bf16": bf_best / t_lin["s"],
+            "cublaslt_f8_in_hlo": "__cublas$lt$matmul$f8" in hlo,
+            "cublaslt_f8_in_fp8_linear_hlo": "__cublas$lt$matmul$f8" in lin_hlo,
+            "hlo_custom_calls": sorted(set(l.split("custom_call_target=")[1].split(",")[0]
+                                           for l in hlo.splitlines() if "custom_call_target=" in l)),
+        }
+        print("  fp8:", out["fp8"], flush=True)
+        del a, wb, wkn, wq, xq, args8, wq_kn
+    except Exception as e:
+        out["fp8"] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
+        traceback.print_exc()
+
+    # ---------------- decode GEMM
+    n, k = 28672, 8192
+    configs = configs or [G.MosaicConfig()]
+    w = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16)
+    w2 = w * 1.01  # second copy: calls alternate between weight buffers (no L2 reuse across calls)
+    wkn = w.T.copy()
+    qts = {}
+    pws = {}
+    for spec in (NV1, I4):
+        try:
+            qts[spec.kind] = [_quant_weight(v, spec) for v in (w, w2)]
+            pws[spec.kind] = [jax.block_until_ready(G.pack_w4(q)) for q in qts[spec.kind]]
+        except Exception as e:
+            out.setdefault("errors", []).append(f"pack {spec.kind}: {type(e).__name__}: {str(e)[:1500]}")
+            traceback.print_exc()
+    i4x = [G.int4_xla_weights(q) for q in qts.get("int", [])]
+    wbytes = n * k * 2
+    for b in batches:
+        xs = [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(2)]
+        row = {"B": b, "N": n, "K": k}
+
+        def t(name, fn, argsets, nbytes=None):
+            try:
+                tt = time_fn(jax.jit(fn), argsets, iters=50, warmup=5)
+                row[name + "_us"] = tt["s"] * 1e6
+                if nbytes:
+                    row[name + "_GBps"] = nbytes / tt["s"] / 1e9
+                print(f"  B={b} {name:40s} {tt['s'] * 1e6:8.1f} us", flush=True)
+            except Exception as e:
+                row[name + "_error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+                print(f"  B={b} {name}: ERROR {type(e).__name__}: {str(e)[:400]}", flush=True)
+
+        dn = (((1,), (1,)), ((), ()))
+        t("xla_bf16_NK", lambda x, w: lax.dot_general(x, w, dn, preferred_element_type=jnp.float32).astype(
+            jnp.bfloat16), [(xs[0], w), (xs[1], w2)], wbytes)
+        t("xla_bf16_KN", lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16),
+          [(xs[0], wkn), (xs[1], wkn)], wbytes)
+        if i4x:
+            t("xla_int4_g128", lambda x, q, s: G.w4a16_matmul_xla_int4(x, q, s),
+              [(xs[0],) + i4x[0], (xs[1],) + i4x[1]], n * k // 2)
+            t("xla_int4_per_channel", lambda x, q, s: (lax.dot_general(
+                x, q.astype(jnp.bfloat16), dn, preferred_element_type=jnp.float32) * s[:, 0]).astype(jnp.bfloat16),
+              [(xs[0],) + i4x[0], (xs[1],) + i4x[1]], n * k // 2)
+        for kind, pl_ in pws.items():
+            ref = jax.jit(G.w4a16_matmul_xla)(xs[0], qts[kind][0])
+            for cfg in configs:
+                name = f"mosaic_{kind}_r{cfg.rows}_k{cfg.block_k}_s{cfg.stages}"
+                fn = functools.partial(G.w4a16_matmul_mosaic, cfg=cfg)
+                try:
+                    y = jax.jit(fn)(xs[0], pl_[0])
+                    row[name + "_rel_err"] = _rel(y, ref)
+                    row[name + "_norms"] = [float(np.linalg.norm(np.asarray(y, np.float32))),
+                                            float(np.linalg.norm(np.asarray(ref, np.float32)))]
+                except Exception as e:
+                    row[name + "_error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+                    print(f"  {name}: ERROR {str(e)[:300]}", flush=True)
+                    continue
+                t(name, fn, [(xs[0], pl_[0]), (xs[1], pl_[1])], pl_[0].nbytes)
+        bf = min(row.get("xla_bf16_NK_us", 1e9), row.get("xla_bf16_KN_us", 1e9))
+        for key in list(row):
+            if key.endswith("_us") and not key.startswith("xla_bf16"):
+                row[key[:-3] + "_speedup_vs_bf16"] = bf / row[key]
+        out["decode"].append(row)
+    del w, w2, wkn, qts, pws, i4x
+    try:
+        out["model_shapes"] = bench_model_shapes()
+    except Exception as e:
+        out["model_shapes_error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+        traceback.print_exc()
+    return out
+
+
+def bench_model_shapes(shapes=((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)), batches=(1, 16)) -> list:
+    """Per-GEMM decode times at the e2e model's shapes (N, K): bf16, FP8 (cuBLASLt), NVFP4 Mosaic."""
+    from kernels.fp8 import fp8_quantize
+
+    rng = np.random.default_rng(1)
+    rows = []
+    dn = (((1,), (1,)), ((), ()))
+    for n, k in shapes:
+        w = [jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16) for _ in range(3)]
+        pw = [G.pack_w4(_quant_weight(v, NV1)) for v in w]
+        wq = [G.prepare_fp8_weight(v, jnp.float32(4.0)) for v in w]
+        for b in batches:
+            xs = [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(3)]
+            row = {"N": n, "K": k, "B": b}
+            cases = {
+                "bf16": (lambda x, v: lax.dot_general(x, v, dn, preferred_element_type=jnp.float32).astype(
+                    jnp.bfloat16), list(zip(xs, w))),
+                "fp8_linear": (lambda x, q, s: G.fp8_linear(x, q, s, jnp.float32(3.0),
+                                                            quantize_x=lambda v, a: fp8_quantize(v, a)),
+                               [(x, q[0], q[1]) for x, q in zip(xs, wq)]),
+                "fp8_linear_xla_act_quant": (lambda x, q, s: G.fp8_linear(x, q, s, jnp.float32(3.0)),
+                                             [(x, q[0], q[1]) for x, q in zip(xs, wq)]),
+                "nvfp4_mosaic": (lambda x, p: G.w4a16_matmul_mosaic(x, p), list(zip(xs, pw))),
+            }
+            for name, (fn, args) in cases.items():
+                try:
+                    t = time_fn(jax.jit(fn), args, iters=60, warmup=5)
+                    row[name + "_us"] = t["s"] * 1e6
+                except Exception as e:
+                    row[name + "_error"] = f"{type(e).__name__}: {str(e)[:800]}"
+            print("  ", {kk: (round(v, 1) if isinstance(v, float) else v) for kk, v in row.items()}, flush=True)
+            rows.append(row)
+    return rows
+
+
+def main(argv):
+    what = argv[1] if len(argv) > 1 else "all"
+    rec = {"info": device_info()}
+    if what in ("smoke", "all"):
+        rec["smoke"] = smoke()
+    if what in ("bench", "all"):
+        rec["bench"] = bench()
+    print(save("gemm.json", rec))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,476 @@
+"""Real-quantized matmuls: the FP8 cuBLASLt path through XLA and the W4A16 decode GEMM (NVFP4 / INT4 weights).
+
+FP8 (``fp8_linear``): activations quantized per tensor to E4M3 with the calibrated amax, weights stored once as
+E4M3 ``[N, K]`` (K-major: the layout cuBLASLt's fp8 kernels take without a transpose), and an fp8
+``dot_general`` that XLA lowers to ``__cublas$lt$matmul$f8`` with the two per-tensor scales applied to the
+f32 result. :func:`fp8_gemm_uses_cublaslt` checks the compiled HLO.
+
+W4A16 (``w4a16_matmul``): ``y = x @ dequant(W).T`` for ``x: [B, K]`` bf16 and ``W: [N, K]`` NVFP4 (16-element
+E4M3-scaled blocks along K, fp32 global scale) or INT4 (groups of 128 along K, fp32 scales), as stored by
+:func:`jq.qtensor.quantize`. Implementations:
+
+* ``mosaic`` -- a Mosaic GPU kernel for decode batches (B <= 64) built on the blueprint "weights on the wgmma M
+  side as the register operand" (swap-AB): each CTA streams 64-row weight tiles through a TMA pipeline, decodes
+  them in registers into f16 wgmma A fragments (two shifts, an AND and a LOP3 per two weights plus one
+  HMUL2, see :func:`_nvfp4_asm`) and
+  multiplies by the token tile ``x^T`` held in shared memory (N = tokens padded to 8). The weights are
+  re-laid out once, offline (:func:`pack_w4`), so every thread's fragment is one 32-bit word.
+* ``xla`` -- dequantize (reference) + XLA bf16 dot: any batch, any backend, and the fallback.
+* ``xla_int4`` (INT4 only) -- XLA's native int4 path: ``int4`` weights converted in the GEMM fusion.
+
+Numerics of the decode GEMM: NVFP4 weights decode exactly (``code * 2^-14`` is an f16, times the E4M3 block scale
+is exact in f16); the factor ``gs * 2^14`` is applied to the f32 accumulator. Activations are multiplied by a
+power of two ``2^e`` chosen from their amax so that they fit f16 (exact for every value within 2^30 of the
+amax) and converted to f16; the accumulation is f32 on the tensor cores. INT4 multiplies the integer codes by
+the f16-rounded group scale ``amax/7`` (relative error <= 2^-11 per scale). The result matches
+``x @ dequant(W).T`` to f32-accumulation / bf16-output tolerance (tests: relative error < 1e-2, measured ~3e-3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jq import numerics as nx
+
+__all__ = [
+    "fp8_linear", "prepare_fp8_weight", "fp8_gemm_uses_cublaslt", "PackedW4", "pack_w4", "w4a16_matmul",
+    "w4a16_matmul_xla", "emulate_decode", "MosaicConfig", "w4a16_matmul_mosaic", "int4_xla_weights",
+    "w4a16_matmul_xla_int4",
+]
+
+# ----------------------------------------------------------------------------------------------------
+# FP8 through XLA / cuBLASLt
+
+
+def prepare_fp8_weight(w_canonical, amax):
+    """E4M3 weight ``[N, K]`` (K-major) and its dequant multiplier ``1/s_w`` (exactly the reference's)."""
+    q, s = nx.fp8_quantize(w_canonical, amax, "e4m3")
+    return q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s)
+
+
+def fp8_linear(x, w_q, w_inv_scale, x_amax, out_dtype=jnp.bfloat16, quantize_x=None):
+    """``y = (q(x) @ w_q.T) * (1/s_x) * (1/s_w)`` with both operands E4M3, accumulated in f32 by cuBLASLt.
+
+    ``q(x)`` is :func:`jq.numerics.fp8_quantize` with the calibrated activation amax (the fused kernel on the
+    GPU when ``quantize_x`` is given). ``w_q``: ``[N, K]`` float8_e4m3fn (K-major).
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if quantize_x is not None:
+        xq, sx = quantize_x(x2, x_amax)
+    else:
+        q, sx = nx.fp8_quantize(x2, x_amax, "e4m3")
+        xq = q.astype(jnp.float8_e4m3fn)
+    acc = lax.dot_general(xq, w_q, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    y = acc * (nx.fp8_dequant_scale(sx) * w_inv_scale)
+    return y.astype(out_dtype).reshape(lead + (w_q.shape[0],))
+
+
+def fp8_gemm_uses_cublaslt(fn, *args) -> bool:
+    """True when the compiled HLO of ``fn(*args)`` calls cuBLASLt's fp8 matmul (GPU only)."""
+    txt = jax.jit(fn).lower(*args).compile().as_text()
+    return "__cublas$lt$matmul$f8" in txt
+
+
+# ----------------------------------------------------------------------------------------------------
+# W4A16: offline layout
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass
+class PackedW4:
+    """Weights in the decode-GEMM layout (made once by :func:`pack_w4`).
+
+    codes: uint32 ``[Np/64, Kp/16, 128]``: for each 64-row tile, 16-column chunk and thread of the warpgroup,
+      the 8 codes that thread's wgmma A fragment holds (nibble ``k`` / ``k+4`` = low/high element of register k).
+    scales: NVFP4: uint16 ``[Np/64, Kp/16, 32]`` (the E4M3 scales of rows g and g+8, one entry per 4 threads);
+      INT4: uint32 ``[Np/64, Kp/128, 32]`` (f16x2 ``amax/7`` of the two rows).
+    factor: fp32 scalar applied to the accumulator (NVFP4 ``gs * 2^14``; INT4 1).
+    """
+
+    codes: jax.Array
+    scales: jax.Array
+    factor: jax.Array
+    fmt: str
+    n: int
+    k: int
+
+    def tree_flatten(self):
+        return (self.codes, self.scales, self.factor), (self.fmt, self.n, self.k)
+
+    @classmethod
+    def tree_unflatten(cls, aux, ch):
+        return cls(*ch, *aux)
+
+    @property
+    def nbytes(self):
+        return int(self.codes.size * 4 + self.scales.size * self.scales.dtype.itemsize + 4)
+
+
+def _thread_coords():
+    """For each of the 128 threads: the (row, col) of its 8 elements in a 64x16 chunk, by nibble position.
+
+    wgmma A fragments (Mosaic's WGMMA layout): thread ``t = 32 w + 4 lr + lc`` holds rows ``16 w + lr (+8)`` and
+    columns ``2 lc (+1) (+8)``; register ``k = 2 c8 + r8`` holds (row +8*r8, cols 8*c8 + 2 lc + e), e = 0, 1.
+    Nibble ``k + 4 e`` of the thread's word is that element.
+    """
+    rows = np.zeros((128, 8), np.int64)
+    cols = np.zeros((128, 8), np.int64)
+    for t in range(128):
+        w, lane = divmod(t, 32)
+        lr, lc = divmod(lane, 4)
+        for c8 in range(2):
+            for r8 in range(2):
+                for e in range(2):
+                    p = 2 * c8 + r8 + 4 * e
+                    rows[t, p] = 16 * w + lr + 8 * r8
+                    cols[t, p] = 8 * c8 + 2 * lc + e
+    return rows, cols
+
+
+_ROWS, _COLS = _thread_coords()
+
+
+def _to_words(c):
+    """uint32 codes ``[Np, Kp]`` (0..15) -> thread words ``[Np/64, Kp/16, 128]`` (jnp; runs on any backend)."""
+    np_, kp = c.shape
+    # [tiles, 64, chunks, 16] -> [tiles, chunks, w, r8, lr, c8, lc, e]
+    v = c.reshape(np_ // 64, 4, 2, 8, kp // 16, 2, 4, 2).transpose(0, 4, 1, 3, 6, 7, 5, 2)
+    v = v.reshape(np_ // 64, kp // 16, 128, 8)  # thread (w, lr, lc); nibble p = 4 e + 2 c8 + r8
+    shifts = jnp.arange(8, dtype=jnp.uint32) * 4
+    return jnp.sum(v << shifts, axis=-1, dtype=jnp.uint32)
+
+
+def _row_pairs(s):
+    """Per-row values ``[Np, G]`` -> per row pair (row g, row g+8) ``[Np/64, G, 32, 2]``.
+
+    Entry ``8 w + lr`` serves the four threads ``32 w + 4 lr + lc`` (they share rows); a thread reads ``tid // 4``.
+    """
+    np_, g = s.shape
+    v = s.reshape(np_ // 64, 4, 2, 8, g).transpose(0, 4, 1, 3, 2)  # [tiles, G, w, lr, r8]
+    return v.reshape(np_ // 64, g, 32, 2)
+
+
+def pack_w4(qt) -> PackedW4:
+    """Re-lay a canonical ``[N, K]`` NVFP4 (1D 16-blocks) or INT4 (blocks of 128 along K) QTensor for the kernel.
+
+    Runs once per weight (jnp: on the GPU for big weights). N is padded to 64 and K to 128 with zero codes.
+    """
+    if len(qt.shape) != 2:
+        raise ValueError(f"pack_w4 takes a 2D canonical [N, K] weight, got shape {qt.shape}")
+    n, k = qt.shape
+    fmt = "nvfp4" if qt.spec.kind == "nvfp4" else "int4"
+    if fmt == "nvfp4":
+        if len(qt.spec.block_sizes.sizes) != 1:
+            raise ValueError("the decode GEMM takes 1D (16-element) NVFP4 weight blocks")
+    else:
+        sizes = dict(qt.spec.block_sizes.sizes) if qt.spec.block_sizes is not None else {}
+        if qt.spec.kind != "int" or qt.spec.num_bits != 4 or sizes.get(-1) != 128 or len(sizes) != 1:
+            raise ValueError("the INT4 decode GEMM takes int4 weights with blocks of 128 along K")
+    np_, kp = -(-n // 64) * 64, -(-k // 128) * 128
+    codes = nx.unpack_nibbles(qt.data).astype(jnp.uint32)
+    c = jnp.zeros((np_, kp), jnp.uint32).at[:n, : min(codes.shape[1], kp)].set(codes[:, :kp])
+    words = _to_words(c)
+    if fmt == "nvfp4":
+        sc = lax.bitcast_convert_type(qt.scale, jnp.uint8).astype(jnp.uint16)
+        s = jnp.full((np_, kp // 16), 0x38, jnp.uint16).at[:n, : sc.shape[1]].set(sc[:, : kp // 16])
+        pr = _row_pairs(s)
+        scales = pr[..., 0] | (pr[..., 1] << 8)
+        factor = jnp.asarray(qt.global_scale, jnp.float32) * jnp.float32(2.0**14)
+    else:
+        inv = 1.0 / jnp.asarray(qt.scale, jnp.float32)  # dequant multiplier amax / 7
+        s = jnp.ones((np_, kp // 128), jnp.float32).at[:n, : inv.shape[1]].set(inv[:, : kp // 128])
+        s16 = lax.bitcast_convert_type(s.astype(jnp.float16), jnp.uint16).astype(jnp.uint32)
+        pr = _row_pairs(s16)
+        scales = pr[..., 0] | (pr[..., 1] << 16)
+        factor = jnp.float32(1.0)
+    return PackedW4(words, scales, jnp.asarray(factor, jnp.float32), fmt, n, k)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the in-register decode, in numpy (the CPU proof of the layout + bit tricks) and in PTX
+
+
+def _f16_from_bits(b):
+    return np.asarray(b, np.uint16).view(np.float16)
+
+
+def emulate_decode(pw: PackedW4) -> np.ndarray:
+    """The f16 weight matrix ``[Np, Kp]`` the kernel's A fragments hold (before the accumulator factor).
+
+    Bit-exact emulation of :func:`_nvfp4_asm` / :func:`_int4_asm` over the packed words: the CPU tests check
+    ``emulate_decode(pack_w4(qt)) * factor == dequantize(qt)``.
+    """
+    words = np.asarray(pw.codes, np.uint32)
+    tiles, chunks = words.shape[:2]
+    out = np.zeros((tiles, chunks, 64, 16), np.float32)
+    for k in range(4):
+        if pw.fmt == "nvfp4":
+            sh_t, sh_u = 9 - 4 * k, 12 - 4 * k
+            t = (words << sh_t) if sh_t >= 0 else (words >> -sh_t)
+            u = words << sh_u
+            bits = ((t & 0x0E000E00) | (u & 0x80008000)).astype(np.uint32)
+            sc = np.repeat(np.asarray(pw.scales, np.uint16), 4, axis=-1)  # thread t reads entry t // 4
+            s_bytes = (sc & 0xFF) if k in (0, 2) else (sc >> 8)
+            s = _e4m3_np(s_bytes).astype(np.float16)
+        else:
+            t = words >> (4 * k)
+            bits = ((t & 0x000F000F) ^ 0x64086408).astype(np.uint32)
+            group = np.repeat(np.repeat(np.asarray(pw.scales, np.uint32), 4, axis=-1), 8, axis=1)  # chunk -> group
+            s = _f16_from_bits((group & 0xFFFF) if k in (0, 2) else (group >> 16))
+        for e in range(2):
+            h = _f16_from_bits((bits >> (16 * e)) & 0xFFFF)
+            if pw.fmt == "int4":
+                h = (h - np.float16(1032)).astype(np.float16)
+            v = (h * s).astype(np.float16)
+            nibpos = k + 4 * e
+            r, c = _ROWS[:, nibpos], _COLS[:, nibpos]
+            out[:, :, r, c] = v.astype(np.float32)
+    return out.transpose(0, 2, 1, 3).reshape(tiles * 64, chunks * 16)
+
+
+def _e4m3_np(b):
+    b = np.asarray(b, np.int64)
+    e, m = (b >> 3) & 0xF, b & 7
+    v = np.where(e > 0, (1 + m / 8.0) * 2.0 ** (e - 7), m * 2.0**-9)
+    return np.where(b & 0x80, -v, v)
+
+
+def _nvfp4_asm(k: int) -> str:
+    """PTX for f16x2 register ``k`` of a chunk: codes word ``$1``, E4M3 scale pair ``$2`` (low 16 bits)."""
+    sh_t, sh_u = 9 - 4 * k, 12 - 4 * k
+    t_op = f"shl.b32 t, $1, {sh_t};" if sh_t >= 0 else f"shr.b32 t, $1, {-sh_t};"
+    u_op = f"shl.b32 u, $1, {sh_u};" if sh_u > 0 else "mov.b32 u, $1;"
+    half = "sl" if k in (0, 2) else "sh"
+    return ("{ .reg .b32 t, u, v, s2, sd; .reg .b16 ql, qh, sl, sh;\n"
+            f" {t_op} {u_op}\n"
+            " and.b32 u, u, 0x80008000;\n"
+            " lop3.b32 v, t, 0x0E000E00, u, 0xEA;\n"
+            " mov.b32 {ql, qh}, $2;\n"
+            " cvt.rn.f16x2.e4m3x2 s2, ql;\n"
+            " mov.b32 {sl, sh}, s2;\n"
+            f" mov.b32 sd, {{{half}, {half}}};\n"
+            " mul.rn.f16x2 $0, v, sd; }")
+
+
+def _int4_asm(k: int) -> str:
+    """PTX for f16x2 register ``k`` of an INT4 chunk: codes word ``$1``, f16x2 group scales ``$2``."""
+    half = "sl" if k in (0, 2) else "sh"
+    sh = f"shr.b32 t, $1, {4 * k};" if k else "mov.b32 t, $1;"
+    return ("{ .reg .b32 t, v, sd, c; .reg .b16 sl, sh;\n"
+            f" {sh}\n"
+            " lop3.b32 v, t, 0x000F000F, 0x64086408, 0x6A;\n"
+            " mov.b32 c, 0x64086408;\n"
+            " sub.rn.f16x2 v, v, c;\n"
+            " mov.b32 {sl, sh}, $2;\n"
+            f" mov.b32 sd, {{{half}, {half}}};\n"
+            " mul.rn.f16x2 $0, v, sd; }")
+
+
+# ----------------------------------------------------------------------------------------------------
+# W4A16: XLA paths
+
+
+def _dequant_weight(qt, dtype=jnp.bfloat16):
+    from jq.qtensor import dequantize
+
+    return dequantize(qt, dtype)
+
+
+def w4a16_matmul_xla(x, qt, out_dtype=jnp.bfloat16):
+    """Reference path: ``x @ dequant(W).T`` through XLA (bf16 weights materialized, f32 accumulation)."""
+    w = _dequant_weight(qt, jnp.bfloat16)
+    y = lax.dot_general(x.astype(jnp.bfloat16), w, (((x.ndim - 1,), (1,)), ((), ())),
+                        preferred_element_type=jnp.float32)
+    return y.astype(out_dtype)
+
+
+def int4_xla_weights(qt):
+    """INT4 QTensor -> (``int4 [N, Kp]`` codes, f32 ``[N, Kp/128]`` multipliers) for XLA's native int4 path."""
+    n, k = qt.shape
+    codes = np.asarray(nx.unpack_nibbles(qt.data)).astype(np.int8)
+    codes = np.where(codes >= 8, codes - 16, codes).astype(np.int8)
+    inv = (1.0 / np.asarray(qt.scale, np.float32)).astype(np.float32)
+    return jnp.asarray(codes).astype(jnp.int4), jnp.asarray(inv)
+
+
+def w4a16_matmul_xla_int4(x, w_int4, inv_scale, out_dtype=jnp.bfloat16):
+    """XLA's native int4 path: the int4 -> bf16 conversion and the group scale are fused into the GEMM."""
+    n, kp = w_int4.shape
+    g = inv_scale.shape[1]
+    w = (w_int4.astype(jnp.bfloat16).reshape(n, g, kp // g) * inv_scale[:, :, None].astype(jnp.bfloat16))
+    w = w.reshape(n, kp)
+    xk = x.shape[-1]
+    xp = x if xk == kp else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, kp - xk)])
+    y = lax.dot_general(xp.astype(jnp.bfloat16), w, (((x.ndim - 1,), (1,)), ((), ())),
+                        preferred_element_type=jnp.float32)
+    return y.astype(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# W4A16: the Mosaic GPU kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+    rows: int = 2  # 64-row weight tiles per CTA (accumulators per warpgroup; falls back to 1 if odd)
+    block_k: int = 128  # K per pipeline step (multiple of 128)
+    stages: int = 4  # TMA pipeline depth
+    split_k: int | None = None  # CTAs along K (partial sums added after); None: enough CTAs to fill the GPU
+
+
+def _num_sms() -> int:
+    try:
+        return int(getattr(jax.devices()[0], "core_count", 132) or 132)
+    except Exception:  # pragma: no cover
+        return 132
+
+
+def _auto_split(ctas: int, n_steps: int) -> int:
+    """Smallest power-of-two K split giving >= 2 CTAs per SM (and dividing the K steps)."""
+    s = 1
+    while ctas * s < 2 * _num_sms() and n_steps % (2 * s) == 0 and n_steps // (2 * s) >= 4:
+        s *= 2
+    return s
+
+
+def _prep_x(x, kp, tpad):
+    """bf16 ``[B, K]`` -> f16 ``[Tpad, Kp]`` scaled by ``2^e`` (amax * 2^e < 2^15), and ``2^-e``."""
+    xf = x.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(xf))
+    e = jnp.where(amax > 0, 14 - jnp.floor(jnp.log2(jnp.maximum(amax, 1e-30))), 0.0)
+    e = jnp.clip(e, -100, 100)
+    scale = jnp.exp2(e)
+    xs = (xf * scale).astype(jnp.float16)
+    xs = jnp.pad(xs, [(0, tpad - x.shape[0]), (0, kp - x.shape[1])])
+    return xs, 1.0 / scale
+
+
+def _decode_fragment(fmt, codes_ref, scales_ref):
+    """inline_mgpu body: the [64, 64] f16 wgmma A fragment of 4 chunks (16 columns each) of one 64-row tile."""
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import arith, llvm, memref
+    from jax.experimental.mosaic import gpu as mgpu
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+    from jax.experimental.mosaic.gpu import utils as mu
+
+    i32 = ir.IntegerType.get_signless(32)
+    index = ir.IndexType.get()
+    f16x2 = ir.VectorType.get((2,), ir.F16Type.get())
+    tid = arith.remui(mu.thread_idx(), mu.c(128, i32))
+    tidx = arith.index_cast(index, tid)
+    sidx = arith.index_cast(index, arith.shrui(tid, mu.c(2, i32)))  # row pair of the thread
+    regs = np.empty(fa.WGMMA_LAYOUT.registers_shape((64, 64)), dtype=object)
+    for c in range(4):
+        ci = arith.constant(index, c)
+        w = memref.load(codes_ref, [ci, tidx])
+        if fmt == "nvfp4":
+            s = arith.extui(i32, memref.load(scales_ref, [ci, sidx]))
+            asm = _nvfp4_asm
+        else:
+            s = memref.load(scales_ref, [arith.constant(index, 0), sidx])
+            asm = _int4_asm
+        for k, (c8, r8) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            out = llvm.inline_asm(i32, [w, s], asm(k), "=r,r,r")
+            regs[0, 2 * c + c8, 0, 0, r8, 0, 0, 0, 0] = mu.bitcast(out, f16x2)
+    return mgpu.FragmentedArray(_registers=regs, _layout=fa.WGMMA_LAYOUT, _is_signed=None)
+
+
+def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out_dtype=jnp.bfloat16):
+    """The Mosaic GPU decode GEMM: ``x [B, K] @ W.T`` for ``B <= 64`` (see the module docstring)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    b, k = x.shape
+    if k != pw.k:
+        raise ValueError(f"x has K={k}, weights K={pw.k}")
+    if b > 64:
+        raise ValueError("the Mosaic decode GEMM takes up to 64 tokens; use w4a16_matmul for any batch")
+    tiles, chunks, _ = pw.codes.shape
+    kp, np_ = chunks * 16, tiles * 64
+    tpad = max(8, -(-b // 8) * 8)
+    rows, bk, stages = cfg.rows, cfg.block_k, cfg.stages
+    if kp % bk:  # K padded to 128 only: fall back to the smallest step
+        bk = 128
+    if tiles % rows:
+        rows = 1
+    if tiles % rows or kp % bk or bk % 128:
+        raise ValueError(f"config {cfg} does not divide the packed weight ({np_}x{kp})")
+    kc = bk // 16
+    xs, inv_xscale = _prep_x(x, kp, tpad)
+    factor = (pw.factor * inv_xscale).astype(jnp.float32)
+    fmt = pw.fmt
+    n_steps = kp // bk
+    sgroups = kc if fmt == "nvfp4" else bk // 128
+    ctas = tiles // rows
+    split = cfg.split_k or _auto_split(ctas, n_steps)
+    if n_steps % split:
+        raise ValueError(f"split_k={split} does not divide the {n_steps} K steps")
+    steps = n_steps // split
+
+    def kernel(codes_g, scales_g, x_g, out_g):
+        cta = lax.axis_index("n")
+        ks = lax.axis_index("s")
+
+        def scoped(*accs):
+            def step(_, c_smem, s_smem, x_smem):
+                for r in range(rows):
+                    for j in range(bk // 64):
+                        cref = c_smem.at[r, pl.ds(4 * j, 4)]
+                        sref = (s_smem.at[r, pl.ds(4 * j, 4)] if fmt == "nvfp4"
+                                else s_smem.at[r, pl.ds((64 * j) // 128, 1)])
+                        a = plgpu.inline_mgpu(
+                            arg_types=(plgpu.RefType(), plgpu.RefType()),
+                            return_type=plgpu.ShapeDtypeStruct((64, 64), jnp.float16, layout=plgpu.Layout.WGMMA),
+                        )(functools.partial(_decode_fragment_ctx, fmt))(cref, sref)
+                        plgpu.wgmma(accs[r], a, plgpu.transpose_ref(x_smem.at[:, pl.ds(64 * j, 64)], (1, 0)))
+                plgpu.wgmma_wait(0)
+
+            plgpu.emit_pipeline(
+                step, grid=(steps,),
+                in_specs=[
+                    plgpu.BlockSpec((rows, kc, 128), lambda i: (0, i, 0)),
+                    plgpu.BlockSpec((rows, sgroups, 32), lambda i: (0, i, 0)),
+                    plgpu.BlockSpec((tpad, bk), lambda i: (0, i),
+                                    transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))),
+                ],
+                max_concurrent_steps=min(stages, steps),
+            )(codes_g.at[pl.ds(cta * rows, rows), pl.ds(ks * (steps * kc), steps * kc)],
+              scales_g.at[pl.ds(cta * rows, rows), pl.ds(ks * (steps * sgroups), steps * sgroups)],
+              x_g.at[:, pl.ds(ks * (steps * bk), steps * bk)])
+            for r in range(rows):
+                out_g[ks, pl.ds((cta * rows + r) * 64, 64), :] = accs[r][...]
+
+        pl.run_scoped(scoped, *([plgpu.ACC((64, tpad), jnp.float32)] * rows))
+
+    out = plgpu.kernel(
+        kernel, out_type=jax.ShapeDtypeStruct((split, np_, tpad), jnp.float32), grid=(ctas, split),
+        grid_names=("n", "s"),
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
+    )(pw.codes, pw.scales, xs)
+    acc = out[0] if split == 1 else jnp.sum(out, axis=0)
+    return (acc[: pw.n, :b].T * factor).astype(out_dtype)
+
+
+def _decode_fragment_ctx(fmt, ctx, codes_ref, scales_ref):
+    del ctx
+    return _decode_fragment(fmt, codes_ref, scales_ref)
+
+
+def w4a16_matmul(x, w, *, impl: str | None = None, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16):
+    """``x @ dequant(W).T`` for a :class:`PackedW4` (decode kernel) or a QTensor (XLA path); any leading dims."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if isinstance(w, PackedW4):
+        ys = [w4a16_matmul_mosaic(x2[s:s + 64], w, cfg or MosaicConfig(), out_dtype)
+              for s in range(0, x2.shape[0], 64)]  # decode batches are one chunk; prefill loops over 64
+        y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=0)
+    else:
+        y = w4a16_matmul_xla(x2, w, out_dtype)
+    return y.reshape(lead + (y.shape[-1],))
