@@ -240,13 +240,19 @@ def fold_batchnorm(model: onnx.ModelProto, base_dir: str = "") -> int:
         conv.input.extend([wname, bname])
         conv.output[0] = node.output[0]
         remove.add(i)
-    if remove:
-        keep = [n for k, n in enumerate(model.graph.node) if k not in remove]
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-        model.graph.initializer.extend(new_inits)
-        prune_unused_initializers(model)
+    _drop_nodes(model, remove, new_inits)
     return len(remove)
+
+
+def _drop_nodes(model: onnx.ModelProto, remove: set, new_inits: list) -> None:
+    """Remove the nodes at the indices ``remove``, add ``new_inits`` and prune dead initializers."""
+    if not remove:
+        return
+    keep = [n for k, n in enumerate(model.graph.node) if k not in remove]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    model.graph.initializer.extend(new_inits)
+    prune_unused_initializers(model)
 
 
 def fold_bias_add(model: onnx.ModelProto, base_dir: str = "") -> int:
@@ -301,12 +307,7 @@ def fold_bias_add(model: onnx.ModelProto, base_dir: str = "") -> int:
             op.output[0] = node.output[0]
             remove.add(i)
             break
-    if remove:
-        keep = [n for k, n in enumerate(model.graph.node) if k not in remove]
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-        model.graph.initializer.extend(new_inits)
-        prune_unused_initializers(model)
+    _drop_nodes(model, remove, new_inits)
     return len(remove)
 
 

@@ -133,26 +133,28 @@ def canonicalize(region: Region, graph: GraphIndex) -> CanonicalRegion:
 
     order = sorted(range(len(units)), key=lambda k: units[k].topo)
     depth: dict[int, int] = {}
-    fwd: dict[int, str] = {}
-    for k in order:
+    def input_descs(k, key_of):
+        """How each input of unit ``k`` is fed; producers named by ``key_of`` (sorted if symmetric)."""
         u = units[k]
         descs = []
-        d = 0
         for t in u.inputs:
             if not t:
                 descs.append(("none",))
             elif t in produced_by and produced_by[t][0] != k:
                 p, pslot = produced_by[t]
-                descs.append(("unit", fwd[p], pslot))
-                d = max(d, depth[p] + 1)
+                descs.append(("unit", key_of[p], pslot))
             elif t in graph.constants:
                 descs.append(("const",))
             else:
                 descs.append(("boundary",))
-        if u.symmetric:
-            descs = sorted(descs)
-        depth[k] = d
-        fwd[k] = _digest((u.label, tuple(descs)))
+        return sorted(descs) if u.symmetric else descs
+
+    fwd: dict[int, str] = {}
+    for k in order:
+        producers = [produced_by[t][0] for t in units[k].inputs
+                     if t and t in produced_by and produced_by[t][0] != k]
+        depth[k] = max((depth[p] + 1 for p in producers), default=0)
+        fwd[k] = _digest((units[k].label, tuple(input_descs(k, fwd))))
     bwd: dict[int, str] = {}
     for k in reversed(order):
         u = units[k]
@@ -164,23 +166,7 @@ def canonicalize(region: Region, graph: GraphIndex) -> CanonicalRegion:
     canon = sorted(range(len(units)), key=lambda k: (depth[k], fwd[k], bwd[k], units[k].topo))
     rank = {k: r for r, k in enumerate(canon)}
 
-    description = []
-    for k in canon:
-        u = units[k]
-        descs = []
-        for t in u.inputs:
-            if not t:
-                descs.append(("none",))
-            elif t in produced_by and produced_by[t][0] != k:
-                p, pslot = produced_by[t]
-                descs.append(("unit", rank[p], pslot))
-            elif t in graph.constants:
-                descs.append(("const",))
-            else:
-                descs.append(("boundary",))
-        if u.symmetric:
-            descs = sorted(descs)
-        description.append((u.label, tuple(descs), len(u.outputs)))
+    description = [(units[k].label, tuple(input_descs(k, rank)), len(units[k].outputs)) for k in canon]
 
     # boundary tensors in canonical order: by first canonical consumer / producer
     def input_key(t: str) -> tuple:

@@ -310,6 +310,7 @@ class QuantizerSpec:
             axes = self.block_sizes.axes
             if kind in ("nvfp4", "mxfp8", "mxfp4", "mxint8"):
                 gran = "b" + "x".join(str(axes[a]) for a in sorted(axes))
+                gran += " dyn-global" if kind == "nvfp4" and self.type == "dynamic" else ""
             elif all(v is None for v in axes.values()):
                 gran = "per-token"
             else:

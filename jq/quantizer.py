@@ -84,8 +84,8 @@ def needs_amax(spec: QuantizerSpec) -> bool:
     kind = spec.kind
     if kind in ("mxfp8", "mxfp4", "mxint8"):
         return False
-    if kind == "nvfp4":
-        return True
+    if kind == "nvfp4":  # block scales are always dynamic; the global amax is static unless type="dynamic"
+        return spec.type != "dynamic"
     return not spec.is_dynamic
 
 
@@ -153,8 +153,8 @@ def fake_quant_reference(
     if kind in ("mxfp8", "mxfp4", "mxint8"):
         return nx.mx_fake_quant(x, nx.MX_FORMATS[kind])
     if kind == "nvfp4":
-        if amax is None:
-            amax = compute_amax(x, spec, batch)
+        if amax is None:  # dynamic global amax: per call (per batch entry)
+            amax = nx.reduce_amax(x, tuple(range(batch)) if batch else None)
         two_d = _nvfp4_two_d(spec)
         if batch:  # one global scale per batch entry
             fn = lambda xi, ai: nx.nvfp4_fake_quant(xi, ai, two_d=two_d, random_bits=None)  # noqa: E731

@@ -87,3 +87,14 @@ def test_jvp_under_jit_and_vmap_of_grad(rng):
 def test_abstract_eval_keeps_shape_and_dtype(dtype):
     out = jax.eval_shape(lambda v: fake_quant(v, jnp.float32(1), spec=INT8), jax.ShapeDtypeStruct((3, 5), dtype))
     assert out.shape == (3, 5) and out.dtype == dtype
+
+
+def test_nvfp4_dynamic_global_amax(rng):
+    spec = NVFP4.replace(type="dynamic")  # the per-tensor amax comes from each call, not calibration
+    from jq.quantizer import needs_amax
+
+    assert needs_amax(NVFP4) and not needs_amax(spec)
+    x = jnp.asarray(rng.standard_normal((3, 2, 32)), jnp.float32)
+    got = jax.vmap(lambda v: fake_quant(v, None, spec=spec))(x)
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], fake_quant(x[i], jnp.max(jnp.abs(x[i])), spec=NVFP4))
