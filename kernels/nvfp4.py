@@ -59,11 +59,11 @@ def sr_bits(seed: int | jax.Array, shape) -> jax.Array:
 
 
 def _global_scale(amax_t, shape, mode):
-    """``amax / 2688`` correctly rounded (1 where amax == 0), as a vector of ``shape`` (computed per block: the
-    division is cheap there and avoids XLA's GPU division, which is not the IEEE one everywhere)."""
+    """``amax / 2688`` correctly rounded (1 where amax == 0, NaN stays NaN), as a vector of ``shape`` (computed per
+    block: the division is cheap there and avoids XLA's GPU division, which is not the IEEE one everywhere)."""
     a = jnp.broadcast_to(amax_t, shape)
     q = C.div_rn(a, jnp.full(shape, nx.NVFP4_AMAX_DIVISOR, jnp.float32), "ieee" if mode == "ieee" else "asm")
-    return jnp.where(a > 0, q, 1.0)
+    return jnp.where(a == 0, 1.0, q)
 
 
 def _block_scale(amax_b, amax_t, mode):

@@ -66,6 +66,12 @@ def test_all_bf16_bit_patterns():
         _eq(K.nvfp4_fake_quant(x, jnp.float32(amax), interpret=True), nx.nvfp4_fake_quant(x, jnp.float32(amax)))
 
 
+def test_nan_amax_propagates():
+    x = _x((4, 32), jnp.float32, seed=9)
+    _eq(K.nvfp4_fake_quant(x, jnp.float32(jnp.nan), interpret=True), nx.nvfp4_fake_quant(x, jnp.float32(jnp.nan)))
+    assert np.all(np.isnan(np.asarray(K.nvfp4_fake_quant(x, jnp.float32(jnp.nan), interpret=True))))
+
+
 def test_zeros_give_zeros():
     x = jnp.zeros((4, 32), jnp.bfloat16)
     y = K.nvfp4_fake_quant(x, interpret=True)
