@@ -17,7 +17,9 @@ Example:
   []
 """
 
+from jq.export.checkpoint import load, save
 from jq.export.formats import SUPPORTED_FORMATS, QDQFormat, resolve_format
+from jq.export.hf_checkpoint import HFCheckpoint, read_hf_checkpoint, to_hf_checkpoint
 from jq.export.lint import Violation, check_tensorrt, format_violations
 from jq.export.onnx import ExportOptions, OnnxExport, export, export_formats, run_onnxruntime, to_onnx, to_onnx_float
 from jq.export.passes import optimize
@@ -38,6 +40,11 @@ __all__ = [
     "Violation",
     "check_tensorrt",
     "format_violations",
+    "save",
+    "load",
+    "to_hf_checkpoint",
+    "read_hf_checkpoint",
+    "HFCheckpoint",
     "LayerScales",
     "export_scale",
     "layer_scales",
