@@ -24,6 +24,7 @@ from jq.export.lint import Violation, check_tensorrt, format_violations
 from jq.export.onnx import ExportOptions, OnnxExport, export, export_formats, run_onnxruntime, to_onnx, to_onnx_float
 from jq.export.passes import optimize
 from jq.export.scales import LayerScales, export_scale, layer_scales
+from jq.export.tensorrt import BuildOptions, TimingResult, build_engine, tensorrt_available, time_engine
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -45,6 +46,11 @@ __all__ = [
     "to_hf_checkpoint",
     "read_hf_checkpoint",
     "HFCheckpoint",
+    "BuildOptions",
+    "TimingResult",
+    "build_engine",
+    "time_engine",
+    "tensorrt_available",
     "LayerScales",
     "export_scale",
     "layer_scales",
