@@ -13,7 +13,7 @@ converts it to scaling factors and loads them into a TensorRT-compiled model. He
    against the JAX quantized model (NVFP4: ONNX checker and lint only; ORT has no FP4 kernels on CPU);
 5. write ModelOpt-style Hugging Face checkpoints (FP8, INT4 as W4A16_AWQ, NVFP4) and read them back.
 
-Run (about 6 minutes on 2 CPU cores with the defaults, 3.5 of them training)::
+Run (about 3 minutes on 2 CPU cores with the defaults, most of it training)::
 
     python examples/nanogpt_quantize.py --steps 800 --out /tmp/nanogpt_jq
 """

@@ -48,6 +48,9 @@ def save(qm: QuantizedModel, path: str | os.PathLike, *, force: bool = False) ->
 
     Returns:
       The absolute path written.
+
+    Example:
+      >>> jq.export.save(qm, "/tmp/ckpt", force=True)
     """
     path = Path(path).absolute()
     if path.exists():
@@ -73,6 +76,9 @@ def load(path: str | os.PathLike, apply_fn: Callable, *, params_like=None,
       apply_fn: the model function (functions are not stored in checkpoints).
       params_like: optional pytree with the params' structure to restore into (default: nested dicts).
       example_args: optional inputs to trace the model with now (otherwise it is traced on first use).
+
+    Example:
+      >>> qm = jq.export.load("/tmp/ckpt", model.apply)   # the same apply_fn the model was quantized with
     """
     path = Path(path).absolute()
     meta_file = path / METADATA_FILE

@@ -65,7 +65,12 @@ class QDQFormat:
 
 
 def spec_stages(spec) -> tuple[QuantizerSpec, ...]:
-    """The enabled stages of a spec (a sequential quantizer has several; a disabled one none)."""
+    """The enabled stages of a spec (a sequential quantizer has several; a disabled one none).
+
+    Example:
+      >>> spec_stages(QuantizerSpec(num_bits=8, enable=False))
+      ()
+    """
     if spec is None:
         return ()
     stages = spec if isinstance(spec, tuple) else (spec,)

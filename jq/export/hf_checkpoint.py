@@ -359,7 +359,13 @@ class HFCheckpoint:
 
 
 def read_hf_checkpoint(export_dir: str | os.PathLike) -> HFCheckpoint:
-    """Read a directory written by :func:`to_hf_checkpoint` (or ModelOpt's unified exporter, single file)."""
+    """Read a directory written by :func:`to_hf_checkpoint` (or ModelOpt's unified exporter, single file).
+
+    Example:
+      >>> ck = read_hf_checkpoint("ckpt")
+      >>> ck.quant_config["quantization"]["quant_algo"], ck.dequantize("block0.fc").shape
+      ('FP8', (64, 32))
+    """
     export_dir = Path(export_dir)
     tensors, meta = read_safetensors(export_dir / SAFETENSORS_FILE)
     config = json.loads((export_dir / CONFIG_FILE).read_text())

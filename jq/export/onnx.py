@@ -169,7 +169,7 @@ def export(qm, example_args: Sequence, opset: int | None = None, *, options: Exp
     opset = opts.opset or max(DEFAULT_MIN_OPSET, need)
     kwargs = dict(static_kwargs or {})
 
-    def quantized(*args):
+    def quantized(*args):  # QuantizedModel.apply, with quantizer names carried into the jaxpr
         _, traced, flat = qm._meta.cache.get(qm.params, args, kwargs)
         return _NamedEvaluator(traced, qm.specs(traced), qm.qstate, "apply").run(flat)
 
@@ -237,6 +237,9 @@ def run_onnxruntime(model, inputs: Sequence, *, threads: int = 1, optimization: 
     INT4 ``DequantizeLinear -> MatMul/Gemm`` becomes ``MatMulNBits`` (measured 1 % off on a small CNN), and its
     QDQ propagation moves FP8 Q/DQ across ``Transpose`` (no FP8 kernel) and then rejects the graph. ORT has no
     FP4 kernels on CPU: NVFP4 graphs (``trt::TRT_FP4DynamicQuantize``, ``FLOAT4E2M1``) do not run here.
+
+    Example:
+      >>> (logits,) = run_onnxruntime("int8.onnx", [tokens])
     """
     import onnxruntime as ort
 

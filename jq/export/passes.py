@@ -387,7 +387,9 @@ _KEEP_FLOAT32_INPUTS = {("Resize", 2)}  # inputs the ONNX spec types as float32 
 class ConvertFloatPass(ir.passes.InPlacePass):
     """Convert every FP32 tensor of the graph to FP16 or BF16 (initializers, values, Cast/Constant attributes).
 
-    FP16 initializers saturate at +-65504 (a ``-1e9`` attention-mask fill becomes -65504, not -inf).
+    FP16 initializers saturate at +-65504 (a ``-1e9`` attention-mask fill becomes -65504, not -inf). Ops whose
+    schema has no FP16/BF16 type at the model's opset (e.g. ``Einsum`` in BF16 at opset 19) run in FP32 between
+    casts.
 
     Args:
       dtype: ``"float16"`` or ``"bfloat16"``.
@@ -435,6 +437,10 @@ class ConvertFloatPass(ir.passes.InPlacePass):
                 graph.insert_before(graph.node(0), cast) if len(graph) else graph.append(cast)
             else:
                 v.type = ir.TensorType(self.ir_type)
+        opset = model.opset_imports.get("", 0)
+        for node in list(graph):
+            if node.domain in ("", "ai.onnx") and not self._supports(node, opset):
+                self._run_in_float32(graph, node)
         for i, v in enumerate(list(graph.outputs)):
             if v.dtype != self.ir_type:
                 continue
@@ -447,6 +453,48 @@ class ConvertFloatPass(ir.passes.InPlacePass):
                 graph.append(cast)
                 graph.outputs[i] = out
         return ir.passes.PassResult(model, True)
+
+    def _supports(self, node: ir.Node, opset: int) -> bool:
+        """Whether the op's schema at ``opset`` accepts the target type where the node now has it."""
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except Exception:
+            return True
+        allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        want = f"tensor({'float16' if self.ir_type == ir.DataType.FLOAT16 else 'bfloat16'})"
+        params = list(schema.inputs)
+        for i, v in enumerate(node.inputs):
+            if v is None or v.dtype != self.ir_type or not params:
+                continue
+            type_str = params[min(i, len(params) - 1)].type_str
+            if want not in allowed.get(type_str, {type_str}):
+                return False
+        return True
+
+    def _run_in_float32(self, graph: ir.Graph, node: ir.Node) -> None:
+        """Cast the node's half inputs to FP32 and its outputs back (ops without a half-precision schema)."""
+        f32 = ir.DataType.FLOAT
+        base = node.name or node.op_type
+        for i, v in enumerate(list(node.inputs)):
+            if v is None or v.dtype != self.ir_type:
+                continue
+            cast = ir.node("Cast", [v], attributes={"to": f32}, name=f"{base}/in{i}_f32")
+            cast.outputs[0].name, cast.outputs[0].type, cast.outputs[0].shape = f"{base}/in{i}_f32", \
+                ir.TensorType(f32), v.shape
+            graph.insert_before(node, cast)
+            node.replace_input_with(i, cast.outputs[0])
+        for k, out in enumerate(node.outputs):
+            if out.dtype != self.ir_type:
+                continue
+            new = ir.node("Cast", [out], attributes={"to": self.ir_type}, name=f"{base}/out{k}_half")
+            half = new.outputs[0]
+            half.name, half.type, half.shape = f"{base}/out{k}_half", ir.TensorType(self.ir_type), out.shape
+            if out.is_graph_output():  # the graph output keeps its name
+                half.name, out.name = out.name, f"{base}/out{k}_f32"
+            out.replace_all_uses_with(half, replace_graph_outputs=True)
+            new.replace_input_with(0, out)
+            out.type = ir.TensorType(f32)
+            graph.insert_after(node, new)
 
     def _convert_attributes(self, node: ir.Node) -> None:
         f32 = ir.DataType.FLOAT

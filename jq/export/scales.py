@@ -71,6 +71,10 @@ def canonical_weight(qm, site) -> jax.Array:
 
     Raises ``ValueError`` for weights computed from several params leaves or sliced by a layer scan
     (their per-layer views are not one array).
+
+    Example:
+      >>> site = qm.traced.sites[0]              # a Flax Dense kernel [in, out]
+      >>> canonical_weight(qm, site).shape       # [out, in]
     """
     if not _scan_free(site.weight):
         raise ValueError(f"site {site.name!r}: its weight is not one params leaf outside a layer scan, so it has "
@@ -80,7 +84,11 @@ def canonical_weight(qm, site) -> jax.Array:
 
 
 def quantize_weight(qm, site, spec: QuantizerSpec | None = None) -> QTensor:
-    """The site's weight as jq stores it real-quantized (:func:`jq.qtensor.quantize` on the canonical view)."""
+    """The site's weight as jq stores it real-quantized (:func:`jq.qtensor.quantize` on the canonical view).
+
+    Example:
+      >>> quantize_weight(qm, qm.traced.sites[0]).data.dtype    # int8 for INT8_DEFAULT_CFG
+    """
     name = site.weight_quantizer
     spec = spec if spec is not None else spec_stages(qm.spec(name))[0]
     amax = qm.qstate.get(name, {}).get("amax")

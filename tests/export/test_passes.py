@@ -194,3 +194,15 @@ def test_float16_baseline_of_the_unquantized_model(zoo):
     assert all(v.dtype != ir.DataType.FLOAT for v in model.graph.initializers.values())
     assert model.graph.inputs[0].dtype == ir.DataType.FLOAT
     assert any(n.op_type == "Conv" and n.inputs[1].dtype == ir.DataType.FLOAT16 for n in model.graph)
+
+
+def test_bfloat16_variant(zoo):
+    res = zoo.export("transformer", "FP8_DEFAULT_CFG", float_dtype="bfloat16")
+    g = res.model.graph
+    assert g.outputs[0].dtype == ir.DataType.FLOAT
+    floats = [v for v in g.initializers.values() if v.dtype in (ir.DataType.FLOAT, ir.DataType.BFLOAT16)]
+    assert floats and all(v.dtype == ir.DataType.BFLOAT16 for v in floats)
+    dq = [n for n in g if n.op_type == "DequantizeLinear"]
+    assert dq and all(n.inputs[1].dtype == ir.DataType.BFLOAT16 for n in dq)
+    onnx.checker.check_model(res.proto, full_check=True)
+    assert jq.export.check_tensorrt(res.proto) == []
