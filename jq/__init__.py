@@ -45,3 +45,10 @@ from jq.quantize import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: jax2onnx/onnx are imported only when jq.export is used
+    if name == "export":
+        import importlib
+        return importlib.import_module("jq.export")
+    raise AttributeError(f"module 'jq' has no attribute {name!r}")

@@ -1,0 +1,533 @@
+"""onnx-ir passes that turn jax2onnx's output into the graph TensorRT and ONNX Runtime expect.
+
+jax2onnx 0.17 leaves a few things behind (REFERENCE §5); each pass fixes one:
+
+* :class:`FoldConstantLayoutPass` - ``Reshape``/``Transpose``/``Squeeze``/``Unsqueeze``/``Identity`` of constants
+  (bias reshapes, kernel transposes) become initializers.
+* :class:`PushTransposeIntoWeightPass` - a ``Transpose`` after a weight's ``DequantizeLinear`` (jax2onnx turns
+  ``HWIO`` kernels into ``OIHW`` that way) is applied to the stored weight and its scales instead, so the DQ
+  feeds the Conv/MatMul directly as TensorRT and ORT's QDQ fusions want.
+* :class:`DropZeroGemmCPass` - the all-zero ``C`` jax2onnx gives every 2-D ``Gemm`` (it blocks ORT's QGemm fusion).
+* :class:`FoldBiasPass` - ``Conv [-> Transpose] -> Add(bias)`` and ``Gemm -> Add(bias)`` become ``Conv(B=bias)``
+  and ``Gemm(C=bias)``.
+* :class:`BoolWherePass` - ``Where`` on BOOL data (``jnp.tril`` of a boolean mask) as ``And``/``Or``/``Not``: ONNX
+  Runtime has no BOOL ``Where`` kernel on CPU.
+* :class:`FillMissingTypesPass` - element types jax2onnx leaves unset on shape-computation values.
+* :class:`FixIrVersionPass` - ``ir_version`` matching the opset (jax2onnx always writes 10; opset 23 needs 11).
+* :class:`TrtDomainPass` - the ``trt`` opset import ``TRT_FP4DynamicQuantize`` needs.
+* :class:`ConvertFloatPass` - an FP16/BF16 copy of the graph (float initializers, value types, ``Cast`` targets,
+  Q/DQ scales), graph inputs/outputs kept FP32 by casts: TensorRT builds strongly typed networks, so an FP32
+  ONNX runs its unquantized layers in FP32 and the fair baseline is an FP16 graph.
+
+:func:`optimize` runs them in order. Every pass is an ``onnx_ir.passes.InPlacePass``.
+
+Example:
+  >>> model = ir.load("model.onnx")
+  >>> optimize(model)
+  >>> ir.save(model, "model.opt.onnx")
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+
+__all__ = [
+    "FoldConstantLayoutPass",
+    "PushTransposeIntoWeightPass",
+    "DropZeroGemmCPass",
+    "FoldBiasPass",
+    "BoolWherePass",
+    "FillMissingTypesPass",
+    "FixIrVersionPass",
+    "TrtDomainPass",
+    "ConvertFloatPass",
+    "optimize",
+    "ir_version_for_opset",
+]
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _only_use(value: ir.Value, node: ir.Node) -> bool:
+    return not value.is_graph_output() and all(u.node is node for u in value.uses())
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    base, i = name, 0
+    while name in graph.initializers:
+        i += 1
+        name = f"{base}_{i}"
+    tensor = ir.tensor(np.asarray(array), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(np.shape(array)), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _replace(old: ir.Value, new: ir.Value) -> None:
+    if old.is_graph_output():
+        new.name = old.name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+
+
+def _attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+class FoldConstantLayoutPass(ir.passes.InPlacePass):
+    """Evaluate layout-only ops whose inputs are all constants (Reshape, Transpose, Squeeze, Unsqueeze, Identity)."""
+
+    OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.op_type not in self.OPS or node.domain not in ("", "ai.onnx"):
+                continue
+            ins = [_const(v) for v in node.inputs if v is not None]
+            if not ins or any(a is None for a in ins):
+                continue
+            out = self._evaluate(node, ins)
+            if out is None:
+                continue
+            new = _initializer(graph, node.outputs[0].name or "folded", out)
+            _replace(node.outputs[0], new)
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _evaluate(node: ir.Node, ins):
+        x = ins[0]
+        op = node.op_type
+        if op == "Identity":
+            return x
+        if op == "Transpose":
+            perm = _attr(node, "perm")
+            return np.transpose(x, perm)
+        if op == "Reshape":
+            shape = [int(s) for s in ins[1]]
+            if not _attr(node, "allowzero", 0):
+                shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+            return np.reshape(x, shape)
+        axes = [int(a) for a in (ins[1] if len(ins) > 1 else _attr(node, "axes", []))]
+        if op == "Squeeze":
+            return np.squeeze(x, axis=tuple(axes)) if axes else np.squeeze(x)
+        if op == "Unsqueeze":
+            rank = x.ndim + len(axes)
+            for a in sorted(a % rank for a in axes):
+                x = np.expand_dims(x, a)
+            return x
+        return None
+
+
+class PushTransposeIntoWeightPass(ir.passes.InPlacePass):
+    """``[Q ->] DQ -> Transpose`` on a constant weight: transpose the stored tensors instead.
+
+    Per-axis and blocked ``axis`` attributes follow the permutation (``axis' = perm.index(axis)``); blocked
+    scales, zero points and NVFP4's E4M3 block scales are transposed with the data.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+                continue
+            dq = node.inputs[0].producer()
+            if dq is None or dq.op_type != "DequantizeLinear" or not _only_use(dq.outputs[0], node):
+                continue
+            chain = self._weight_chain(dq)
+            if chain is None:
+                continue
+            perm = list(_attr(node, "perm") or reversed(range(len(node.inputs[0].shape))))
+            self._apply(graph, chain, perm)
+            _replace(node.outputs[0], dq.outputs[0])
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _weight_chain(dq: ir.Node):
+        """The Q/DQ nodes of a constant weight ending at ``dq`` (None if the data is not a constant)."""
+        src = dq.inputs[0].producer()
+        if src is None and _const(dq.inputs[0]) is not None:
+            nodes = [dq]
+        elif src is not None and src.op_type == "QuantizeLinear" and _only_use(src.outputs[0], dq) \
+                and _const(src.inputs[0]) is not None:
+            nodes = [src, dq]
+        else:
+            return None
+        scale_src = dq.inputs[1].producer() if len(dq.inputs) > 1 and dq.inputs[1] is not None else None
+        if scale_src is not None:  # NVFP4: the scale is DequantizeLinear(e4m3 const, global scale)
+            if scale_src.op_type != "DequantizeLinear" or _const(scale_src.inputs[0]) is None \
+                    or not _only_use(scale_src.outputs[0], dq):
+                return None
+        return nodes, scale_src
+
+    def _apply(self, graph: ir.Graph, chain, perm):
+        nodes, scale_src = chain
+        rank = len(perm)
+        first = nodes[0]
+        self._set_input(graph, first, 0, np.transpose(_const(first.inputs[0]), perm))
+        for n in nodes:
+            axis = _attr(n, "axis")
+            blocked = _attr(n, "block_size", 0)
+            scale = _const(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else None
+            if (scale is not None and scale.ndim == rank) or (scale is None and blocked):
+                for i in (1, 2):
+                    if i < len(n.inputs) and n.inputs[i] is not None and _const(n.inputs[i]) is not None:
+                        self._set_input(graph, n, i, np.transpose(_const(n.inputs[i]), perm))
+            if axis is not None and (blocked or scale is None or (scale is not None and scale.ndim == 1)):
+                n.attributes["axis"] = ir.AttrInt64("axis", perm.index(int(axis) % rank))
+            out = n.outputs[0]
+            if out.shape is not None and len(out.shape) == rank:
+                out.shape = ir.Shape([out.shape[p] for p in perm])
+        if scale_src is not None:
+            self._set_input(graph, scale_src, 0, np.transpose(_const(scale_src.inputs[0]), perm))
+            o = scale_src.outputs[0]
+            if o.shape is not None and len(o.shape) == rank:
+                o.shape = ir.Shape([o.shape[p] for p in perm])
+
+    @staticmethod
+    def _set_input(graph: ir.Graph, node: ir.Node, i: int, array: np.ndarray):
+        old = node.inputs[i]
+        if _only_use(old, node) and old.is_initializer():
+            old.const_value = ir.tensor(array, name=old.name)
+            old.shape = ir.Shape(array.shape)
+        else:
+            node.replace_input_with(i, _initializer(graph, (old.name or "weight") + "_t", array))
+
+
+class DropZeroGemmCPass(ir.passes.InPlacePass):
+    """Remove a ``Gemm``'s ``C`` input when it is a constant zero (jax2onnx adds one to every 2-D matmul)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in model.graph:
+            if node.op_type != "Gemm" or len(node.inputs) < 3 or node.inputs[2] is None:
+                continue
+            c = _const(node.inputs[2])
+            if c is not None and not np.any(c):
+                node.resize_inputs(2)
+                modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+class FoldBiasPass(ir.passes.InPlacePass):
+    """Fold a constant bias ``Add`` into the ``Conv`` (through an optional ``Transpose``) or ``Gemm`` before it."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.op_type != "Add" or len(node.inputs) != 2:
+                continue
+            consts = [_const(v) for v in node.inputs]
+            if (consts[0] is None) == (consts[1] is None):
+                continue
+            k = 0 if consts[0] is not None else 1
+            bias, x = consts[k], node.inputs[1 - k]
+            if x.is_graph_input() or x.producer() is None or not _only_use(x, node):
+                continue
+            src = x.producer()
+            perm = None
+            if src.op_type == "Transpose" and src.inputs[0].producer() is not None \
+                    and src.inputs[0].producer().op_type == "Conv" and _only_use(src.inputs[0], src):
+                perm = list(_attr(src, "perm"))
+                target = src.inputs[0].producer()
+            else:
+                target = src
+            if target.op_type == "Conv":
+                vec = self._channel_bias(bias, x, 1 if perm is None else perm.index(1))
+                slot = 2
+            elif target.op_type == "Gemm" and perm is None:
+                vec = self._channel_bias(bias, x, 1)
+                slot = 2
+            else:
+                continue
+            if vec is None:
+                continue
+            old = target.inputs[slot] if len(target.inputs) > slot else None
+            if old is not None:
+                prev = _const(old)
+                if prev is None:
+                    continue
+                if target.op_type == "Gemm":  # C enters as beta * C; jax2onnx writes beta=0 with its zero C
+                    prev = prev.astype(np.float64) * float(_attr(target, "beta", 1.0))
+                    if prev.ndim > 1 and prev.shape[0] != 1:
+                        continue  # a full [M, N] C is not a bias
+                vec = (np.broadcast_to(prev.reshape(-1), vec.shape) + vec).astype(vec.dtype)
+            if target.op_type == "Gemm":
+                target.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+            dtype = _float_dtype(x)
+            b = _initializer(graph, node.outputs[0].name + "_bias" if node.outputs[0].name else "bias",
+                             vec.astype(dtype))
+            if len(target.inputs) <= slot:
+                target.resize_inputs(slot + 1)
+            target.replace_input_with(slot, b)
+            _replace(node.outputs[0], x)
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _channel_bias(bias: np.ndarray, x: ir.Value, channel_axis: int) -> np.ndarray | None:
+        """The per-channel vector of ``bias`` broadcast against ``x`` when it varies along ``channel_axis`` only."""
+        if x.shape is None:
+            return None
+        rank = len(x.shape)
+        if bias.ndim > rank:
+            return None
+        full = (1,) * (rank - bias.ndim) + bias.shape
+        channels = x.shape[channel_axis]
+        if not isinstance(channels, int):
+            return None
+        if any(n != 1 for i, n in enumerate(full) if i != channel_axis) or full[channel_axis] not in (1, channels):
+            return None
+        return np.broadcast_to(bias.reshape(-1), (channels,)).copy()
+
+
+class BoolWherePass(ir.passes.InPlacePass):
+    """``Where(c, a, b)`` with BOOL ``a``/``b`` -> ``Or(And(c, a), And(Not(c), b))``."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.op_type != "Where" or node.outputs[0].dtype != ir.DataType.BOOL:
+                continue
+            c, a, b = node.inputs
+            base = node.name or "where"
+            new = [ir.node("Not", [c], name=f"{base}/not")]
+            new.append(ir.node("And", [c, a], name=f"{base}/and_a"))
+            new.append(ir.node("And", [new[0].outputs[0], b], name=f"{base}/and_b"))
+            new.append(ir.node("Or", [new[1].outputs[0], new[2].outputs[0]], name=f"{base}/or"))
+            for i, n in enumerate(new):
+                n.outputs[0].name = f"{base}/out{i}"
+                n.outputs[0].type = ir.TensorType(ir.DataType.BOOL)
+            new[-1].outputs[0].shape = node.outputs[0].shape
+            graph.insert_before(node, new)
+            _replace(node.outputs[0], new[-1].outputs[0])
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+_SAME_TYPE_OPS = ("Unsqueeze", "Squeeze", "Concat", "Reshape", "Identity", "Expand", "Slice", "Transpose", "Gather")
+
+
+class FillMissingTypesPass(ir.passes.InPlacePass):
+    """Give outputs of type-preserving ops (Unsqueeze, Concat, ...) their input's element type when unset."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in model.graph:
+            if node.op_type not in _SAME_TYPE_OPS or not node.inputs or node.inputs[0] is None:
+                continue
+            src = node.inputs[0].type
+            for out in node.outputs:
+                if out.type is None and src is not None:
+                    out.type = src
+                    modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+def _float_dtype(v: ir.Value):
+    if v.type is not None and v.dtype is not None and v.dtype.is_floating_point():
+        return v.dtype.numpy()
+    return np.float32
+
+
+def ir_version_for_opset(opset: int) -> int:
+    """The IR version that introduced default-domain ``opset`` (19 -> 9, 21 -> 10, 23 -> 11)."""
+    return onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
+
+
+class FixIrVersionPass(ir.passes.InPlacePass):
+    """Set ``ir_version`` to the version that goes with the model's default-domain opset."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        if opset is None:
+            return ir.passes.PassResult(model, False)
+        want = ir_version_for_opset(opset)
+        modified = model.ir_version != want
+        model.ir_version = want
+        return ir.passes.PassResult(model, modified)
+
+
+class TrtDomainPass(ir.passes.InPlacePass):
+    """Add the ``trt`` opset import (version 1) when ``trt::`` nodes are present; drop it when not."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        used = any(n.domain == "trt" for n in ir.traversal.RecursiveGraphIterator(model.graph))
+        has = "trt" in model.opset_imports
+        if used and not has:
+            model.opset_imports["trt"] = 1
+        elif has and not used:
+            del model.opset_imports["trt"]
+        return ir.passes.PassResult(model, used != has)
+
+
+_TARGET = {"float16": (ir.DataType.FLOAT16, np.float16), "bfloat16": (ir.DataType.BFLOAT16, ml_dtypes.bfloat16)}
+_KEEP_FLOAT32_INPUTS = {("Resize", 2)}  # inputs the ONNX spec types as float32 only
+
+
+class ConvertFloatPass(ir.passes.InPlacePass):
+    """Convert every FP32 tensor of the graph to FP16 or BF16 (initializers, values, Cast/Constant attributes).
+
+    FP16 initializers saturate at +-65504 (a ``-1e9`` attention-mask fill becomes -65504, not -inf). Ops whose
+    schema has no FP16/BF16 type at the model's opset (e.g. ``Einsum`` in BF16 at opset 19) run in FP32 between
+    casts.
+
+    Args:
+      dtype: ``"float16"`` or ``"bfloat16"``.
+      keep_io_types: keep FP32 graph inputs/outputs and cast at the boundary (default True).
+    """
+
+    def __init__(self, dtype: str = "float16", keep_io_types: bool = True):
+        super().__init__()
+        if dtype not in _TARGET:
+            raise ValueError(f"dtype must be one of {sorted(_TARGET)}, got {dtype!r}")
+        self.ir_type, self.np_type = _TARGET[dtype]
+        self.keep_io_types = keep_io_types
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        f32 = ir.DataType.FLOAT
+        keep = set()
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            for op, i in _KEEP_FLOAT32_INPUTS:
+                if node.op_type == op and len(node.inputs) > i and node.inputs[i] is not None:
+                    keep.add(node.inputs[i])
+        for init in list(graph.initializers.values()):
+            if init.dtype == f32 and init not in keep:
+                arr = init.const_value.numpy()
+                if self.np_type == np.float16:  # saturate (e.g. -1e9 mask fills) instead of overflowing to inf
+                    arr = np.clip(arr, -65504.0, 65504.0)
+                arr = arr.astype(self.np_type)
+                init.const_value = ir.tensor(arr, name=init.name)
+                init.type = ir.TensorType(self.ir_type)
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            self._convert_attributes(node)
+            for out in node.outputs:
+                if out.type is not None and out.dtype == f32:
+                    out.type = ir.TensorType(self.ir_type)
+        ins = [v for v in graph.inputs if v.dtype == f32]
+        for v in ins:
+            if self.keep_io_types:
+                new = ir.Value(name=v.name, type=ir.TensorType(f32), shape=v.shape)
+                v.name = f"{v.name}_{self.ir_type.name.lower()}"
+                cast = ir.node("Cast", [new], attributes={"to": self.ir_type}, name=f"{new.name}/Cast")
+                cast.outputs[0].name, cast.outputs[0].type, cast.outputs[0].shape = v.name + "_c", \
+                    ir.TensorType(self.ir_type), v.shape
+                v.replace_all_uses_with(cast.outputs[0])
+                graph.inputs[graph.inputs.index(v)] = new
+                graph.insert_before(graph.node(0), cast) if len(graph) else graph.append(cast)
+            else:
+                v.type = ir.TensorType(self.ir_type)
+        opset = model.opset_imports.get("", 0)
+        for node in list(graph):
+            if node.domain in ("", "ai.onnx") and not self._supports(node, opset):
+                self._run_in_float32(graph, node)
+        for i, v in enumerate(list(graph.outputs)):
+            if v.dtype != self.ir_type:
+                continue
+            if self.keep_io_types:
+                cast = ir.node("Cast", [v], attributes={"to": f32}, name=f"{v.name}/Cast")
+                out = cast.outputs[0]
+                name = v.name
+                v.name = f"{name}_{self.ir_type.name.lower()}"
+                out.name, out.type, out.shape = name, ir.TensorType(f32), v.shape
+                graph.append(cast)
+                graph.outputs[i] = out
+        return ir.passes.PassResult(model, True)
+
+    def _supports(self, node: ir.Node, opset: int) -> bool:
+        """Whether the op's schema at ``opset`` accepts the target type where the node now has it."""
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except Exception:
+            return True
+        allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        want = f"tensor({'float16' if self.ir_type == ir.DataType.FLOAT16 else 'bfloat16'})"
+        params = list(schema.inputs)
+        for i, v in enumerate(node.inputs):
+            if v is None or v.dtype != self.ir_type or not params:
+                continue
+            type_str = params[min(i, len(params) - 1)].type_str
+            if want not in allowed.get(type_str, {type_str}):
+                return False
+        return True
+
+    def _run_in_float32(self, graph: ir.Graph, node: ir.Node) -> None:
+        """Cast the node's half inputs to FP32 and its outputs back (ops without a half-precision schema)."""
+        f32 = ir.DataType.FLOAT
+        base = node.name or node.op_type
+        for i, v in enumerate(list(node.inputs)):
+            if v is None or v.dtype != self.ir_type:
+                continue
+            cast = ir.node("Cast", [v], attributes={"to": f32}, name=f"{base}/in{i}_f32")
+            cast.outputs[0].name, cast.outputs[0].type, cast.outputs[0].shape = f"{base}/in{i}_f32", \
+                ir.TensorType(f32), v.shape
+            graph.insert_before(node, cast)
+            node.replace_input_with(i, cast.outputs[0])
+        for k, out in enumerate(node.outputs):
+            if out.dtype != self.ir_type:
+                continue
+            new = ir.node("Cast", [out], attributes={"to": self.ir_type}, name=f"{base}/out{k}_half")
+            half = new.outputs[0]
+            half.name, half.type, half.shape = f"{base}/out{k}_half", ir.TensorType(self.ir_type), out.shape
+            if out.is_graph_output():  # the graph output keeps its name
+                half.name, out.name = out.name, f"{base}/out{k}_f32"
+            out.replace_all_uses_with(half, replace_graph_outputs=True)
+            new.replace_input_with(0, out)
+            out.type = ir.TensorType(f32)
+            graph.insert_after(node, new)
+
+    def _convert_attributes(self, node: ir.Node) -> None:
+        f32 = ir.DataType.FLOAT
+        if node.op_type == "Cast" and _attr(node, "to") == f32:
+            node.attributes["to"] = ir.AttrInt64("to", self.ir_type)
+        if node.op_type in ("DequantizeLinear", "QuantizeLinear") and _attr(node, "output_dtype") == f32:
+            node.attributes["output_dtype"] = ir.AttrInt64("output_dtype", self.ir_type)
+        for key in ("value", "value_float"):
+            a = node.attributes.get(key)
+            if a is None or node.op_type not in ("Constant", "ConstantOfShape"):
+                continue
+            if a.type == ir.AttributeType.TENSOR and a.value.dtype == f32:
+                node.attributes[key] = ir.AttrTensor(key, ir.tensor(a.value.numpy().astype(self.np_type)))
+
+
+def optimize(model: ir.Model, *, fold_bias: bool = True, drop_zero_gemm_c: bool = True,
+             float_dtype: str = "float32") -> ir.Model:
+    """Run the export passes in order on ``model`` (in place) and return it.
+
+    Args:
+      fold_bias: fold bias ``Add`` nodes into Conv/Gemm.
+      drop_zero_gemm_c: remove all-zero Gemm ``C`` inputs.
+      float_dtype: ``"float32"`` (unchanged), ``"float16"`` or ``"bfloat16"`` (:class:`ConvertFloatPass`).
+    """
+    passes = [FoldConstantLayoutPass(), PushTransposeIntoWeightPass()]
+    if drop_zero_gemm_c:
+        passes.append(DropZeroGemmCPass())
+    if fold_bias:
+        passes.append(FoldBiasPass())
+    passes += [BoolWherePass(), RemoveUnusedNodesPass(), TopologicalSortPass(), FillMissingTypesPass()]
+    if float_dtype != "float32":
+        passes.append(ConvertFloatPass(float_dtype))
+    passes += [FixIrVersionPass(), TrtDomainPass()]
+    for p in passes:
+        p(model)
+    return model

@@ -1,0 +1,208 @@
+"""The onnx-ir post-passes (jq.export.passes): each on a hand-built graph and on real exports."""
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import jq.export
+from tests.export.conftest import run_jax
+from jq.export import passes as P
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=19, ir_version=None):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                          ir_version=ir_version or P.ir_version_for_opset(opset))
+    return ir.serde.deserialize_model(m)
+
+
+def _run(model: ir.Model, feeds):
+    return jq.export.run_onnxruntime(ir.serde.serialize_model(model), feeds)
+
+
+def _vi(name, shape, t=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, t, shape)
+
+
+def test_drop_zero_gemm_c():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    m = _model([helper.make_node("Gemm", ["x", "w", "c"], ["y"])], [_vi("x", [2, 4])], [_vi("y", [2, 3])],
+               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0), "c")])
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    before = _run(m, [x])[0]
+    assert P.DropZeroGemmCPass()(m).modified
+    (gemm,) = list(m.graph)
+    assert len(gemm.inputs) == 2
+    np.testing.assert_array_equal(_run(m, [x])[0], before)
+    m2 = _model([helper.make_node("Gemm", ["x", "w", "c"], ["y"])], [_vi("x", [2, 4])], [_vi("y", [2, 3])],
+                [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1), "c")])
+    assert not P.DropZeroGemmCPass()(m2).modified  # a non-zero C stays
+
+
+def test_fold_bias_through_transpose_into_conv():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal((5,)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["t", "b"], ["y"])]
+    m = _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 6, 6, 5])],
+               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b.reshape(1, 1, 1, 5), "b")])
+    m.graph.node(1).outputs[0].shape = ir.Shape([1, 6, 6, 5])
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    before = _run(m, [x])[0]
+    assert P.FoldBiasPass()(m).modified
+    ops = [n.op_type for n in m.graph]
+    assert ops == ["Conv", "Transpose"] and len(m.graph.node(0).inputs) == 3
+    np.testing.assert_allclose(_run(m, [x])[0], before, rtol=1e-6, atol=1e-6)
+
+
+def test_fold_bias_into_gemm_but_not_a_full_tensor():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    for bias, folds in ((rng.standard_normal((3,)), True), (rng.standard_normal((2, 3)), False)):
+        m = _model([helper.make_node("Gemm", ["x", "w"], ["g"]), helper.make_node("Add", ["g", "b"], ["y"])],
+                   [_vi("x", [2, 4])], [_vi("y", [2, 3])],
+                   [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias.astype(np.float32), "b")])
+        m.graph.node(0).outputs[0].shape = ir.Shape([2, 3])
+        x = rng.standard_normal((2, 4)).astype(np.float32)
+        before = _run(m, [x])[0]
+        assert P.FoldBiasPass()(m).modified == folds
+        assert [n.op_type for n in m.graph] == (["Gemm"] if folds else ["Gemm", "Add"])
+        np.testing.assert_allclose(_run(m, [x])[0], before, rtol=1e-6, atol=1e-6)
+
+
+def test_fold_bias_into_gemm_sets_beta():
+    """jax2onnx writes ``Gemm(A, B, C=0, beta=0)``: the folded bias must come with ``beta=1``."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal((1, 3)).astype(np.float32)
+    m = _model([helper.make_node("Gemm", ["x", "w", "c"], ["g"], beta=0.0), helper.make_node("Add", ["g", "b"], ["y"])],
+               [_vi("x", [2, 4])], [_vi("y", [2, 3])],
+               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(3, np.float32), "c"),
+                numpy_helper.from_array(b, "b")])
+    m.graph.node(0).outputs[0].shape = ir.Shape([2, 3])
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    before = _run(m, [x])[0]
+    P.DropZeroGemmCPass()(m)
+    assert P.FoldBiasPass()(m).modified
+    (gemm,) = list(m.graph)
+    assert gemm.attributes["beta"].value == 1.0 and np.array_equal(gemm.inputs[2].const_value.numpy(), b.reshape(-1))
+    np.testing.assert_allclose(_run(m, [x])[0], before, rtol=1e-6, atol=1e-6)
+
+
+def test_fold_constant_layout_and_push_transpose_into_weight_dq():
+    w = np.arange(2 * 3 * 4 * 5, dtype=np.int8).reshape(2, 3, 4, 5) % 7  # HWIO-like, per-channel axis 3
+    s = np.linspace(0.1, 0.5, 5).astype(np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["d"], axis=3),
+             helper.make_node("Transpose", ["d"], ["y"], perm=[3, 2, 0, 1])]
+    m = _model(nodes, [], [_vi("y", [5, 4, 2, 3])],
+               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(s, "s"),
+                numpy_helper.from_array(np.zeros(5, np.int8), "z")])
+    m.graph.node(0).outputs[0].shape = ir.Shape([2, 3, 4, 5])
+    before = _run(m, [])[0]
+    assert P.PushTransposeIntoWeightPass()(m).modified
+    (dq,) = list(m.graph)
+    assert dq.op_type == "DequantizeLinear" and dq.attributes["axis"].value == 0
+    assert dq.inputs[0].const_value.numpy().shape == (5, 4, 2, 3)
+    np.testing.assert_array_equal(_run(m, [])[0], before)
+    r = _model([helper.make_node("Reshape", ["c", "shape"], ["y"])], [], [_vi("y", [2, 3])],
+               [numpy_helper.from_array(np.arange(6, dtype=np.float32), "c"),
+                numpy_helper.from_array(np.array([2, -1], np.int64), "shape")])
+    assert P.FoldConstantLayoutPass()(r).modified and len(r.graph) == 0
+    np.testing.assert_array_equal(r.graph.outputs[0].const_value.numpy(), np.arange(6.0).reshape(2, 3))
+
+
+def test_bool_where():
+    c = np.array([True, False, True, False])
+    a = np.array([True, True, False, False])
+    b = np.array([False, True, True, False])
+    m = _model([helper.make_node("Where", ["c", "a", "b"], ["y"])],
+               [_vi(n, [4], TensorProto.BOOL) for n in "cab"], [_vi("y", [4], TensorProto.BOOL)])
+    assert P.BoolWherePass()(m).modified
+    assert "Where" not in [n.op_type for n in m.graph]
+    np.testing.assert_array_equal(_run(m, [c, a, b])[0], np.where(c, a, b))
+
+
+@pytest.mark.parametrize("opset, ir_version", [(13, 7), (17, 8), (19, 9), (21, 10), (23, 11)])
+def test_ir_version_for_opset(opset, ir_version):
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])], opset=opset,
+               ir_version=10)
+    P.FixIrVersionPass()(m)
+    assert m.ir_version == ir_version == P.ir_version_for_opset(opset)
+
+
+def test_trt_domain_import():
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])], opset=23)
+    assert "trt" not in m.opset_imports
+    m.graph.node(0).domain = "trt"
+    assert P.TrtDomainPass()(m).modified and m.opset_imports["trt"] == 1
+    m.graph.node(0).domain = ""
+    assert P.TrtDomainPass()(m).modified and "trt" not in m.opset_imports
+
+
+def test_real_exports_are_fixed(zoo):
+    res = zoo.export("cnn", "INT8_DEFAULT_CFG")
+    g = res.model.graph
+    for n in g:
+        if n.op_type == "Conv" and n.inputs[1].producer() is not None:
+            dq = n.inputs[1].producer()
+            assert dq.op_type == "DequantizeLinear", "the weight DQ feeds the Conv directly (no Transpose)"
+            assert dq.attributes["axis"].value == 0  # OIHW output channels
+            assert len(n.inputs) == 3 and n.inputs[2].is_initializer(), "bias folded into the Conv"
+        if n.op_type == "Gemm":
+            assert len(n.inputs) == 3 and np.any(n.inputs[2].const_value.numpy()), "C is the bias, not zero"
+        if n.op_type == "Add":
+            src = [i.producer().op_type for i in n.inputs if i.producer() is not None]
+            assert not (len(src) == 1 and src[0] in ("Conv", "Gemm")), "bias Add left behind"
+
+
+def test_passes_can_be_turned_off(zoo):
+    raw = zoo.export("cnn", "INT8_DEFAULT_CFG", fold_bias=False, drop_zero_gemm_c=False)
+    (gemm,) = [n for n in raw.model.graph if n.op_type == "Gemm"]
+    assert len(gemm.inputs) == 3 and not np.any(gemm.inputs[2].const_value.numpy())  # jax2onnx's zero C
+    assert sum(n.op_type == "Add" for n in raw.model.graph) >= 4  # 3 conv biases and the head bias
+    assert all(len(n.inputs) == 2 for n in raw.model.graph if n.op_type == "Conv")
+
+
+def test_float16_variant(zoo):
+    res = zoo.export("transformer", "INT8_DEFAULT_CFG", float_dtype="float16")
+    g = res.model.graph
+    assert g.inputs[0].dtype == ir.DataType.INT32 and g.outputs[0].dtype == ir.DataType.FLOAT
+    floats = [v for v in g.initializers.values() if v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16)]
+    assert floats and all(v.dtype == ir.DataType.FLOAT16 for v in floats)
+    for n in g:
+        if n.op_type == "QuantizeLinear":
+            assert n.inputs[0].dtype == n.inputs[1].dtype == ir.DataType.FLOAT16
+    onnx.checker.check_model(res.proto, full_check=True)
+    assert jq.export.check_tensorrt(res.proto) == []
+    qm = zoo.qm("transformer", "INT8_DEFAULT_CFG")
+    *_, x_test = zoo.model("transformer")
+    ref = run_jax(qm, x_test)
+    (y,) = jq.export.run_onnxruntime(res.proto, [x_test])
+    assert np.max(np.abs(y - ref)) < 0.1 * np.max(np.abs(ref))  # half precision: a loose sanity bound
+
+
+def test_float16_baseline_of_the_unquantized_model(zoo):
+    m, params, calib, x_test = zoo.model("cnn")
+    proto = jq.export.to_onnx_float(params, m.apply, (calib[0],), float_dtype="float16")
+    model = ir.serde.deserialize_model(proto)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
+    assert all(v.dtype != ir.DataType.FLOAT for v in model.graph.initializers.values())
+    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT
+    assert any(n.op_type == "Conv" and n.inputs[1].dtype == ir.DataType.FLOAT16 for n in model.graph)
+
+
+def test_bfloat16_variant(zoo):
+    res = zoo.export("transformer", "FP8_DEFAULT_CFG", float_dtype="bfloat16")
+    g = res.model.graph
+    assert g.outputs[0].dtype == ir.DataType.FLOAT
+    floats = [v for v in g.initializers.values() if v.dtype in (ir.DataType.FLOAT, ir.DataType.BFLOAT16)]
+    assert floats and all(v.dtype == ir.DataType.BFLOAT16 for v in floats)
+    dq = [n for n in g if n.op_type == "DequantizeLinear"]
+    assert dq and all(n.inputs[1].dtype == ir.DataType.BFLOAT16 for n in dq)
+    onnx.checker.check_model(res.proto, full_check=True)
+    assert jq.export.check_tensorrt(res.proto) == []
