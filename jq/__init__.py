@@ -47,8 +47,8 @@ from jq.quantize import (
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # lazy: jax2onnx/onnx are imported only when jq.export is used
-    if name == "export":
+def __getattr__(name):  # lazy: jax2onnx/onnx (export) and Pallas GEMMs (deploy) load only when used
+    if name in ("export", "deploy"):
         import importlib
-        return importlib.import_module("jq.export")
+        return importlib.import_module(f"jq.{name}")
     raise AttributeError(f"module 'jq' has no attribute {name!r}")

@@ -141,7 +141,7 @@ class RealizedModel:
         from jq.transform import Evaluator
 
         qm = self.qm
-        _, traced, flat = qm._meta.cache.get(params, args, kwargs)
+        traced, flat = qm.trace(*args, params=params, **kwargs)
         names = {s.name for s in traced.sites}
         impls = {name: _make_impl(kind, weights[name], self.backend, _spec(qm, f"{name}.input_quantizer"))
                  for name, kind in self.plan.items() if kind != "fake" and name in weights and name in names}

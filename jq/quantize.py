@@ -93,6 +93,21 @@ class QuantizedModel:
         self.qstate = qstate
         self._meta = meta
 
+    @classmethod
+    def create(cls, params, apply_fn: Callable, config, qstate=None) -> QuantizedModel:
+        """A model from its parts (e.g. restored from a checkpoint); it is traced on its first call.
+
+        ``config`` is a :class:`QuantConfig` or a ModelOpt-style dict; ``qstate`` maps quantizer names to
+        ``{"amax": ...}`` dicts.
+        """
+        return cls(params, dict(qstate or {}), _Meta(apply_fn, as_config(config), _TraceCache(apply_fn)))
+
+    def trace(self, *args, params=None, **kwargs) -> tuple[TracedModel, list]:
+        """The traced jaxpr for these inputs (cached per signature) and the flat ``params + args`` leaves
+        the :class:`~jq.transform.Evaluator` takes."""
+        _, traced, flat = self._meta.cache.get(self.params if params is None else params, args, kwargs)
+        return traced, flat
+
     # -- pytree ------------------------------------------------------------------------------------------
     def tree_flatten(self):
         return (self.params, self.qstate), self._meta

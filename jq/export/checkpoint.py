@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 
 import jq
 from jq.config import QuantConfig
-from jq.quantize import QuantizedModel, _Meta, _TraceCache
+from jq.quantize import QuantizedModel
 
 __all__ = ["save", "load", "METADATA_FILE"]
 
@@ -93,9 +93,9 @@ def load(path: str | os.PathLike, apply_fn: Callable, *, params_like=None,
     if params_like is not None:
         params = _restore_into(params, params_like)
     config = QuantConfig.from_dict(meta["config"])
-    qm = QuantizedModel(params, restored.get("qstate") or {}, _Meta(apply_fn, config, _TraceCache(apply_fn)))
+    qm = QuantizedModel.create(params, apply_fn, config, restored.get("qstate") or {})
     if example_args is not None:
-        qm._meta.cache.get(qm.params, tuple(example_args), {})
+        qm.trace(*example_args)
     return qm
 
 

@@ -170,7 +170,7 @@ def export(qm, example_args: Sequence, opset: int | None = None, *, options: Exp
     kwargs = dict(static_kwargs or {})
 
     def quantized(*args):  # QuantizedModel.apply, with quantizer names carried into the jaxpr
-        _, traced, flat = qm._meta.cache.get(qm.params, args, kwargs)
+        traced, flat = qm.trace(*args, **kwargs)
         return _NamedEvaluator(traced, qm.specs(traced), qm.qstate, "apply").run(flat)
 
     return _convert(quantized, example_args, opts, opset)
