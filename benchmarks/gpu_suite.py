@@ -1,7 +1,10 @@
 """One GPU call: build, check against the references and time every jq kernel; JSON + logs under $OUT.
 
 ``PYTHONUNBUFFERED=1 XLA_FLAGS=--xla_allow_excess_precision=false PYTHONPATH=. python -m benchmarks.gpu_suite
-[sections...]`` with sections from: quant_smoke quant_bench gemm_smoke gemm_bench e2e (default: all).
+[sections...]`` with sections from: quant_smoke quant_bench gemm_smoke gemm_bench gemm_schedules gemm_schedule_smoke
+e2e (default: all). ``gemm_schedules`` times the decode-GEMM configs of ``JQ_DECODE_SWEEP`` (``[bf16/]schedule:rows,
+block_k,stages[,ctas|split];...``, see ``gemm_bench.parse_configs``) against XLA's bf16 dot in one run;
+``gemm_schedule_smoke`` checks those of ``JQ_SMOKE_CONFIGS`` on small and ragged shapes.
 Each section is isolated (an error is recorded and the next section runs).
 """
 
@@ -16,7 +19,7 @@ import jax
 
 from benchmarks.kernel_bench.common import device_info, save
 
-SECTIONS = ("quant_smoke", "quant_bench", "gemm_smoke", "gemm_bench", "e2e")
+SECTIONS = ("quant_smoke", "quant_bench", "gemm_smoke", "gemm_bench", "gemm_schedules", "gemm_schedule_smoke", "e2e")
 
 
 def main(argv):
@@ -45,6 +48,13 @@ def main(argv):
             elif sec == "gemm_bench":
                 from benchmarks.kernel_bench import gemm_bench as g
                 r = g.bench(_configs())
+            elif sec == "gemm_schedules":
+                from benchmarks.kernel_bench import gemm_bench as g
+                sweep = os.environ.get("JQ_DECODE_SWEEP")
+                r = g.decode_schedules(g.parse_configs(sweep) if sweep else None)
+            elif sec == "gemm_schedule_smoke":
+                from benchmarks.kernel_bench import gemm_bench as g
+                r = g.schedule_smoke(g.parse_configs(os.environ.get("JQ_SMOKE_CONFIGS", g.SMOKE_CONFIGS)))
             elif sec == "e2e":
                 from benchmarks.kernel_bench import e2e
                 r = e2e.bench()

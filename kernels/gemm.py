@@ -10,19 +10,28 @@ E4M3-scaled blocks along K, fp32 global scale) or INT4 (groups of 128 along K, f
 :func:`jq.qtensor.quantize`. Implementations:
 
 * ``mosaic`` -- a Mosaic GPU kernel for decode batches (B <= 64) built on the blueprint "weights on the wgmma M
-  side as the register operand" (swap-AB): each CTA streams 64-row weight tiles through a TMA pipeline, decodes
-  them in registers into f16 wgmma A fragments (two shifts, an AND and a LOP3 per two weights plus one
-  HMUL2, see :func:`_nvfp4_asm`) and
-  multiplies by the token tile ``x^T`` held in shared memory (N = tokens padded to 8). The weights are
-  re-laid out once, offline (:func:`pack_w4`), so every thread's fragment is one 32-bit word.
+  side as the register operand" (swap-AB): 64-row weight tiles stream through a TMA pipeline, are decoded in
+  registers into wgmma A fragments (two shifts, an AND and a LOP3 per two weights plus one HMUL2, see
+  :func:`_nvfp4_bf16_asm`) and multiplied by the token tile ``x^T`` held in shared memory (N = tokens padded to
+  8). The weights are re-laid out once, offline (:func:`pack_w4`), so every thread's fragment is one 32-bit word.
+  Operand type (``pack_w4(..., dtype=)``): ``"bf16"`` (default) decodes the weights to bf16 and feeds the bf16
+  activations to the tensor cores as they are, so a call is the kernel plus one small XLA reduction;
+  ``"f16"`` (the first version) decodes to f16 and needs the activations scaled and converted first (two more
+  XLA kernels, ~5 µs on the H100). Schedule (:class:`MosaicConfig`): ``"stream_k"`` (default: 3 CTAs per SM,
+  each an equal run of the (row group, K step) sequence, partial sums of the few row groups that two CTAs share
+  added after), ``"grid"`` (one CTA per (row group, K split)), ``"ws"`` (stream-K with a warp-specialized
+  pipeline: a TMA producer warpgroup and one consumer warpgroup per tile). Measurements: RESULTS.md §4.
 * ``xla`` -- dequantize (reference) + XLA bf16 dot: any batch, any backend, and the fallback.
 * ``xla_int4`` (INT4 only) -- XLA's native int4 path: ``int4`` weights converted in the GEMM fusion.
 
-Numerics of the decode GEMM: NVFP4 weights decode exactly (``code * 2^-14`` is an f16, times the E4M3 block scale
-is exact in f16); the factor ``gs * 2^14`` is applied to the f32 accumulator. Activations are multiplied by a
-power of two ``2^e`` chosen from their amax so that they fit f16 (exact for every value within 2^30 of the
-amax) and converted to f16; the accumulation is f32 on the tensor cores. INT4 multiplies the integer codes by
-the f16-rounded group scale ``amax/7`` (relative error <= 2^-11 per scale). The result matches
+Numerics of the decode GEMM, bf16 operands: NVFP4 weights decode exactly (``(c & 7) << 6 | (c & 8) << 12`` read as
+bf16 is ``code * 2^-126``; times the block scale stored as ``s * 2^119`` it is ``code * s * 2^-7``, exact); the
+factor ``gs * 2^7`` is applied to the f32 accumulator; activations enter unchanged. INT4 multiplies the integer
+codes by the bf16-rounded group scale ``amax/7`` and rounds the product to bf16 (relative error <= 2^-8 per
+weight; the XLA reference rounds its product to bf16 too). f16 operands: NVFP4 ``code * 2^-14`` times the E4M3
+scale is exact in f16 (factor ``gs * 2^14``); activations are multiplied by a power of two ``2^e`` chosen from
+their amax so that they fit f16 (exact for every value within 2^30 of the amax) and converted to f16; INT4 uses the
+f16-rounded group scale (<= 2^-11). Accumulation is f32 on the tensor cores. The result matches
 ``x @ dequant(W).T`` to f32-accumulation / bf16-output tolerance (tests: relative error < 1e-2, measured ~3e-3).
 """
 
@@ -89,9 +98,12 @@ class PackedW4:
 
     codes: uint32 ``[Np/64, Kp/16, 128]``: for each 64-row tile, 16-column chunk and thread of the warpgroup,
       the 8 codes that thread's wgmma A fragment holds (nibble ``k`` / ``k+4`` = low/high element of register k).
-    scales: NVFP4: uint16 ``[Np/64, Kp/16, 32]`` (the E4M3 scales of rows g and g+8, one entry per 4 threads);
-      INT4: uint32 ``[Np/64, Kp/128, 32]`` (f16x2 ``amax/7`` of the two rows).
-    factor: fp32 scalar applied to the accumulator (NVFP4 ``gs * 2^14``; INT4 1).
+    scales: NVFP4: uint16 ``[Np/64, Kp/16, 32]`` (the scale bytes of rows g and g+8, one entry per 4 threads:
+      E4M3 for ``dtype="f16"``, the bf16-ready byte of :func:`_bf16_scale_bytes` for ``"bf16"``);
+      INT4: uint32 ``[Np/64, Kp/128, 32]`` (f16x2 / bf16x2 ``amax/7`` of the two rows).
+    factor: fp32 scalar applied to the accumulator (NVFP4 ``gs * 2^14`` (f16) / ``gs * 2^7`` (bf16); INT4 1).
+    dtype: the wgmma operand type: ``"f16"`` (weights decoded to f16, activations scaled by a power of two and
+      converted to f16 before the kernel) or ``"bf16"`` (weights decoded to bf16, activations used as they are).
     """
 
     codes: jax.Array
@@ -100,9 +112,10 @@ class PackedW4:
     fmt: str
     n: int
     k: int
+    dtype: str = "f16"
 
     def tree_flatten(self):
-        return (self.codes, self.scales, self.factor), (self.fmt, self.n, self.k)
+        return (self.codes, self.scales, self.factor), (self.fmt, self.n, self.k, self.dtype)
 
     @classmethod
     def tree_unflatten(cls, aux, ch):
@@ -157,11 +170,32 @@ def _row_pairs(s):
     return v.reshape(np_ // 64, g, 32, 2)
 
 
-def pack_w4(qt) -> PackedW4:
+_BF16_SCALE_BIAS = 237  # bf16 exponent field of the smallest scale byte (E4M3 2^-9 times 2^119)
+
+
+def _bf16_scale_bytes(scale):
+    """E4M3 block scales -> one byte each whose bf16 ``(byte << 4) + (237 << 7)`` is exactly ``s * 2^119``.
+
+    ``s * 2^119`` (s an E4M3 value, subnormals included) is a normal bf16 with exponent field 237..254 and a 3-bit
+    mantissa: the byte is (exponent - 237) << 3 | mantissa. NaN maps to a bf16 NaN; a zero scale to byte 0 (the
+    caller zeroes that block's codes, so the product stays 0).
+    """
+    v = jnp.asarray(scale, jnp.float32)
+    bits = lax.bitcast_convert_type((jnp.abs(v) * jnp.float32(2.0**119)).astype(jnp.bfloat16), jnp.uint16)
+    byte = (bits.astype(jnp.int32) - (_BF16_SCALE_BIAS << 7)) >> 4
+    byte = jnp.where(v == 0, 0, byte)
+    byte = jnp.where(jnp.isnan(v) | (v < 0), (18 << 3) | 4, byte)
+    return byte.astype(jnp.uint16)
+
+
+def pack_w4(qt, dtype: str = "bf16") -> PackedW4:
     """Re-lay a canonical ``[N, K]`` NVFP4 (1D 16-blocks) or INT4 (blocks of 128 along K) QTensor for the kernel.
 
     Runs once per weight (jnp: on the GPU for big weights). N is padded to 64 and K to 128 with zero codes.
+    ``dtype``: ``"f16"`` or ``"bf16"``, the tensor-core operand type (see :class:`PackedW4`).
     """
+    if dtype not in ("f16", "bf16"):
+        raise ValueError(f"dtype must be 'f16' or 'bf16', got {dtype!r}")
     if len(qt.shape) != 2:
         raise ValueError(f"pack_w4 takes a 2D canonical [N, K] weight, got shape {qt.shape}")
     n, k = qt.shape
@@ -177,7 +211,16 @@ def pack_w4(qt) -> PackedW4:
     codes = nx.unpack_nibbles(qt.data).astype(jnp.uint32)
     c = jnp.zeros((np_, kp), jnp.uint32).at[:n, : min(codes.shape[1], kp)].set(codes[:, :kp])
     words = _to_words(c)
-    if fmt == "nvfp4":
+    if fmt == "nvfp4" and dtype == "bf16":
+        sb = _bf16_scale_bytes(qt.scale.astype(jnp.float32))[:, : kp // 16]
+        keep = jnp.repeat(qt.scale.astype(jnp.float32)[:, : kp // 16] != 0, 16, axis=1)[:, : c.shape[1]]
+        c = c.at[:n, : keep.shape[1]].set(jnp.where(keep, c[:n, : keep.shape[1]], 0))  # zero scale: zero codes
+        words = _to_words(c)
+        s = jnp.zeros((np_, kp // 16), jnp.uint16).at[:n, : sb.shape[1]].set(sb)
+        pr = _row_pairs(s)
+        scales = pr[..., 0] | (pr[..., 1] << 8)
+        factor = jnp.asarray(qt.global_scale, jnp.float32) * jnp.float32(2.0**7)
+    elif fmt == "nvfp4":
         sc = lax.bitcast_convert_type(qt.scale, jnp.uint8).astype(jnp.uint16)
         s = jnp.full((np_, kp // 16), 0x38, jnp.uint16).at[:n, : sc.shape[1]].set(sc[:, : kp // 16])
         pr = _row_pairs(s)
@@ -186,11 +229,12 @@ def pack_w4(qt) -> PackedW4:
     else:
         inv = 1.0 / jnp.asarray(qt.scale, jnp.float32)  # dequant multiplier amax / 7
         s = jnp.ones((np_, kp // 128), jnp.float32).at[:n, : inv.shape[1]].set(inv[:, : kp // 128])
-        s16 = lax.bitcast_convert_type(s.astype(jnp.float16), jnp.uint16).astype(jnp.uint32)
+        half = jnp.bfloat16 if dtype == "bf16" else jnp.float16
+        s16 = lax.bitcast_convert_type(s.astype(half), jnp.uint16).astype(jnp.uint32)
         pr = _row_pairs(s16)
         scales = pr[..., 0] | (pr[..., 1] << 16)
         factor = jnp.float32(1.0)
-    return PackedW4(words, scales, jnp.asarray(factor, jnp.float32), fmt, n, k)
+    return PackedW4(words, scales, jnp.asarray(factor, jnp.float32), fmt, n, k, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -207,6 +251,8 @@ def emulate_decode(pw: PackedW4) -> np.ndarray:
     Bit-exact emulation of :func:`_nvfp4_asm` / :func:`_int4_asm` over the packed words: the CPU tests check
     ``emulate_decode(pack_w4(qt)) * factor == dequantize(qt)``.
     """
+    if pw.dtype == "bf16":
+        return _emulate_decode_bf16(pw)
     words = np.asarray(pw.codes, np.uint32)
     tiles, chunks = words.shape[:2]
     out = np.zeros((tiles, chunks, 64, 16), np.float32)
@@ -233,6 +279,88 @@ def emulate_decode(pw: PackedW4) -> np.ndarray:
             r, c = _ROWS[:, nibpos], _COLS[:, nibpos]
             out[:, :, r, c] = v.astype(np.float32)
     return out.transpose(0, 2, 1, 3).reshape(tiles * 64, chunks * 16)
+
+
+def _bf16_bits_np(b):
+    """uint16 bf16 bit patterns -> float32 (exact)."""
+    return (np.asarray(b, np.uint32) << 16).astype(np.uint32).view(np.float32)
+
+
+def _bf16_round_np(x):
+    """float32 -> nearest bf16 (ties to even), as float32 (the rounding of ``mul.rn.bf16x2``)."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    out = r.astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(x), np.float32(np.nan), out)
+
+
+def _emulate_decode_bf16(pw: PackedW4) -> np.ndarray:
+    """Bit-exact emulation of :func:`_nvfp4_bf16_asm` / :func:`_bf16_scale_dup_asm` / :func:`_int4_bf16_asm`."""
+    words = np.asarray(pw.codes, np.uint32)
+    tiles, chunks = words.shape[:2]
+    out = np.zeros((tiles, chunks, 64, 16), np.float32)
+    for k in range(4):
+        if pw.fmt == "nvfp4":
+            sh_t, sh_u = 6 - 4 * k, 12 - 4 * k
+            t = (words << sh_t) if sh_t >= 0 else (words >> -sh_t)
+            u = words << sh_u
+            bits = ((t & 0x01C001C0) | (u & 0x80008000)).astype(np.uint32)
+            sc = np.repeat(np.asarray(pw.scales, np.uint32), 4, axis=-1)  # thread t reads entry t // 4
+            byte = (sc & 0xFF) if k in (0, 2) else (sc >> 8)
+            s = _bf16_bits_np(((byte << 4) + (_BF16_SCALE_BIAS << 7)) & 0xFFFF)
+        else:
+            t = words >> (4 * k)
+            bits = ((t & 0x000F000F) ^ 0x43084308).astype(np.uint32)
+            group = np.repeat(np.repeat(np.asarray(pw.scales, np.uint32), 4, axis=-1), 8, axis=1)
+            s = _bf16_bits_np((group & 0xFFFF) if k in (0, 2) else (group >> 16))
+        for e in range(2):
+            h = _bf16_bits_np((bits >> (16 * e)) & 0xFFFF)
+            if pw.fmt == "int4":
+                h = _bf16_round_np(h - np.float32(136))
+            v = _bf16_round_np(h * s)
+            nibpos = k + 4 * e
+            r, c = _ROWS[:, nibpos], _COLS[:, nibpos]
+            out[:, :, r, c] = v
+    return out.transpose(0, 2, 1, 3).reshape(tiles * 64, chunks * 16)
+
+
+def _nvfp4_bf16_asm(k: int) -> str:
+    """PTX for bf16x2 register ``k`` of a chunk: codes word ``$1``, duplicated bf16 scale ``$2``.
+
+    ``(c & 7) << 6 | (c & 8) << 12`` read as bf16 is ``code * 2^-126`` (subnormal for +-0.5); times the scale
+    ``s * 2^119`` it is ``code * s * 2^-7``, exact (at most 6 significant bits, normal range).
+    """
+    sh_t, sh_u = 6 - 4 * k, 12 - 4 * k
+    t_op = f"shl.b32 t, $1, {sh_t};" if sh_t >= 0 else f"shr.b32 t, $1, {-sh_t};"
+    u_op = f"shl.b32 u, $1, {sh_u};" if sh_u > 0 else "mov.b32 u, $1;"
+    return ("{ .reg .b32 t, u;\n"
+            f" {t_op} {u_op}\n"
+            " and.b32 u, u, 0x80008000;\n"
+            " lop3.b32 t, t, 0x01C001C0, u, 0xEA;\n"
+            " mul.rn.bf16x2 $0, t, $2; }")
+
+
+def _bf16_scale_dup_asm(high: bool) -> str:
+    """PTX: scale-byte pair ``$1`` (row g | row g+8 << 8) -> bf16x2 ``{s, s}`` of row g (or g+8 if ``high``)."""
+    sel = "0x3232" if high else "0x1010"
+    return ("{ .reg .b32 q;\n"
+            " prmt.b32 q, $1, 0, 0x4140;\n"
+            f" mad.lo.u32 q, q, 16, {hex(((_BF16_SCALE_BIAS << 7) << 16) | (_BF16_SCALE_BIAS << 7))};\n"
+            f" prmt.b32 $0, q, 0, {sel}; }}")
+
+
+def _int4_bf16_asm(k: int) -> str:
+    """PTX for bf16x2 register ``k`` of an INT4 chunk: codes word ``$1``, bf16x2 group scales ``$2``."""
+    half = "sl" if k in (0, 2) else "sh"
+    sh = f"shr.b32 t, $1, {4 * k};" if k else "mov.b32 t, $1;"
+    return ("{ .reg .b32 t, v, sd, c; .reg .b16 sl, sh;\n"
+            f" {sh}\n"
+            " lop3.b32 v, t, 0x000F000F, 0x43084308, 0x6A;\n"
+            " mov.b32 c, 0x43084308;\n"
+            " sub.rn.bf16x2 v, v, c;\n"
+            " mov.b32 {sl, sh}, $2;\n"
+            f" mov.b32 sd, {{{half}, {half}}};\n"
+            " mul.rn.bf16x2 $0, v, sd; }")
 
 
 def _e4m3_np(b):
@@ -319,10 +447,18 @@ def w4a16_matmul_xla_int4(x, w_int4, inv_scale, out_dtype=jnp.bfloat16):
 
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
-    rows: int = 2  # 64-row weight tiles per CTA (accumulators per warpgroup; falls back to 1 if odd)
+    """Decode-GEMM launch configuration (the default is the fastest measured on the H100, RESULTS.md §4)."""
+
+    rows: int = 2  # 64-row weight tiles per pipeline step (accumulators per warpgroup; falls back to 1 if odd)
     block_k: int = 128  # K per pipeline step (multiple of 128)
-    stages: int = 4  # TMA pipeline depth
-    split_k: int | None = None  # CTAs along K (partial sums added after); None: enough CTAs to fill the GPU
+    stages: int = 3  # TMA pipeline depth
+    split_k: int | None = None  # "grid": CTAs along K (partial sums added after); None: enough CTAs to fill the GPU
+    # schedule: "grid" (one CTA per (row group, K split), one warpgroup decoding + issuing its TMA pipeline),
+    # "stream_k" (same warpgroup, ``ctas`` CTAs each taking an equal contiguous run of the (row group, K step)
+    # sequence), "ws" (stream-K with a warp-specialized pipeline: one TMA producer warpgroup and ``rows``
+    # consumer warpgroups, one 64-row tile each; rows <= 2)
+    schedule: str = "stream_k"
+    ctas: int | None = None  # stream_k / ws: CTAs (None: one per SM for "ws", 3 per SM for "stream_k")
 
 
 def _num_sms() -> int:
@@ -340,8 +476,21 @@ def _auto_split(ctas: int, n_steps: int) -> int:
     return s
 
 
-def _prep_x(x, kp, tpad):
-    """bf16 ``[B, K]`` -> f16 ``[Tpad, Kp]`` scaled by ``2^e`` (amax * 2^e < 2^15), and ``2^-e``."""
+def _prep_x(x, kp, tpad, dtype="f16"):
+    """bf16 ``[B, K]`` -> f16 ``[Tpad, Kp]`` scaled by ``2^e`` (amax * 2^e < 2^15), and ``2^-e``.
+
+    ``dtype="bf16"``: x as bf16, factor 1, not copied when K is a multiple of 128 and B < 8 or a multiple of 8 (the
+    TMA tiling of the operand); else padded to Kp columns / Tpad rows. Token rows past B that the copy leaves
+    unwritten only reach accumulator columns that are dropped.
+    """
+    if dtype == "bf16":
+        xb = x.astype(jnp.bfloat16)
+        b, k = x.shape
+        pad_b = tpad - b if (b > 8 and b % 8) else 0  # TMA row tiling: B < 8 or a multiple of 8
+        pad_k = kp - k  # columns past K must read as zeros (the weight codes there are 0; 0 * garbage may be NaN)
+        if pad_b or pad_k:
+            xb = jnp.pad(xb, [(0, pad_b), (0, pad_k)])
+        return xb, jnp.float32(1.0)
     xf = x.astype(jnp.float32)
     amax = jnp.max(jnp.abs(xf))
     e = jnp.where(amax > 0, 14 - jnp.floor(jnp.log2(jnp.maximum(amax, 1e-30))), 0.0)
@@ -352,8 +501,12 @@ def _prep_x(x, kp, tpad):
     return xs, 1.0 / scale
 
 
-def _decode_fragment(fmt, codes_ref, scales_ref):
-    """inline_mgpu body: the [64, 64] f16 wgmma A fragment of 4 chunks (16 columns each) of one 64-row tile."""
+def _decode_fragment(fmt, codes_ref, scales_ref, lead=None, dtype="f16"):
+    """inline_mgpu body: the [64, 64] f16 wgmma A fragment of 4 chunks (16 columns each) of one 64-row tile.
+
+    ``lead``: None when the refs are the tile's ``[4, 128]`` / ``[4|1, 32]`` views; ``"wg"`` when they carry a
+    leading tile dimension indexed by the calling warpgroup (consumer warpgroup ``w`` decodes tile ``w``).
+    """
     from jax._src.lib.mlir import ir
     from jax._src.lib.mlir.dialects import arith, llvm, memref
     from jax.experimental.mosaic import gpu as mgpu
@@ -362,36 +515,47 @@ def _decode_fragment(fmt, codes_ref, scales_ref):
 
     i32 = ir.IntegerType.get_signless(32)
     index = ir.IndexType.get()
-    f16x2 = ir.VectorType.get((2,), ir.F16Type.get())
-    tid = arith.remui(mu.thread_idx(), mu.c(128, i32))
+    bf16 = dtype == "bf16"
+    f16x2 = ir.VectorType.get((2,), ir.BF16Type.get() if bf16 else ir.F16Type.get())
+    tall = mu.thread_idx()
+    tid = arith.remui(tall, mu.c(128, i32))
     tidx = arith.index_cast(index, tid)
     sidx = arith.index_cast(index, arith.shrui(tid, mu.c(2, i32)))  # row pair of the thread
+    pre = [] if lead is None else [arith.index_cast(index, arith.divui(tall, mu.c(128, i32)))]
     regs = np.empty(fa.WGMMA_LAYOUT.registers_shape((64, 64)), dtype=object)
     for c in range(4):
         ci = arith.constant(index, c)
-        w = memref.load(codes_ref, [ci, tidx])
+        w = memref.load(codes_ref, [*pre, ci, tidx])
         if fmt == "nvfp4":
-            s = arith.extui(i32, memref.load(scales_ref, [ci, sidx]))
+            s = arith.extui(i32, memref.load(scales_ref, [*pre, ci, sidx]))
             asm = _nvfp4_asm
         else:
-            s = memref.load(scales_ref, [arith.constant(index, 0), sidx])
-            asm = _int4_asm
+            s = memref.load(scales_ref, [*pre, arith.constant(index, 0), sidx])
+            asm = _int4_bf16_asm if bf16 else _int4_asm
+        if bf16 and fmt == "nvfp4":
+            dup = [llvm.inline_asm(i32, [s], _bf16_scale_dup_asm(h), "=r,r") for h in (False, True)]
         for k, (c8, r8) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            out = llvm.inline_asm(i32, [w, s], asm(k), "=r,r,r")
+            if bf16 and fmt == "nvfp4":
+                out = llvm.inline_asm(i32, [w, dup[k % 2]], _nvfp4_bf16_asm(k), "=r,r,r")
+            else:
+                out = llvm.inline_asm(i32, [w, s], asm(k), "=r,r,r")
             regs[0, 2 * c + c8, 0, 0, r8, 0, 0, 0, 0] = mu.bitcast(out, f16x2)
     return mgpu.FragmentedArray(_registers=regs, _layout=fa.WGMMA_LAYOUT, _is_signed=None)
 
 
-def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out_dtype=jnp.bfloat16):
-    """The Mosaic GPU decode GEMM: ``x [B, K] @ W.T`` for ``B <= 64`` (see the module docstring)."""
-    from jax.experimental import pallas as pl
+def _decode_a(fmt, cref, sref, lead=None, dtype="f16"):
+    """The f16/bf16 wgmma A operand ``[64, 64]`` decoded in registers from the SMEM views ``cref`` / ``sref``."""
     from jax.experimental.pallas import mosaic_gpu as plgpu
 
-    b, k = x.shape
-    if k != pw.k:
-        raise ValueError(f"x has K={k}, weights K={pw.k}")
-    if b > 64:
-        raise ValueError("the Mosaic decode GEMM takes up to 64 tokens; use w4a16_matmul for any batch")
+    jdt = jnp.bfloat16 if dtype == "bf16" else jnp.float16
+    return plgpu.inline_mgpu(
+        arg_types=(plgpu.RefType(), plgpu.RefType()),
+        return_type=plgpu.ShapeDtypeStruct((64, 64), jdt, layout=plgpu.Layout.WGMMA),
+    )(functools.partial(_decode_fragment_ctx, fmt, lead, dtype))(cref, sref)
+
+
+def _plan(pw: PackedW4, b: int, cfg: MosaicConfig):
+    """Static launch parameters of the decode GEMM for ``b`` tokens (validated against the packed weight)."""
     tiles, chunks, _ = pw.codes.shape
     kp, np_ = chunks * 16, tiles * 64
     tpad = max(8, -(-b // 8) * 8)
@@ -402,19 +566,57 @@ def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out
         rows = 1
     if tiles % rows or kp % bk or bk % 128:
         raise ValueError(f"config {cfg} does not divide the packed weight ({np_}x{kp})")
-    kc = bk // 16
-    xs, inv_xscale = _prep_x(x, kp, tpad)
-    factor = (pw.factor * inv_xscale).astype(jnp.float32)
-    fmt = pw.fmt
+    if cfg.schedule not in ("grid", "stream_k", "ws"):
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if cfg.schedule == "ws" and rows > 2:
+        # 4 consumer warpgroups (640 threads) hung on the H100 (RESULTS.md §4, run 7); not investigated
+        raise NotImplementedError("the warp-specialized schedule takes rows <= 2")
     n_steps = kp // bk
-    sgroups = kc if fmt == "nvfp4" else bk // 128
-    ctas = tiles // rows
-    split = cfg.split_k or _auto_split(ctas, n_steps)
-    if n_steps % split:
-        raise ValueError(f"split_k={split} does not divide the {n_steps} K steps")
-    steps = n_steps // split
+    groups = tiles // rows
+    plan = dict(tiles=tiles, kp=kp, np_=np_, tpad=tpad, rows=rows, bk=bk, stages=stages, kc=bk // 16,
+                n_steps=n_steps, groups=groups, sgroups=bk // 16 if pw.fmt == "nvfp4" else bk // 128)
+    if cfg.schedule == "grid":
+        split = cfg.split_k or _auto_split(groups, n_steps)
+        if n_steps % split:
+            raise ValueError(f"split_k={split} does not divide the {n_steps} K steps")
+        plan.update(split=split, slots=split)
+    else:
+        total = groups * n_steps
+        want = cfg.ctas or (_num_sms() if cfg.schedule == "ws" else 3 * _num_sms())
+        per = -(-total // max(1, min(want, total)))  # K steps per CTA
+        if cfg.ctas is None:  # small weights: at most 4 partial-sum slots (runs of >= (n_steps - 1) / 3 steps)
+            per = max(per, -(-(n_steps - 1) // 3), 1)
+        ctas = -(-total // per)  # no CTA without work
+        # a row group's n_steps steps are spread over at most this many CTAs (one partial-sum slot each)
+        slots = min(ctas, -(-(n_steps - 1) // per) + 1)
+        plan.update(per=per, ctas=ctas, slots=slots, total=total)
+    return plan
 
-    def kernel(codes_g, scales_g, x_g, out_g):
+
+def _mosaic_call(xs, pw: PackedW4, cfg: MosaicConfig, b: int):
+    """The Mosaic kernel alone: f16 tokens ``[Tpad, Kp]`` -> f32 partial sums ``[slots, Np, Tpad]``."""
+    p = _plan(pw, b, cfg)
+    if cfg.schedule == "grid":
+        return _grid_kernel(xs, pw, p)
+    return _stream_k_kernel(xs, pw, p, ws=cfg.schedule == "ws")
+
+
+def _x_spec(p, index_map):
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    return plgpu.BlockSpec((p["tpad"], p["bk"]), index_map,
+                           transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
+
+
+def _grid_kernel(xs, pw, p):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    fmt, rows, bk, kc, sgroups = pw.fmt, p["rows"], p["bk"], p["kc"], p["sgroups"]
+    split, tpad = p["split"], p["tpad"]
+    steps = p["n_steps"] // split
+
+    def w4a16_grid(codes_g, scales_g, x_g, out_g):
         cta = lax.axis_index("n")
         ks = lax.axis_index("s")
 
@@ -425,10 +627,7 @@ def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out
                         cref = c_smem.at[r, pl.ds(4 * j, 4)]
                         sref = (s_smem.at[r, pl.ds(4 * j, 4)] if fmt == "nvfp4"
                                 else s_smem.at[r, pl.ds((64 * j) // 128, 1)])
-                        a = plgpu.inline_mgpu(
-                            arg_types=(plgpu.RefType(), plgpu.RefType()),
-                            return_type=plgpu.ShapeDtypeStruct((64, 64), jnp.float16, layout=plgpu.Layout.WGMMA),
-                        )(functools.partial(_decode_fragment_ctx, fmt))(cref, sref)
+                        a = _decode_a(fmt, cref, sref, None, pw.dtype)
                         plgpu.wgmma(accs[r], a, plgpu.transpose_ref(x_smem.at[:, pl.ds(64 * j, 64)], (1, 0)))
                 plgpu.wgmma_wait(0)
 
@@ -437,10 +636,9 @@ def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out
                 in_specs=[
                     plgpu.BlockSpec((rows, kc, 128), lambda i: (0, i, 0)),
                     plgpu.BlockSpec((rows, sgroups, 32), lambda i: (0, i, 0)),
-                    plgpu.BlockSpec((tpad, bk), lambda i: (0, i),
-                                    transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))),
+                    _x_spec(p, lambda i: (0, i)),
                 ],
-                max_concurrent_steps=min(stages, steps),
+                max_concurrent_steps=min(p["stages"], steps),
             )(codes_g.at[pl.ds(cta * rows, rows), pl.ds(ks * (steps * kc), steps * kc)],
               scales_g.at[pl.ds(cta * rows, rows), pl.ds(ks * (steps * sgroups), steps * sgroups)],
               x_g.at[:, pl.ds(ks * (steps * bk), steps * bk)])
@@ -449,18 +647,130 @@ def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out
 
         pl.run_scoped(scoped, *([plgpu.ACC((64, tpad), jnp.float32)] * rows))
 
-    out = plgpu.kernel(
-        kernel, out_type=jax.ShapeDtypeStruct((split, np_, tpad), jnp.float32), grid=(ctas, split),
+    return plgpu.kernel(
+        w4a16_grid, out_type=jax.ShapeDtypeStruct((split, p["np_"], tpad), jnp.float32), grid=(p["groups"], split),
         grid_names=("n", "s"),
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
     )(pw.codes, pw.scales, xs)
-    acc = out[0] if split == 1 else jnp.sum(out, axis=0)
+
+
+def _stream_k_kernel(xs, pw, p, ws: bool):
+    """Stream-K schedule: the ``total = groups * n_steps`` (row group, K step) pairs, in row-group-major order,
+    are cut into ``ctas`` equal contiguous runs of ``per`` steps (the last may be shorter), one per CTA, so every
+    SM streams the same number of weight bytes whatever the shape. A CTA flushes its accumulators when a row group
+    ends or its run ends; the j-th CTA touching a row group writes partial-sum slot j, and the CTA holding the
+    group's first step zero-fills the slots no CTA uses for that group.
+
+    ``ws``: warp-specialized pipeline (``plgpu.emit_pipeline_warp_specialized``): warpgroup ``rows`` only issues
+    the TMA copies, warpgroups ``0..rows-1`` each decode and multiply one 64-row tile of the group and release
+    the SMEM slot when their wgmma is done. Otherwise one warpgroup per CTA does everything (``emit_pipeline``).
+    """
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    fmt, rows, bk, kc, sgroups = pw.fmt, p["rows"], p["bk"], p["kc"], p["sgroups"]
+    tpad, per, ctas, slots, total, ns = p["tpad"], p["per"], p["ctas"], p["slots"], p["total"], p["n_steps"]
+    static_len = total % per == 0
+    ntile = 1 if ws else rows  # tiles (accumulators) per warpgroup
+
+    def zeros():
+        return plgpu.layout_cast(jnp.zeros((64, tpad), jnp.float32), plgpu.Layout.WGMMA)
+
+    def w4a16_stream_k(codes_g, scales_g, x_g, out_g):
+        c = lax.axis_index("n")
+        start = c * per
+        n = per if static_len else jnp.minimum(total - start, per)
+
+        def gk(i):
+            t = start + i
+            return lax.div(t, ns), lax.rem(t, ns)
+
+        def body(idx, c_smem, s_smem, x_smem, accs):
+            (i,) = idx
+            g, kk = gk(i)
+
+            def mm(acc_refs):
+                for r in range(ntile):
+                    for j in range(bk // 64):
+                        if ws:
+                            cref = c_smem.at[:, pl.ds(4 * j, 4)]
+                            sref = (s_smem.at[:, pl.ds(4 * j, 4)] if fmt == "nvfp4"
+                                    else s_smem.at[:, pl.ds((64 * j) // 128, 1)])
+                        else:
+                            cref = c_smem.at[r, pl.ds(4 * j, 4)]
+                            sref = (s_smem.at[r, pl.ds(4 * j, 4)] if fmt == "nvfp4"
+                                    else s_smem.at[r, pl.ds((64 * j) // 128, 1)])
+                        a = _decode_a(fmt, cref, sref, "wg" if ws else None, pw.dtype)
+                        plgpu.wgmma(acc_refs[r], a, plgpu.transpose_ref(x_smem.at[:, pl.ds(64 * j, 64)], (1, 0)))
+
+            accs = pl.run_state(mm)(tuple(plgpu.ACC.init(a) for a in accs))
+            flush = jnp.logical_or(kk == ns - 1, i == n - 1)
+            first = lax.div(g * ns, per)  # CTA holding the group's first step
+            slot = c - first
+            npieces = lax.div(g * ns + ns - 1, per) - first + 1
+
+            def do_flush(accs):
+                for r in range(ntile):
+                    tile = g * rows + (lax.axis_index("wg") if ws else r)
+                    out_g[slot, pl.ds(tile * 64, 64), :] = accs[r]
+                    for s_ in range(1, slots):
+                        @pl.when(jnp.logical_and(slot == 0, npieces <= s_))
+                        def _zero():
+                            out_g[s_, pl.ds(tile * 64, 64), :] = zeros()
+                return tuple(zeros() for _ in range(ntile))
+
+            return lax.cond(flush, do_flush, lambda a: a, accs)
+
+        def idx_map(i):
+            g, kk = gk(i)
+            return g, kk, 0
+
+        in_specs = [
+            plgpu.BlockSpec((rows, kc, 128), idx_map),
+            plgpu.BlockSpec((rows, sgroups, 32), idx_map),
+            _x_spec(p, lambda i: (0, gk(i)[1])),
+        ]
+        if ws:
+            def ctx(run):
+                run(tuple(zeros() for _ in range(ntile)))
+
+            plgpu.emit_pipeline_warp_specialized(
+                body, grid=(n,), memory_registers=40, in_specs=in_specs,
+                max_concurrent_steps=p["stages"], wg_axis="wg", num_compute_wgs=rows, compute_context=ctx,
+            )(codes_g, scales_g, x_g)
+        else:
+            plgpu.emit_pipeline(body, grid=(n,), in_specs=in_specs, max_concurrent_steps=min(p["stages"], per),
+                                init_carry=tuple(zeros() for _ in range(ntile)))(codes_g, scales_g, x_g)
+
+    extra = dict(num_threads=rows + 1, thread_name="wg") if ws else {}
+    return plgpu.kernel(
+        w4a16_stream_k, out_type=jax.ShapeDtypeStruct((slots, p["np_"], tpad), jnp.float32), grid=(ctas,),
+        grid_names=("n",),
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane), **extra,
+    )(pw.codes, pw.scales, xs)
+
+
+def _finish(out, pw: PackedW4, b: int, inv_xscale, out_dtype):
+    acc = out[0] if out.shape[0] == 1 else jnp.sum(out, axis=0)
+    factor = (pw.factor * inv_xscale).astype(jnp.float32)
     return (acc[: pw.n, :b].T * factor).astype(out_dtype)
 
 
-def _decode_fragment_ctx(fmt, ctx, codes_ref, scales_ref):
+def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out_dtype=jnp.bfloat16):
+    """The Mosaic GPU decode GEMM: ``x [B, K] @ W.T`` for ``B <= 64`` (see the module docstring)."""
+    b, k = x.shape
+    if k != pw.k:
+        raise ValueError(f"x has K={k}, weights K={pw.k}")
+    if b > 64:
+        raise ValueError("the Mosaic decode GEMM takes up to 64 tokens; use w4a16_matmul for any batch")
+    p = _plan(pw, b, cfg)
+    xs, inv_xscale = _prep_x(x, p["kp"], p["tpad"], pw.dtype)
+    return _finish(_mosaic_call(xs, pw, cfg, b), pw, b, inv_xscale, out_dtype)
+
+
+def _decode_fragment_ctx(fmt, lead, dtype, ctx, codes_ref, scales_ref):
     del ctx
-    return _decode_fragment(fmt, codes_ref, scales_ref)
+    return _decode_fragment(fmt, codes_ref, scales_ref, lead, dtype)
 
 
 def w4a16_matmul(x, w, *, impl: str | None = None, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16):

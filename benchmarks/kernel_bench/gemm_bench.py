@@ -234,8 +234,187 @@ def bench_model_shapes(shapes=((4096, 4096), (1024, 4096), (14336, 4096), (4096,
     return rows
 
 
+# ----------------------------------------------------------------------------------------------------
+# decode-GEMM schedules: grid (one warpgroup per CTA), stream-K, warp-specialized stream-K
+
+
+def parse_configs(spec: str) -> list:
+    """``"[bf16/]grid:2,128,4[,split];ws:2,128,4[,ctas];stream_k:2,128,4[,ctas]"`` -> (operand dtype, MosaicConfig)
+    pairs (dtype ``f16`` unless prefixed)."""
+    out = []
+    for part in spec.split(";"):
+        dtype, _, part = part.rpartition("/")
+        sched, _, nums = part.partition(":")
+        v = [int(t) for t in nums.split(",")]
+        kw = dict(rows=v[0], block_k=v[1], stages=v[2], schedule=sched)
+        if len(v) > 3:
+            kw["split_k" if sched == "grid" else "ctas"] = v[3]
+        out.append((dtype or "f16", G.MosaicConfig(**kw)))
+    return out
+
+
+def cfg_name(dc) -> str:
+    dtype, cfg = dc
+    extra = cfg.split_k if cfg.schedule == "grid" else cfg.ctas
+    return f"{dtype}_{cfg.schedule}_r{cfg.rows}_k{cfg.block_k}_s{cfg.stages}" + (f"_{extra}" if extra else "")
+
+
+SMOKE_CONFIGS = "bf16/stream_k:2,128,3;bf16/stream_k:2,128,4;bf16/grid:2,128,4;f16/grid:2,128,4"
+DEFAULT_SWEEP = ("f16/grid:2,128,4;bf16/stream_k:2,128,3;bf16/stream_k:2,128,4;bf16/stream_k:2,128,4,264;"
+                 "f16/stream_k:2,128,4;bf16/grid:2,128,4;bf16/ws:2,128,4")
+
+
+def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name="decode_schedules.json") -> dict:
+    """One run: XLA bf16 vs every decode-GEMM config at (N, K), batch 1/4/16, both formats.
+
+    Per config: the whole call (x prep + kernel + partial-sum reduction/scale), the kernel alone (x prepared
+    outside), its relative error vs ``x @ dequant(W).T``.
+    """
+    import faulthandler
+
+    configs = configs or parse_configs(DEFAULT_SWEEP)
+    rec = {"info": device_info(), "N": n, "K": k, "configs": [cfg_name(c) for c in configs], "rows": []}
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16)
+    w2 = w * 1.01
+    wkn = w.T.copy()
+    qts = {sp.kind: [_quant_weight(v, sp) for v in (w, w2)] for sp in (NV1, I4)}
+    dtypes = sorted({d for d, _ in configs})
+    pws = qts
+    packs = {(kind, d): [jax.block_until_ready(G.pack_w4(q, d)) for q in v] for kind, v in qts.items()
+             for d in dtypes}
+    dn = (((1,), (1,)), ((), ()))
+    xs = {b: [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(2)] for b in batches}
+    table = {}
+
+    def timed(fn, argsets):
+        return time_fn(jax.jit(fn), argsets, iters=50, warmup=5)["s"] * 1e6
+
+    for b in batches:
+        x = xs[b]
+        t_nk = timed(lambda x, w: lax.dot_general(x, w, dn, preferred_element_type=jnp.float32).astype(
+            jnp.bfloat16), [(x[0], w), (x[1], w2)])
+        t_kn = timed(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16),
+                     [(x[0], wkn), (x[1], wkn)])
+        table[("bf16", b)] = min(t_nk, t_kn)
+        rec["rows"].append({"B": b, "what": "xla_bf16", "NK_us": t_nk, "KN_us": t_kn})
+        print(f"B={b:3d} xla bf16 NK {t_nk:7.1f} us  KN {t_kn:7.1f} us", flush=True)
+        save(out_name, rec)
+    for dc in configs:
+        dtype, cfg = dc
+        name = cfg_name(dc)
+        for b in batches:
+            x = xs[b]
+            for kind in pws:
+                pl_ = packs[(kind, dtype)]
+                row = {"B": b, "what": f"{kind}:{name}"}
+                faulthandler.dump_traceback_later(120, exit=True)  # a hung kernel ends the process
+                try:
+                    ref = jax.jit(G.w4a16_matmul_xla)(x[0], qts[kind][0])
+                    fn = functools.partial(G.w4a16_matmul_mosaic, cfg=cfg)
+                    y = jax.block_until_ready(jax.jit(fn)(x[0], pl_[0]))
+                    row["rel_err"] = _rel(y, ref)
+                    row["us"] = timed(fn, [(x[0], pl_[0]), (x[1], pl_[1])])
+                    p = G._plan(pl_[0], b, cfg)
+                    xp = [G._prep_x(v, p["kp"], p["tpad"], pl_[0].dtype)[0] for v in x]
+                    row["kernel_us"] = timed(lambda xs_, pw_: G._mosaic_call(xs_, pw_, cfg, b),
+                                             [(xp[0], pl_[0]), (xp[1], pl_[1])])
+                    row["speedup"] = table[("bf16", b)] / row["us"]
+                    row["plan"] = {kk: p[kk] for kk in ("rows", "bk", "slots") if kk in p}
+                    row["plan"].update({kk: p[kk] for kk in ("split", "ctas", "per") if kk in p})
+                    table[(kind, name, b)] = row["us"]
+                    print(f"B={b:3d} {kind:5s} {name:26s} {row['us']:7.1f} us (kernel {row['kernel_us']:6.1f}) "
+                          f"{row['speedup']:.2f}x  err {row['rel_err']:.1e}", flush=True)
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {str(e)[:2500]}"
+                    print(f"B={b:3d} {kind} {name}: ERROR {str(e)[:600]}", flush=True)
+                faulthandler.cancel_dump_traceback_later()
+                rec["rows"].append(row)
+                save(out_name, rec)
+    print("==== table: us (x bf16 of the same run)")
+    print("config".ljust(34) + "".join(f"{f'B={b}':>24s}" for b in batches))
+    print("xla bf16".ljust(34) + "".join(f"{table[('bf16', b)]:>24.1f}" for b in batches))
+    for kind in pws:
+        for dc in configs:
+            name = cfg_name(dc)
+            cells = []
+            for b in batches:
+                t = table.get((kind, name, b))
+                cells.append(f"{t:8.1f} ({table[('bf16', b)] / t:4.2f}x)" if t else "-")
+            print(f"{kind}:{name}".ljust(34) + "".join(f"{c:>24s}" for c in cells))
+    return rec
+
+
+def schedule_smoke(configs, shapes=((256, 512), (200, 300), (1024, 1024)), batches=(1, 3, 16, 33, 64),
+                   out_name="decode_smoke.json") -> dict:
+    """Correctness of the given configs vs ``x @ dequant(W).T`` (fresh random inputs per case)."""
+    res = {"cases": [], "failures": 0}
+    rng = np.random.default_rng(7)
+    for spec in (NV1, I4):
+        for (n, k) in shapes:
+            w = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
+            qt = _quant_weight(w, spec)
+            pws = {d: G.pack_w4(qt, d) for d in sorted({d for d, _ in configs})}
+            for b in batches:
+                x = jnp.asarray(rng.standard_normal((b, k)) * rng.uniform(0.01, 100), jnp.bfloat16)
+                ref = jax.jit(G.w4a16_matmul_xla)(x, qt)
+                for dc in configs:
+                    dtype, cfg = dc
+                    name = f"{spec.kind} N={n} K={k} B={b} {cfg_name(dc)}"
+                    try:
+                        y = jax.jit(functools.partial(G.w4a16_matmul_mosaic, cfg=cfg))(x, pws[dtype])
+                        err = _rel(y, ref)
+                        ok = bool(err < 2e-2) and bool(np.all(np.isfinite(np.asarray(y, np.float32))))
+                        res["cases"].append({"name": name, "rel_err": err, "ok": ok})
+                        res["failures"] += 0 if ok else 1
+                        if not ok:
+                            print(f"  {name}: rel err {err:.2e} FAIL", flush=True)
+                    except Exception as e:
+                        res["failures"] += 1
+                        res["cases"].append({"name": name, "error": f"{type(e).__name__}: {str(e)[:2000]}"})
+                        print(f"  {name}: ERROR {type(e).__name__}: {str(e)[:600]}", flush=True)
+    errs = [c["rel_err"] for c in res["cases"] if "rel_err" in c]
+    print(f"smoke: {res['failures']} failures in {len(res['cases'])} cases; rel err "
+          f"{min(errs, default=0):.1e}..{max(errs, default=0):.1e}", flush=True)
+    rec = {"info": device_info(), "smoke": res}
+    save(out_name, rec)
+    return res
+
+
+def profile(configs=None, b=1):
+    """A few calls of each config (for ``ncu``): weights and x prepared outside the profiled calls."""
+    configs = configs or parse_configs(DEFAULT_SWEEP)
+    rng = np.random.default_rng(0)
+    n, k = 28672, 8192
+    w = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16)
+    qt = _quant_weight(w, NV1)
+    x = jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16)
+    packs = {d: jax.block_until_ready(G.pack_w4(qt, d)) for d in sorted({d for d, _ in configs})}
+    for dc in configs:
+        dtype, cfg = dc
+        pw = packs[dtype]
+        p = G._plan(pw, b, cfg)
+        xp = jax.block_until_ready(G._prep_x(x, p["kp"], p["tpad"], pw.dtype)[0])
+        f = jax.jit(lambda xs_, pw_: G._mosaic_call(xs_, pw_, cfg, b))
+        for _ in range(2):
+            jax.block_until_ready(f(xp, pw))
+        print("profiled", cfg_name(dc), flush=True)
+
+
 def main(argv):
     what = argv[1] if len(argv) > 1 else "all"
+    import os
+
+    sweep = os.environ.get("JQ_DECODE_SWEEP")
+    if what == "schedules":
+        decode_schedules(parse_configs(sweep) if sweep else None)
+        return
+    if what == "schedule_smoke":
+        schedule_smoke(parse_configs(os.environ.get("JQ_SMOKE_CONFIGS", SMOKE_CONFIGS)))
+        return
+    if what == "profile":
+        profile(parse_configs(sweep) if sweep else None)
+        return
     rec = {"info": device_info()}
     if what in ("smoke", "all"):
         rec["smoke"] = smoke()
