@@ -20,7 +20,11 @@ E4M3-scaled blocks along K, fp32 global scale) or INT4 (groups of 128 along K, f
   XLA kernels, ~5 µs on the H100). Schedule (:class:`MosaicConfig`): ``"stream_k"`` (default: 3 CTAs per SM,
   each an equal run of the (row group, K step) sequence, partial sums of the few row groups that two CTAs share
   added after), ``"grid"`` (one CTA per (row group, K split)), ``"ws"`` (stream-K with a warp-specialized
-  pipeline: a TMA producer warpgroup and one consumer warpgroup per tile). Measurements: RESULTS.md §4.
+  pipeline: a TMA producer warpgroup and one consumer warpgroup per tile). Epilogue (``MosaicConfig.epilogue``):
+  ``"xla"`` (default: the partial sums leave the kernel in f32 and one XLA fusion adds, transposes, scales and
+  casts them) or ``"kernel"`` (stream-K only: the CTA finishing a row group last adds the others' partial sums,
+  per thread through a global counter, and writes ``y [B, N]`` itself; correct, but slower on the H100 in run 10,
+  see RESULTS.md §4.0). Measurements: RESULTS.md §4.
 * ``xla`` -- dequantize (reference) + XLA bf16 dot: any batch, any backend, and the fallback.
 * ``xla_int4`` (INT4 only) -- XLA's native int4 path: ``int4`` weights converted in the GEMM fusion.
 
@@ -37,6 +41,7 @@ f16-rounded group scale (<= 2^-11). Accumulation is f32 on the tensor cores. The
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -50,7 +55,7 @@ from jq import numerics as nx
 __all__ = [
     "fp8_linear", "prepare_fp8_weight", "fp8_gemm_uses_cublaslt", "PackedW4", "pack_w4", "w4a16_matmul",
     "w4a16_matmul_xla", "emulate_decode", "MosaicConfig", "w4a16_matmul_mosaic", "int4_xla_weights",
-    "w4a16_matmul_xla_int4",
+    "w4a16_matmul_xla_int4", "mosaic_config",
 ]
 
 # ----------------------------------------------------------------------------------------------------
@@ -459,6 +464,12 @@ class MosaicConfig:
     # consumer warpgroups, one 64-row tile each; rows <= 2)
     schedule: str = "stream_k"
     ctas: int | None = None  # stream_k / ws: CTAs (None: one per SM for "ws", 3 per SM for "stream_k")
+    # epilogue: "xla" (the kernel writes f32 partial sums [slots, Np, Tpad]; XLA adds them, transposes, scales and
+    # casts) or "kernel" ("stream_k" only: the CTA that finishes a row group last adds the other CTAs' partial sums,
+    # applies the factor and writes ``y [B, Np]`` in the output dtype itself; see :func:`_fixup_fragment`). "kernel"
+    # is correct (run 10: 0 failures in 42 smoke cases) but its kernel ran 7-13 us slower on the H100 at N=28672
+    # K=8192 (RESULTS.md §4.0), so "xla" stays the default.
+    epilogue: str = "xla"
 
 
 def _num_sms() -> int:
@@ -568,6 +579,10 @@ def _plan(pw: PackedW4, b: int, cfg: MosaicConfig):
         raise ValueError(f"config {cfg} does not divide the packed weight ({np_}x{kp})")
     if cfg.schedule not in ("grid", "stream_k", "ws"):
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if cfg.epilogue not in ("xla", "kernel"):
+        raise ValueError(f"unknown epilogue {cfg.epilogue!r}")
+    if cfg.epilogue == "kernel" and cfg.schedule != "stream_k":
+        raise NotImplementedError("the in-kernel epilogue is implemented for the 'stream_k' schedule only")
     if cfg.schedule == "ws" and rows > 2:
         # 4 consumer warpgroups (640 threads) hung on the H100 (RESULTS.md §4, run 7); not investigated
         raise NotImplementedError("the warp-specialized schedule takes rows <= 2")
@@ -593,11 +608,15 @@ def _plan(pw: PackedW4, b: int, cfg: MosaicConfig):
     return plan
 
 
-def _mosaic_call(xs, pw: PackedW4, cfg: MosaicConfig, b: int):
-    """The Mosaic kernel alone: f16 tokens ``[Tpad, Kp]`` -> f32 partial sums ``[slots, Np, Tpad]``."""
+def _mosaic_call(xs, pw: PackedW4, cfg: MosaicConfig, b: int, factor=None, out_dtype=jnp.bfloat16):
+    """The Mosaic kernel alone: tokens ``[Tpad, Kp]`` -> f32 partial sums ``[slots, Np, Tpad]``; with
+    ``cfg.epilogue == "kernel"``: ``y [B, Np]`` (``out_dtype``, scaled by ``factor``, default ``pw.factor``)."""
     p = _plan(pw, b, cfg)
     if cfg.schedule == "grid":
         return _grid_kernel(xs, pw, p)
+    if cfg.epilogue == "kernel":
+        f = jnp.reshape(jnp.asarray(pw.factor if factor is None else factor, jnp.float32), (1,))
+        return _stream_k_kernel(xs, pw, p, ws=False, fused=(b, jnp.dtype(out_dtype), f))
     return _stream_k_kernel(xs, pw, p, ws=cfg.schedule == "ws")
 
 
@@ -654,7 +673,7 @@ def _grid_kernel(xs, pw, p):
     )(pw.codes, pw.scales, xs)
 
 
-def _stream_k_kernel(xs, pw, p, ws: bool):
+def _stream_k_kernel(xs, pw, p, ws: bool, fused=None):
     """Stream-K schedule: the ``total = groups * n_steps`` (row group, K step) pairs, in row-group-major order,
     are cut into ``ctas`` equal contiguous runs of ``per`` steps (the last may be shorter), one per CTA, so every
     SM streams the same number of weight bytes whatever the shape. A CTA flushes its accumulators when a row group
@@ -664,6 +683,9 @@ def _stream_k_kernel(xs, pw, p, ws: bool):
     ``ws``: warp-specialized pipeline (``plgpu.emit_pipeline_warp_specialized``): warpgroup ``rows`` only issues
     the TMA copies, warpgroups ``0..rows-1`` each decode and multiply one 64-row tile of the group and release
     the SMEM slot when their wgmma is done. Otherwise one warpgroup per CTA does everything (``emit_pipeline``).
+
+    ``fused = (b, out_dtype, factor [1] f32)``: in-kernel epilogue (:func:`_fixup_fragment`); the kernel returns
+    ``y [b, Np]`` in ``out_dtype`` and its f32 workspace (unused by the caller).
     """
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -676,7 +698,13 @@ def _stream_k_kernel(xs, pw, p, ws: bool):
     def zeros():
         return plgpu.layout_cast(jnp.zeros((64, tpad), jnp.float32), plgpu.Layout.WGMMA)
 
-    def w4a16_stream_k(codes_g, scales_g, x_g, out_g):
+    def w4a16_stream_k(codes_g, scales_g, x_g, *refs):
+        if fused is not None:
+            f_g, y_g, ws_g = refs
+            # one counter per (row group, thread), zeroed for every call (Pallas' GMEM semaphore scratch)
+            cnt = pl.get_global(plgpu.SemaphoreType.REGULAR((p["groups"] * 128,)))
+        else:
+            (out_g,) = refs
         c = lax.axis_index("n")
         start = c * per
         n = per if static_len else jnp.minimum(total - start, per)
@@ -710,6 +738,9 @@ def _stream_k_kernel(xs, pw, p, ws: bool):
             npieces = lax.div(g * ns + ns - 1, per) - first + 1
 
             def do_flush(accs):
+                if fused is not None:
+                    fixup(tuple(accs), ws_g, cnt, y_g, f_g, g, slot, npieces)
+                    return tuple(zeros() for _ in range(ntile))
                 for r in range(ntile):
                     tile = g * rows + (lax.axis_index("wg") if ws else r)
                     out_g[slot, pl.ds(tile * 64, 64), :] = accs[r]
@@ -743,11 +774,134 @@ def _stream_k_kernel(xs, pw, p, ws: bool):
                                 init_carry=tuple(zeros() for _ in range(ntile)))(codes_g, scales_g, x_g)
 
     extra = dict(num_threads=rows + 1, thread_name="wg") if ws else {}
+    if fused is not None:
+        fb, fdt, fvec = fused
+        fixup = _fixup_call(ntile, tpad, slots, p["tiles"], p["np_"], fb, fdt)
+        out_type = (jax.ShapeDtypeStruct((fb, p["np_"]), fdt),
+                    jax.ShapeDtypeStruct((slots * p["np_"] * tpad,), jnp.float32))
+        args = (pw.codes, pw.scales, xs, fvec)
+    else:
+        out_type = jax.ShapeDtypeStruct((slots, p["np_"], tpad), jnp.float32)
+        args = (pw.codes, pw.scales, xs)
     return plgpu.kernel(
-        w4a16_stream_k, out_type=jax.ShapeDtypeStruct((slots, p["np_"], tpad), jnp.float32), grid=(ctas,),
-        grid_names=("n",),
+        w4a16_stream_k, out_type=out_type, grid=(ctas,), grid_names=("n",),
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane), **extra,
-    )(pw.codes, pw.scales, xs)
+    )(*args)
+
+
+def _fixup_call(rows, tpad, slots, tiles, np_, b, out_dtype):
+    """``plgpu.inline_mgpu`` wrapper of :func:`_fixup_fragment` (no result: it only writes global memory)."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    scalar = plgpu.Layout.WG_SPLAT(())
+    return plgpu.inline_mgpu(
+        arg_types=(tuple(plgpu.Layout.WGMMA for _ in range(rows)), plgpu.RefType(), plgpu.RefType(),
+                   plgpu.RefType(), plgpu.RefType(), scalar, scalar, scalar),
+        return_type=None,
+    )(functools.partial(_fixup_fragment, rows, tpad, slots, tiles, np_, b, jnp.dtype(out_dtype)))
+
+
+def _fixup_fragment(rows, tpad, slots, tiles, np_, b, out_dtype, ctx, accs, ws_ref, cnt_ref, y_ref, f_ref,
+                    g_fa, slot_fa, npieces_fa):
+    """In-kernel stream-K epilogue of row group ``g`` (its ``rows`` accumulators ``[64, Tpad]``), per thread.
+
+    Every thread owns the same accumulator elements in every CTA (the WGMMA layout), so the CTAs sharing a row group
+    synchronize thread by thread, without barriers or spinning: a thread stores its f32 partial sums to
+    ``ws[slot, tile, k, tid]`` (k: its k-th element) and adds 1 to the counter ``cnt[g, tid]`` with
+    ``atom.acq_rel.gpu``; the thread that sees ``npieces - 1`` arrived last (exactly one per (g, tid)), reads the
+    other pieces' partial sums (``ld.global.cg``, after its acquire), adds them in slot order (the same bits
+    whichever CTA finishes last), multiplies by the factor, rounds to the output dtype and stores ``y[token, row]``
+    (the transposed layout), then resets its counter to 0. A group held by one CTA (``npieces == 1``) skips the
+    workspace and the counter. Nothing waits on another CTA, so any CTA scheduling order is safe.
+    """
+    del ctx
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import arith, llvm, vector
+    from jax.experimental.mosaic.gpu import utils as mu
+
+    i1, i16, i32, i64 = (ir.IntegerType.get_signless(w) for w in (1, 16, 32, 64))
+    f32 = ir.F32Type.get()
+    void = ir.Type.parse("!llvm.void")
+
+    def c(v, t=i32):
+        return mu.c(v, t)
+
+    def asm(ret, ops, text, cons):
+        return llvm.inline_asm(ret, ops, text, cons, has_side_effects=True)
+
+    def base(ref):
+        return llvm.ptrtoint(i64, mu.memref_ptr(ref))
+
+    def addr(b64, idx, nbytes):
+        return arith.addi(b64, arith.muli(arith.extui(i64, idx), c(nbytes, i64)))
+
+    def lt(a, v):
+        return arith.cmpi(arith.CmpIPredicate.slt, a, v)
+
+    def eq(a, v):
+        return arith.cmpi(arith.CmpIPredicate.eq, a, v)
+
+    g, slot, npieces = (v.registers.item() for v in (g_fa, slot_fa, npieces_fa))
+    tid = arith.remui(mu.thread_idx(), c(128))
+    ws, cnt, y, fp = base(ws_ref), base(cnt_ref), base(y_ref), base(f_ref)
+    multi = arith.cmpi(arith.CmpIPredicate.sgt, npieces, c(1))
+
+    # this thread's elements of each tile: (value, row, col) in a fixed order (k)
+    own = []
+    for acc in accs:
+        vals = []
+        for reg_idx, idx in zip(np.ndindex(acc.registers.shape), acc.layout.thread_idxs(acc.shape), strict=True):
+            reg = acc.registers[reg_idx]
+            is_vec = isinstance(reg.type, ir.VectorType)
+            width = ir.VectorType(reg.type).shape[0] if is_vec else 1
+            for e in range(width):
+                v = (vector.extract(reg, dynamic_position=[], static_position=ir.DenseI64ArrayAttr.get([e]))
+                     if is_vec else reg)
+                row = arith.index_cast(i32, idx[0])
+                col = arith.addi(arith.index_cast(i32, idx[1]), c(e))
+                vals.append((v, row, col))
+        own.append(vals)
+    n_el = len(own[0])
+
+    def ws_idx(s, tile, k):  # ((s * tiles + tile) * n_el + k) * 128 + tid
+        t = arith.addi(arith.muli(s, c(tiles)), tile)
+        return arith.addi(arith.muli(arith.addi(arith.muli(t, c(n_el)), c(k)), c(128)), tid)
+
+    tile0 = arith.muli(g, c(rows))
+    for r in range(rows):
+        tile = arith.addi(tile0, c(r))
+        for k, (v, _, _) in enumerate(own[r]):
+            asm(void, [addr(ws, ws_idx(slot, tile, k), 4), v, multi], "@$2 st.global.f32 [$0], $1;", "l,f,b")
+    cnt_addr = addr(cnt, arith.addi(arith.muli(g, c(128)), tid), 4)
+    old = asm(i32, [cnt_addr, c(1), multi],
+              "mov.u32 $0, 0;\n@$3 atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;", "=r,l,r,b")
+    last = eq(old, arith.subi(npieces, c(1)))
+    fac = asm(f32, [fp], "ld.global.f32 $0, [$1];", "=f,l")
+    in_b = None
+    for r in range(rows):
+        tile = arith.addi(tile0, c(r))
+        for k, (v, row, col) in enumerate(own[r]):
+            total = None
+            for s_ in range(slots):
+                is_own = eq(slot, c(s_))
+                have = lt(c(s_), npieces)
+                pred = arith.andi(arith.andi(last, have), arith.xori(is_own, c(1, i1)))
+                got = asm(f32, [addr(ws, ws_idx(c(s_), tile, k), 4), pred],
+                          "mov.f32 $0, 0f00000000;\n@$2 ld.global.cg.f32 $0, [$1];", "=f,l,b")
+                vs = arith.select(is_own, v, got)
+                total = vs if total is None else arith.select(have, arith.addf(total, vs), total)
+            out = arith.mulf(total, fac)
+            in_b = lt(col, c(b))
+            ok = arith.andi(last, in_b)
+            oidx = arith.addi(arith.muli(col, c(np_)), arith.addi(arith.muli(tile, c(64)), row))
+            if out_dtype == jnp.dtype(jnp.float32):
+                asm(void, [addr(y, oidx, 4), out, ok], "@$2 st.global.f32 [$0], $1;", "l,f,b")
+            else:
+                half = ir.BF16Type.get() if out_dtype == jnp.dtype(jnp.bfloat16) else ir.F16Type.get()
+                h = arith.bitcast(i16, arith.truncf(half, out))
+                asm(void, [addr(y, oidx, 2), h, ok], "@$2 st.global.b16 [$0], $1;", "l,h,b")
+    asm(void, [cnt_addr, c(0), arith.andi(last, multi)], "@$2 st.relaxed.gpu.global.u32 [$0], $1;", "l,r,b")
+    return None
 
 
 def _finish(out, pw: PackedW4, b: int, inv_xscale, out_dtype):
@@ -765,6 +919,12 @@ def w4a16_matmul_mosaic(x, pw: PackedW4, cfg: MosaicConfig = MosaicConfig(), out
         raise ValueError("the Mosaic decode GEMM takes up to 64 tokens; use w4a16_matmul for any batch")
     p = _plan(pw, b, cfg)
     xs, inv_xscale = _prep_x(x, p["kp"], p["tpad"], pw.dtype)
+    if cfg.epilogue == "kernel":
+        if jnp.dtype(out_dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32)):
+            raise ValueError(f"the in-kernel epilogue writes bf16, f16 or f32, not {jnp.dtype(out_dtype)}")
+        factor = pw.factor if pw.dtype == "bf16" else pw.factor * inv_xscale
+        y, _ = _mosaic_call(xs, pw, cfg, b, factor, out_dtype)
+        return y if pw.n == p["np_"] else y[:, : pw.n]
     return _finish(_mosaic_call(xs, pw, cfg, b), pw, b, inv_xscale, out_dtype)
 
 
@@ -773,12 +933,27 @@ def _decode_fragment_ctx(fmt, lead, dtype, ctx, codes_ref, scales_ref):
     return _decode_fragment(fmt, codes_ref, scales_ref, lead, dtype)
 
 
+_CFG_OVERRIDE: list = []
+
+
+@contextlib.contextmanager
+def mosaic_config(cfg: MosaicConfig):
+    """Within the block, :func:`w4a16_matmul` calls without ``cfg`` (e.g. from ``jq.deploy``) trace with ``cfg``
+    instead of ``MosaicConfig()`` (benchmarks compare configs end to end this way)."""
+    _CFG_OVERRIDE.append(cfg)
+    try:
+        yield cfg
+    finally:
+        _CFG_OVERRIDE.pop()
+
+
 def w4a16_matmul(x, w, *, impl: str | None = None, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16):
     """``x @ dequant(W).T`` for a :class:`PackedW4` (decode kernel) or a QTensor (XLA path); any leading dims."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if isinstance(w, PackedW4):
-        ys = [w4a16_matmul_mosaic(x2[s:s + 64], w, cfg or MosaicConfig(), out_dtype)
+        cfg = cfg or (_CFG_OVERRIDE[-1] if _CFG_OVERRIDE else MosaicConfig())
+        ys = [w4a16_matmul_mosaic(x2[s:s + 64], w, cfg, out_dtype)
               for s in range(0, x2.shape[0], 64)]  # decode batches are one chunk; prefill loops over 64
         y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=0)
     else:

@@ -15,7 +15,10 @@ The decode loop (``n_steps`` greedy tokens) runs inside one jitted ``fori_loop``
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import os
 import time
 import traceback
 
@@ -114,8 +117,16 @@ def _time(gen, state, b, n_steps, reps=5):
     return ts[len(ts) // 2]
 
 
-def bench(batches=(1, 16), n_steps=64, backend="gpu") -> dict:
-    out = {"model": CFG, "n_steps": n_steps, "rows": [], "details": {}}
+def bench(batches=(1, 16), n_steps=64, backend="gpu", epilogues=None) -> dict:
+    """``epilogues``: decode-GEMM epilogues ("xla", "kernel") to time the NVFP4 model with, each as its own variant
+    ``nvfp4_w4a16_epi_<e>`` (default: ``$JQ_E2E_EPILOGUES``, else only ``MosaicConfig()``'s, as ``nvfp4_w4a16``)."""
+    from kernels import gemm as G
+
+    if epilogues is None and os.environ.get("JQ_E2E_EPILOGUES"):
+        epilogues = os.environ["JQ_E2E_EPILOGUES"].split(",")
+    out = {"model": CFG, "n_steps": n_steps, "rows": [], "details": {},
+           "default_mosaic_config": str(G.MosaicConfig())}
+    cfgs = {}  # variant -> MosaicConfig override
     params = init_params(jax.random.key(0))
     b0 = 4
     ck, cv = _cache(b0)
@@ -134,7 +145,18 @@ def bench(batches=(1, 16), n_steps=64, backend="gpu") -> dict:
             out["details"][name]["rel_err_vs_fake_quant"] = float(jnp.linalg.norm(lr - lf) / jnp.linalg.norm(lf))
             lb = jax.jit(step)(params, *calib[0])[0]
             out["details"][name]["rel_err_vs_bf16"] = float(jnp.linalg.norm(lr - lb) / jnp.linalg.norm(lb))
-            variants[name] = rm
+            if name == "nvfp4_w4a16" and epilogues:
+                for e in epilogues:
+                    vname = f"{name}_epi_{e}"
+                    cfgs[vname] = dataclasses.replace(G.MosaicConfig(), epilogue=e)
+                    with G.mosaic_config(cfgs[vname]):
+                        le = jax.jit(lambda w, p, *a: rm.apply(w, p, *a)[0])(rm.weights, rm.params, *calib[0])
+                    out["details"][vname] = {"config": str(cfgs[vname]), "rel_err_vs_fake_quant": float(
+                        jnp.linalg.norm(le - lf) / jnp.linalg.norm(lf))}
+                    variants[vname] = rm
+                    print(f"  {vname}: {out['details'][vname]}", flush=True)
+            else:
+                variants[name] = rm
             print(f"  {name}: {out['details'][name]}", flush=True)
         except Exception as e:
             traceback.print_exc()
@@ -151,7 +173,8 @@ def bench(batches=(1, 16), n_steps=64, backend="gpu") -> dict:
                 else:
                     gen = _decoder(lambda st, tok, ck, cv, i, rm=rm: rm.apply(st[0], st[1], tok, ck, cv, i))
                     state = (rm.weights, rm.params)
-                t = _time(gen, state, b, n_steps)
+                with (G.mosaic_config(cfgs[name]) if name in cfgs else contextlib.nullcontext()):
+                    t = _time(gen, state, b, n_steps)
                 row[f"{name}_tok_s"] = b * n_steps / t
                 row[f"{name}_ms_per_step"] = t / n_steps * 1e3
                 print(f"  B={b} {name}: {b * n_steps / t:.0f} tok/s ({t / n_steps * 1e3:.3f} ms/step)", flush=True)
@@ -162,6 +185,7 @@ def bench(batches=(1, 16), n_steps=64, backend="gpu") -> dict:
             if name != "bf16" and f"{name}_tok_s" in row and "bf16_tok_s" in row:
                 row[f"{name}_speedup"] = row[f"{name}_tok_s"] / row["bf16_tok_s"]
         out["rows"].append(row)
+        save("e2e.json", {"info": device_info(), "e2e": out, "partial": True})  # kept if a later batch is cut off
     return out
 
 

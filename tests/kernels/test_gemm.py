@@ -110,7 +110,9 @@ def test_fp8_linear_equals_fake_quant_dot():
     (16, G.MosaicConfig(schedule="grid", stages=4)),
     (4, G.MosaicConfig(schedule="ws")), (33, G.MosaicConfig(schedule="ws", rows=1, ctas=3)),
     (16, G.MosaicConfig(schedule="stream_k", ctas=5)), (1, G.MosaicConfig(schedule="stream_k", rows=1, ctas=2)),
-], ids=lambda v: v if isinstance(v, int) else f"{v.schedule}-r{v.rows}")
+    (4, G.MosaicConfig(epilogue="kernel")), (33, G.MosaicConfig(epilogue="kernel", ctas=5)),
+    (1, G.MosaicConfig(epilogue="kernel", rows=1, ctas=2)),
+], ids=lambda v: v if isinstance(v, int) else f"{v.schedule}-r{v.rows}-{v.epilogue}")
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 def test_mosaic_kernel_lowers(spec, b, cfg, dtype):
     w = jnp.asarray(np.random.default_rng(4).standard_normal((256, 512)), jnp.float32)
@@ -119,6 +121,33 @@ def test_mosaic_kernel_lowers(spec, b, cfg, dtype):
     txt = jax.jit(lambda x, p: G.w4a16_matmul_mosaic(x, p, cfg)).trace(x, pw).lower(
         lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" in txt
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float32])
+def test_kernel_epilogue_call_signature(out_dtype):
+    """In-kernel epilogue: one Mosaic call returns y [B, N] in the output dtype (ragged N: an XLA slice of
+    [B, Np]); the only other ops are the zeroing of the per-(row group, thread) counters; no f32 partial sums
+    leave the call."""
+    w = jnp.asarray(np.random.default_rng(6).standard_normal((200, 300)), jnp.float32)
+    pw = G.pack_w4(qtensor.quantize(w, NV1), "bf16")
+    cfg = G.MosaicConfig(epilogue="kernel")
+    x = jax.ShapeDtypeStruct((3, 300), jnp.bfloat16)
+    out = jax.eval_shape(lambda x, p: G.w4a16_matmul_mosaic(x, p, cfg, out_dtype), x, pw)
+    assert out.shape == (3, 200) and out.dtype == out_dtype
+    txt = jax.jit(lambda x, p: G.w4a16_matmul_mosaic(x, p, cfg, out_dtype)).trace(x, pw).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert txt.count("stablehlo.custom_call @mosaic_gpu") == 1 and "stablehlo.transpose" not in txt
+    assert "stablehlo.reduce" not in txt
+    p = G._plan(pw, 3, cfg)
+    assert f"tensor<{p['groups'] * 128}xi32>" in txt  # the counters
+
+
+@pytest.mark.parametrize("cfg", [G.MosaicConfig(schedule="grid", epilogue="kernel"),
+                                 G.MosaicConfig(schedule="ws", epilogue="kernel"), G.MosaicConfig(epilogue="x")])
+def test_kernel_epilogue_rejects_other_schedules(cfg):
+    pw = G.PackedW4(np.zeros((8, 32, 128), np.uint32), np.zeros((1,), np.uint16), np.float32(1), "nvfp4", 512, 512)
+    with pytest.raises((NotImplementedError, ValueError)):
+        G._plan(pw, 4, cfg)
 
 
 def test_ws_schedule_rejects_four_consumers():
