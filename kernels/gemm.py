@@ -947,12 +947,26 @@ def mosaic_config(cfg: MosaicConfig):
         _CFG_OVERRIDE.pop()
 
 
+def default_config(pw: PackedW4, b: int) -> MosaicConfig:
+    """The launch configuration :func:`w4a16_matmul` uses when none is given.
+
+    ``MosaicConfig()`` (stream-K, fastest at N=28672 K=8192, RESULTS.md §4) when its plan gives every SM work;
+    for smaller weights, where the stream-K plan (at most 4 partial-sum slots per row group) launches fewer
+    CTAs than there are SMs (run 10 measured 94, 24 and 97 CTAs at a d=4096 model's shapes), the grid
+    schedule with 64-row tiles, which splits K to reach two CTAs per SM.
+    """
+    cfg = MosaicConfig()
+    if _plan(pw, b, cfg)["ctas"] >= _num_sms():
+        return cfg
+    return dataclasses.replace(cfg, schedule="grid", rows=1)
+
+
 def w4a16_matmul(x, w, *, impl: str | None = None, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16):
     """``x @ dequant(W).T`` for a :class:`PackedW4` (decode kernel) or a QTensor (XLA path); any leading dims."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if isinstance(w, PackedW4):
-        cfg = cfg or (_CFG_OVERRIDE[-1] if _CFG_OVERRIDE else MosaicConfig())
+        cfg = cfg or (_CFG_OVERRIDE[-1] if _CFG_OVERRIDE else default_config(w, min(64, x2.shape[0])))
         ys = [w4a16_matmul_mosaic(x2[s:s + 64], w, cfg, out_dtype)
               for s in range(0, x2.shape[0], 64)]  # decode batches are one chunk; prefill loops over 64
         y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=0)

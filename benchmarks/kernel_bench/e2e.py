@@ -145,6 +145,9 @@ def bench(batches=(1, 16), n_steps=64, backend="gpu", epilogues=None) -> dict:
             out["details"][name]["rel_err_vs_fake_quant"] = float(jnp.linalg.norm(lr - lf) / jnp.linalg.norm(lf))
             lb = jax.jit(step)(params, *calib[0])[0]
             out["details"][name]["rel_err_vs_bf16"] = float(jnp.linalg.norm(lr - lb) / jnp.linalg.norm(lb))
+            if name == "nvfp4_w4a16" and os.environ.get("JQ_E2E_STREAM_K"):  # the run-10 default, for comparison
+                cfgs["nvfp4_w4a16_stream_k"] = G.MosaicConfig()
+                variants["nvfp4_w4a16_stream_k"] = rm
             if name == "nvfp4_w4a16" and epilogues:
                 for e in epilogues:
                     vname = f"{name}_epi_{e}"
