@@ -324,6 +324,61 @@ class BoolWherePass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified)
 
 
+class ChannelsLastPoolPass(ir.passes.InPlacePass):
+    """Pooling over a channels-last tensor written as an N-D pool -> a 2-D (N-2-D) NCHW pool.
+
+    jax2onnx writes Flax's ``max_pool`` on NHWC (a ``reduce_window`` with window ``(1, kh, kw, 1)``) as
+    ``Unsqueeze -> [1, 1, B, H, W, C] -> MaxPool(kernel_shape=[1, kh, kw, 1]) -> Squeeze``: a 4-D pooling
+    window that ONNX Runtime rejects ("Unsupported pooling size") and TensorRT cannot build. The pass replaces
+    the pool by ``Squeeze -> Transpose(NCHW) -> MaxPool([kh, kw]) -> Transpose(NHWC) -> Unsqueeze``, the
+    same values with a standard window.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.op_type not in ("MaxPool", "AveragePool") or len(node.outputs) != 1:
+                continue
+            kernel = list(_attr(node, "kernel_shape") or [])
+            x = node.inputs[0]
+            if x.shape is None or len(x.shape) != len(kernel) + 2 or len(kernel) < 3:
+                continue
+            if x.shape[0] != 1 or x.shape[1] != 1 or kernel[0] != 1 or kernel[-1] != 1:
+                continue
+            m = len(kernel)
+            strides = list(_attr(node, "strides") or [1] * m)
+            dilations = list(_attr(node, "dilations") or [1] * m)
+            pads = list(_attr(node, "pads") or [0] * (2 * m))
+            if (strides[0], strides[-1], dilations[0], dilations[-1]) != (1, 1, 1, 1) or \
+                    any(pads[i] for i in (0, m - 1, m, 2 * m - 1)):
+                continue
+            base = node.name or node.op_type.lower()
+            unit_axes = _initializer(graph, f"{base}/unit_axes", np.array([0, 1], np.int64))
+            attrs = {"kernel_shape": kernel[1:-1], "strides": strides[1:-1], "dilations": dilations[1:-1],
+                     "pads": pads[1:m - 1] + pads[m + 1:2 * m - 1]}
+            for name in ("ceil_mode", "count_include_pad", "auto_pad", "storage_order"):
+                value = _attr(node, name)
+                if value is not None:
+                    attrs[name] = value
+            squeeze = ir.node("Squeeze", [x, unit_axes], name=f"{base}/squeeze")
+            to_first = ir.node("Transpose", [squeeze.outputs[0]], attributes={"perm": [0, m - 1] + list(range(1, m - 1))},
+                               name=f"{base}/to_nchw")
+            pool = ir.node(node.op_type, [to_first.outputs[0]], attributes=attrs, name=f"{base}/nchw")
+            to_last = ir.node("Transpose", [pool.outputs[0]], attributes={"perm": [0] + list(range(2, m)) + [1]},
+                              name=f"{base}/to_nhwc")
+            unsqueeze = ir.node("Unsqueeze", [to_last.outputs[0], unit_axes], name=f"{base}/unsqueeze")
+            new = [squeeze, to_first, pool, to_last, unsqueeze]
+            for n in new:
+                n.outputs[0].name = f"{n.name}/out"
+                n.outputs[0].type = node.outputs[0].type
+            unsqueeze.outputs[0].shape = node.outputs[0].shape
+            graph.insert_before(node, new)
+            _replace(node.outputs[0], unsqueeze.outputs[0])
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+
 _SAME_TYPE_OPS = ("Unsqueeze", "Squeeze", "Concat", "Reshape", "Identity", "Expand", "Slice", "Transpose", "Gather")
 
 
@@ -524,7 +579,8 @@ def optimize(model: ir.Model, *, fold_bias: bool = True, drop_zero_gemm_c: bool 
         passes.append(DropZeroGemmCPass())
     if fold_bias:
         passes.append(FoldBiasPass())
-    passes += [BoolWherePass(), RemoveUnusedNodesPass(), TopologicalSortPass(), FillMissingTypesPass()]
+    passes += [BoolWherePass(), ChannelsLastPoolPass(), RemoveUnusedNodesPass(), TopologicalSortPass(),
+               FillMissingTypesPass()]
     if float_dtype != "float32":
         passes.append(ConvertFloatPass(float_dtype))
     passes += [FixIrVersionPass(), TrtDomainPass()]

@@ -18,6 +18,7 @@ class ExportCNN(nn.Module):
         x = nn.relu(nn.Conv(8, (3, 3), name="conv2")(x))
         x = nn.avg_pool(x + r, (2, 2), (2, 2))
         x = nn.relu(nn.Conv(16, (3, 3), name="conv3")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))  # jax2onnx writes a 4-D window: ChannelsLastPoolPass fixes it
         return nn.Dense(10, name="head")(x.reshape(x.shape[0], -1))
 
 

@@ -206,3 +206,23 @@ def test_bfloat16_variant(zoo):
     assert dq and all(n.inputs[1].dtype == ir.DataType.BFLOAT16 for n in dq)
     onnx.checker.check_model(res.proto, full_check=True)
     assert jq.export.check_tensorrt(res.proto) == []
+
+
+def test_channels_last_max_pool_becomes_a_2d_window():
+    """jax2onnx writes Flax max_pool on NHWC as a 4-D window on [1, 1, B, H, W, C] (ORT: "Unsupported pooling
+    size"); the pass turns it into Squeeze -> NCHW MaxPool([2, 2]) -> Unsqueeze with the same values."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    def f(p, x):
+        return nn.max_pool(x * p["s"], (2, 2), (2, 2))
+
+    p = {"s": jnp.float32(1.5)}
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    proto = jq.export.to_onnx_float(p, f, (jnp.asarray(x),))
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+    assert pools and all(list(helper.get_attribute_value(a)) == [2, 2]
+                         for n in pools for a in n.attribute if a.name == "kernel_shape")
+    (y,) = jq.export.run_onnxruntime(proto, [x])
+    np.testing.assert_allclose(y, np.asarray(f(p, jnp.asarray(x))), rtol=1e-6)
