@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -20,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jq.calib.max import calibrate_weights, replay_weight
-from jq.config import Algorithm, QuantConfig, QuantizerSpec, as_config
-from jq.fake_quant import fake_quant
-from jq.quantizer import CanonicalView, needs_amax
+from jq.calib.max import apply_stage, calibrate_weights, replay_weight
+from jq.config import Algorithm, QuantConfig, as_config
+from jq.quantizer import needs_amax
 from jq.trace.sites import ChainStep, ParamOrigin, ScanSlice
+from jq.trace.symbols import sibling_partition
 from jq.trace.tracer import TracedModel, signature_of, split_dynamic, trace
 from jq.transform import Evaluator, merge_stats
 
@@ -356,7 +355,7 @@ def _pre_quant_scales(qm, alg, calib_data, forward_loop, progress, qstate):
     stats = _collect(qm, calib_data, forward_loop, progress, qstate,
                      {s.name: {"channel_abssum"} for s in targets}, desc="awq pass 1")
     act_scales, w_scales = {}, {}
-    groups = _groups(traced, [s.name for s in targets])
+    groups = sibling_partition(traced, [s.name for s in targets])
     by_name = {s.name: s for s in targets}
     for group in groups:
         key = f"{group[0]}.input_quantizer"
@@ -379,14 +378,6 @@ def _pre_quant_scales(qm, alg, calib_data, forward_loop, progress, qstate):
             qstate[name].pop(k, None)
     for name, scale in pqs.items():
         qstate.setdefault(name, {})["pre_quant_scale"] = scale
-
-
-def _groups(traced, names):
-    from jq.trace.symbols import sibling_groups
-
-    groups = [g for g in sibling_groups(traced) if all(n in names for n in g)]
-    grouped = {n for g in groups for n in g}
-    return groups + [[n] for n in names if n not in grouped]
 
 
 def _share_siblings(traced, qstate, weights: bool) -> None:
@@ -523,15 +514,7 @@ def fold_weights(qm: QuantizedModel) -> QuantizedModel:
         for i, s in enumerate(stages):
             if not s.enable:
                 continue
-            amax = state.get("amax" if i == 0 else f"amax_{i}")
-
-            def q(v, a, s=s):
-                return fake_quant(v, a, spec=s, view=CanonicalView(tuple(range(v.ndim)), v.shape, view.batch))
-
-            fn = q if amax is not None else (lambda v, a, s=s: q(v, None, s))
-            for _ in range(n_layers):
-                fn = jax.vmap(fn)
-            c = fn(c, amax if amax is not None else jnp.zeros((c.shape[:n_layers])))
+            c = apply_stage(c, state.get("amax" if i == 0 else f"amax_{i}"), s, view.batch, n_layers)
         (new_leaf,) = jax.linear_transpose(forward, leaves[leaf])(c.astype(forward(leaves[leaf]).dtype))
         leaves[leaf] = new_leaf.astype(leaves[leaf].dtype)
         folded.extend(names)

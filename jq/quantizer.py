@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jq import numerics as nx
 from jq.config import QuantizerSpec
-from jq.numerics.blocks import BlockLayout, normalize_axes
+from jq.numerics.blocks import BlockLayout
 
 __all__ = ["CanonicalView", "block_layout", "broadcastable_amax", "amax_shape", "compute_amax", "fake_quant_reference", "clip_mask", "needs_amax",
            "hadamard_rotate"]
@@ -201,7 +201,3 @@ def clip_mask(x: jax.Array, spec: QuantizerSpec, amax: jax.Array | None, batch: 
         bound = layout.merge(jnp.broadcast_to(layout.expand_stats(amax), layout.blocked_shape))
         return jnp.abs(x) <= bound
     return jnp.abs(x) <= broadcastable_amax(amax, x.ndim)
-
-
-def normalize_keep_axes(axes, ndim):  # re-exported helper for callers that validate spec axes
-    return normalize_axes(axes, ndim)

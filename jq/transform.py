@@ -24,18 +24,15 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
 
-from jq.config import QuantizerSpec
 from jq.fake_quant import fake_quant
 from jq.quantizer import compute_amax, needs_amax
 from jq.trace.primitives import bind_eqn, call_jaxpr_param, jaxpr_of
 from jq.trace import geometry
 from jq.trace.tracer import TracedModel
 
-__all__ = ["Evaluator", "merge_stats", "Stat"]
+__all__ = ["Evaluator", "merge_stats"]
 
 _REMAT = ("remat", "remat2", "checkpoint")
-
-Stat = tuple  # (amax or None, all-finite flag)
 
 
 def merge_stats(a: dict, b: Mapping) -> dict:

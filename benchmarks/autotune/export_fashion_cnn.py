@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -33,22 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jq.zoo.fashion_mnist import load_fashion_mnist
+
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def load_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    prefix = "train" if split == "train" else "t10k"
-    x = load_idx(DATA_DIR / f"{prefix}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    y = load_idx(DATA_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int32)
-    x = (x - 0.2860) / 0.3530  # Fashion-MNIST mean/std
+    """NCHW images normalised with Fashion-MNIST's mean/std, and labels (the data loader of jq.zoo)."""
+    x, y = load_fashion_mnist(split, DATA_DIR)
+    x = (x[..., 0] - 0.2860) / 0.3530  # Fashion-MNIST mean/std
     return x[:, None, :, :], y
 
 

@@ -25,7 +25,7 @@ from jq.quantizer import block_layout, compute_amax
 from jq.trace import geometry
 from jq.trace.primitives import bind_eqn
 from jq.trace.sites import ParamOrigin
-from jq.trace.symbols import sibling_groups
+from jq.trace.symbols import sibling_partition
 
 __all__ = ["awq_targets", "awq_alphas", "awq_weight_scale", "awq_losses", "awq_scale", "awq_select"]
 
@@ -106,10 +106,7 @@ def awq_losses(eqn, site, x, w, act_scale, w_scale, spec, alphas) -> jax.Array:
 
 def awq_select(qm, traced, stats, act_scales, w_scales, alphas) -> tuple[dict, dict]:
     """Pick alpha per sibling group from the summed losses; ``({input q: pre_quant_scale}, {site: alpha})``."""
-    targets = [s.name for s in awq_targets(qm, traced)]
-    groups = [g for g in sibling_groups(traced) if all(n in targets for n in g)]
-    grouped = {n for g in groups for n in g}
-    groups += [[n] for n in targets if n not in grouped]
+    groups = sibling_partition(traced, [s.name for s in awq_targets(qm, traced)])
     pqs, chosen = {}, {}
     for group in groups:
         keys = [f"{n}.input_quantizer#awq#sum" for n in group]

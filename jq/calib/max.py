@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jq.quantizer import compute_amax
 from jq.trace.sites import ParamOrigin, ScanSlice
 
-__all__ = ["replay_weight", "weight_operand", "calibrate_weights"]
+__all__ = ["replay_weight", "weight_operand", "calibrate_weights", "apply_stage"]
 
 
 def replay_weight(value, chain):
@@ -99,20 +99,22 @@ def calibrate_weights(traced, specs, params_leaves, qstate=None) -> dict:
             key = "amax" if i == 0 else f"amax_{i}"
             entry[key] = _to_layer_axes(amax, depths, slot.layer_axes)
             if i + 1 < len(stages):
-                c = _stage_apply(c, amax, s, view, len(depths))
+                c = apply_stage(c, amax, s, view.batch, len(depths))
         if entry:
             state[name] = entry
     return state
 
 
-def _stage_apply(c, amax, spec, view, n_layer):
+def apply_stage(c, amax, spec, batch: int, n_layers: int):
+    """Fake-quantize canonical weights ``c`` whose first ``n_layers`` axes are layer-scan slices (vmapped);
+    ``amax`` carries the same leading axes, or is None for dynamic specs."""
     from jq.fake_quant import fake_quant
     from jq.quantizer import CanonicalView
 
     def one(v, a):
-        return fake_quant(v, a, spec=spec, view=CanonicalView(tuple(range(v.ndim)), v.shape, view.batch))
+        return fake_quant(v, a, spec=spec, view=CanonicalView(tuple(range(v.ndim)), v.shape, batch))
 
     fn = one
-    for _ in range(n_layer):
+    for _ in range(n_layers):
         fn = jax.vmap(fn)
     return fn(c, amax)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jq.calib.max import replay_weight
 from jq.trace.sites import ParamOrigin, ScanSlice
-from jq.trace.symbols import sibling_groups
+from jq.trace.symbols import sibling_partition
 
 __all__ = ["smoothquant_targets", "smoothquant_scales", "weight_channel_reduce"]
 
@@ -67,9 +67,7 @@ def weight_channel_reduce(site, params_leaves, op: str) -> jax.Array:
 def smoothquant_scales(qm, traced, stats, params_leaves, alpha: float) -> dict:
     """``{input quantizer name: pre_quant_scale}`` from per-channel activation amaxes in ``stats``."""
     targets = {s.name: s for s in smoothquant_targets(qm, traced)}
-    groups = [g for g in sibling_groups(traced) if all(n in targets for n in g)]
-    grouped = {n for g in groups for n in g}
-    groups += [[n] for n in targets if n not in grouped]
+    groups = sibling_partition(traced, targets)
     out = {}
     for group in groups:
         act = stats.get(f"{group[0]}.input_quantizer#channel_amax")

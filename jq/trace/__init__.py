@@ -8,5 +8,5 @@
 
 from jq.trace.report import Analysis, analyze
 from jq.trace.sites import Site, SkippedSite, name_from_keypath
-from jq.trace.symbols import CoupledDims, DimRef, dependency_analysis, sibling_groups
+from jq.trace.symbols import CoupledDims, DimRef, dependency_analysis, sibling_groups, sibling_partition
 from jq.trace.tracer import QuantizerSlot, TracedModel, trace, weight_view

@@ -21,7 +21,7 @@ from jax.extend import core as jcore
 from jq.trace.primitives import LAYOUT_PRIMITIVES, call_jaxpr_param, jaxpr_of
 from jq.trace.sites import keypath_parts
 
-__all__ = ["DimRef", "CoupledDims", "dependency_analysis", "sibling_groups"]
+__all__ = ["DimRef", "CoupledDims", "dependency_analysis", "sibling_groups", "sibling_partition"]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -123,7 +123,7 @@ class _DimWalker:
             return
         if name == "while":
             body, _ = jaxpr_of(p["body_jaxpr"])
-            cn, bn = p["cond_nconsts"], p["body_nconsts"]
+            cn = p["cond_nconsts"]
             self.sub(body, ins[cn:], outs)
             return
         if name == "cond":
@@ -256,6 +256,14 @@ def _root_var(var, producers):
         var = nonlit[0]
         seen += 1
     return var
+
+
+def sibling_partition(traced, names) -> list[list[str]]:
+    """``names`` split into groups: sibling groups whose members are all in ``names``, then singletons."""
+    names = list(names)
+    groups = [g for g in sibling_groups(traced) if all(n in names for n in g)]
+    grouped = {n for g in groups for n in g}
+    return groups + [[n] for n in names if n not in grouped]
 
 
 def sibling_groups(traced) -> list[list[str]]:

@@ -37,7 +37,6 @@ from jq.trace.sites import (
     ScanSlice,
     Site,
     SkippedSite,
-    keypath_parts,
     name_from_keypath,
 )
 
@@ -242,8 +241,6 @@ class _Walker:
                         self.other_uses.update(_leaves_of(o))
                 elif not nonconst:
                     outs = [CONST] * n_out
-                    if n_out == 1 and all(value(v) is not _MISSING for v in eqn.invars):
-                        pass  # constant folding is not needed: constants never reach quantizers
                 elif (len(nonconst) == 1 and isinstance(ins[nonconst[0]], ParamOrigin) and n_out == 1
                       and not eqn.primitive.multiple_results
                       and all(value(v) is not _MISSING for k, v in enumerate(eqn.invars) if k != nonconst[0])):
@@ -541,7 +538,3 @@ def trace(apply_fn: Callable, params, *args, **kwargs) -> TracedModel:
         closed_jaxpr=closed, out_tree=out_tree, n_param_leaves=n_p, param_paths=p_paths, param_shapes=shapes,
         sites=sites, skipped=walker.skipped, site_at=site_at, has_sites=has_sites,
         layer_scans=dict(walker.layer_scans), other_uses=set(walker.other_uses), scan_quantizers=dict(below), quantizers=_collect_quantizers(sites))
-
-
-def param_path_str(path) -> str:
-    return "/".join(keypath_parts(path))
