@@ -11,25 +11,26 @@ E4M3-scaled blocks along K, fp32 global scale) or INT4 (groups of 128 along K, f
 
 * ``mosaic`` -- a Mosaic GPU kernel for decode batches (B <= 64) built on the blueprint "weights on the wgmma M
   side as the register operand" (swap-AB): 64-row weight tiles stream through a TMA pipeline, are decoded in
-  registers into wgmma A fragments (two shifts, an AND and a LOP3 per two weights plus one HMUL2, see
-  :func:`_nvfp4_bf16_asm`) and multiplied by the token tile ``x^T`` held in shared memory (N = tokens padded to
+  registers into wgmma A fragments (NVFP4: 11 integer ops per 8 weights, from a bit layout chosen for it, plus
+  one HMUL2 per two weights, see :func:`_nvfp4_bf16_asm`) and multiplied by the token tile ``x^T`` held in shared memory (N = tokens padded to
   8). The weights are re-laid out once, offline (:func:`pack_w4`), so every thread's fragment is one 32-bit word.
   Operand type (``pack_w4(..., dtype=)``): ``"bf16"`` (default) decodes the weights to bf16 and feeds the bf16
   activations to the tensor cores as they are, so a call is the kernel plus one small XLA reduction;
   ``"f16"`` (the first version) decodes to f16 and needs the activations scaled and converted first (two more
   XLA kernels, ~5 µs on the H100). Schedule (:class:`MosaicConfig`): ``"stream_k"`` (default: 3 CTAs per SM,
-  each an equal run of the (row group, K step) sequence, partial sums of the few row groups that two CTAs share
+  64-row tiles, 4 stages, each CTA an equal run of the (row group, K step) sequence, partial sums of the few row groups that two CTAs share
   added after), ``"grid"`` (one CTA per (row group, K split)), ``"ws"`` (stream-K with a warp-specialized
   pipeline: a TMA producer warpgroup and one consumer warpgroup per tile). Epilogue (``MosaicConfig.epilogue``):
   ``"xla"`` (default: the partial sums leave the kernel in f32 and one XLA fusion adds, transposes, scales and
   casts them) or ``"kernel"`` (stream-K only: the CTA finishing a row group last adds the others' partial sums,
-  per thread through a global counter, and writes ``y [B, N]`` itself; correct, but slower on the H100 in run 10,
-  see RESULTS.md §4.0). Measurements: RESULTS.md §4.
+  per thread through a global counter, and writes ``y [B, N]`` itself; the counter is taken at the end of a CTA's
+  run; correct, but its kernel is slower than the default's kernel plus the XLA fusion, RESULTS.md §4.0).
+  Measurements: RESULTS.md §4.
 * ``xla`` -- dequantize (reference) + XLA bf16 dot: any batch, any backend, and the fallback.
 * ``xla_int4`` (INT4 only) -- XLA's native int4 path: ``int4`` weights converted in the GEMM fusion.
 
-Numerics of the decode GEMM, bf16 operands: NVFP4 weights decode exactly (``(c & 7) << 6 | (c & 8) << 12`` read as
-bf16 is ``code * 2^-126``; times the block scale stored as ``s * 2^119`` it is ``code * s * 2^-7``, exact); the
+Numerics of the decode GEMM, bf16 operands: NVFP4 weights decode exactly (magnitude bits at 8..6 and the sign at 15
+read as bf16 is ``code * 2^-126``; times the block scale stored as ``s * 2^119`` it is ``code * s * 2^-7``, exact); the
 factor ``gs * 2^7`` is applied to the f32 accumulator; activations enter unchanged. INT4 multiplies the integer
 codes by the bf16-rounded group scale ``amax/7`` and rounds the product to bf16 (relative error <= 2^-8 per
 weight; the XLA reference rounds its product to bf16 too). f16 operands: NVFP4 ``code * 2^-14`` times the E4M3
@@ -165,6 +166,28 @@ def _to_words(c):
     return jnp.sum(v << shifts, axis=-1, dtype=jnp.uint32)
 
 
+# NVFP4 bf16 words: where register k's two codes sit. Register k needs, in each 16-bit half e, the magnitude bits
+# (e1 e0 m) at bits 8..6 and the sign at bit 15 (``code * 2^-126`` as a bf16). A code whose magnitude is stored at
+# ``6 - a + 16 e`` and sign at ``15 - b + 16 e`` is moved there by a shift of the word by ``a`` (left; right when
+# negative) and ``b``. (a, b) = (0, 0): one AND; (3, 3): shift + AND; (-3, 1) and (6, 2): two shifts, AND, LOP3;
+# 11 integer ops per word instead of 15 with plain nibbles. No choice tiles the 32 bits with four registers of one
+# shift each (checked exhaustively), and 11 is the least over all (a, b) assignments.
+_NVFP4_BF16_SHIFTS = ((0, 0), (3, 3), (-3, 1), (6, 2))
+
+
+def _to_words_nvfp4_bf16(c):
+    """uint32 codes ``[Np, Kp]`` -> NVFP4 bf16-decode words ``[Np/64, Kp/16, 128]`` (layout: _NVFP4_BF16_SHIFTS)."""
+    np_, kp = c.shape
+    v = c.reshape(np_ // 64, 4, 2, 8, kp // 16, 2, 4, 2).transpose(0, 4, 1, 3, 6, 7, 5, 2)
+    v = v.reshape(np_ // 64, kp // 16, 128, 8)  # nibble p = 4 e + k holds register k's element e (as _to_words)
+    word = jnp.zeros(v.shape[:-1], jnp.uint32)
+    for k, (a, b) in enumerate(_NVFP4_BF16_SHIFTS):
+        for e in range(2):
+            code = v[..., 4 * e + k]
+            word = word | ((code & 7) << (6 - a + 16 * e)) | ((code >> 3) << (15 - b + 16 * e))
+    return word
+
+
 def _row_pairs(s):
     """Per-row values ``[Np, G]`` -> per row pair (row g, row g+8) ``[Np/64, G, 32, 2]``.
 
@@ -220,7 +243,7 @@ def pack_w4(qt, dtype: str = "bf16") -> PackedW4:
         sb = _bf16_scale_bytes(qt.scale.astype(jnp.float32))[:, : kp // 16]
         keep = jnp.repeat(qt.scale.astype(jnp.float32)[:, : kp // 16] != 0, 16, axis=1)[:, : c.shape[1]]
         c = c.at[:n, : keep.shape[1]].set(jnp.where(keep, c[:n, : keep.shape[1]], 0))  # zero scale: zero codes
-        words = _to_words(c)
+        words = _to_words_nvfp4_bf16(c)
         s = jnp.zeros((np_, kp // 16), jnp.uint16).at[:n, : sb.shape[1]].set(sb)
         pr = _row_pairs(s)
         scales = pr[..., 0] | (pr[..., 1] << 8)
@@ -300,19 +323,21 @@ def _bf16_round_np(x):
 
 
 def _emulate_decode_bf16(pw: PackedW4) -> np.ndarray:
-    """Bit-exact emulation of :func:`_nvfp4_bf16_asm` / :func:`_bf16_scale_dup_asm` / :func:`_int4_bf16_asm`."""
+    """Bit-exact emulation of :func:`_nvfp4_bf16_asm` / :func:`_bf16_scale_pair_asm` / :func:`_int4_bf16_asm`."""
     words = np.asarray(pw.codes, np.uint32)
     tiles, chunks = words.shape[:2]
     out = np.zeros((tiles, chunks, 64, 16), np.float32)
+
+    def shift(v, n):
+        return (v << n) if n >= 0 else (v >> -n)
+
     for k in range(4):
         if pw.fmt == "nvfp4":
-            sh_t, sh_u = 6 - 4 * k, 12 - 4 * k
-            t = (words << sh_t) if sh_t >= 0 else (words >> -sh_t)
-            u = words << sh_u
-            bits = ((t & 0x01C001C0) | (u & 0x80008000)).astype(np.uint32)
+            a, b = _NVFP4_BF16_SHIFTS[k]
+            bits = ((shift(words, a) & 0x01C001C0) | (shift(words, b) & 0x80008000)).astype(np.uint32)
             sc = np.repeat(np.asarray(pw.scales, np.uint32), 4, axis=-1)  # thread t reads entry t // 4
-            byte = (sc & 0xFF) if k in (0, 2) else (sc >> 8)
-            s = _bf16_bits_np(((byte << 4) + (_BF16_SCALE_BIAS << 7)) & 0xFFFF)
+            pair = (((sc & 0xFF) | ((sc >> 8) << 16)) * 16 + _BF16_SCALE_PAIR_BIAS) & 0xFFFFFFFF
+            s = _bf16_bits_np((pair & 0xFFFF) if k in (0, 2) else (pair >> 16))
         else:
             t = words >> (4 * k)
             bits = ((t & 0x000F000F) ^ 0x43084308).astype(np.uint32)
@@ -330,28 +355,41 @@ def _emulate_decode_bf16(pw: PackedW4) -> np.ndarray:
 
 
 def _nvfp4_bf16_asm(k: int) -> str:
-    """PTX for bf16x2 register ``k`` of a chunk: codes word ``$1``, duplicated bf16 scale ``$2``.
+    """PTX for bf16x2 register ``k`` of a chunk: codes word ``$1``, scale pair ``$2`` (bf16 of rows g | g+8).
 
-    ``(c & 7) << 6 | (c & 8) << 12`` read as bf16 is ``code * 2^-126`` (subnormal for +-0.5); times the scale
-    ``s * 2^119`` it is ``code * s * 2^-7``, exact (at most 6 significant bits, normal range).
+    The magnitude and sign bits move into place with the shifts of ``_NVFP4_BF16_SHIFTS[k]``: ``(e1 e0 m) << 6 |
+    s << 15`` read as bf16 is ``code * 2^-126`` (subnormal for +-0.5); times the block scale ``s * 2^119`` it is
+    ``code * s * 2^-7``, exact (at most 6 significant bits, normal range). The scale of row g (k even) or g+8 (k
+    odd) is broadcast through the half-register operand (ptxas folds it into ``HMUL2 .H0_H0`` / ``.H1_H1``).
     """
-    sh_t, sh_u = 6 - 4 * k, 12 - 4 * k
-    t_op = f"shl.b32 t, $1, {sh_t};" if sh_t >= 0 else f"shr.b32 t, $1, {-sh_t};"
-    u_op = f"shl.b32 u, $1, {sh_u};" if sh_u > 0 else "mov.b32 u, $1;"
-    return ("{ .reg .b32 t, u;\n"
-            f" {t_op} {u_op}\n"
-            " and.b32 u, u, 0x80008000;\n"
-            " lop3.b32 t, t, 0x01C001C0, u, 0xEA;\n"
-            " mul.rn.bf16x2 $0, t, $2; }")
+    a, b = _NVFP4_BF16_SHIFTS[k]
+
+    def sh(dst, n):
+        if n == 0:
+            return f"mov.b32 {dst}, $1;"
+        return f"shl.b32 {dst}, $1, {n};" if n > 0 else f"shr.b32 {dst}, $1, {-n};"
+
+    if a == b:
+        decode = f" {sh('t', a)}\n and.b32 t, t, 0x81C081C0;\n"
+    else:
+        decode = (f" {sh('t', a)} {sh('u', b)}\n and.b32 u, u, 0x80008000;\n"
+                  " lop3.b32 t, t, 0x01C001C0, u, 0xEA;\n")
+    half = "sh" if k % 2 else "sl"
+    return ("{ .reg .b32 t, u, sd; .reg .b16 sl, sh;\n" + decode +
+            " mov.b32 {sl, sh}, $2;\n"
+            f" mov.b32 sd, {{{half}, {half}}};\n"
+            " mul.rn.bf16x2 $0, t, sd; }")
 
 
-def _bf16_scale_dup_asm(high: bool) -> str:
-    """PTX: scale-byte pair ``$1`` (row g | row g+8 << 8) -> bf16x2 ``{s, s}`` of row g (or g+8 if ``high``)."""
-    sel = "0x3232" if high else "0x1010"
+_BF16_SCALE_PAIR_BIAS = ((_BF16_SCALE_BIAS << 7) << 16) | (_BF16_SCALE_BIAS << 7)
+
+
+def _bf16_scale_pair_asm() -> str:
+    """PTX: scale-byte pair ``$1`` (row g | row g+8 << 8) -> bf16x2 ``{s_g, s_g+8}`` (``(byte << 4) + 237 << 7``
+    per half, see :func:`_bf16_scale_bytes`)."""
     return ("{ .reg .b32 q;\n"
             " prmt.b32 q, $1, 0, 0x4140;\n"
-            f" mad.lo.u32 q, q, 16, {hex(((_BF16_SCALE_BIAS << 7) << 16) | (_BF16_SCALE_BIAS << 7))};\n"
-            f" prmt.b32 $0, q, 0, {sel}; }}")
+            f" mad.lo.u32 $0, q, 16, {hex(_BF16_SCALE_PAIR_BIAS)}; }}")
 
 
 def _int4_bf16_asm(k: int) -> str:
@@ -454,9 +492,9 @@ def w4a16_matmul_xla_int4(x, w_int4, inv_scale, out_dtype=jnp.bfloat16):
 class MosaicConfig:
     """Decode-GEMM launch configuration (the default is the fastest measured on the H100, RESULTS.md §4)."""
 
-    rows: int = 2  # 64-row weight tiles per pipeline step (accumulators per warpgroup; falls back to 1 if odd)
+    rows: int = 1  # 64-row weight tiles per pipeline step (accumulators per warpgroup; falls back to 1 if odd)
     block_k: int = 128  # K per pipeline step (multiple of 128)
-    stages: int = 3  # TMA pipeline depth
+    stages: int = 4  # TMA pipeline depth (capped so that a CTA's stages fit in shared memory)
     split_k: int | None = None  # "grid": CTAs along K (partial sums added after); None: enough CTAs to fill the GPU
     # schedule: "grid" (one CTA per (row group, K split), one warpgroup decoding + issuing its TMA pipeline),
     # "stream_k" (same warpgroup, ``ctas`` CTAs each taking an equal contiguous run of the (row group, K step)
@@ -467,9 +505,12 @@ class MosaicConfig:
     # epilogue: "xla" (the kernel writes f32 partial sums [slots, Np, Tpad]; XLA adds them, transposes, scales and
     # casts) or "kernel" ("stream_k" only: the CTA that finishes a row group last adds the other CTAs' partial sums,
     # applies the factor and writes ``y [B, Np]`` in the output dtype itself; see :func:`_fixup_fragment`). "kernel"
-    # is correct (run 10: 0 failures in 42 smoke cases) but its kernel ran 7-13 us slower on the H100 at N=28672
-    # K=8192 (RESULTS.md §4.0), so "xla" stays the default.
+    # is correct (runs 10 and 19: 0 failures in 42 and 84 smoke cases) but slower on the H100 at N=28672 K=8192,
+    # also with its synchronization moved to the end of each CTA's run (RESULTS.md §4.0), so "xla" stays default.
     epilogue: str = "xla"
+
+
+_SMEM_PIPELINE_BYTES = 200 * 1024  # of the 227 KB a Hopper CTA may use; the rest: barriers, Mosaic scratch
 
 
 def _num_sms() -> int:
@@ -544,10 +585,10 @@ def _decode_fragment(fmt, codes_ref, scales_ref, lead=None, dtype="f16"):
             s = memref.load(scales_ref, [*pre, arith.constant(index, 0), sidx])
             asm = _int4_bf16_asm if bf16 else _int4_asm
         if bf16 and fmt == "nvfp4":
-            dup = [llvm.inline_asm(i32, [s], _bf16_scale_dup_asm(h), "=r,r") for h in (False, True)]
+            pair = llvm.inline_asm(i32, [s], _bf16_scale_pair_asm(), "=r,r")
         for k, (c8, r8) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             if bf16 and fmt == "nvfp4":
-                out = llvm.inline_asm(i32, [w, dup[k % 2]], _nvfp4_bf16_asm(k), "=r,r,r")
+                out = llvm.inline_asm(i32, [w, pair], _nvfp4_bf16_asm(k), "=r,r,r")
             else:
                 out = llvm.inline_asm(i32, [w, s], asm(k), "=r,r,r")
             regs[0, 2 * c + c8, 0, 0, r8, 0, 0, 0, 0] = mu.bitcast(out, f16x2)
@@ -588,6 +629,10 @@ def _plan(pw: PackedW4, b: int, cfg: MosaicConfig):
         raise NotImplementedError("the warp-specialized schedule takes rows <= 2")
     n_steps = kp // bk
     groups = tiles // rows
+    # a pipeline stage holds the codes, scales and token tile of one step: keep one CTA's stages in shared memory
+    step_bytes = rows * (bk // 16) * 128 * 4 + rows * (bk // 16 if pw.fmt == "nvfp4" else bk // 128) * 32 * (
+        2 if pw.fmt == "nvfp4" else 4) + tpad * bk * 2
+    stages = max(2, min(stages, _SMEM_PIPELINE_BYTES // step_bytes))
     plan = dict(tiles=tiles, kp=kp, np_=np_, tpad=tpad, rows=rows, bk=bk, stages=stages, kc=bk // 16,
                 n_steps=n_steps, groups=groups, sgroups=bk // 16 if pw.fmt == "nvfp4" else bk // 128)
     if cfg.schedule == "grid":
@@ -739,7 +784,10 @@ def _stream_k_kernel(xs, pw, p, ws: bool, fused=None):
 
             def do_flush(accs):
                 if fused is not None:
-                    fixup(tuple(accs), ws_g, cnt, y_g, f_g, g, slot, npieces)
+                    # a group shared with the previous CTA that ends before this run does (only the run's first
+                    # group can): store the partial sums now, synchronize at the end of the run (fixup_finish)
+                    defer = jnp.logical_and(npieces > 1, i < n - 1).astype(jnp.int32)
+                    fixup(tuple(accs), ws_g, cnt, y_g, f_g, g, slot, npieces, defer)
                     return tuple(zeros() for _ in range(ntile))
                 for r in range(ntile):
                     tile = g * rows + (lax.axis_index("wg") if ws else r)
@@ -767,16 +815,24 @@ def _stream_k_kernel(xs, pw, p, ws: bool, fused=None):
 
             plgpu.emit_pipeline_warp_specialized(
                 body, grid=(n,), memory_registers=40, in_specs=in_specs,
-                max_concurrent_steps=p["stages"], wg_axis="wg", num_compute_wgs=rows, compute_context=ctx,
+                max_concurrent_steps=max(2, min(p["stages"], per)), wg_axis="wg", num_compute_wgs=rows,
+                compute_context=ctx,
             )(codes_g, scales_g, x_g)
         else:
             plgpu.emit_pipeline(body, grid=(n,), in_specs=in_specs, max_concurrent_steps=min(p["stages"], per),
                                 init_carry=tuple(zeros() for _ in range(ntile)))(codes_g, scales_g, x_g)
+        if fused is not None:  # the deferred fix-up of the run's first group (see do_flush)
+            g0 = lax.div(start, ns)
+            first0 = lax.div(g0 * ns, per)
+            np0 = lax.div(g0 * ns + ns - 1, per) - first0 + 1
+            deferred = jnp.logical_and(np0 > 1, g0 * ns + ns - 1 < start + n - 1).astype(jnp.int32)
+            fixup_finish(ws_g, cnt, y_g, f_g, g0, c - first0, np0, deferred)
 
     extra = dict(num_threads=rows + 1, thread_name="wg") if ws else {}
     if fused is not None:
         fb, fdt, fvec = fused
         fixup = _fixup_call(ntile, tpad, slots, p["tiles"], p["np_"], fb, fdt)
+        fixup_finish = _fixup_finish_call(ntile, tpad, slots, p["tiles"], p["np_"], fb, fdt)
         out_type = (jax.ShapeDtypeStruct((fb, p["np_"]), fdt),
                     jax.ShapeDtypeStruct((slots * p["np_"] * tpad,), jnp.float32))
         args = (pw.codes, pw.scales, xs, fvec)
@@ -796,13 +852,118 @@ def _fixup_call(rows, tpad, slots, tiles, np_, b, out_dtype):
     scalar = plgpu.Layout.WG_SPLAT(())
     return plgpu.inline_mgpu(
         arg_types=(tuple(plgpu.Layout.WGMMA for _ in range(rows)), plgpu.RefType(), plgpu.RefType(),
-                   plgpu.RefType(), plgpu.RefType(), scalar, scalar, scalar),
+                   plgpu.RefType(), plgpu.RefType(), scalar, scalar, scalar, scalar),
         return_type=None,
     )(functools.partial(_fixup_fragment, rows, tpad, slots, tiles, np_, b, jnp.dtype(out_dtype)))
 
 
+def _fixup_finish_call(rows, tpad, slots, tiles, np_, b, out_dtype):
+    """``plgpu.inline_mgpu`` wrapper of :func:`_fixup_finish_fragment`."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    scalar = plgpu.Layout.WG_SPLAT(())
+    return plgpu.inline_mgpu(
+        arg_types=(plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), scalar, scalar, scalar,
+                   scalar),
+        return_type=None,
+    )(functools.partial(_fixup_finish_fragment, rows, tpad, slots, tiles, np_, b, jnp.dtype(out_dtype)))
+
+
+class _FixupPtx:
+    """Per-thread global-memory helpers (inline PTX) shared by the in-kernel epilogue's two parts."""
+
+    def __init__(self, tiles, np_, ws_ref, cnt_ref, y_ref, f_ref):
+        from jax._src.lib.mlir import ir
+        from jax._src.lib.mlir.dialects import llvm
+        from jax.experimental.mosaic.gpu import utils as mu
+
+        self.ir, self.mu, self.llvm = ir, mu, llvm
+        self.i1, self.i16, self.i32, self.i64 = (ir.IntegerType.get_signless(w) for w in (1, 16, 32, 64))
+        self.f32 = ir.F32Type.get()
+        self.void = ir.Type.parse("!llvm.void")
+        self.tiles, self.np_ = tiles, np_
+        self.tid = self.arith.remui(mu.thread_idx(), self.c(128))
+        self.ws, self.cnt, self.y, self.fp = (llvm.ptrtoint(self.i64, mu.memref_ptr(r))
+                                              for r in (ws_ref, cnt_ref, y_ref, f_ref))
+
+    @property
+    def arith(self):
+        from jax._src.lib.mlir.dialects import arith
+
+        return arith
+
+    def c(self, v, t=None):
+        return self.mu.c(v, t or self.i32)
+
+    def asm(self, ret, ops, text, cons):
+        return self.llvm.inline_asm(ret, ops, text, cons, has_side_effects=True)
+
+    def addr(self, base, idx, nbytes):
+        a = self.arith
+        return a.addi(base, a.muli(a.extui(self.i64, idx), self.c(nbytes, self.i64)))
+
+    def lt(self, a, v):
+        return self.arith.cmpi(self.arith.CmpIPredicate.slt, a, v)
+
+    def eq(self, a, v):
+        return self.arith.cmpi(self.arith.CmpIPredicate.eq, a, v)
+
+    def ws_addr(self, s, tile, k, n_el):  # ws[((s * tiles + tile) * n_el + k) * 128 + tid]
+        a = self.arith
+        t = a.addi(a.muli(s, self.c(self.tiles)), tile)
+        return self.addr(self.ws, a.addi(a.muli(a.addi(a.muli(t, self.c(n_el)), self.c(k)), self.c(128)), self.tid), 4)
+
+    def counter(self, g):
+        return self.addr(self.cnt, self.arith.addi(self.arith.muli(g, self.c(128)), self.tid), 4)
+
+    def arrive(self, g, pred):
+        """``atom.acq_rel.gpu.add(cnt[g, tid], 1)`` where ``pred`` (else 0): the pieces that arrived before."""
+        return self.asm(self.i32, [self.counter(g), self.c(1), pred],
+                        "mov.u32 $0, 0;\n@$3 atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;", "=r,l,r,b")
+
+    def store_ws(self, v, s, tile, k, n_el, pred):
+        self.asm(self.void, [self.ws_addr(s, tile, k, n_el), v, pred], "@$2 st.global.f32 [$0], $1;", "l,f,b")
+
+    def load_ws(self, s, tile, k, n_el, pred):
+        return self.asm(self.f32, [self.ws_addr(s, tile, k, n_el), pred],
+                        "mov.f32 $0, 0f00000000;\n@$2 ld.global.cg.f32 $0, [$1];", "=f,l,b")
+
+    def store_y(self, total, row, col, tile, b, out_dtype, last):
+        """``y[col, tile * 64 + row] = total * factor`` (rounded to ``out_dtype``) where ``last`` and col < B."""
+        a = self.arith
+        if getattr(self, "_fac", None) is None:
+            self._fac = self.asm(self.f32, [self.fp], "ld.global.f32 $0, [$1];", "=f,l")
+        out = a.mulf(total, self._fac)
+        ok = a.andi(last, self.lt(col, self.c(b)))
+        oidx = a.addi(a.muli(col, self.c(self.np_)), a.addi(a.muli(tile, self.c(64)), row))
+        if out_dtype == jnp.dtype(jnp.float32):
+            self.asm(self.void, [self.addr(self.y, oidx, 4), out, ok], "@$2 st.global.f32 [$0], $1;", "l,f,b")
+        else:
+            half = self.ir.BF16Type.get() if out_dtype == jnp.dtype(jnp.bfloat16) else self.ir.F16Type.get()
+            h = a.bitcast(self.i16, a.truncf(half, out))
+            self.asm(self.void, [self.addr(self.y, oidx, 2), h, ok], "@$2 st.global.b16 [$0], $1;", "l,h,b")
+
+    def reset(self, g, pred):
+        self.asm(self.void, [self.counter(g), self.c(0), pred], "@$2 st.relaxed.gpu.global.u32 [$0], $1;", "l,r,b")
+
+
+def _own_positions(tpad):
+    """(row, col) of this thread's accumulator elements of a ``[64, tpad]`` WGMMA tile, in register order (k)."""
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import arith
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+    from jax.experimental.mosaic.gpu import utils as mu
+
+    i32 = ir.IntegerType.get_signless(32)
+    out = []
+    for idx in fa.WGMMA_LAYOUT.thread_idxs((64, tpad)):
+        for e in range(fa.WGMMA_LAYOUT.vector_length):
+            out.append((arith.index_cast(i32, idx[0]), arith.addi(arith.index_cast(i32, idx[1]), mu.c(e, i32))))
+    return out
+
+
 def _fixup_fragment(rows, tpad, slots, tiles, np_, b, out_dtype, ctx, accs, ws_ref, cnt_ref, y_ref, f_ref,
-                    g_fa, slot_fa, npieces_fa):
+                    g_fa, slot_fa, npieces_fa, defer_fa):
     """In-kernel stream-K epilogue of row group ``g`` (its ``rows`` accumulators ``[64, Tpad]``), per thread.
 
     Every thread owns the same accumulator elements in every CTA (the WGMMA layout), so the CTAs sharing a row group
@@ -813,94 +974,81 @@ def _fixup_fragment(rows, tpad, slots, tiles, np_, b, out_dtype, ctx, accs, ws_r
     whichever CTA finishes last), multiplies by the factor, rounds to the output dtype and stores ``y[token, row]``
     (the transposed layout), then resets its counter to 0. A group held by one CTA (``npieces == 1``) skips the
     workspace and the counter. Nothing waits on another CTA, so any CTA scheduling order is safe.
+
+    ``defer`` (a run's first group, shared with the previous CTA and ending before the run does): only the
+    workspace store happens here; the counter and the sum wait for :func:`_fixup_finish_fragment` at the end of the
+    run, so that no release/acquire fence stalls the CTA's weight stream in the middle of its run.
     """
     del ctx
+    from jax._src.lib.mlir.dialects import arith, vector
     from jax._src.lib.mlir import ir
-    from jax._src.lib.mlir.dialects import arith, llvm, vector
-    from jax.experimental.mosaic.gpu import utils as mu
 
-    i1, i16, i32, i64 = (ir.IntegerType.get_signless(w) for w in (1, 16, 32, 64))
-    f32 = ir.F32Type.get()
-    void = ir.Type.parse("!llvm.void")
+    x = _FixupPtx(tiles, np_, ws_ref, cnt_ref, y_ref, f_ref)
+    g, slot, npieces, defer = (v.registers.item() for v in (g_fa, slot_fa, npieces_fa, defer_fa))
+    multi = arith.cmpi(arith.CmpIPredicate.sgt, npieces, x.c(1))
+    sync = arith.andi(multi, x.eq(defer, x.c(0)))
 
-    def c(v, t=i32):
-        return mu.c(v, t)
-
-    def asm(ret, ops, text, cons):
-        return llvm.inline_asm(ret, ops, text, cons, has_side_effects=True)
-
-    def base(ref):
-        return llvm.ptrtoint(i64, mu.memref_ptr(ref))
-
-    def addr(b64, idx, nbytes):
-        return arith.addi(b64, arith.muli(arith.extui(i64, idx), c(nbytes, i64)))
-
-    def lt(a, v):
-        return arith.cmpi(arith.CmpIPredicate.slt, a, v)
-
-    def eq(a, v):
-        return arith.cmpi(arith.CmpIPredicate.eq, a, v)
-
-    g, slot, npieces = (v.registers.item() for v in (g_fa, slot_fa, npieces_fa))
-    tid = arith.remui(mu.thread_idx(), c(128))
-    ws, cnt, y, fp = base(ws_ref), base(cnt_ref), base(y_ref), base(f_ref)
-    multi = arith.cmpi(arith.CmpIPredicate.sgt, npieces, c(1))
-
-    # this thread's elements of each tile: (value, row, col) in a fixed order (k)
-    own = []
+    own = []  # this thread's values of each tile, in the order of _own_positions
     for acc in accs:
         vals = []
-        for reg_idx, idx in zip(np.ndindex(acc.registers.shape), acc.layout.thread_idxs(acc.shape), strict=True):
-            reg = acc.registers[reg_idx]
-            is_vec = isinstance(reg.type, ir.VectorType)
-            width = ir.VectorType(reg.type).shape[0] if is_vec else 1
-            for e in range(width):
-                v = (vector.extract(reg, dynamic_position=[], static_position=ir.DenseI64ArrayAttr.get([e]))
-                     if is_vec else reg)
-                row = arith.index_cast(i32, idx[0])
-                col = arith.addi(arith.index_cast(i32, idx[1]), c(e))
-                vals.append((v, row, col))
+        for reg in acc.registers.flat:
+            if isinstance(reg.type, ir.VectorType):
+                for e in range(ir.VectorType(reg.type).shape[0]):
+                    vals.append(vector.extract(reg, dynamic_position=[], static_position=ir.DenseI64ArrayAttr.get([e])))
+            else:
+                vals.append(reg)
         own.append(vals)
-    n_el = len(own[0])
+    pos = _own_positions(tpad)
+    n_el = len(pos)
+    assert all(len(v) == n_el for v in own), (n_el, [len(v) for v in own])
 
-    def ws_idx(s, tile, k):  # ((s * tiles + tile) * n_el + k) * 128 + tid
-        t = arith.addi(arith.muli(s, c(tiles)), tile)
-        return arith.addi(arith.muli(arith.addi(arith.muli(t, c(n_el)), c(k)), c(128)), tid)
-
-    tile0 = arith.muli(g, c(rows))
+    tile0 = arith.muli(g, x.c(rows))
     for r in range(rows):
-        tile = arith.addi(tile0, c(r))
-        for k, (v, _, _) in enumerate(own[r]):
-            asm(void, [addr(ws, ws_idx(slot, tile, k), 4), v, multi], "@$2 st.global.f32 [$0], $1;", "l,f,b")
-    cnt_addr = addr(cnt, arith.addi(arith.muli(g, c(128)), tid), 4)
-    old = asm(i32, [cnt_addr, c(1), multi],
-              "mov.u32 $0, 0;\n@$3 atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;", "=r,l,r,b")
-    last = eq(old, arith.subi(npieces, c(1)))
-    fac = asm(f32, [fp], "ld.global.f32 $0, [$1];", "=f,l")
-    in_b = None
+        tile = arith.addi(tile0, x.c(r))
+        for k, v in enumerate(own[r]):
+            x.store_ws(v, slot, tile, k, n_el, multi)
+    old = x.arrive(g, sync)
+    last = arith.andi(x.eq(old, arith.subi(npieces, x.c(1))), x.eq(defer, x.c(0)))
     for r in range(rows):
-        tile = arith.addi(tile0, c(r))
-        for k, (v, row, col) in enumerate(own[r]):
+        tile = arith.addi(tile0, x.c(r))
+        for k, (v, (row, col)) in enumerate(zip(own[r], pos)):
             total = None
             for s_ in range(slots):
-                is_own = eq(slot, c(s_))
-                have = lt(c(s_), npieces)
-                pred = arith.andi(arith.andi(last, have), arith.xori(is_own, c(1, i1)))
-                got = asm(f32, [addr(ws, ws_idx(c(s_), tile, k), 4), pred],
-                          "mov.f32 $0, 0f00000000;\n@$2 ld.global.cg.f32 $0, [$1];", "=f,l,b")
-                vs = arith.select(is_own, v, got)
+                is_own = x.eq(slot, x.c(s_))
+                have = x.lt(x.c(s_), npieces)
+                pred = arith.andi(arith.andi(last, have), arith.xori(is_own, x.c(1, x.i1)))
+                vs = arith.select(is_own, v, x.load_ws(x.c(s_), tile, k, n_el, pred))
                 total = vs if total is None else arith.select(have, arith.addf(total, vs), total)
-            out = arith.mulf(total, fac)
-            in_b = lt(col, c(b))
-            ok = arith.andi(last, in_b)
-            oidx = arith.addi(arith.muli(col, c(np_)), arith.addi(arith.muli(tile, c(64)), row))
-            if out_dtype == jnp.dtype(jnp.float32):
-                asm(void, [addr(y, oidx, 4), out, ok], "@$2 st.global.f32 [$0], $1;", "l,f,b")
-            else:
-                half = ir.BF16Type.get() if out_dtype == jnp.dtype(jnp.bfloat16) else ir.F16Type.get()
-                h = arith.bitcast(i16, arith.truncf(half, out))
-                asm(void, [addr(y, oidx, 2), h, ok], "@$2 st.global.b16 [$0], $1;", "l,h,b")
-    asm(void, [cnt_addr, c(0), arith.andi(last, multi)], "@$2 st.relaxed.gpu.global.u32 [$0], $1;", "l,r,b")
+            x.store_y(total, row, col, tile, b, out_dtype, last)
+    x.reset(g, arith.andi(last, multi))
+    return None
+
+
+def _fixup_finish_fragment(rows, tpad, slots, tiles, np_, b, out_dtype, ctx, ws_ref, cnt_ref, y_ref, f_ref,
+                           g_fa, slot_fa, npieces_fa, pred_fa):
+    """The deferred half of :func:`_fixup_fragment` for group ``g`` (where ``pred``): arrive on the counter and,
+    if last, add every piece from the workspace (this CTA's own included) in slot order and store ``y``."""
+    del ctx
+    from jax._src.lib.mlir.dialects import arith
+
+    x = _FixupPtx(tiles, np_, ws_ref, cnt_ref, y_ref, f_ref)
+    g, slot, npieces, pred = (v.registers.item() for v in (g_fa, slot_fa, npieces_fa, pred_fa))
+    del slot
+    go = arith.cmpi(arith.CmpIPredicate.ne, pred, x.c(0))
+    old = x.arrive(g, go)
+    last = arith.andi(go, x.eq(old, arith.subi(npieces, x.c(1))))
+    pos = _own_positions(tpad)
+    tile0 = arith.muli(g, x.c(rows))
+    for r in range(rows):
+        tile = arith.addi(tile0, x.c(r))
+        for k, (row, col) in enumerate(pos):
+            total = None
+            for s_ in range(slots):
+                have = x.lt(x.c(s_), npieces)
+                vs = x.load_ws(x.c(s_), tile, k, len(pos), arith.andi(last, have))
+                total = vs if total is None else arith.select(have, arith.addf(total, vs), total)
+            x.store_y(total, row, col, tile, b, out_dtype, last)
+    x.reset(g, last)
     return None
 
 
@@ -950,15 +1098,19 @@ def mosaic_config(cfg: MosaicConfig):
 def default_config(pw: PackedW4, b: int) -> MosaicConfig:
     """The launch configuration :func:`w4a16_matmul` uses when none is given.
 
-    ``MosaicConfig()`` (stream-K, fastest at N=28672 K=8192, RESULTS.md §4) when its plan gives every SM work;
-    for smaller weights, where the stream-K plan (at most 4 partial-sum slots per row group) launches fewer
-    CTAs than there are SMs (run 10 measured 94, 24 and 97 CTAs at a d=4096 model's shapes), the grid
-    schedule with 64-row tiles, which splits K to reach two CTAs per SM.
+    ``MosaicConfig()`` (stream-K, fastest at N=28672 K=8192, RESULTS.md §4) for weights large enough that a
+    stream-K plan over 128-row groups gives every SM work; for smaller weights, where that plan (at most 4
+    partial-sum slots per row group) launches fewer CTAs than there are SMs (94, 24 and 97 CTAs at a d=4096
+    model's shapes), the grid schedule with 64-row tiles and 3 stages, which splits K to reach two CTAs per SM
+    (the rule measured end to end in run 11, RESULTS.md §5).
     """
     cfg = MosaicConfig()
-    if _plan(pw, b, cfg)["ctas"] >= _num_sms():
+    if _plan(pw, b, _STREAM_K_SIZE_RULE)["ctas"] >= _num_sms():
         return cfg
-    return dataclasses.replace(cfg, schedule="grid", rows=1)
+    return dataclasses.replace(cfg, schedule="grid", rows=1, stages=3)
+
+
+_STREAM_K_SIZE_RULE = MosaicConfig(rows=2, stages=3)  # the plan default_config sizes a weight with
 
 
 def w4a16_matmul(x, w, *, impl: str | None = None, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16):

@@ -266,48 +266,58 @@ DEFAULT_SWEEP = ("f16/grid:2,128,4;bf16/stream_k:2,128,3;bf16/stream_k:2,128,4;b
                  "f16/stream_k:2,128,4;bf16/grid:2,128,4;bf16/ws:2,128,4")
 
 
-def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name="decode_schedules.json") -> dict:
+def _gpu_clocks() -> str:
+    """SM/memory clocks, temperature, power and active throttle reasons now (nvidia-smi), for the log."""
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw,"
+                               "clocks_throttle_reasons.active", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception as e:  # pragma: no cover
+        return f"nvidia-smi failed: {e}"
+
+
+def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name="decode_schedules.json",
+                     rounds=3) -> dict:
     """One run: XLA bf16 vs every decode-GEMM config at (N, K), batch 1/4/16, both formats.
 
     Per config: the whole call (x prep + kernel + partial-sum reduction/scale), the kernel alone (x prepared
-    outside), its relative error vs ``x @ dequant(W).T``.
+    outside), its relative error vs ``x @ dequant(W).T``. Per batch, everything (XLA's bf16 dot in both weight
+    layouts included) is compiled first and then timed in ``rounds`` interleaved rounds, so a baseline and the
+    calls it is compared with are timed minutes apart at most; each figure is the lowest of its rounds' medians,
+    and ``ratio_rounds`` holds the per-round ratio (bf16 of that round / call of that round).
     """
     import faulthandler
+    import os
 
     configs = configs or parse_configs(DEFAULT_SWEEP)
-    rec = {"info": device_info(), "N": n, "K": k, "configs": [cfg_name(c) for c in configs], "rows": []}
+    rec = {"info": device_info(), "N": n, "K": k, "configs": [cfg_name(c) for c in configs], "rows": [],
+           "clocks": [("start", _gpu_clocks())]}
+    print("clocks (sm, mem, temp, power, throttle):", rec["clocks"][-1][1], flush=True)
     rng = np.random.default_rng(0)
     w = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16)
     w2 = w * 1.01
     wkn = w.T.copy()
-    qts = {sp.kind: [_quant_weight(v, sp) for v in (w, w2)] for sp in (NV1, I4)}
+    kinds = os.environ.get("JQ_DECODE_KINDS", "nvfp4,int").split(",")  # QuantizerSpec.kind: "nvfp4", "int"
+    qts = {sp.kind: [_quant_weight(v, sp) for v in (w, w2)] for sp in (NV1, I4) if sp.kind in kinds}
     dtypes = sorted({d for d, _ in configs})
-    pws = qts
     packs = {(kind, d): [jax.block_until_ready(G.pack_w4(q, d)) for q in v] for kind, v in qts.items()
              for d in dtypes}
     dn = (((1,), (1,)), ((), ()))
     xs = {b: [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(2)] for b in batches}
+    bf16_nk = jax.jit(lambda x, w: lax.dot_general(x, w, dn, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+    bf16_kn = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
     table = {}
 
     def timed(fn, argsets):
-        return time_fn(jax.jit(fn), argsets, iters=50, warmup=5)["s"] * 1e6
+        return time_fn(fn, argsets, iters=50, warmup=5)["s"] * 1e6
 
     for b in batches:
         x = xs[b]
-        t_nk = timed(lambda x, w: lax.dot_general(x, w, dn, preferred_element_type=jnp.float32).astype(
-            jnp.bfloat16), [(x[0], w), (x[1], w2)])
-        t_kn = timed(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16),
-                     [(x[0], wkn), (x[1], wkn)])
-        table[("bf16", b)] = min(t_nk, t_kn)
-        rec["rows"].append({"B": b, "what": "xla_bf16", "NK_us": t_nk, "KN_us": t_kn})
-        print(f"B={b:3d} xla bf16 NK {t_nk:7.1f} us  KN {t_kn:7.1f} us", flush=True)
-        save(out_name, rec)
-    # per (B, format): every config compiled once, then timed in two interleaved rounds (A B A B); the figure
-    # is the lower of the two rounds' medians, both rounds are recorded (their spread is the noise)
-    for b in batches:
-        x = xs[b]
-        for kind in pws:
-            live = []
+        base = {"B": b, "what": "xla_bf16", "NK_rounds": [], "KN_rounds": []}
+        live = []
+        for kind in qts:
             for dc in configs:
                 dtype, cfg = dc
                 name = cfg_name(dc)
@@ -326,7 +336,7 @@ def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name
                     p = G._plan(pl_[0], b, cfg)
                     xp = [G._prep_x(v, p["kp"], p["tpad"], pl_[0].dtype)[0] for v in x]
                     kfn = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: G._mosaic_call(xs_, pw_, cfg, b))
-                    row["plan"] = {kk: p[kk] for kk in ("rows", "bk", "slots") if kk in p}
+                    row["plan"] = {kk: p[kk] for kk in ("rows", "bk", "stages", "slots") if kk in p}
                     row["plan"].update({kk: p[kk] for kk in ("split", "ctas", "per") if kk in p})
                     live.append((row, fn, kfn, [(x[0], pl_[0]), (x[1], pl_[1])], [(xp[0], pl_[0]), (xp[1], pl_[1])]))
                 except Exception as e:
@@ -334,33 +344,43 @@ def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name
                     print(f"B={b:3d} {kind} {name}: ERROR {str(e)[:600]}", flush=True)
                     rec["rows"].append(row)
                 faulthandler.cancel_dump_traceback_later()
-            for _ in range(2):
-                for row, fn, kfn, args, kargs in live:
-                    faulthandler.dump_traceback_later(120, exit=True)
-                    try:
-                        row.setdefault("us_rounds", []).append(time_fn(fn, args, iters=50, warmup=5)["s"] * 1e6)
-                        row.setdefault("kernel_us_rounds", []).append(
-                            time_fn(kfn, kargs, iters=50, warmup=5)["s"] * 1e6)
-                    except Exception as e:
-                        row["error"] = f"{type(e).__name__}: {str(e)[:2500]}"
-                    faulthandler.cancel_dump_traceback_later()
-            for row, *_ in live:
-                if "us_rounds" in row:
-                    row["us"], row["kernel_us"] = min(row["us_rounds"]), min(row["kernel_us_rounds"])
-                    row["speedup"] = table[("bf16", b)] / row["us"]
-                    table[(kind, row["what"].split(":", 1)[1], b)] = row["us"]
-                    print(f"B={b:3d} {kind:5s} {row['what'].split(':', 1)[1]:30s} {row['us']:7.1f} us "
-                          f"(rounds {', '.join(f'{v:.1f}' for v in row['us_rounds'])}; kernel "
-                          f"{', '.join(f'{v:.1f}' for v in row['kernel_us_rounds'])}) {row['speedup']:.2f}x  "
-                          f"err {row['rel_err']:.1e} same-bits {row['repeat_bitwise_equal']}", flush=True)
-                else:
-                    print(f"B={b:3d} {row['what']}: ERROR {row.get('error', '')[:600]}", flush=True)
-                rec["rows"].append(row)
-            save(out_name, rec)
+        for _ in range(rounds):
+            base["NK_rounds"].append(timed(bf16_nk, [(x[0], w), (x[1], w2)]))
+            base["KN_rounds"].append(timed(bf16_kn, [(x[0], wkn), (x[1], wkn)]))
+            for row, fn, kfn, args, kargs in live:
+                faulthandler.dump_traceback_later(120, exit=True)
+                try:
+                    row.setdefault("us_rounds", []).append(timed(fn, args))
+                    row.setdefault("kernel_us_rounds", []).append(timed(kfn, kargs))
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {str(e)[:2500]}"
+                faulthandler.cancel_dump_traceback_later()
+        bf16_rounds = [min(a, c) for a, c in zip(base["NK_rounds"], base["KN_rounds"])]
+        base["us"] = table[("bf16", b)] = min(bf16_rounds)
+        rec["rows"].append(base)
+        print(f"B={b:3d} xla bf16 (best layout) {base['us']:7.1f} us (rounds "
+              f"{', '.join(f'{v:.1f}' for v in bf16_rounds)})", flush=True)
+        for row, *_ in live:
+            if "us_rounds" in row and len(row["us_rounds"]) == rounds:
+                row["us"], row["kernel_us"] = min(row["us_rounds"]), min(row["kernel_us_rounds"])
+                row["speedup"] = table[("bf16", b)] / row["us"]
+                row["ratio_rounds"] = [bb / c for bb, c in zip(bf16_rounds, row["us_rounds"])]
+                table[(row["what"].split(":", 1)[0], row["what"].split(":", 1)[1], b)] = row["us"]
+                print(f"B={b:3d} {row['what']:38s} {row['us']:7.1f} us {row['speedup']:.2f}x (rounds "
+                      f"{', '.join(f'{v:.1f}' for v in row['us_rounds'])}; per-round ratio "
+                      f"{', '.join(f'{v:.2f}' for v in row['ratio_rounds'])}; kernel "
+                      f"{', '.join(f'{v:.1f}' for v in row['kernel_us_rounds'])}) "
+                      f"err {row['rel_err']:.1e} same-bits {row['repeat_bitwise_equal']}", flush=True)
+            else:
+                print(f"B={b:3d} {row['what']}: ERROR {row.get('error', '')[:600]}", flush=True)
+            rec["rows"].append(row)
+        rec["clocks"].append((f"after B={b}", _gpu_clocks()))
+        print("clocks:", rec["clocks"][-1][1], flush=True)
+        save(out_name, rec)
     print("==== table: us (x bf16 of the same run)")
     print("config".ljust(40) + "".join(f"{f'B={b}':>24s}" for b in batches))
     print("xla bf16".ljust(40) + "".join(f"{table[('bf16', b)]:>24.1f}" for b in batches))
-    for kind in pws:
+    for kind in qts:
         for dc in configs:
             name = cfg_name(dc)
             cells = []
@@ -410,24 +430,53 @@ def schedule_smoke(configs, shapes=((256, 512), (200, 300), (1024, 1024)), batch
     return res
 
 
-def profile(configs=None, b=1):
-    """A few calls of each config (for ``ncu``): weights and x prepared outside the profiled calls."""
+def _cuda_profiler(on: bool):
+    """``cudaProfilerStart/Stop`` (through CuPy, present on the GPU machines) so that ``ncu --profile-from-start
+    off`` sees only the calls of interest; a no-op without CuPy or with ``JQ_CUDA_PROFILER=0``."""
+    import os
+
+    if os.environ.get("JQ_CUDA_PROFILER", "1") == "0":
+        return
+    try:
+        import cupy
+
+        (cupy.cuda.runtime.profilerStart if on else cupy.cuda.runtime.profilerStop)()
+    except Exception as e:  # pragma: no cover
+        print("no CUDA profiler control:", e, flush=True)
+
+
+def profile(configs=None, batches=(4,), kinds=("nvfp4", "int4"), bf16_dot=True):
+    """One call of each config's kernel (and of XLA's bf16 dot) at N=28672 K=8192 between
+    ``cudaProfilerStart/Stop``, for ``ncu --profile-from-start off``; weights and x prepared outside."""
     configs = configs or parse_configs(DEFAULT_SWEEP)
     rng = np.random.default_rng(0)
     n, k = 28672, 8192
     w = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16)
-    qt = _quant_weight(w, NV1)
-    x = jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16)
-    packs = {d: jax.block_until_ready(G.pack_w4(qt, d)) for d in sorted({d for d, _ in configs})}
-    for dc in configs:
-        dtype, cfg = dc
-        pw = packs[dtype]
-        p = G._plan(pw, b, cfg)
-        xp = jax.block_until_ready(G._prep_x(x, p["kp"], p["tpad"], pw.dtype)[0])
-        f = jax.jit(lambda xs_, pw_: G._mosaic_call(xs_, pw_, cfg, b))
-        for _ in range(2):
-            jax.block_until_ready(f(xp, pw))
-        print("profiled", cfg_name(dc), flush=True)
+    dn = (((1,), (1,)), ((), ()))
+    bf16 = jax.jit(lambda x, w: lax.dot_general(x, w, dn, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+    specs = {"nvfp4": NV1, "int4": I4}
+    for kind in kinds:
+        qt = _quant_weight(w, specs[kind])
+        packs = {d: jax.block_until_ready(G.pack_w4(qt, d)) for d in sorted({d for d, _ in configs})}
+        for b in batches:
+            x = jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16)
+            jax.block_until_ready(bf16(x, w))
+            for dc in configs:
+                dtype, cfg = dc
+                pw = packs[dtype]
+                p = G._plan(pw, b, cfg)
+                xp = jax.block_until_ready(G._prep_x(x, p["kp"], p["tpad"], pw.dtype)[0])
+                f = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: G._mosaic_call(xs_, pw_, cfg, b))
+                jax.block_until_ready(f(xp, pw))
+                _cuda_profiler(True)
+                jax.block_until_ready(f(xp, pw))
+                _cuda_profiler(False)
+                print("profiled", kind, b, cfg_name(dc), G._plan(pw, b, cfg), flush=True)
+            if bf16_dot and kind == kinds[0]:
+                _cuda_profiler(True)
+                jax.block_until_ready(bf16(x, w))
+                _cuda_profiler(False)
+                print("profiled xla bf16", b, flush=True)
 
 
 def main(argv):
@@ -436,13 +485,19 @@ def main(argv):
 
     sweep = os.environ.get("JQ_DECODE_SWEEP")
     if what == "schedules":
-        decode_schedules(parse_configs(sweep) if sweep else None)
+        batches = tuple(int(v) for v in os.environ.get("JQ_DECODE_BATCHES", "1,4,16").split(","))
+        decode_schedules(parse_configs(sweep) if sweep else None, batches=batches,
+                         out_name=os.environ.get("JQ_DECODE_OUT", "decode_schedules.json"),
+                         rounds=int(os.environ.get("JQ_DECODE_ROUNDS", "3")))
         return
     if what == "schedule_smoke":
         schedule_smoke(parse_configs(os.environ.get("JQ_SMOKE_CONFIGS", SMOKE_CONFIGS)))
         return
     if what == "profile":
-        profile(parse_configs(sweep) if sweep else None)
+        profile(parse_configs(sweep) if sweep else None,
+                batches=tuple(int(v) for v in os.environ.get("JQ_PROFILE_BATCHES", "4").split(",")),
+                kinds=tuple(os.environ.get("JQ_PROFILE_KINDS", "nvfp4,int4").split(",")),
+                bf16_dot=os.environ.get("JQ_PROFILE_BF16", "1") == "1")
         return
     rec = {"info": device_info()}
     if what in ("smoke", "all"):

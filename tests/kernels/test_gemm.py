@@ -206,4 +206,4 @@ def test_default_config_picks_stream_k_only_where_it_fills_the_gpu():
     for n, k in ((4096, 4096), (1024, 4096), (4096, 14336)):
         cfg = G.default_config(packed(n, k), 1)
         assert cfg.schedule == "grid" and cfg.rows == 1
-        assert G._plan(packed(n, k), 1, G.MosaicConfig())["ctas"] < G._num_sms()
+        assert G._plan(packed(n, k), 1, G._STREAM_K_SIZE_RULE)["ctas"] < G._num_sms()
