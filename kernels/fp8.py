@@ -159,17 +159,23 @@ def _mode(interpret):
     return "ieee" if interpret else "asm"
 
 
-def fp8_quantize(x, amax=None, *, fmt: str = "e4m3", per_row: bool | None = None, cast: bool = False,
-                 interpret: bool | None = None, cfg=None):
-    """``(float8 values of x's shape, scale s)``; ``amax`` scalar (per tensor) or one per row (``[rows]`` or
-    ``[rows, 1]``); None computes it in the same call (per tensor, or per row with ``per_row=True``)."""
+def _setup(x, amax, per_row, out, fmt, cast, interpret, cfg):
+    """Shared front of the FP8 entry points: 2D view, scale argument, the kernel body for ``out``."""
     cfg = cfg or FP8Config
     interpret = C.resolve_interpret(interpret)
     if cast and interpret:
         raise ValueError("cast=True uses the GPU conversion instruction; interpret mode needs cast=False")
     x2, sarg, per_row = _prep(x, amax, per_row)
-    kern = functools.partial(_kernel, per_row=per_row, out="codes", fmt=fmt, cast=cast, dtype=x.dtype,
+    kern = functools.partial(_kernel, per_row=per_row, out=out, fmt=fmt, cast=cast, dtype=x.dtype,
                              mode=_mode(interpret))
+    return x2, sarg, per_row, kern, interpret, cfg
+
+
+def fp8_quantize(x, amax=None, *, fmt: str = "e4m3", per_row: bool | None = None, cast: bool = False,
+                 interpret: bool | None = None, cfg=None):
+    """``(float8 values of x's shape, scale s)``; ``amax`` scalar (per tensor) or one per row (``[rows]`` or
+    ``[rows, 1]``); None computes it in the same call (per tensor, or per row with ``per_row=True``)."""
+    x2, sarg, per_row, kern, interpret, cfg = _setup(x, amax, per_row, "codes", fmt, cast, interpret, cfg)
     codes, s = _launch(kern, x2, sarg, per_row, jnp.uint8, interpret, cfg, f"jq_fp8_quantize_{fmt}",
                        with_scale=True)
     q = lax.bitcast_convert_type(codes, _FMT[fmt][3]).reshape(x.shape)
@@ -179,13 +185,7 @@ def fp8_quantize(x, amax=None, *, fmt: str = "e4m3", per_row: bool | None = None
 def fp8_fake_quant(x, amax=None, *, fmt: str = "e4m3", per_row: bool | None = None, cast: bool = False,
                    interpret: bool | None = None, cfg=None):
     """Quantize-dequantize in one pass; equals :func:`jq.numerics.fp8_fake_quant` (``x.dtype`` out)."""
-    cfg = cfg or FP8Config
-    interpret = C.resolve_interpret(interpret)
-    if cast and interpret:
-        raise ValueError("cast=True uses the GPU conversion instruction; interpret mode needs cast=False")
-    x2, sarg, per_row = _prep(x, amax, per_row)
-    kern = functools.partial(_kernel, per_row=per_row, out="fake", fmt=fmt, cast=cast, dtype=x.dtype,
-                             mode=_mode(interpret))
+    x2, sarg, per_row, kern, interpret, cfg = _setup(x, amax, per_row, "fake", fmt, cast, interpret, cfg)
     y = _launch(kern, x2, sarg, per_row, x.dtype, interpret, cfg, f"jq_fp8_fake_quant_{fmt}")
     return y.reshape(x.shape)
 

@@ -9,23 +9,23 @@ W4A16 (``w4a16_matmul``): ``y = x @ dequant(W).T`` for ``x: [B, K]`` bf16 and ``
 E4M3-scaled blocks along K, fp32 global scale) or INT4 (groups of 128 along K, fp32 scales), as stored by
 :func:`jq.qtensor.quantize`. Implementations:
 
-* ``mosaic`` -- a Mosaic GPU kernel for decode batches (B <= 64) built on the blueprint "weights on the wgmma M
-  side as the register operand" (swap-AB): 64-row weight tiles stream through a TMA pipeline, are decoded in
-  registers into wgmma A fragments (NVFP4: 11 integer ops per 8 weights, from a bit layout chosen for it, plus
-  one HMUL2 per two weights, see :func:`_nvfp4_bf16_asm`) and multiplied by the token tile ``x^T`` held in shared memory (N = tokens padded to
-  8). The weights are re-laid out once, offline (:func:`pack_w4`), so every thread's fragment is one 32-bit word.
-  Operand type (``pack_w4(..., dtype=)``): ``"bf16"`` (default) decodes the weights to bf16 and feeds the bf16
-  activations to the tensor cores as they are, so a call is the kernel plus one small XLA reduction;
-  ``"f16"`` (the first version) decodes to f16 and needs the activations scaled and converted first (two more
-  XLA kernels, ~5 µs on the H100). Schedule (:class:`MosaicConfig`): ``"stream_k"`` (default: 3 CTAs per SM,
-  64-row tiles, 4 stages, each CTA an equal run of the (row group, K step) sequence, partial sums of the few row groups that two CTAs share
-  added after), ``"grid"`` (one CTA per (row group, K split)), ``"ws"`` (stream-K with a warp-specialized
-  pipeline: a TMA producer warpgroup and one consumer warpgroup per tile). Epilogue (``MosaicConfig.epilogue``):
-  ``"xla"`` (default: the partial sums leave the kernel in f32 and one XLA fusion adds, transposes, scales and
-  casts them) or ``"kernel"`` (stream-K only: the CTA finishing a row group last adds the others' partial sums,
-  per thread through a global counter, and writes ``y [B, N]`` itself; the counter is taken at the end of a CTA's
-  run; correct, but its kernel is slower than the default's kernel plus the XLA fusion, RESULTS.md §4.0).
-  Measurements: RESULTS.md §4.
+* ``mosaic`` -- a Mosaic GPU kernel for decode batches (B <= 64) built on the blueprint "weights on the wgmma M side
+  as the register operand" (swap-AB): 64-row weight tiles stream through a TMA pipeline, are decoded in registers
+  into wgmma A fragments (NVFP4: 11 integer ops per 8 weights, from a bit layout chosen for it, plus one HMUL2 per
+  two weights, see :func:`_nvfp4_bf16_asm`) and multiplied by the token tile ``x^T`` held in shared memory (N =
+  tokens padded to 8). The weights are re-laid out once, offline (:func:`pack_w4`), so every thread's fragment is
+  one 32-bit word. Operand type (``pack_w4(..., dtype=)``): ``"bf16"`` (default) decodes the weights to bf16 and
+  feeds the bf16 activations to the tensor cores as they are, so a call is the kernel plus one small XLA reduction;
+  ``"f16"`` (the first version) decodes to f16 and needs the activations scaled and converted first (two more XLA
+  kernels, ~5 µs on the H100). Schedule (:class:`MosaicConfig`): ``"stream_k"`` (default: 3 CTAs per SM, 64-row
+  tiles, 4 stages, each CTA an equal run of the (row group, K step) sequence, partial sums of the few row groups
+  that two CTAs share added after), ``"grid"`` (one CTA per (row group, K split)), ``"ws"`` (stream-K with a
+  warp-specialized pipeline: a TMA producer warpgroup and one consumer warpgroup per tile). Epilogue
+  (``MosaicConfig.epilogue``): ``"xla"`` (default: the partial sums leave the kernel in f32 and one XLA fusion adds,
+  transposes, scales and casts them) or ``"kernel"`` (stream-K only: the CTA finishing a row group last adds the
+  others' partial sums, per thread through a global counter, and writes ``y [B, N]`` itself; a CTA takes the counter
+  of a group it finished mid-run only at the end of its run; correct, but its kernel is slower than the default's
+  kernel plus the XLA fusion, RESULTS.md §4.0). Measurements: RESULTS.md §4.
 * ``xla`` -- dequantize (reference) + XLA bf16 dot: any batch, any backend, and the fallback.
 * ``xla_int4`` (INT4 only) -- XLA's native int4 path: ``int4`` weights converted in the GEMM fusion.
 
@@ -156,14 +156,25 @@ def _thread_coords():
 _ROWS, _COLS = _thread_coords()
 
 
-def _to_words(c):
-    """uint32 codes ``[Np, Kp]`` (0..15) -> thread words ``[Np/64, Kp/16, 128]`` (jnp; runs on any backend)."""
+def _to_words(c, shifts=None):
+    """uint32 codes ``[Np, Kp]`` (0..15) -> thread words ``[Np/64, Kp/16, 128]`` (jnp; runs on any backend).
+
+    Thread ``(w, lr, lc)`` gets the 8 codes of its fragment, register k's element e (row +8 r8, column 8 c8 + 2 lc + e,
+    k = 2 c8 + r8) at nibble ``4 e + k``; with ``shifts`` (``_NVFP4_BF16_SHIFTS``) each code's magnitude and sign go
+    to the bits its register's decode shifts into place instead.
+    """
     np_, kp = c.shape
     # [tiles, 64, chunks, 16] -> [tiles, chunks, w, r8, lr, c8, lc, e]
     v = c.reshape(np_ // 64, 4, 2, 8, kp // 16, 2, 4, 2).transpose(0, 4, 1, 3, 6, 7, 5, 2)
     v = v.reshape(np_ // 64, kp // 16, 128, 8)  # thread (w, lr, lc); nibble p = 4 e + 2 c8 + r8
-    shifts = jnp.arange(8, dtype=jnp.uint32) * 4
-    return jnp.sum(v << shifts, axis=-1, dtype=jnp.uint32)
+    if shifts is None:
+        return jnp.sum(v << (jnp.arange(8, dtype=jnp.uint32) * 4), axis=-1, dtype=jnp.uint32)
+    word = jnp.zeros(v.shape[:-1], jnp.uint32)
+    for k, (a, b) in enumerate(shifts):
+        for e in range(2):
+            code = v[..., 4 * e + k]
+            word = word | ((code & 7) << (6 - a + 16 * e)) | ((code >> 3) << (15 - b + 16 * e))
+    return word
 
 
 # NVFP4 bf16 words: where register k's two codes sit. Register k needs, in each 16-bit half e, the magnitude bits
@@ -173,19 +184,6 @@ def _to_words(c):
 # 11 integer ops per word instead of 15 with plain nibbles. No choice tiles the 32 bits with four registers of one
 # shift each (checked exhaustively), and 11 is the least over all (a, b) assignments.
 _NVFP4_BF16_SHIFTS = ((0, 0), (3, 3), (-3, 1), (6, 2))
-
-
-def _to_words_nvfp4_bf16(c):
-    """uint32 codes ``[Np, Kp]`` -> NVFP4 bf16-decode words ``[Np/64, Kp/16, 128]`` (layout: _NVFP4_BF16_SHIFTS)."""
-    np_, kp = c.shape
-    v = c.reshape(np_ // 64, 4, 2, 8, kp // 16, 2, 4, 2).transpose(0, 4, 1, 3, 6, 7, 5, 2)
-    v = v.reshape(np_ // 64, kp // 16, 128, 8)  # nibble p = 4 e + k holds register k's element e (as _to_words)
-    word = jnp.zeros(v.shape[:-1], jnp.uint32)
-    for k, (a, b) in enumerate(_NVFP4_BF16_SHIFTS):
-        for e in range(2):
-            code = v[..., 4 * e + k]
-            word = word | ((code & 7) << (6 - a + 16 * e)) | ((code >> 3) << (15 - b + 16 * e))
-    return word
 
 
 def _row_pairs(s):
@@ -238,12 +236,10 @@ def pack_w4(qt, dtype: str = "bf16") -> PackedW4:
     np_, kp = -(-n // 64) * 64, -(-k // 128) * 128
     codes = nx.unpack_nibbles(qt.data).astype(jnp.uint32)
     c = jnp.zeros((np_, kp), jnp.uint32).at[:n, : min(codes.shape[1], kp)].set(codes[:, :kp])
-    words = _to_words(c)
     if fmt == "nvfp4" and dtype == "bf16":
         sb = _bf16_scale_bytes(qt.scale.astype(jnp.float32))[:, : kp // 16]
         keep = jnp.repeat(qt.scale.astype(jnp.float32)[:, : kp // 16] != 0, 16, axis=1)[:, : c.shape[1]]
         c = c.at[:n, : keep.shape[1]].set(jnp.where(keep, c[:n, : keep.shape[1]], 0))  # zero scale: zero codes
-        words = _to_words_nvfp4_bf16(c)
         s = jnp.zeros((np_, kp // 16), jnp.uint16).at[:n, : sb.shape[1]].set(sb)
         pr = _row_pairs(s)
         scales = pr[..., 0] | (pr[..., 1] << 8)
@@ -262,6 +258,7 @@ def pack_w4(qt, dtype: str = "bf16") -> PackedW4:
         pr = _row_pairs(s16)
         scales = pr[..., 0] | (pr[..., 1] << 16)
         factor = jnp.float32(1.0)
+    words = _to_words(c, _NVFP4_BF16_SHIFTS if fmt == "nvfp4" and dtype == "bf16" else None)
     return PackedW4(words, scales, jnp.asarray(factor, jnp.float32), fmt, n, k, dtype)
 
 
@@ -323,7 +320,7 @@ def _bf16_round_np(x):
 
 
 def _emulate_decode_bf16(pw: PackedW4) -> np.ndarray:
-    """Bit-exact emulation of :func:`_nvfp4_bf16_asm` / :func:`_bf16_scale_pair_asm` / :func:`_int4_bf16_asm`."""
+    """Bit-exact emulation of :func:`_nvfp4_bf16_asm` / :func:`_bf16_scale_pair_asm` / :func:`_int4_asm`."""
     words = np.asarray(pw.codes, np.uint32)
     tiles, chunks = words.shape[:2]
     out = np.zeros((tiles, chunks, 64, 16), np.float32)
@@ -392,20 +389,6 @@ def _bf16_scale_pair_asm() -> str:
             f" mad.lo.u32 $0, q, 16, {hex(_BF16_SCALE_PAIR_BIAS)}; }}")
 
 
-def _int4_bf16_asm(k: int) -> str:
-    """PTX for bf16x2 register ``k`` of an INT4 chunk: codes word ``$1``, bf16x2 group scales ``$2``."""
-    half = "sl" if k in (0, 2) else "sh"
-    sh = f"shr.b32 t, $1, {4 * k};" if k else "mov.b32 t, $1;"
-    return ("{ .reg .b32 t, v, sd, c; .reg .b16 sl, sh;\n"
-            f" {sh}\n"
-            " lop3.b32 v, t, 0x000F000F, 0x43084308, 0x6A;\n"
-            " mov.b32 c, 0x43084308;\n"
-            " sub.rn.bf16x2 v, v, c;\n"
-            " mov.b32 {sl, sh}, $2;\n"
-            f" mov.b32 sd, {{{half}, {half}}};\n"
-            " mul.rn.bf16x2 $0, v, sd; }")
-
-
 def _e4m3_np(b):
     b = np.asarray(b, np.int64)
     e, m = (b >> 3) & 0xF, b & 7
@@ -430,18 +413,23 @@ def _nvfp4_asm(k: int) -> str:
             " mul.rn.f16x2 $0, v, sd; }")
 
 
-def _int4_asm(k: int) -> str:
-    """PTX for f16x2 register ``k`` of an INT4 chunk: codes word ``$1``, f16x2 group scales ``$2``."""
+def _int4_asm(k: int, bf16: bool = False) -> str:
+    """PTX for f16x2 (bf16x2 if ``bf16``) register ``k`` of an INT4 chunk: codes word ``$1``, group scales ``$2``.
+
+    ``(c & 15) ^ M`` read as a half is ``B + c - 8`` (M = f16 1032 / bf16 136 with the code's bias folded in);
+    subtracting ``B`` gives the signed code, times the group scale of the register's row.
+    """
     half = "sl" if k in (0, 2) else "sh"
     sh = f"shr.b32 t, $1, {4 * k};" if k else "mov.b32 t, $1;"
+    magic, ty = ("0x43084308", "bf16x2") if bf16 else ("0x64086408", "f16x2")
     return ("{ .reg .b32 t, v, sd, c; .reg .b16 sl, sh;\n"
             f" {sh}\n"
-            " lop3.b32 v, t, 0x000F000F, 0x64086408, 0x6A;\n"
-            " mov.b32 c, 0x64086408;\n"
-            " sub.rn.f16x2 v, v, c;\n"
+            f" lop3.b32 v, t, 0x000F000F, {magic}, 0x6A;\n"
+            f" mov.b32 c, {magic};\n"
+            f" sub.rn.{ty} v, v, c;\n"
             " mov.b32 {sl, sh}, $2;\n"
             f" mov.b32 sd, {{{half}, {half}}};\n"
-            " mul.rn.f16x2 $0, v, sd; }")
+            f" mul.rn.{ty} $0, v, sd; }}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -583,7 +571,7 @@ def _decode_fragment(fmt, codes_ref, scales_ref, lead=None, dtype="f16"):
             asm = _nvfp4_asm
         else:
             s = memref.load(scales_ref, [*pre, arith.constant(index, 0), sidx])
-            asm = _int4_bf16_asm if bf16 else _int4_asm
+            asm = functools.partial(_int4_asm, bf16=bf16)
         if bf16 and fmt == "nvfp4":
             pair = llvm.inline_asm(i32, [s], _bf16_scale_pair_asm(), "=r,r")
         for k, (c8, r8) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
@@ -630,11 +618,11 @@ def _plan(pw: PackedW4, b: int, cfg: MosaicConfig):
     n_steps = kp // bk
     groups = tiles // rows
     # a pipeline stage holds the codes, scales and token tile of one step: keep one CTA's stages in shared memory
-    step_bytes = rows * (bk // 16) * 128 * 4 + rows * (bk // 16 if pw.fmt == "nvfp4" else bk // 128) * 32 * (
-        2 if pw.fmt == "nvfp4" else 4) + tpad * bk * 2
+    sgroups = bk // 16 if pw.fmt == "nvfp4" else bk // 128  # scale entries per row pair and step
+    step_bytes = rows * (bk // 16) * 128 * 4 + rows * sgroups * 32 * (2 if pw.fmt == "nvfp4" else 4) + tpad * bk * 2
     stages = max(2, min(stages, _SMEM_PIPELINE_BYTES // step_bytes))
     plan = dict(tiles=tiles, kp=kp, np_=np_, tpad=tpad, rows=rows, bk=bk, stages=stages, kc=bk // 16,
-                n_steps=n_steps, groups=groups, sgroups=bk // 16 if pw.fmt == "nvfp4" else bk // 128)
+                n_steps=n_steps, groups=groups, sgroups=sgroups)
     if cfg.schedule == "grid":
         split = cfg.split_k or _auto_split(groups, n_steps)
         if n_steps % split:
@@ -826,7 +814,7 @@ def _stream_k_kernel(xs, pw, p, ws: bool, fused=None):
             first0 = lax.div(g0 * ns, per)
             np0 = lax.div(g0 * ns + ns - 1, per) - first0 + 1
             deferred = jnp.logical_and(np0 > 1, g0 * ns + ns - 1 < start + n - 1).astype(jnp.int32)
-            fixup_finish(ws_g, cnt, y_g, f_g, g0, c - first0, np0, deferred)
+            fixup_finish(ws_g, cnt, y_g, f_g, g0, np0, deferred)
 
     extra = dict(num_threads=rows + 1, thread_name="wg") if ws else {}
     if fused is not None:
@@ -863,8 +851,7 @@ def _fixup_finish_call(rows, tpad, slots, tiles, np_, b, out_dtype):
 
     scalar = plgpu.Layout.WG_SPLAT(())
     return plgpu.inline_mgpu(
-        arg_types=(plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), scalar, scalar, scalar,
-                   scalar),
+        arg_types=(plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), scalar, scalar, scalar),
         return_type=None,
     )(functools.partial(_fixup_finish_fragment, rows, tpad, slots, tiles, np_, b, jnp.dtype(out_dtype)))
 
@@ -874,10 +861,10 @@ class _FixupPtx:
 
     def __init__(self, tiles, np_, ws_ref, cnt_ref, y_ref, f_ref):
         from jax._src.lib.mlir import ir
-        from jax._src.lib.mlir.dialects import llvm
+        from jax._src.lib.mlir.dialects import arith, llvm
         from jax.experimental.mosaic.gpu import utils as mu
 
-        self.ir, self.mu, self.llvm = ir, mu, llvm
+        self.ir, self.mu, self.llvm, self.arith = ir, mu, llvm, arith
         self.i1, self.i16, self.i32, self.i64 = (ir.IntegerType.get_signless(w) for w in (1, 16, 32, 64))
         self.f32 = ir.F32Type.get()
         self.void = ir.Type.parse("!llvm.void")
@@ -885,12 +872,6 @@ class _FixupPtx:
         self.tid = self.arith.remui(mu.thread_idx(), self.c(128))
         self.ws, self.cnt, self.y, self.fp = (llvm.ptrtoint(self.i64, mu.memref_ptr(r))
                                               for r in (ws_ref, cnt_ref, y_ref, f_ref))
-
-    @property
-    def arith(self):
-        from jax._src.lib.mlir.dialects import arith
-
-        return arith
 
     def c(self, v, t=None):
         return self.mu.c(v, t or self.i32)
@@ -1025,15 +1006,14 @@ def _fixup_fragment(rows, tpad, slots, tiles, np_, b, out_dtype, ctx, accs, ws_r
 
 
 def _fixup_finish_fragment(rows, tpad, slots, tiles, np_, b, out_dtype, ctx, ws_ref, cnt_ref, y_ref, f_ref,
-                           g_fa, slot_fa, npieces_fa, pred_fa):
+                           g_fa, npieces_fa, pred_fa):
     """The deferred half of :func:`_fixup_fragment` for group ``g`` (where ``pred``): arrive on the counter and,
     if last, add every piece from the workspace (this CTA's own included) in slot order and store ``y``."""
     del ctx
     from jax._src.lib.mlir.dialects import arith
 
     x = _FixupPtx(tiles, np_, ws_ref, cnt_ref, y_ref, f_ref)
-    g, slot, npieces, pred = (v.registers.item() for v in (g_fa, slot_fa, npieces_fa, pred_fa))
-    del slot
+    g, npieces, pred = (v.registers.item() for v in (g_fa, npieces_fa, pred_fa))
     go = arith.cmpi(arith.CmpIPredicate.ne, pred, x.c(0))
     old = x.arrive(g, go)
     last = arith.andi(go, x.eq(old, arith.subi(npieces, x.c(1))))

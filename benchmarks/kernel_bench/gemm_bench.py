@@ -42,38 +42,8 @@ def _quant_weight(w, spec):
 
 
 def smoke(configs=None) -> dict:
-    res = {"cases": [], "failures": 0}
-    rng = np.random.default_rng(0)
-    configs = configs or [G.MosaicConfig()]
-    for spec in (NV1, I4):
-        for (n, k) in ((256, 512), (200, 300), (1024, 1024)):
-            w = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
-            try:
-                qt = _quant_weight(w, spec)
-                pw = G.pack_w4(qt)
-            except Exception as e:
-                res["failures"] += 1
-                res["cases"].append({"name": f"pack {spec.kind} {n}x{k}", "error": str(e)[:1500]})
-                traceback.print_exc()
-                continue
-            for b in (1, 3, 16, 33, 64):
-                x = jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16)
-                ref = jax.jit(G.w4a16_matmul_xla)(x, qt)
-                for cfg in configs:
-                    name = f"w4a16 {spec.kind} N={n} K={k} B={b} {cfg}"
-                    try:
-                        y = jax.jit(functools.partial(G.w4a16_matmul_mosaic, cfg=cfg))(x, pw)
-                        err = _rel(y, ref)
-                        ok = err < 2e-2
-                        res["cases"].append({"name": name, "rel_err": err, "ok": ok})
-                        res["failures"] += 0 if ok else 1
-                        print(f"  {name}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)
-                    except Exception as e:
-                        res["failures"] += 1
-                        res["cases"].append({"name": name, "error": f"{type(e).__name__}: {str(e)[:3000]}"})
-                        print(f"  {name}: ERROR {type(e).__name__}: {str(e)[:1500]}", flush=True)
-                        traceback.print_exc()
-    return res
+    """:func:`schedule_smoke` of the given configs (default ``MosaicConfig()``) on bf16-operand weights."""
+    return schedule_smoke([("bf16", c) for c in (configs or [G.MosaicConfig()])], out_name="gemm_smoke.json")
 
 
 def bench(configs=None, batches=(1, 4, 16)) -> dict:
