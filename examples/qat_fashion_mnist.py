@@ -1,6 +1,6 @@
 """Quantization-aware training with jq in a plain optax loop, on real Fashion-MNIST data.
 
-1. Train (or load from cache) the float CNN of ``jq.zoo.cnn``.
+1. Train (or load from cache) the float CNN of ``jq_zoo.cnn``.
 2. Post-training quantize it (default MXFP4 W4A4, which loses accuracy on this model) and evaluate.
 3. Fine-tune the fake-quantized model with optax (straight-through estimator) and evaluate again.
 
@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 import jq
-from jq.zoo.cnn import FashionCNN, accuracy, load_or_train_fashion_cnn
-from jq.zoo.fashion_mnist import load_fashion_mnist
+from jq_zoo.cnn import FashionCNN, accuracy, load_or_train_fashion_cnn
+from jq_zoo.fashion_mnist import load_fashion_mnist
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Check jq.zoo.minilm (plain JAX) against Hugging Face transformers' BertModel on real sentences.
+"""Check jq_zoo.minilm (plain JAX) against Hugging Face transformers' BertModel on real sentences.
 
 The reference needs torch and transformers, which are not jq dependencies, so the check runs in three
 steps that can use two environments:
@@ -17,7 +17,7 @@ import numpy as np
 
 
 def inputs(path):
-    from jq.zoo.minilm import model_dir, real_sentences, tokenize
+    from jq_zoo.minilm import model_dir, real_sentences, tokenize
 
     ids, mask = tokenize(real_sentences(limit=64))
     np.savez(path, ids=ids, mask=mask, model_dir=str(model_dir()))
@@ -40,7 +40,7 @@ def reference(path):
 def check(path):
     import jax.numpy as jnp
 
-    from jq.zoo.minilm import load_minilm, minilm_apply
+    from jq_zoo.minilm import load_minilm, minilm_apply
 
     d = dict(np.load(path))
     ours = np.asarray(minilm_apply(load_minilm(), jnp.asarray(d["ids"]), jnp.asarray(d["mask"])))

@@ -9,7 +9,8 @@ GPU kernels, ONNX Q/DQ export for TensorRT and a Q/DQ placement autotuner. The p
     jq.print_quant_summary(qm)
 """
 
-from jq import numerics, presets, qat, trace
+from jq import formats, numerics, presets, qat, trace
+from jq.calibrate import calibrate
 from jq.config import Algorithm, BlockSizes, QuantConfig, QuantizerSpec, as_config
 from jq.fake_quant import fake_quant, jq_fake_quant_p
 from jq.presets import (
@@ -33,16 +34,9 @@ from jq.presets import (
     get_preset,
     merge_presets,
 )
-from jq.quantize import (
-    QuantizedModel,
-    calibrate,
-    disable_quantizer,
-    enable_quantizer,
-    fold_weights,
-    print_quant_summary,
-    quant_summary,
-    quantize,
-)
+from jq.inspect import disable_quantizer, enable_quantizer, fold_weights, print_quant_summary, quant_summary
+from jq.model import QuantizedModel
+from jq.quantize import quantize
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The ``jq`` command (also ``python -m jq``).
+"""The ``jq-quant`` command (also ``python -m jq``; not ``jq``, which is the JSON processor's name).
 
 Subcommands:
   quantize   quantize a real model on real offline data with one or more presets; print the per-quantizer
@@ -7,7 +7,7 @@ Subcommands:
   analyze    print jq's trace report (sites, siblings, coupled dimensions) for a model
 
 Example:
-  python -m jq quantize --model fashion-cnn --preset INT8_DEFAULT_CFG --preset NVFP4_DEFAULT_CFG
+  jq-quant quantize --model fashion-cnn --preset INT8_DEFAULT_CFG --preset NVFP4_DEFAULT_CFG
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ import time
 __all__ = ["main"]
 
 MODELS = ("fashion-cnn",)
+_COMMANDS = (
+    ("quantize", "quantize a real model on real offline data and report accuracy per preset"),
+    ("presets", "list the presets with their formats and algorithms"),
+    ("analyze", "print jq's trace report (sites, siblings, coupled dimensions) for a model"),
+)
 
 
 def _load_model(name, args):
     if name != "fashion-cnn":
         raise SystemExit(f"unknown model {name!r}; available: {MODELS}")
-    from jq.zoo.cnn import FashionCNN, load_or_train_fashion_cnn
-    from jq.zoo.fashion_mnist import load_fashion_mnist
+    from jq_zoo.cnn import FashionCNN, load_or_train_fashion_cnn
+    from jq_zoo.fashion_mnist import load_fashion_mnist
 
     params, path = load_or_train_fashion_cnn(cache_dir=args.cache_dir, epochs=args.epochs, data_dir=args.data_dir)
     x_train, _ = load_fashion_mnist("train", args.data_dir)
@@ -37,15 +42,14 @@ def _load_model(name, args):
 
 def _cmd_quantize(args) -> int:
     import jq
-    from jq.zoo.cnn import accuracy
 
     apply_fn, params, calib, (x_test, y_test), path = _load_model(args.model, args)
     if args.limit:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
     presets = args.preset or ["INT8_DEFAULT_CFG", "FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG", "MXFP8_DEFAULT_CFG"]
-    base = accuracy(apply_fn, params, x_test, y_test)
     print(f"model {args.model} (params cached at {path}); calibration: {len(calib)} batches of "
           f"{args.calib_batch_size} training images; evaluation: {len(x_test)} test images")
+    base, _ = _evaluate(apply_fn, params, None, x_test, y_test, not args.quiet, "float32")
     rows = [("float32", "-", base, 0.0, 1.0)]
     for name in presets:
         cfg = jq.get_preset(name)
@@ -55,8 +59,7 @@ def _cmd_quantize(args) -> int:
         if not args.quiet:
             print(f"\n== {name} ==")
             jq.print_quant_summary(qm)
-        acc = accuracy(qm.apply, qm.params, x_test, y_test)
-        agree = _agreement(apply_fn, params, qm, x_test)
+        acc, agree = _evaluate(apply_fn, params, qm, x_test, y_test, not args.quiet, name)
         rows.append((name, f"{t_cal:.1f}s", acc, 100 * (base - acc), agree))
     w = max(len(r[0]) for r in rows) + 2
     print("\nresults (top-1 accuracy on the Fashion-MNIST test split)")
@@ -66,16 +69,24 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
-def _agreement(apply_fn, params, qm, images, batch=1000) -> float:
+def _evaluate(apply_fn, params, qm, images, labels, progress, desc, batch=1000) -> tuple[float, float]:
+    """Top-1 accuracy of ``qm`` (or of the float model when None) and its prediction agreement with the float
+    model, in jitted batches with a progress bar."""
     import jax
     import jax.numpy as jnp
 
-    f, g = jax.jit(apply_fn), jax.jit(qm.apply)
-    same = 0
-    for i in range(0, len(images), batch):
+    from jq.progress import progress as bar
+
+    f = jax.jit(apply_fn)
+    g = f if qm is None else jax.jit(qm.apply)
+    correct = same = 0
+    for i in bar(range(0, len(images), batch), desc=f"evaluate {desc}", enabled=progress, unit="batch"):
         xb = jnp.asarray(images[i:i + batch])
-        same += int(jnp.sum(jnp.argmax(f(params, xb), -1) == jnp.argmax(g(qm.params, xb), -1)))
-    return same / len(images)
+        ref = jnp.argmax(f(params, xb), -1)
+        pred = ref if qm is None else jnp.argmax(g(qm.params, xb), -1)
+        correct += int(jnp.sum(pred == jnp.asarray(labels[i:i + batch])))
+        same += int(jnp.sum(pred == ref))
+    return correct / len(images), same / len(images)
 
 
 def _cmd_presets(args) -> int:
@@ -108,26 +119,28 @@ def _cmd_analyze(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jq", description="jq: quantization toolkit for JAX")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="jq-quant", description="jq: quantization toolkit for JAX",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="subcommands:\n" + "\n".join(f"  {n:<10} {h}" for n, h in _COMMANDS))
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(n for n, _ in _COMMANDS) + "}")
 
     def model_args(sp):
-        sp.add_argument("--model", default="fashion-cnn", choices=MODELS)
+        sp.add_argument("--model", default="fashion-cnn", choices=MODELS, help="the model to quantize")
         sp.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
         sp.add_argument("--cache-dir", default=None, help="where the trained float model is cached")
         sp.add_argument("--epochs", type=int, default=3, help="training epochs for the float model")
-        sp.add_argument("--calib-batches", type=int, default=8)
-        sp.add_argument("--calib-batch-size", type=int, default=128)
+        sp.add_argument("--calib-batches", type=int, default=8, help="number of calibration batches")
+        sp.add_argument("--calib-batch-size", type=int, default=128, help="images per calibration batch")
 
-    q = sub.add_parser("quantize", help="quantize a real model and report accuracy")
+    q = sub.add_parser("quantize", help=dict(_COMMANDS)["quantize"])
     model_args(q)
     q.add_argument("--preset", action="append", help="preset name (repeatable); default INT8, FP8, NVFP4, MXFP8")
     q.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
     q.add_argument("--quiet", action="store_true", help="no per-quantizer summary or progress bars")
     q.set_defaults(func=_cmd_quantize)
-    pr = sub.add_parser("presets", help="list the presets")
+    pr = sub.add_parser("presets", help=dict(_COMMANDS)["presets"])
     pr.set_defaults(func=_cmd_presets)
-    a = sub.add_parser("analyze", help="print the trace report of a model")
+    a = sub.add_parser("analyze", help=dict(_COMMANDS)["analyze"])
     model_args(a)
     a.set_defaults(func=_cmd_analyze)
     return p
@@ -138,5 +151,5 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except FileNotFoundError as e:
-        print(f"jq: {e}", file=sys.stderr)
+        print(f"jq-quant: {e}", file=sys.stderr)
         return 1

@@ -19,10 +19,15 @@ take their defaults, ``enable`` defaults to True). A list of specs makes a seque
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
+import functools
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
+
+from jq import formats
+from jq.calib import calibrators
 
 __all__ = [
     "BlockSizes",
@@ -32,7 +37,6 @@ __all__ = [
     "as_config",
     "QUANTIZER_SLOTS",
     "DEFAULT_EXCLUSION_PATTERNS",
-    "KNOWN_ALGORITHMS",
 ]
 
 # Quantizer name suffixes jq creates, as ModelOpt's QuantLinear / attention modules do.
@@ -71,22 +75,9 @@ DEFAULT_EXCLUSION_PATTERNS = frozenset(
         "*visual*",
     }
 )
-KNOWN_ALGORITHMS = (
-    None,
-    "max",
-    "smoothquant",
-    "awq_lite",
-    "awq_clip",
-    "awq_full",
-    "percentile",
-    "entropy",
-    "mse",
-    "svdquant",
-)
 
 _FP_NAMES = {"e4m3": (4, 3), "e5m2": (5, 2), "e2m1": (2, 1), "fp8": (4, 3), "fp4": (2, 1)}
 _INT_NAMES = {f"int{b}": b for b in range(2, 9)}
-_SUPPORTED_FP = {(4, 3), (5, 2), (2, 1)}
 _MODELOPT_FP = {(4, 3), (5, 2), (2, 1), (1, 2), (0, 3), (3, 0), (3, 2), (2, 3)}
 _BLOCK_STRING_KEYS = ("type", "scale_bits", "scale_block_sizes")
 
@@ -176,7 +167,8 @@ class QuantizerSpec:
 
     Axes of a weight quantizer refer to the canonical ``[out_features, in_features]`` view of the weight
     (in = the contracting dimensions), so ModelOpt configs carry over verbatim; axes of an activation
-    quantizer refer to the activation as it is.
+    quantizer refer to the activation as it is. The numeric format is an object (:attr:`format`, from
+    :mod:`jq.formats`) resolved once from ``num_bits`` and ``block_sizes``.
 
     Attributes:
       num_bits: ``8`` (INT8), ``4``, ``(4, 3)`` E4M3, ``(5, 2)`` E5M2, ``(2, 1)`` E2M1 (with block scales).
@@ -186,7 +178,7 @@ class QuantizerSpec:
       unsigned, narrow_range: integer range options.
       fake_quant: True quantize-dequantizes in float; False marks the tensor for real quantization.
       type: ``"static"`` or ``"dynamic"`` (per-call amax, no calibration).
-      calibrator: ``"max"`` or ``"histogram"``.
+      calibrator: how a static amax is calibrated (:mod:`jq.calib.calibrators`): ``"max"``.
       pass_through_bwd: True: plain straight-through gradient; False: clipped STE (zero where ``|x| > amax``).
       rotate: apply a normalized Hadamard rotation to the last axis before quantizing (QuaRot-style).
       trt_high_precision_dtype: ``"Float"``, ``"Half"`` or ``"BFloat16"`` for exported Q/DQ nodes.
@@ -226,107 +218,59 @@ class QuantizerSpec:
                 raise ValueError(f"{field} must be a bool, got {getattr(self, field)!r}")
         if self.type not in ("static", "dynamic"):
             raise ValueError(f"type must be 'static' or 'dynamic', got {self.type!r}")
-        if self.calibrator not in ("max", "histogram"):
-            raise ValueError(f"calibrator must be 'max' or 'histogram', got {self.calibrator!r}")
+        calibrators.check(self.calibrator)
         if self.trt_high_precision_dtype not in ("Float", "Half", "BFloat16"):
             raise ValueError(f"trt_high_precision_dtype must be 'Float', 'Half' or 'BFloat16', "
                              f"got {self.trt_high_precision_dtype!r}")
-        self._validate()
-
-    def _validate(self):
-        nb, bs = self.num_bits, self.block_sizes
-        if bs is not None and self.axis is not None:
+        if self.effective_bits is not None and (isinstance(self.effective_bits, bool)
+                                                or not isinstance(self.effective_bits, (int, float))
+                                                or self.effective_bits <= 0):
+            raise ValueError(f"effective_bits must be a positive number or None, got {self.effective_bits!r}")
+        if self.block_sizes is not None and self.axis is not None:
             raise ValueError("axis must be None when block_sizes is set (they are exclusive), "
-                             f"got axis={self.axis!r} and block_sizes={bs.to_dict()!r}")
-        if isinstance(nb, tuple):
-            if nb not in _MODELOPT_FP:
-                raise ValueError(f"num_bits={nb}: supported FPx formats are E4M3 (4, 3), E5M2 (5, 2), E2M1 (2, 1)")
-            if nb not in _SUPPORTED_FP:
-                raise ValueError(f"num_bits={nb} (FP6/FP4 variants) is valid in ModelOpt but not implemented in jq; "
-                                 f"supported: {sorted(_SUPPORTED_FP)}")
-            if self.unsigned or self.narrow_range:
-                raise ValueError("unsigned and narrow_range apply to integer quantization only")
-            if nb == (2, 1) and (bs is None or bs.type != "dynamic" and self.type != "dynamic" or bs.scale_bits is None):
-                raise ValueError("num_bits=(2, 1) (E2M1) needs dynamic block scales: block_sizes={-1: 16, "
-                                 "'type': 'dynamic', 'scale_bits': (4, 3)} (NVFP4) or {-1: 32, ..., (8, 0)} (MXFP4)")
-        elif nb > 8 and self.enable:
-            raise ValueError(f"num_bits={nb}: integer quantization supports 1..8 bits in jq")
-        if bs is not None:
-            dynamic = bs.type == "dynamic" or self.type == "dynamic"
-            if bs.scale_bits is not None:
-                if not dynamic:
-                    raise ValueError("block_sizes with scale_bits (double quantization) must be 'type': 'dynamic'")
-                if bs.scale_bits == (8, 0):
-                    if bs.axes != {-1: 32}:
-                        raise ValueError(f"MX formats use blocks of 32 along the last axis, got {bs.axes}")
-                    if nb not in ((4, 3), (2, 1), 8):
-                        raise ValueError(f"E8M0 block scales support MXFP8 (4, 3), MXFP4 (2, 1), MXINT8 8; got {nb}")
-                else:  # E4M3 block scales: NVFP4
-                    if nb != (2, 1):
-                        raise ValueError(f"E4M3 block scales (4, 3) are NVFP4's and need num_bits=(2, 1), got {nb}")
-                    if bs.axes not in ({-1: 16}, {-1: 16, -2: 16}):
-                        raise ValueError(f"NVFP4 uses 1D blocks {{-1: 16}} or 2D {{-1: 16, -2: 16}}, got {bs.axes}")
-            elif dynamic and any(v is not None for v in bs.axes.values()) and len(bs.axes) > 1:
-                raise ValueError("dynamic block quantization without scale_bits supports the last axis only")
+                             f"got axis={self.axis!r} and block_sizes={self.block_sizes.to_dict()!r}")
+        if isinstance(self.num_bits, tuple) and self.num_bits not in _MODELOPT_FP:
+            raise ValueError(f"num_bits={self.num_bits}: supported FPx formats are E4M3 (4, 3), E5M2 (5, 2), "
+                             f"E2M1 (2, 1) with block scales, and (3, 2) / (2, 3) (MXFP6)")
+        if self.num_bits == (2, 1) and (self.block_sizes is None or self.block_sizes.scale_bits is None):
+            raise ValueError("num_bits=(2, 1) (E2M1) needs dynamic block scales: block_sizes={-1: 16, "
+                             "'type': 'dynamic', 'scale_bits': (4, 3)} (NVFP4) or {-1: 32, ..., (8, 0)} (MXFP4)")
+        self.format.validate(self)  # resolving raises ValueError naming the supported formats
 
-    # -- derived properties -------------------------------------------------------------------------
+    # -- the format and what it derives ---------------------------------------------------------------
+    @functools.cached_property
+    def format(self) -> formats.Format:
+        """The format object serving this spec (:mod:`jq.formats`)."""
+        return formats.resolve(self)
+
     @property
     def is_dynamic(self) -> bool:
-        """True when the scale comes from the tensor at each call (no calibrated amax)."""
-        return self.type == "dynamic" or (self.block_sizes is not None and self.block_sizes.type == "dynamic")
+        """True when the scale comes from the tensor at each call (no calibrated amax for the elements)."""
+        return self.format.is_dynamic(self)
 
     @property
     def kind(self) -> str:
-        """The numeric format: ``int``, ``fp8``, ``nvfp4``, ``mxfp8``, ``mxfp4`` or ``mxint8``."""
-        bs = self.block_sizes
-        if bs is not None and bs.scale_bits == (8, 0):
-            return {(4, 3): "mxfp8", (2, 1): "mxfp4", 8: "mxint8"}[self.num_bits]
-        if bs is not None and bs.scale_bits == (4, 3):
-            return "nvfp4"
-        return "int" if isinstance(self.num_bits, int) else "fp8"
-
-    @property
-    def fp8_name(self) -> str:
-        return {(4, 3): "e4m3", (5, 2): "e5m2"}[self.num_bits]
+        """The format's name: ``int``, ``fp8``, ``nvfp4``, ``mxfp8``, ``mxfp4``, ``mxint8``, ``mxfp6_e3m2`` ..."""
+        return self.format.name
 
     @property
     def bits_per_element(self) -> float:
         """Storage cost per element including scales (NVFP4 4.5, MX 4.25/8.25), or ``effective_bits``."""
         if self.effective_bits is not None:
             return float(self.effective_bits)
-        return {"nvfp4": 4.5, "mxfp4": 4.25, "mxfp8": 8.25, "mxint8": 8.25, "fp8": 8.0}.get(
-            self.kind, float(self.num_bits) if isinstance(self.num_bits, int) else 8.0)
+        return self.format.bits_per_element(self)
 
     def describe(self) -> str:
-        """Short human-readable format, e.g. ``int8 per-axis(0)`` or ``nvfp4 b16``."""
-        kind = self.kind
-        if kind == "int":
-            head = f"{'u' if self.unsigned else ''}int{self.num_bits}"
-        elif kind == "fp8":
-            head = self.fp8_name
-        else:
-            head = kind
-        if self.block_sizes is not None:
-            axes = self.block_sizes.axes
-            if kind in ("nvfp4", "mxfp8", "mxfp4", "mxint8"):
-                gran = "b" + "x".join(str(axes[a]) for a in sorted(axes))
-                gran += " dyn-global" if kind == "nvfp4" and self.type == "dynamic" else ""
-            elif all(v is None for v in axes.values()):
-                gran = "per-token"
-            else:
-                gran = "b" + "x".join(str(axes[a]) for a in sorted(axes))
-            gran += " dyn" if self.is_dynamic and kind not in ("nvfp4", "mxfp8", "mxfp4", "mxint8") else ""
-        elif self.axis is not None:
-            gran = f"per-axis{self.axis}"
-        else:
-            gran = "per-tensor"
-        return f"{head} {gran}"
+        """Short human-readable format, e.g. ``int8 per-axis0`` or ``nvfp4 b16``."""
+        return self.format.describe(self)
 
     # -- conversion -------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping, *, where: str = "") -> QuantizerSpec:
         """Build from a ModelOpt attribute dict; unknown keys raise ``ValueError`` naming the allowed ones."""
-        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}expected a dict of quantizer fields, got {type(d).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
         ignored = {"learn_amax", "bias"}  # ModelOpt fields with no jq meaning: accepted only at defaults
         kwargs = {}
         for k, v in d.items():
@@ -337,20 +281,27 @@ class QuantizerSpec:
                     raise ValueError(f"{where}affine 'bias' quantization is not supported by jq")
                 continue
             if k not in fields:
-                raise ValueError(f"{where}unknown QuantizerSpec field {k!r}; allowed: {sorted(fields)}")
+                raise ValueError(f"{where}unknown QuantizerSpec field {k!r}{did_you_mean(k, fields)}; "
+                                 f"allowed: {sorted(fields)}")
             kwargs[k] = v
         try:
             return cls(**kwargs)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise ValueError(f"{where}{e}") from None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["block_sizes"] = None if self.block_sizes is None else self.block_sizes.to_dict()
         return d
 
     def replace(self, **changes) -> QuantizerSpec:
         return dataclasses.replace(self, **changes)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 Entry = Union[QuantizerSpec, tuple, bool]  # spec, sequential specs, or an enable flag
@@ -376,8 +327,8 @@ class Algorithm:
             method = options.pop("method")
         else:
             raise ValueError(f"algorithm must be None, a name or a dict with 'method', got {value!r}")
-        if method not in KNOWN_ALGORITHMS:
-            raise ValueError(f"unknown algorithm {method!r}; known: {[m for m in KNOWN_ALGORITHMS if m]} or None")
+        if method is not None and not isinstance(method, str):
+            raise ValueError(f"algorithm method must be a name or None, got {method!r}")
         return cls(method, tuple(sorted(options.items())))
 
     @property

@@ -1,18 +1,19 @@
 """Real-quantized inference: turn a calibrated :class:`~jq.QuantizedModel` into a function that runs on stored
 quantized weights.
 
-:func:`realize` quantizes every eligible linear site's weight once and serves the site through the transform's
-``site_impls`` hook:
+:func:`realize` quantizes every eligible linear site's weight once and serves the site through a handler
+(:class:`RealQuant`) that calls the real-quantized linear layer the weight's format offers
+(:meth:`jq.formats.Format.linear_kernel`, :mod:`jq.formats.linear`):
 
 =========================  =====================================================================================
 site config                real-quantized implementation
 =========================  =====================================================================================
 FP8 weight + FP8 input     E4M3 weight ``[N, K]`` (K-major) and the activation quantized per tensor with its
 (per tensor, static)       calibrated amax (fused kernel on GPU); one fp8 ``dot_general`` that XLA runs as
-                           cuBLASLt's fp8 GEMM (:func:`kernels.gemm.fp8_linear`)
-NVFP4 weight (1D blocks),  weights packed for the W4A16 decode GEMM (:func:`kernels.gemm.pack_w4`); the Mosaic GPU
-input off or NVFP4         kernel for up to 64 tokens per call (prefill loops over 64-token chunks); an NVFP4 input
-                           quantizer runs as fused fake-quant on the activation first (Hopper has no FP4 MMA)
+                           cuBLASLt's fp8 GEMM
+NVFP4 weight (1D blocks),  weights packed for the W4A16 decode GEMM; the Mosaic GPU kernel for up to 64 tokens per
+input off or NVFP4         call (prefill loops over 64-token chunks); an NVFP4 input quantizer runs as fused
+                           fake-quant on the activation first (Hopper has no FP4 MMA)
 INT4 weight, blocks of     the same decode GEMM, INT4 variant
 128, input off
 anything else              the fake-quant evaluation of ``qm.apply`` (unchanged)
@@ -20,7 +21,7 @@ anything else              the fake-quant evaluation of ``qm.apply`` (unchanged)
 
 On a CPU (or with ``backend="xla"``) the W4A16 sites use the reference path ``x @ dequantize(W).T``, so the
 realized model runs everywhere; on a GPU the kernels run. Outputs match ``qm.apply`` to GEMM accumulation order
-(see ``tests/kernels/test_deploy.py``: relative error below 1e-2 in bf16, below 1e-5 in f32 on CPU).
+(see ``tests/test_deploy.py``: relative error below 1e-2 in bf16, below 1e-5 in f32 on CPU).
 
 Example::
 
@@ -32,46 +33,28 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
-from jq.calib.max import weight_operand
+from jq import backends
+from jq.calib.weights import weight_operand
+from jq.handlers.apply import FakeQuant
 from jq.trace.sites import ParamOrigin
 
-__all__ = ["RealizedModel", "realize", "site_plan"]
+__all__ = ["RealizedModel", "RealQuant", "realize", "site_plan", "site_kernels"]
 
 
-def _default_backend() -> str:
-    return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
-
-
-def _spec(qm, name):
+def _single(qm, name):
+    """The one enabled stage of a quantizer (None when off; sequential quantizers are not served)."""
     s = qm.spec(name)
     if isinstance(s, tuple):
         return None if len(s) != 1 else s[0]
     return s
 
 
-def _is_fp8_tensor(s):
-    return s is not None and s.kind == "fp8" and s.fp8_name == "e4m3" and s.axis is None and s.block_sizes is None \
-        and not s.rotate
-
-
-def _is_nvfp4_1d(s):
-    return s is not None and s.kind == "nvfp4" and len(s.block_sizes.sizes) == 1 and not s.rotate
-
-
-def _is_int4_g128(s):
-    if s is None or s.kind != "int" or s.num_bits != 4 or s.block_sizes is None or s.rotate:
-        return False
-    sizes = dict(s.block_sizes.sizes)
-    return sizes == {-1: 128} and not s.unsigned
-
-
-def _linear_layout(site):
+def _linear_layout(site) -> bool:
     """True for ``x[..., K...] . W[K..., N...]`` sites (activation lhs, weight rhs, no batch dims)."""
     if site.primitive != "dot_general" or site.kind != "linear" or site.weight_operand != 1:
         return False
@@ -85,26 +68,61 @@ def _linear_layout(site):
     return tuple(lc) == tuple(range(len(xs) - nk, len(xs))) and tuple(rc) == tuple(range(nk)) and len(ws) > nk
 
 
-def site_plan(qm, traced=None) -> dict:
-    """``{site name: "fp8" | "nvfp4_w4a16" | "int4_w4a16" | "fake"}`` for the model's linear sites."""
+def site_kernels(qm, traced=None) -> dict:
+    """``{site name: linear kernel}`` for the linear sites a real-quantized kernel can serve.
+
+    A site is served when its weight is one params leaf used as ``x @ W``, its output quantizer is off, it has no
+    ``pre_quant_scale`` (SmoothQuant/AWQ sites stay on fake quant), and the weight's format offers a kernel for
+    its weight and input specs.
+    """
     traced = traced or qm.traced
-    plan = {}
+    out = {}
     for site in traced.sites:
-        if site.kind == "bmm":
+        if site.kind == "bmm" or not _linear_layout(site):
             continue
-        w = _spec(qm, f"{site.name}.weight_quantizer")
-        x = _spec(qm, f"{site.name}.input_quantizer")
-        out = _spec(qm, f"{site.name}.output_quantizer")
-        kind = "fake"
-        if _linear_layout(site) and out is None:
-            if _is_fp8_tensor(w) and _is_fp8_tensor(x) and not x.is_dynamic:
-                kind = "fp8"
-            elif _is_nvfp4_1d(w) and (x is None or _is_nvfp4_1d(x)):
-                kind = "nvfp4_w4a16"
-            elif _is_int4_g128(w) and x is None:
-                kind = "int4_w4a16"
-        plan[site.name] = kind
-    return plan
+        w = _single(qm, f"{site.name}.weight_quantizer")
+        x = _single(qm, f"{site.name}.input_quantizer")
+        if w is None or _single(qm, f"{site.name}.output_quantizer") is not None:
+            continue
+        if qm.qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale") is not None:
+            continue
+        kernel = w.format.linear_kernel(w, x)
+        if kernel is not None:
+            out[site.name] = kernel
+    return out
+
+
+def site_plan(qm, traced=None) -> dict:
+    """``{site name: kernel name}`` for every linear site (``"fake"`` where no kernel serves it)."""
+    traced = traced or qm.traced
+    kernels = site_kernels(qm, traced)
+    return {s.name: kernels[s.name].name if s.name in kernels else "fake" for s in traced.sites if s.kind != "bmm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RealQuant(FakeQuant):
+    """Serves the sites in ``kernels`` with their real-quantized linear layer on stored ``weights``; every other
+    site (and every other quantizer) is fake-quantized as in :class:`~jq.handlers.FakeQuant`."""
+
+    kernels: Mapping = dataclasses.field(default_factory=dict)
+    weights: Mapping = dataclasses.field(default_factory=dict)
+    platform: str = "cpu"
+
+    def site(self, call):
+        name = call.site.name
+        kernel = self.kernels.get(name)
+        if kernel is None or name not in self.weights:
+            return call.default()
+        x = call.invals[0]
+        if not kernel.quantizes_input:  # e.g. NVFP4 activations: fake quant before the W4A16 GEMM
+            x = call.quantize("input_quantizer", 0, x)
+        nk = len(call.site.params["dimension_numbers"][0][0])
+        lead = x.shape[: x.ndim - nk]
+        x2 = x.reshape(-1, math.prod(x.shape[x.ndim - nk:]))
+        amax = call.qstate.get(f"{name}.input_quantizer", {}).get("amax")
+        y = kernel.apply(x2, self.weights[name], input_amax=amax, platform=self.platform)
+        out = call.eqn.outvars[0].aval
+        return [y.reshape(tuple(lead) + tuple(out.shape[len(lead):])).astype(out.dtype)]
 
 
 @dataclasses.dataclass
@@ -113,9 +131,9 @@ class RealizedModel:
 
     Attributes:
       qm: the calibrated QuantizedModel it was made from (its params serve the non-quantized layers).
-      weights: ``{site name: stored quantized weight}`` (FP8 ``(w_q, 1/s_w)``, :class:`kernels.gemm.PackedW4`,
-        or a QTensor on the reference path).
-      plan: ``{site name: kind}`` (see :func:`site_plan`).
+      weights: ``{site name: stored quantized weight}`` (FP8 ``(w_q, 1/s_w)``, the decode-GEMM layout, or a
+        QTensor on the reference path).
+      plan: ``{site name: kernel name or "fake"}``.
       backend: ``"gpu"`` (kernels) or ``"xla"`` (reference W4A16 path).
     """
 
@@ -123,6 +141,7 @@ class RealizedModel:
     weights: dict
     plan: dict
     backend: str
+    kernels: dict = dataclasses.field(default_factory=dict)
 
     @property
     def params(self):
@@ -138,63 +157,8 @@ class RealizedModel:
         return self.apply(self.weights, self.qm.params, *args, **kwargs)
 
     def apply(self, weights, params, *args, **kwargs):
-        from jq.transform import Evaluator
-
-        qm = self.qm
-        traced, flat = qm.trace(*args, params=params, **kwargs)
-        names = {s.name for s in traced.sites}
-        impls = {name: _make_impl(kind, weights[name], self.backend, _spec(qm, f"{name}.input_quantizer"))
-                 for name, kind in self.plan.items() if kind != "fake" and name in weights and name in names}
-        outs = Evaluator(traced, qm.specs(traced), qm.qstate, "apply", site_impls=impls).run(flat)
-        return jax.tree_util.tree_unflatten(traced.out_tree, outs)
-
-
-def _make_impl(kind, stored, backend, xspec):
-    from kernels import gemm as G
-
-    def impl(eqn, site, invals, qstate):
-        x = invals[0]
-        out = eqn.outvars[0].aval
-        nk = len(site.params["dimension_numbers"][0][0])
-        lead = x.shape[: x.ndim - nk]
-        k = 1
-        for d in x.shape[x.ndim - nk:]:
-            k *= int(d)
-        x2 = x.reshape(-1, k)
-        if kind == "fp8":
-            w_q, w_inv = stored
-            amax = jnp.reshape(qstate[f"{site.name}.input_quantizer"]["amax"], ())
-            qx = None
-            if backend == "gpu":
-                from kernels.fp8 import fp8_quantize
-
-                def qx(v, a):
-                    return fp8_quantize(v, a, interpret=False)
-            y = G.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=qx)
-        else:
-            if xspec is not None:  # NVFP4 activations (W4A4 on Hopper: activation fake-quant + W4A16 GEMM)
-                from jq.fake_quant import fake_quant
-
-                x2 = fake_quant(x2, qstate.get(f"{site.name}.input_quantizer", {}).get("amax"), spec=xspec)
-            if isinstance(stored, G.PackedW4):
-                y = G.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
-            elif x2.dtype == jnp.float32:
-                y = _f32_ref(x2, stored)
-            else:
-                y = G.w4a16_matmul_xla(x2, stored, out_dtype=jnp.float32)
-        return [y.reshape(tuple(lead) + tuple(out.shape[len(lead):])).astype(out.dtype)]
-
-    impl.kind = kind
-    return impl
-
-
-def _f32_ref(x2, qt):
-    """Reference W4A16 in float32 (CPU tests): ``x @ dequantize(W).T`` at highest precision."""
-    from jq.qtensor import dequantize
-
-    w = dequantize(qt, jnp.float32)
-    return lax.dot_general(x2, w, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
-                           preferred_element_type=jnp.float32)
+        platform = "gpu" if self.backend == "gpu" else "cpu"
+        return self.qm.evaluate(RealQuant(self.kernels, weights, platform), params, *args, **kwargs)
 
 
 def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> RealizedModel:
@@ -203,51 +167,38 @@ def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> 
     Args:
       qm: a calibrated QuantizedModel (weights quantized with their calibrated amax; activations with theirs).
       backend: ``"gpu"`` (Mosaic W4A16 kernel and FP8 kernels; default on a GPU) or ``"xla"`` (reference
-        W4A16 path through XLA; default elsewhere). FP8 sites use XLA's fp8 ``dot_general`` on both. The W4A16
-        implementation comes from the kernel registry (``kernels.registry.use("w4a16_matmul", "nvfp4", "gpu",
-        "xla")`` keeps the XLA path on a GPU).
-      sites: optional ``{site name: kind}`` overrides of :func:`site_plan` (``"fake"`` keeps a site on fake quant).
-
-    Sites whose input quantizer has a ``pre_quant_scale`` (SmoothQuant/AWQ), layer-scanned weights and
-    non-``x @ W`` layouts stay on fake quant.
+        W4A16 path through XLA; default elsewhere). FP8 sites use XLA's fp8 ``dot_general`` on both.
+        ``JQ_KERNELS=reference`` keeps the XLA path on a GPU.
+      sites: optional ``{site name: "fake"}`` overrides keeping sites on fake quant (or naming the kernel the
+        plan already chose).
     """
-    from kernels import gemm as G
-    from kernels import registry
-    from kernels.dispatch import quantize, w4a16_pack_fn
-
-    backend = backend or _default_backend()
+    backend = backend or ("gpu" if backends.platform() == "gpu" else "xla")
+    if backend not in ("gpu", "xla"):
+        raise ValueError(f"backend must be 'gpu' or 'xla', got {backend!r}")
+    platform = "gpu" if backend == "gpu" else "cpu"
     traced = qm.traced
+    kernels = site_kernels(qm, traced)
     plan = site_plan(qm, traced)
-    for name in plan:
-        if qm.qstate.get(f"{name}.input_quantizer", {}).get("pre_quant_scale") is not None:
-            plan[name] = "fake"
-    if sites:
-        for k, v in sites.items():
-            if k not in plan:
-                raise ValueError(f"unknown site {k!r}; sites: {sorted(plan)}")
-            if v not in ("fake", plan[k]):
-                raise ValueError(f"site {k!r} can be served as {plan[k]!r} or 'fake', not {v!r}")
-            plan[k] = v
+    for k, v in (sites or {}).items():
+        if k not in plan:
+            raise ValueError(f"unknown site {k!r}; sites: {sorted(plan)}")
+        if v not in ("fake", plan[k]):
+            raise ValueError(f"site {k!r} can be served as {plan[k]!r} or 'fake', not {v!r}")
+        plan[k] = v
+        if v == "fake":
+            kernels.pop(k, None)
     leaves = jax.tree_util.tree_leaves(qm.params)
     weights = {}
-    qbackend = "gpu" if backend == "gpu" else "cpu"
     for site in traced.sites:
-        kind = plan.get(site.name, "fake")
-        if kind == "fake":
+        kernel = kernels.get(site.name)
+        if kernel is None:
             continue
         w, _ = weight_operand(site.weight, leaves)
         nk = len(site.params["dimension_numbers"][0][0])
-        k = 1
-        for d in site.shapes[0][len(site.shapes[0]) - nk:]:
-            k *= int(d)
+        k = math.prod(int(d) for d in site.shapes[0][len(site.shapes[0]) - nk:])
         wc = site.view.to_canonical(w).reshape(-1, k)  # [N, K]: out features first, contracting dims last
-        wspec = _spec(qm, f"{site.name}.weight_quantizer")
+        wspec = _single(qm, f"{site.name}.weight_quantizer")
         amax = qm.qstate.get(f"{site.name}.weight_quantizer", {}).get("amax")
-        if kind == "fp8":
-            weights[site.name] = G.prepare_fp8_weight(wc, jnp.reshape(amax, ()))
-            continue
-        qt = quantize(wc, wspec, amax, backend=qbackend)
-        fmt = "nvfp4" if kind == "nvfp4_w4a16" else "int4"
-        impl = registry.select("w4a16_matmul", fmt, "gpu" if backend == "gpu" else "cpu")
-        weights[site.name] = w4a16_pack_fn(impl)(qt)  # PackedW4 for the Mosaic kernel, else the QTensor
-    return RealizedModel(qm, weights, plan, backend)
+        qt = backends.quantize(wc, wspec, amax, platform)
+        weights[site.name] = kernel.prepare(qt, platform)
+    return RealizedModel(qm, weights, plan, backend, kernels)

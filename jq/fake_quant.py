@@ -5,7 +5,7 @@ A primitive (not a ``custom_vjp`` over jnp ops) so that exporters see it and low
 Rules, side by side as in ``jax._src``:
 
 * impl / lowering: :func:`jq.quantizer.fake_quant_reference` on the canonical view of the operand, or the
-  kernel :mod:`kernels.registry` selects for the platform;
+  kernel :mod:`jq.backends` selects for the platform;
 * abstract eval: same shape and dtype as ``x``;
 * batching: the mapped axis becomes a leading batch axis of the canonical view (kept separate in every
   statistic), an unbatched amax is broadcast along it;
@@ -22,9 +22,9 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 from jax.interpreters import ad, batching, mlir
 
+from jq import backends
 from jq.config import QuantizerSpec
-from jq.quantizer import CanonicalView, clip_mask, fake_quant_reference
-from kernels import registry
+from jq.quantizer import CanonicalView, clip_mask
 
 __all__ = ["jq_fake_quant_p", "fake_quant"]
 
@@ -50,32 +50,19 @@ def fake_quant(x: jax.Array, amax: jax.Array | None = None, *, spec: QuantizerSp
     return jq_fake_quant_p.bind(*operands, spec=spec, view=view)
 
 
-def _reference_impl(x, *amax, spec: QuantizerSpec, view: CanonicalView):
-    a = amax[0] if amax else None
-    if view.is_identity:
-        return fake_quant_reference(x, spec, a, batch=view.batch)
-    c = view.to_canonical(x)
-    return view.from_canonical(fake_quant_reference(c, spec, a, batch=view.batch), x.shape)
-
-
-for _backend in registry.BACKENDS:
-    registry.register("fake_quant", "*", _backend, "reference", priority=-1,
-                      note="jq.numerics reference in jnp")(_reference_impl)
-
-
 def _impl(*args, spec, view):
-    return _reference_impl(*args, spec=spec, view=view)
+    return backends.reference_fake_quant(*args, spec=spec, view=view)
 
 
 def _abstract_eval(x, *amax, spec, view):
     return jcore.ShapedArray(x.shape, x.dtype) if hasattr(jcore, "ShapedArray") else jax.core.ShapedArray(x.shape, x.dtype)
 
 
-def _lowering(backend):
+def _lowering(platform):
     def lower(ctx, *args, spec, view):
         avals = ctx.avals_in
-        impl = registry.select("fake_quant", spec.kind, backend, spec=spec, view=view,
-                               shape=tuple(avals[0].shape), dtype=avals[0].dtype, has_amax=len(args) > 1)
+        impl = backends.select("fake_quant", spec, platform, view=view, shape=tuple(avals[0].shape),
+                               dtype=avals[0].dtype, has_amax=len(args) > 1)
         fn = functools.partial(impl.fn, spec=spec, view=view)
         return mlir.lower_fun(fn, multiple_results=False)(ctx, *args)
     return lower

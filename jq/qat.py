@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jq.calib.max import calibrate_weights
+from jq.calib.weights import calibrate_weights
 
 __all__ = ["ste_gradient", "make_train_step", "recalibrate_weights"]
 

@@ -1,9 +1,9 @@
 """What a :class:`~jq.config.QuantizerSpec` does to a tensor: the reference semantics of one quantizer.
 
-This module maps a spec onto the format functions of :mod:`jq.numerics`. It decides the amax a quantizer
-calibrates (per tensor, per axis, per static block, or the NVFP4 global amax), computes it, and applies
-fake quantization. Weight quantizers act on a :class:`CanonicalView` of the weight, the ``[out, in]``
-layout of a PyTorch Linear, so ModelOpt's ``axis=0`` and ``block_sizes={-1: ...}`` keep their meaning.
+The arithmetic belongs to the spec's format (:mod:`jq.formats`); this module adds what is the same for every
+format: the optional Hadamard rotation (``rotate=True``) and the :class:`CanonicalView` that lets weight
+quantizers act on the ``[out, in]`` layout of a PyTorch Linear, so ModelOpt's ``axis=0`` and
+``block_sizes={-1: ...}`` keep their meaning whatever the operand's layout.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jq import numerics as nx
-from jq.config import QuantizerSpec
-from jq.numerics.blocks import BlockLayout
 
-__all__ = ["CanonicalView", "block_layout", "broadcastable_amax", "amax_shape", "compute_amax", "fake_quant_reference", "clip_mask", "needs_amax",
+__all__ = ["CanonicalView", "amax_shape", "compute_amax", "fake_quant_reference", "clip_mask", "needs_amax",
            "hadamard_rotate"]
 
 
@@ -57,63 +55,26 @@ class CanonicalView:
         return cls(tuple(range(len(shape))), tuple(shape), 0)
 
 
-def _spec_axes(spec_axes, ndim: int, batch: int) -> tuple[int, ...]:
-    """Spec axes (relative to the non-batch part) as absolute axes of a rank-``ndim`` tensor."""
-    if spec_axes is None:
-        return ()
-    axes = (spec_axes,) if isinstance(spec_axes, int) else tuple(spec_axes)
-    inner = ndim - batch
-    out = []
-    for a in axes:
-        if not -inner <= a < inner:
-            raise ValueError(f"axis {a} is out of range for a quantized tensor of rank {inner}")
-        out.append(batch + (a % inner))
-    return tuple(out)
+def needs_amax(spec) -> bool:
+    """True when the quantizer needs a calibrated amax (static INT/FP8, NVFP4's global amax)."""
+    return spec.format.needs_amax(spec)
 
 
-def block_layout(spec: QuantizerSpec, shape: Sequence[int], batch: int) -> BlockLayout:
-    sizes = {}
-    for a, size in spec.block_sizes.sizes:
-        (ax,) = _spec_axes(a, len(shape), batch)
-        sizes[ax] = size
-    return BlockLayout.create(shape, sizes)
-
-
-def needs_amax(spec: QuantizerSpec) -> bool:
-    """True when the quantizer needs a calibrated amax: static INT/FP8 and NVFP4's global amax."""
-    kind = spec.kind
-    if kind in ("mxfp8", "mxfp4", "mxint8"):
-        return False
-    if kind == "nvfp4":  # block scales are always dynamic; the global amax is static unless type="dynamic"
-        return spec.type != "dynamic"
-    return not spec.is_dynamic
-
-
-def amax_shape(spec: QuantizerSpec, shape: Sequence[int], batch: int = 0) -> tuple[int, ...] | None:
-    """Shape of the calibrated amax for a tensor of ``shape`` (canonical for weights), or None if none."""
-    return None if not needs_amax(spec) else jax.eval_shape(
-        lambda x: compute_amax(x, spec, batch), jax.ShapeDtypeStruct(tuple(shape), jnp.float32)).shape
-
-
-def compute_amax(x: jax.Array, spec: QuantizerSpec, batch: int = 0) -> jax.Array | None:
+def compute_amax(x: jax.Array, spec, batch: int = 0) -> jax.Array | None:
     """The statistic max calibration keeps for ``x`` (float32), or None for dynamic/MX quantizers.
 
-    * INT/FP8 per tensor: ``max|x|`` (per leading batch axis when ``batch > 0``), shape ``()`` or ``(*batch,)+1s``.
-    * per axis: keep-dims amax over all but ``axis`` (and the batch axes).
-    * static blocks: one amax per block, shape :attr:`BlockLayout.num_blocks_shape`.
-    * NVFP4: the per-tensor (global) amax; its block amaxes are dynamic.
+    Per tensor ``max|x|`` (per leading batch axis when ``batch > 0``); per axis the keep-dims amax over all but
+    ``axis``; per static block one amax per block; NVFP4 the per-tensor (global) amax.
     """
+    return spec.format.compute_amax(x, spec, batch)
+
+
+def amax_shape(spec, shape: Sequence[int], batch: int = 0) -> tuple[int, ...] | None:
+    """Shape of the calibrated amax for a tensor of ``shape`` (canonical for weights), or None if none."""
     if not needs_amax(spec):
         return None
-    x = jnp.asarray(x)
-    batch_axes = tuple(range(batch))
-    if spec.kind == "nvfp4" or (spec.axis is None and spec.block_sizes is None):
-        return nx.reduce_amax(x, batch_axes if batch else None)
-    if spec.block_sizes is not None:
-        layout = block_layout(spec, x.shape, batch)
-        return layout.squeeze_stats(layout.block_amax(x))
-    keep = batch_axes + _spec_axes(spec.axis, x.ndim, batch)
-    return nx.reduce_amax(x, keep)
+    return jax.eval_shape(lambda x: compute_amax(x, spec, batch),
+                          jax.ShapeDtypeStruct(tuple(shape), jnp.float32)).shape
 
 
 def hadamard_rotate(x: jax.Array) -> jax.Array:
@@ -123,18 +84,8 @@ def hadamard_rotate(x: jax.Array) -> jax.Array:
     return jnp.matmul(x.astype(jnp.float32), h, precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
 
 
-def _nvfp4_two_d(spec: QuantizerSpec) -> bool:
-    return len(spec.block_sizes.sizes) == 2
-
-
-def fake_quant_reference(
-    x: jax.Array,
-    spec: QuantizerSpec,
-    amax: jax.Array | None = None,
-    *,
-    batch: int = 0,
-    random_bits: jax.Array | None = None,
-) -> jax.Array:
+def fake_quant_reference(x: jax.Array, spec, amax: jax.Array | None = None, *, batch: int = 0,
+                         random_bits: jax.Array | None = None) -> jax.Array:
     """Quantize-dequantize ``x`` as ``spec`` says (reference implementation, any backend).
 
     Args:
@@ -149,55 +100,13 @@ def fake_quant_reference(
     """
     if spec.rotate:
         x = hadamard_rotate(x)
-    kind = spec.kind
-    if kind in ("mxfp8", "mxfp4", "mxint8"):
-        return nx.mx_fake_quant(x, nx.MX_FORMATS[kind])
-    if kind == "nvfp4":
-        if amax is None:  # dynamic global amax: per call (per batch entry)
-            amax = nx.reduce_amax(x, tuple(range(batch)) if batch else None)
-        two_d = _nvfp4_two_d(spec)
-        if batch:  # one global scale per batch entry
-            fn = lambda xi, ai: nx.nvfp4_fake_quant(xi, ai, two_d=two_d, random_bits=None)  # noqa: E731
-            for _ in range(batch):
-                fn = jax.vmap(fn)
-            return fn(x, jnp.reshape(amax, x.shape[:batch]))
-        return nx.nvfp4_fake_quant(x, amax, two_d=two_d, random_bits=random_bits)
-
-    def apply(v, a):
-        if kind == "int":
-            return nx.int_fake_quant(v, a, spec.num_bits, spec.unsigned, spec.narrow_range)
-        return nx.fp8_fake_quant(v, a, spec.fp8_name)
-
-    if spec.block_sizes is not None:
-        layout = block_layout(spec, x.shape, batch)
-        if amax is None:
-            block_amax = layout.block_amax(x)
-        else:
-            block_amax = layout.expand_stats(amax)
-        return layout.merge(apply(layout.split(x), block_amax)).astype(x.dtype)
-    if amax is None:
-        amax = nx.reduce_amax(x, tuple(range(batch)) + _spec_axes(spec.axis, x.ndim, batch)
-                              if (batch or spec.axis is not None) else None)
-    return apply(x, broadcastable_amax(amax, x.ndim))
+    return spec.format.fake_quant(x, spec, amax, batch=batch, random_bits=random_bits)
 
 
-def broadcastable_amax(amax: jax.Array, ndim: int) -> jax.Array:
-    amax = jnp.asarray(amax, jnp.float32)
-    if amax.ndim and amax.ndim < ndim:  # per-batch amax stored squeezed: append singleton axes
-        amax = amax.reshape(amax.shape + (1,) * (ndim - amax.ndim))
-    return amax
-
-
-def clip_mask(x: jax.Array, spec: QuantizerSpec, amax: jax.Array | None, batch: int = 0) -> jax.Array | None:
+def clip_mask(x: jax.Array, spec, amax: jax.Array | None, batch: int = 0) -> jax.Array | None:
     """Where the clipped straight-through estimator passes gradients: ``|x| <= amax`` (None: everywhere).
 
-    ModelOpt's rule: static quantizers clip at their amax; NVFP4 clips at its global amax; MX formats
-    (no amax) pass everything.
+    ModelOpt's rule: static quantizers clip at their amax (per block for blocked ones); NVFP4 clips at its
+    global amax; MX formats (no amax) pass everything.
     """
-    if amax is None or spec.kind in ("mxfp8", "mxfp4", "mxint8"):
-        return None
-    if spec.kind != "nvfp4" and spec.block_sizes is not None:
-        layout = block_layout(spec, x.shape, batch)
-        bound = layout.merge(jnp.broadcast_to(layout.expand_stats(amax), layout.blocked_shape))
-        return jnp.abs(x) <= bound
-    return jnp.abs(x) <= broadcastable_amax(amax, x.ndim)
+    return spec.format.clip_mask(x, spec, amax, batch)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jq.cli import main
-from jq.zoo.fashion_mnist import load_fashion_mnist
+from jq_zoo.fashion_mnist import load_fashion_mnist
 
 
 def _write_idx(path, array):

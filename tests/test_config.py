@@ -2,6 +2,7 @@
 
 import warnings
 
+import jax.numpy as jnp
 import pytest
 
 import jq
@@ -22,7 +23,8 @@ def test_spec_kinds():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_bits=8, axis=0, block_sizes={-1: 16}), "axis must be None when block_sizes"),
     (dict(num_bits=(2, 1)), "E2M1"),
-    (dict(num_bits=(3, 2), block_sizes={-1: 32, "type": "dynamic", "scale_bits": (8, 0)}), "not implemented in jq"),
+    (dict(num_bits=(1, 2), block_sizes={-1: 32, "type": "dynamic", "scale_bits": (8, 0)}), "not a format jq implements"),
+    (dict(num_bits=(3, 2)), "not a format jq implements"),  # FP6 exists only as an MX element
     (dict(num_bits=(7, 7)), "supported FPx"),
     (dict(num_bits=0), "positive"),
     (dict(num_bits=(4, 3), unsigned=True), "integer quantization only"),
@@ -32,6 +34,7 @@ def test_spec_kinds():
     (dict(num_bits=8, block_sizes={-1: -4}), "positive int"),
     (dict(num_bits=8, type="sometimes"), "static"),
     (dict(num_bits=8, calibrator="magic"), "calibrator"),
+    (dict(num_bits=8, effective_bits=-1), "effective_bits"),
     (dict(num_bits=8, enable="yes"), "enable must be a bool"),
 ])
 def test_invalid_specs_name_the_field(kwargs, match):
@@ -101,10 +104,34 @@ def test_sequential_entries():
 
 def test_algorithm_parsing():
     assert as_config(jq.INT4_AWQ_CFG).algorithm.kwargs == {"alpha_step": 0.1}
-    with pytest.raises(ValueError, match="unknown algorithm"):
-        as_config({"quant_cfg": {}, "algorithm": "magic"})
     with pytest.raises(ValueError, match="unknown config keys"):
         as_config({"quant_cfg": {}, "algo": "max"})
+    with pytest.raises(ValueError, match="method must be a name"):
+        as_config({"quant_cfg": {}, "algorithm": {"method": 3}})
+
+
+def test_unknown_algorithm_or_option_lists_the_valid_ones():
+    """The algorithm is resolved against the registry (jq.calib.algorithms) before anything is traced."""
+    from jq.calib import algorithms
+    with pytest.raises(ValueError, match=r"unknown calibration algorithm 'magic'.*awq_lite.*smoothquant"):
+        jq.quantize({"w": jnp.ones((2, 2))}, lambda p, x: x @ p["w"], {"quant_cfg": {}, "algorithm": "magic"},
+                    calib_data=[(jnp.ones((1, 2)),)])
+    with pytest.raises(ValueError, match=r"did you mean 'smoothquant'"):
+        algorithms.make("smoothquat")
+    with pytest.raises(ValueError, match=r"has no option 'alpha_stp'.*did you mean 'alpha_step'"):
+        algorithms.make({"method": "awq_lite", "alpha_stp": 0.2})
+    assert algorithms.make({"method": "smoothquant", "alpha": 0.5}).alpha == 0.5
+
+
+def test_unknown_field_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"unknown QuantizerSpec field 'num_bit' \(did you mean 'num_bits'\?\)"):
+        QuantizerSpec.from_dict({"num_bit": 8})
+
+
+def test_histogram_calibrator_is_rejected_until_built():
+    """A calibrator that jq does not implement is an error, never silently max (issue 11, item 5)."""
+    with pytest.raises(ValueError, match="calibrator must be one of"):
+        QuantizerSpec(num_bits=8, calibrator="histogram")
 
 
 def test_round_trip_through_dict():

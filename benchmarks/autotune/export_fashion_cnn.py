@@ -32,13 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jq.zoo.fashion_mnist import load_fashion_mnist
+from jq_zoo.fashion_mnist import load_fashion_mnist
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """NCHW images normalised with Fashion-MNIST's mean/std, and labels (the data loader of jq.zoo)."""
+    """NCHW images normalised with Fashion-MNIST's mean/std, and labels (the data loader of jq_zoo)."""
     x, y = load_fashion_mnist(split, DATA_DIR)
     x = (x[..., 0] - 0.2860) / 0.3530  # Fashion-MNIST mean/std
     return x[:, None, :, :], y

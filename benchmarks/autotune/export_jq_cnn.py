@@ -1,4 +1,4 @@
-"""Export the Fashion-MNIST CNN of ``jq.zoo.cnn`` with jq's own exporter (FP32) for the autotuner benchmark.
+"""Export the Fashion-MNIST CNN of ``jq_zoo.cnn`` with jq's own exporter (FP32) for the autotuner benchmark.
 
 The model the ``jq`` command trains (and caches) is written by :func:`jq.export.to_onnx_float` — the same
 tracing and onnx-ir passes as jq's Q/DQ export, without quantizers — so the autotuner runs on a graph
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jq
-from jq.zoo.cnn import FashionCNN, load_or_train_fashion_cnn
-from jq.zoo.fashion_mnist import load_fashion_mnist
+from jq_zoo.cnn import FashionCNN, load_or_train_fashion_cnn
+from jq_zoo.fashion_mnist import load_fashion_mnist
 
 
 def main(argv=None):

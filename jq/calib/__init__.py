@@ -1,3 +1,12 @@
-"""Calibration: statistics from params (weights) and data (activations), reduced into quantizer state."""
+"""Calibration: per-quantizer calibrators, typed statistics, and the algorithms built on them.
 
-from jq.calib.max import calibrate_weights, replay_weight, weight_operand
+* :mod:`jq.calib.calibrators` -- what one quantizer observes and the amax it keeps (``max`` ...);
+* :mod:`jq.calib.stats` -- statistics that merge across batches, loops and devices;
+* :mod:`jq.calib.weights` -- weights calibrated straight from the params;
+* :mod:`jq.calib.collect` -- one pass over calibration data collecting statistics;
+* :mod:`jq.calib.algorithms` -- the registered algorithms (``max``, ``smoothquant``, ``awq_lite`` ...), each one
+  module with one entry point ``calibrate(model, data) -> quantizer state``.
+
+This package's ``__init__`` imports nothing, so the config layer can use the calibrators without the
+algorithms (which need the model).
+"""

@@ -1,120 +1,95 @@
-"""Max calibration: ``amax = max|x|`` with the granularity the quantizer's spec asks for.
+"""Max calibration: every quantizer's calibrator on the params (weights) and on the data (activations).
 
-Weights are calibrated straight from the params, so every layer gets an amax even if calibration data
-never reaches it: the chain of equations that turns a params leaf into the site's operand is replayed on
-the leaf (vmapped over layer-scan slices), the canonical ``[out, in]`` view is taken, and the amax is
-computed per layer. Activations are calibrated from data by the transform's collect mode.
+Weights are calibrated from the params (:mod:`jq.calib.weights`); activations by one collection pass
+(:class:`~jq.calib.collect.Collect`). Sibling layers that read the same input (q/k/v, gate/up; see
+:func:`jq.trace.sibling_groups`) share one input amax (the group's max), and with
+``share_sibling_weight_amax`` their per-tensor weight amaxes too, as fused serving kernels need. Every other
+algorithm ends with :func:`max_calibrate` on the state it prepared.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import jax
 import jax.numpy as jnp
 
-from jq.quantizer import compute_amax
-from jq.trace.sites import ParamOrigin, ScanSlice
+from jq.calib import calibrators
+from jq.calib.base import Algorithm, CalibData
+from jq.calib.collect import Collect, weights_from_data
+from jq.calib.weights import calibrate_weights
+from jq.trace.symbols import sibling_groups
 
-__all__ = ["replay_weight", "weight_operand", "calibrate_weights", "apply_stage"]
-
-
-def replay_weight(value, chain):
-    """Apply a :class:`ParamOrigin` chain to a params leaf; a ``ScanSlice`` maps the rest over axis 0."""
-    for k, step in enumerate(chain):
-        if isinstance(step, ScanSlice):
-            rest = chain[k + 1:]
-            return jax.vmap(lambda v: replay_weight(v, rest))(value)
-        value = step.apply(value)
-    return value
+__all__ = ["MaxCalibration", "NoCalibration", "max_calibrate", "share_siblings", "needs_calibration"]
 
 
-def _slice_depths(chain) -> list[int]:
-    return [s.depth for s in chain if isinstance(s, ScanSlice)]
+def needs_calibration(spec) -> bool:
+    """True when an enabled stage of ``spec`` needs a calibrated amax."""
+    stages = spec if isinstance(spec, tuple) else (spec,)
+    return any(s.enable and s.format.needs_amax(s) for s in stages)
 
 
-def weight_operand(origin: ParamOrigin, leaves) -> tuple[jax.Array, list[int]]:
-    """The site's weight operand rebuilt from the params, and the layer depths of its leading axes."""
-    return replay_weight(leaves[origin.leaf], origin.chain), _slice_depths(origin.chain)
+def share_siblings(traced, qstate: dict, weights: bool) -> None:
+    """Give siblings the group's max input amax (and per-tensor weight amax when ``weights``), in place."""
+    slots = ["input_quantizer"] + (["weight_quantizer"] if weights else [])
+    for group in sibling_groups(traced):
+        for slot in slots:
+            names = [f"{g}.{slot}" for g in group if "amax" in qstate.get(f"{g}.{slot}", {})]
+            amaxes = [qstate[n]["amax"] for n in names]
+            if len(names) < 2 or any(a.shape != amaxes[0].shape for a in amaxes):
+                continue
+            if slot == "weight_quantizer" and any(a.size != 1 for a in amaxes):
+                continue  # only per-tensor weight amaxes are shared
+            shared = amaxes[0]
+            for a in amaxes[1:]:
+                shared = jnp.maximum(shared, a)
+            for n in names:
+                qstate[n] = {**qstate[n], "amax": shared}
 
 
-def _per_layer(fn, value, n_axes):
-    for _ in range(n_axes):
-        fn = jax.vmap(fn)
-    return fn(value)
-
-
-def _to_layer_axes(x, depths, layer_axes):
-    """Broadcast an array whose leading axes are the layer scans ``depths`` to all ``layer_axes``."""
-    for d in range(len(layer_axes)):
-        if d not in depths:
-            x = jnp.expand_dims(x, d)
-    return jnp.broadcast_to(x, tuple(layer_axes) + x.shape[len(layer_axes):])
-
-
-def calibrate_weights(traced, specs, params_leaves, qstate=None) -> dict:
-    """``{quantizer name: {"amax": ...}}`` for every enabled weight quantizer whose weight is replayable.
-
-    Sequential specs get ``amax``, ``amax_1``, ...: stage ``i`` is calibrated on the output of the stages
-    before it (ModelOpt's SequentialQuantizer order). A site's ``pre_quant_scale`` (in ``qstate``) divides
-    the weight's input channels first, as it does when the model runs.
-    """
-    qstate = qstate or {}
-    state = {}
-    for name, slot in traced.quantizers.items():
+def max_calibrate(qm, data: CalibData, qstate: dict | None = None) -> dict:
+    """Weights from the params and activations from one pass over ``data``; returns the new quantizer state."""
+    qstate = {k: dict(v) for k, v in (qm.qstate if qstate is None else qstate).items()}
+    data.trace(qm)
+    stats = {} if data.empty else data.collect(qm, Collect(weights_from_data(qm.traced)), qstate=qstate)
+    if not qm.is_traced:
+        raise ValueError("no calibration batch was seen and nothing was traced: give calib_data or example_args")
+    traced = qm.traced
+    specs = qm.specs(traced)
+    for name, entry in calibrate_weights(traced, specs, jax.tree_util.tree_leaves(qm.params), qstate).items():
+        qstate.setdefault(name, {}).update(entry)
+    for (name, kind), stat in stats.items():
         spec = specs.get(name)
-        if spec is None or not slot.is_weight:
+        if spec is None or kind == "finite":
             continue
-        site = slot.sites[0]
-        if not isinstance(site.weight, ParamOrigin):
-            continue  # derived weights are calibrated from data
-        w, depths = weight_operand(site.weight, params_leaves)
-        view = site.view
-        stages = spec if isinstance(spec, tuple) else (spec,)
-        entry = {}
-
-        def canon(v):
-            return view.to_canonical(v)
-
-        c = _per_layer(canon, w, len(depths))
-        pqs = qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
-        if pqs is not None:
-            if len(depths) != len(slot.layer_axes):
-                raise NotImplementedError(f"{name}: pre_quant_scale on a weight shared across layer scans")
-            axis = view.batch + 1
-
-            def divide(v, p, axis=axis):
-                shape = [1] * v.ndim
-                shape[axis] = v.shape[axis]
-                return v / jnp.reshape(p, shape)
-
-            fn = divide
-            for _ in range(len(depths)):
-                fn = jax.vmap(fn)
-            c = fn(c, pqs)
-        for i, s in enumerate(stages):
-            if not s.enable:
-                continue
-            amax = _per_layer(lambda v, s=s: compute_amax(v, s, view.batch), c, len(depths))
-            if amax is None:
-                continue
-            key = "amax" if i == 0 else f"amax_{i}"
-            entry[key] = _to_layer_axes(amax, depths, slot.layer_axes)
-            if i + 1 < len(stages):
-                c = apply_stage(c, amax, s, view.batch, len(depths))
-        if entry:
-            state[name] = entry
-    return state
+        first = next(s for s in (spec if isinstance(spec, tuple) else (spec,)) if s.enable)
+        qstate.setdefault(name, {})["amax"] = calibrators.get(first.calibrator).amax(stat, first)
+    share_siblings(traced, qstate, data.share_sibling_weight_amax)
+    missing = [n for n, s in traced.quantizers.items() if specs.get(n) is not None and not s.is_weight
+               and needs_calibration(specs[n]) and "amax" not in qstate.get(n, {})]
+    if missing:
+        warnings.warn(f"jq: {len(missing)} activation quantizer(s) got no calibration data and stay "
+                      f"uncalibrated: {missing[:5]}{' ...' if len(missing) > 5 else ''}", stacklevel=3)
+    return qstate
 
 
-def apply_stage(c, amax, spec, batch: int, n_layers: int):
-    """Fake-quantize canonical weights ``c`` whose first ``n_layers`` axes are layer-scan slices (vmapped);
-    ``amax`` carries the same leading axes, or is None for dynamic specs."""
-    from jq.fake_quant import fake_quant
-    from jq.quantizer import CanonicalView
+@dataclasses.dataclass(frozen=True)
+class MaxCalibration(Algorithm):
+    """ModelOpt's ``max``: ``amax = max|x|`` per quantizer, with its granularity."""
 
-    def one(v, a):
-        return fake_quant(v, a, spec=spec, view=CanonicalView(tuple(range(v.ndim)), v.shape, batch))
+    name = "max"
 
-    fn = one
-    for _ in range(n_layers):
-        fn = jax.vmap(fn)
-    return fn(c, amax)
+    def calibrate(self, qm, data):
+        return qm.replace(qstate=max_calibrate(qm, data))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoCalibration(Algorithm):
+    """``algorithm=None``: nothing is calibrated (for formats with dynamic scales only, e.g. MX)."""
+
+    name = None
+
+    def calibrate(self, qm, data):
+        data.trace(qm)
+        return qm

@@ -8,25 +8,34 @@ For each linear site (and each group of siblings that read the same input, e.g. 
 
 so the smoothed activation has flatter channels and the weight absorbs the difference. The activation
 and weight amaxes are then re-calibrated (max) on the smoothed tensors. Applies where both the input and
-the weight quantizer are enabled integer quantizers (ModelOpt: INT8 only).
+the weight quantizer are enabled single-stage quantizers of the formats in ``formats`` (ModelOpt: INT8).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from jq.calib.max import replay_weight
+from jq.calib.base import Algorithm
+from jq.calib.collect import pytree_handler
+from jq.calib.max import max_calibrate
+from jq.calib.stats import Amax
+from jq.calib.weights import replay_weight
+from jq.handlers.base import Handler
+from jq.trace import geometry
 from jq.trace.sites import ParamOrigin, ScanSlice
 from jq.trace.symbols import sibling_partition
 
-__all__ = ["smoothquant_targets", "smoothquant_scales", "weight_channel_reduce"]
+__all__ = ["SmoothQuant", "ChannelAmax", "smoothing_targets", "smoothquant_scales", "weight_channel_reduce"]
 
 MIN_SCALE, MAX_SCALE = 1e-4, 1e4
+CHANNEL_AMAX = "channel_amax"
 
 
-def smoothquant_targets(qm, traced) -> list:
-    """Sites SmoothQuant applies to: enabled integer input and weight quantizers on a params weight."""
+def smoothing_targets(qm, traced, formats) -> list:
+    """Linear sites on a params weight whose input and weight quantizers are single-stage ``formats``."""
     out = []
     for s in traced.sites:
         if s.kind == "bmm" or not isinstance(s.weight, ParamOrigin):
@@ -34,15 +43,30 @@ def smoothquant_targets(qm, traced) -> list:
         i, w = qm.spec(f"{s.name}.input_quantizer"), qm.spec(f"{s.name}.weight_quantizer")
         if i is None or w is None or isinstance(i, tuple) or isinstance(w, tuple):
             continue
-        if i.kind == "int" and w.kind == "int":
+        if i.format.name in formats and w.format.name in formats:
             out.append(s)
     return out
 
 
-def weight_channel_reduce(site, params_leaves, op: str) -> jax.Array:
+@pytree_handler
+@dataclasses.dataclass(frozen=True)
+class ChannelAmax(Handler):
+    """Records ``max|x_j|`` per input channel of the target sites (after any earlier pre_quant_scale)."""
+
+    sites: frozenset = frozenset()
+    collects = True
+
+    def site(self, call):
+        if call.site.name in self.sites:
+            x = call.pre_scaled()[1 - call.site.weight_operand]
+            call.scope.record((call.site.name, CHANNEL_AMAX), Amax.of(x, geometry.channel_reduce(call.site, x, "amax")))
+        return call.default()
+
+
+def weight_channel_reduce(site, params_leaves, op) -> jax.Array:
     """Per-input-channel reduction of ``|W|`` over the output rows, from the params, per layer.
 
-    ``op``: ``"amax"`` (max over rows) or a callable ``f(canonical [out, in]) -> [in]``.
+    ``op``: ``"amax"`` (max over rows) or a callable ``f(canonical [rows, in]) -> [in]``.
     Returns shape ``(*layer_axes, in)``.
     """
     origin = site.weight
@@ -64,16 +88,14 @@ def weight_channel_reduce(site, params_leaves, op: str) -> jax.Array:
     return r
 
 
-def smoothquant_scales(qm, traced, stats, params_leaves, alpha: float) -> dict:
+def smoothquant_scales(targets: dict, groups, stats: dict, params_leaves, alpha: float) -> dict:
     """``{input quantizer name: pre_quant_scale}`` from per-channel activation amaxes in ``stats``."""
-    targets = {s.name: s for s in smoothquant_targets(qm, traced)}
-    groups = sibling_partition(traced, targets)
     out = {}
     for group in groups:
-        act = stats.get(f"{group[0]}.input_quantizer#channel_amax")
+        act = stats.get((group[0], CHANNEL_AMAX))
         if act is None:
             continue  # no calibration data reached this site
-        act = act[0]
+        act = act.value
         w = None
         for n in group:
             wn = weight_channel_reduce(targets[n], params_leaves, "amax")
@@ -83,3 +105,26 @@ def smoothquant_scales(qm, traced, stats, params_leaves, alpha: float) -> dict:
         for n in group:
             out[f"{n}.input_quantizer"] = scale
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothQuant(Algorithm):
+    """SmoothQuant (Xiao et al. 2023) with migration strength ``alpha`` (ModelOpt's default 1.0)."""
+
+    alpha: float = 1.0
+    formats: tuple = ("int",)
+    name = "smoothquant"
+    needs_data = True
+
+    def calibrate(self, qm, data):
+        data.trace(qm)
+        traced = qm.traced
+        targets = {s.name: s for s in smoothing_targets(qm, traced, self.formats)}
+        groups = sibling_partition(traced, list(targets))
+        # siblings read the same input: observing the first member of each group is enough
+        stats = data.collect(qm, ChannelAmax(frozenset(g[0] for g in groups)), desc="smoothquant")
+        leaves = jax.tree_util.tree_leaves(qm.params)
+        qstate = {k: dict(v) for k, v in qm.qstate.items()}
+        for name, scale in smoothquant_scales(targets, groups, stats, leaves, self.alpha).items():
+            qstate.setdefault(name, {})["pre_quant_scale"] = scale
+        return qm.replace(qstate=max_calibrate(qm, data, qstate))

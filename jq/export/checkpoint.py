@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 
 import jq
 from jq.config import QuantConfig
-from jq.quantize import QuantizedModel
+from jq.model import QuantizedModel
 
 __all__ = ["save", "load", "METADATA_FILE"]
 

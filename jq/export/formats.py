@@ -1,6 +1,6 @@
 """Which quantizer specs have an ONNX form, and what that form is.
 
-An enabled :class:`~jq.config.QuantizerSpec` maps to one :class:`QDQFormat`:
+The form comes from the spec's format (:meth:`jq.formats.Format.onnx_form`); here it gets its ONNX types:
 
 =============================  ==================  ===================================  ==========
 jq spec                        ONNX element type    granularity                          min opset
@@ -28,6 +28,7 @@ import dataclasses
 import onnx_ir as ir
 
 from jq.config import QuantizerSpec
+from jq.formats import QDQForm, UnsupportedExport
 
 __all__ = ["QDQFormat", "SUPPORTED_FORMATS", "resolve_format", "spec_stages", "min_opset_for"]
 
@@ -38,30 +39,49 @@ SUPPORTED_FORMATS = (
     "NVFP4 (E2M1 with E4M3 scales in blocks of 16 along the last axis, 2D 16x16 for weights; opset >= 23)",
 )
 
-_INT_TYPES = {(8, False): ir.DataType.INT8, (8, True): ir.DataType.UINT8,
-              (4, False): ir.DataType.INT4, (4, True): ir.DataType.UINT4}
-_FP8_TYPES = {"e4m3": ir.DataType.FLOAT8E4M3FN, "e5m2": ir.DataType.FLOAT8E5M2}
-
 
 @dataclasses.dataclass(frozen=True)
 class QDQFormat:
-    """The ONNX form of one quantizer.
+    """The ONNX form of one quantizer (:class:`jq.formats.QDQForm` with onnx-ir types).
 
     Attributes:
-      kind: ``"int"``, ``"fp8"`` or ``"nvfp4"`` (the spec's kind).
+      form: the format's structural description.
       element_type: the ONNX type of the quantized tensor (``INT8``, ``FLOAT8E4M3FN``, ``FLOAT4E2M1`` ...).
-      granularity: ``"tensor"``, ``"axis"`` or ``"block"``.
-      min_opset: the smallest default-domain opset that has this form.
-      block_size: elements per block along the ONNX block axis (``"block"`` only).
-      qmax: the largest quantized magnitude (127, 7, 448, 57344, 6); ``maxb`` of the INT rule.
+      block_scale_type: the type of two-level block scales (NVFP4's ``FLOAT8E4M3FN``), else None.
     """
 
-    kind: str
+    form: QDQForm
     element_type: ir.DataType
-    granularity: str
-    min_opset: int
-    block_size: int | None = None
-    qmax: float = 0.0
+    block_scale_type: ir.DataType | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.form.format
+
+    @property
+    def granularity(self) -> str:
+        return self.form.granularity
+
+    @property
+    def min_opset(self) -> int:
+        return self.form.min_opset
+
+    @property
+    def block_size(self) -> int | None:
+        return self.form.block_size
+
+    @property
+    def qmax(self) -> float:
+        return self.form.qmax
+
+    @property
+    def two_level(self) -> bool:
+        """Block scales stored in a narrow type and dequantized by a per-tensor scale (NVFP4)."""
+        return self.block_scale_type is not None
+
+    @property
+    def dynamic_quantize_op(self) -> tuple[str, str] | None:
+        return self.form.dynamic_quantize_op
 
 
 def spec_stages(spec) -> tuple[QuantizerSpec, ...]:
@@ -90,45 +110,16 @@ def resolve_format(name: str, spec: QuantizerSpec, *, is_weight: bool = False) -
       name: the quantizer name, for error messages.
       spec: one enabled stage of its spec.
       is_weight: whether the quantizer acts on a weight (2D NVFP4 blocks and ``narrow_range`` are exported
-        for weights only: a weight never exceeds its amax, so ONNX's ``[-128, 127]`` clamp equals jq's
-        ``[-127, 127]`` there).
+        for weights only).
     """
-    kind = spec.kind
     if spec.rotate:
         raise _unsupported(name, spec, "Hadamard rotation (rotate=True) has no Q/DQ form")
-    if kind in ("mxfp8", "mxfp4", "mxint8"):
-        raise _unsupported(name, spec, "MX block scaling (E8M0 scales) has no TensorRT Q/DQ form in jq yet")
-    if kind == "nvfp4":
-        two_d = len(spec.block_sizes.sizes) == 2
-        if two_d and not is_weight:
-            raise _unsupported(name, spec, "2D 16x16 NVFP4 blocks are supported for weights only")
-        return QDQFormat("nvfp4", ir.DataType.FLOAT4E2M1, "block", 23, 16, 6.0)
-    if spec.is_dynamic:
-        raise _unsupported(name, spec, "dynamic (per-call) INT/FP8 scales are not build-time constants")
-    if kind == "int":
-        key = (spec.num_bits, spec.unsigned)
-        if key not in _INT_TYPES:
-            raise _unsupported(name, spec, f"{spec.num_bits}-bit integers have no ONNX type (4 and 8 do)")
-        if spec.narrow_range and not is_weight:
-            raise _unsupported(name, spec, "narrow_range activations clamp to -127 where ONNX clamps to -128")
-        elem = _INT_TYPES[key]
-        qmax = 2.0 ** (spec.num_bits - 1 + int(spec.unsigned)) - 1.0
-        base = 21 if spec.num_bits == 4 else 13
-    else:
-        elem = _FP8_TYPES[spec.fp8_name]
-        qmax = 448.0 if spec.fp8_name == "e4m3" else 57344.0
-        base = 19
-    if spec.block_sizes is not None:
-        sizes = [s for _, s in spec.block_sizes.sizes]
-        if any(s is None for s in sizes):
-            raise _unsupported(name, spec, "whole-axis blocks are per-token scaling, which is dynamic")
-        return QDQFormat(kind, elem, "block", max(base, 21), int(sizes[-1]), qmax)
-    if spec.axis is not None:
-        axes = (spec.axis,) if isinstance(spec.axis, int) else tuple(spec.axis)
-        if len(axes) != 1:
-            raise _unsupported(name, spec, f"ONNX per-axis scales keep one axis, got axis={spec.axis}")
-        return QDQFormat(kind, elem, "axis", base, None, qmax)
-    return QDQFormat(kind, elem, "tensor", base, None, qmax)
+    try:
+        form = spec.format.onnx_form(spec, is_weight=is_weight)
+    except UnsupportedExport as e:
+        raise _unsupported(name, spec, str(e)) from None
+    block_scale = None if form.block_scale_type is None else ir.DataType[form.block_scale_type]
+    return QDQFormat(form, ir.DataType[form.element_type], block_scale)
 
 
 def min_opset_for(formats) -> int:

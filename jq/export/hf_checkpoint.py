@@ -56,8 +56,9 @@ import ml_dtypes
 import numpy as np
 
 import jq
-from jq import numerics as nx
+from jq import formats
 from jq.export.formats import spec_stages
+from jq.formats.int import pack_rows_int4, unpack_rows_int4
 from jq.export.scales import canonical_weight, export_scale
 from jq.qtensor import quantize as qtensor_quantize
 from jq.trace.sites import ParamOrigin, keypath_parts
@@ -65,36 +66,20 @@ from jq.trace.symbols import sibling_groups
 
 __all__ = ["to_hf_checkpoint", "read_hf_checkpoint", "HFCheckpoint", "read_safetensors", "SUPPORTED_ALGOS"]
 
-SUPPORTED_ALGOS = ("FP8", "W4A16_AWQ", "W8A8_SQ_PER_CHANNEL", "W8A16", "NVFP4", "W4A16_NVFP4")
+SUPPORTED_ALGOS = tuple(a for f in formats.FORMATS for a in f.hf_algorithms)
 SAFETENSORS_FILE, CONFIG_FILE = "model.safetensors", "hf_quant_config.json"
 
 
 def _algo(site_name: str, wspec, ispec) -> tuple[str, dict]:
-    """ModelOpt's ``quant_algo`` (and layer fields) for a site's weight / input specs."""
-    wk = wspec.kind if wspec is not None else None
-    ik = ispec.kind if ispec is not None else None
-    if wk == "fp8" and wspec.fp8_name == "e4m3" and wspec.axis is None and wspec.block_sizes is None \
-            and ik == "fp8" and ispec.fp8_name == "e4m3" and ispec.axis is None and not ispec.is_dynamic:
-        return "FP8", {}
-    if wk == "int" and wspec.num_bits == 4 and not wspec.unsigned and wspec.block_sizes is not None \
-            and not wspec.is_dynamic and set(wspec.block_sizes.axes) == {-1} and ispec is None:
-        return "W4A16_AWQ", {"group_size": int(wspec.block_sizes.axes[-1]), "has_zero_point": False,
-                             "pre_quant_scale": True}
-    if wk == "int" and wspec.num_bits == 8 and not wspec.unsigned and wspec.axis in (0, (0,)) \
-            and wspec.block_sizes is None:
-        if ispec is None:
-            return "W8A16", {}
-        if ik == "int" and ispec.num_bits == 8 and ispec.axis is None and not ispec.is_dynamic:
-            return "W8A8_SQ_PER_CHANNEL", {}
-    if wk == "nvfp4":
-        if ik == "nvfp4":
-            return "NVFP4", {"group_size": 16}
-        if ispec is None:
-            return "W4A16_NVFP4", {"group_size": 16}
-    raise ValueError(f"site {site_name!r}: weight {wspec.describe() if wspec else 'off'} with input "
-                     f"{ispec.describe() if ispec else 'off'} has no ModelOpt checkpoint format; supported: "
-                     f"{', '.join(SUPPORTED_ALGOS)} (FP8 per-tensor W/A, INT4 blocks weight-only, INT8 per-channel "
-                     f"weights with per-tensor or no input, NVFP4 with or without NVFP4 inputs)")
+    """ModelOpt's ``quant_algo`` (and layer fields) for a site's weight / input specs (the weight's format
+    decides; an input quantized without a weight quantizer has no checkpoint form)."""
+    found = None if wspec is None else wspec.format.hf_algorithm(wspec, ispec)
+    if found is None:
+        raise ValueError(f"site {site_name!r}: weight {wspec.describe() if wspec else 'off'} with input "
+                         f"{ispec.describe() if ispec else 'off'} has no ModelOpt checkpoint format; supported: "
+                         f"{', '.join(SUPPORTED_ALGOS)} (FP8 per-tensor W/A, INT4 blocks weight-only, INT8 "
+                         f"per-channel weights with per-tensor or no input, NVFP4 with or without NVFP4 inputs)")
+    return found
 
 
 def _param_name(path) -> str:
@@ -106,19 +91,7 @@ def _param_name(path) -> str:
     return ".".join(parts)
 
 
-def _pack_rows_int4(q: np.ndarray) -> np.ndarray:
-    """ModelOpt's W4A16_AWQ packing: rows ``2r`` and ``2r+1`` share a byte (low and high nibble)."""
-    if q.shape[0] % 2:
-        raise ValueError(f"W4A16_AWQ packing needs an even number of output rows, got {q.shape[0]}")
-    c = (q.astype(np.int16) & 0xF).astype(np.uint8)
-    return c[0::2] | (c[1::2] << 4)
-
-
-def _unpack_rows_int4(p: np.ndarray) -> np.ndarray:
-    lo, hi = (p & 0xF).astype(np.int16), (p >> 4).astype(np.int16)
-    q = np.empty((2 * p.shape[0],) + p.shape[1:], np.int16)
-    q[0::2], q[1::2] = lo, hi
-    return np.where(q >= 8, q - 16, q).astype(np.int8)
+_pack_rows_int4, _unpack_rows_int4 = pack_rows_int4, unpack_rows_int4  # names the tests know
 
 
 @dataclasses.dataclass
@@ -163,19 +136,21 @@ def _layers(qm) -> tuple[list[_Layer], list[str]]:
     return layers, excluded
 
 
+_LAYER_FIELD = {"input_scale": "iamax", "weight_scale_2": "wamax", "pre_quant_scale": "pqs"}  # tensor -> _Layer
+
+
 def _check_siblings(qm, layers: list[_Layer], unify: bool) -> None:
     by_name = {lay.site.name: lay for lay in layers}
     for group in sibling_groups(qm.traced):
         members = [by_name[n] for n in group if n in by_name]
         if len(members) < 2:
             continue
-        checks = [("input_scale", "iamax", lambda m: m.iamax)]
-        if all(m.algo in ("NVFP4", "W4A16_NVFP4") for m in members):
-            checks.append(("weight_scale_2", "wamax", lambda m: m.wamax))
-        if all(m.algo == "W4A16_AWQ" for m in members):
-            checks.append(("pre_quant_scale", "pqs", lambda m: m.pqs))
-        for label, attr, get in checks:
-            vals = [get(m) for m in members]
+        shared = ["input_scale"]
+        if len({m.algo for m in members}) == 1 and members[0].wspec is not None:
+            shared += list(members[0].wspec.format.hf_sibling_tensors(members[0].algo))
+        for label in shared:
+            attr = _LAYER_FIELD[label]
+            vals = [getattr(m, attr) for m in members]
             if all(v is None for v in vals):
                 continue
             if any(v is None for v in vals) or any(v.shape != vals[0].shape or not np.array_equal(v, vals[0])
@@ -200,27 +175,9 @@ def _layer_tensors(qm, lay: _Layer) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if spec is not None:
         qt = qtensor_quantize(w, spec, None if lay.wamax is None else jnp.asarray(lay.wamax))
-        rows, cols = w.shape
-        if lay.algo == "FP8":
-            out["weight"] = np.asarray(qt.data)
-            out["weight_scale"] = export_scale(spec, lay.wamax).reshape(())
-        elif lay.algo in ("W8A8_SQ_PER_CHANNEL", "W8A16"):
-            out["weight"] = np.asarray(qt.data).astype(np.int8)
-            out["weight_scale"] = export_scale(spec, lay.wamax).reshape(-1)
-        elif lay.algo == "W4A16_AWQ":
-            codes = np.asarray(nx.unpack_nibbles(qt.data))[:rows, :cols].astype(np.int16)
-            out["weight"] = _pack_rows_int4(np.where(codes >= 8, codes - 16, codes))
-            out["weight_scale"] = export_scale(spec, lay.wamax).reshape(rows, -1)
-            out["pre_quant_scale"] = lay.pqs if lay.pqs is not None else np.ones((cols,), np.float32)
-        else:  # NVFP4 / W4A16_NVFP4
-            if cols % 2:
-                raise ValueError(f"site {name!r}: NVFP4 packing needs an even number of input features, got {cols}")
-            out["weight"] = np.asarray(qt.data)[:rows, : cols // 2]
-            scale = np.asarray(qt.scale)
-            if len(spec.block_sizes.sizes) == 2:  # 16x16 tiles: one row of block scales per weight row
-                scale = np.repeat(scale, 16, axis=0)[:rows]
-            out["weight_scale"] = scale
-            out["weight_scale_2"] = np.asarray(qt.global_scale, np.float32).reshape(())
+        out.update(spec.format.hf_tensors(qt, spec, lay.wamax, lay.algo))
+        if lay.fields.get("pre_quant_scale"):  # the format's layout always carries one (ones when jq has none)
+            out["pre_quant_scale"] = lay.pqs if lay.pqs is not None else np.ones((w.shape[1],), np.float32)
     else:
         out["weight"] = np.asarray(w)
     if lay.ispec is not None:
@@ -342,20 +299,9 @@ class HFCheckpoint:
         w = t[f"{name}.weight"]
         if cfg is None:
             return w.astype(np.float32)
-        algo, ws = cfg["quant_algo"], t[f"{name}.weight_scale"]
-        if algo == "FP8":
-            return w.astype(np.float32) * ws.astype(np.float32)
-        if algo in ("W8A8_SQ_PER_CHANNEL", "W8A16"):
-            return w.astype(np.float32) * ws.astype(np.float32)[:, None]
-        if algo == "W4A16_AWQ":
-            q = _unpack_rows_int4(w).astype(np.float32)
-            g = int(cfg["group_size"])
-            return q * np.repeat(ws.astype(np.float32), g, axis=1)[:, : q.shape[1]]
-        if algo in ("NVFP4", "W4A16_NVFP4"):
-            q = np.asarray(nx.e2m1_decode(nx.unpack_nibbles(jnp.asarray(w))))
-            s = ws.astype(np.float32) * t[f"{name}.weight_scale_2"].astype(np.float32)
-            return q * np.repeat(s, 16, axis=1)[:, : q.shape[1]]
-        raise ValueError(f"layer {name!r}: unknown quant_algo {algo!r}")
+        prefix = f"{name}."
+        layer = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        return formats.for_hf_algorithm(cfg["quant_algo"]).hf_dequantize(layer, cfg)
 
 
 def read_hf_checkpoint(export_dir: str | os.PathLike) -> HFCheckpoint:

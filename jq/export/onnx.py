@@ -35,6 +35,7 @@ from jax2onnx import to_onnx as _jax2onnx
 from jq.export import qdq
 from jq.export.formats import QDQFormat, min_opset_for, resolve_format, spec_stages
 from jq.export.passes import optimize
+from jq.handlers import FakeQuant
 from jq.transform import Evaluator
 
 __all__ = ["ExportOptions", "OnnxExport", "export", "to_onnx", "to_onnx_float", "export_formats", "run_onnxruntime",
@@ -89,12 +90,12 @@ class OnnxExport:
     output_names: tuple[str, ...]
 
 
-class _NamedEvaluator(Evaluator):
-    """jq's evaluator with every quantizer run under a name scope carrying its name (read by the plugin)."""
+class NamedFakeQuant(FakeQuant):
+    """Fake quantization with every quantizer run under a name scope carrying its name (read by the plugin)."""
 
-    def _quantize(self, qname, x, site, op, qstate, stats):
-        with jax.named_scope(qdq.NAME_SCOPE_PREFIX + qname):
-            return super()._quantize(qname, x, site, op, qstate, stats)
+    def quantizer(self, q, x):
+        with jax.named_scope(qdq.NAME_SCOPE_PREFIX + q.name):
+            return super().quantizer(q, x)
 
 
 def export_formats(qm) -> dict[str, tuple[QDQFormat, ...]]:
@@ -171,7 +172,7 @@ def export(qm, example_args: Sequence, opset: int | None = None, *, options: Exp
 
     def quantized(*args):  # QuantizedModel.apply, with quantizer names carried into the jaxpr
         traced, flat = qm.trace(*args, **kwargs)
-        return _NamedEvaluator(traced, qm.specs(traced), qm.qstate, "apply").run(flat)
+        return Evaluator(traced, qm.specs(traced), qm.qstate, NamedFakeQuant()).run(flat)
 
     return _convert(quantized, example_args, opts, opset)
 

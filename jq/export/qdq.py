@@ -25,8 +25,8 @@ named after its quantizer (``fc1.input_quantizer/QuantizeLinear``, ``fc1.input_q
 ``fc1.weight``) when the equation carries the quantizer's name in its name stack, as
 :func:`jq.export.to_onnx` arranges.
 
-The plugin is registered when this module is imported; :func:`lowering_scope` sets the options of one
-export and collects what was emitted.
+:func:`lowering_scope` registers the plugin with jax2onnx (once), sets the options of one export and
+collects what was emitted.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,16 +43,16 @@ import numpy as np
 import onnx_ir as ir
 from jax2onnx.plugins.plugin_system import PrimitiveLeafPlugin, register_primitive
 
-from jq import numerics as nx
 from jq.config import QuantizerSpec
 from jq.export.formats import QDQFormat, resolve_format
 from jq.export.layout import WeightLayout
 from jq.export.scales import export_scale
 from jq.fake_quant import jq_fake_quant_p
 from jq.qtensor import quantize as qtensor_quantize
-from jq.quantizer import block_layout
+from jq.formats import block_layout
 
-__all__ = ["LoweringOptions", "EmittedQuantizer", "lowering_scope", "NAME_SCOPE_PREFIX", "JqFakeQuantPlugin"]
+__all__ = ["LoweringOptions", "EmittedQuantizer", "lowering_scope", "NAME_SCOPE_PREFIX", "JqFakeQuantPlugin",
+           "register_plugin"]
 
 NAME_SCOPE_PREFIX = "jq_quantizer="  # name-stack entry that carries a quantizer's name into the equation
 
@@ -102,6 +103,7 @@ _STATE: contextvars.ContextVar[_State | None] = contextvars.ContextVar("jq_expor
 @contextlib.contextmanager
 def lowering_scope(options: LoweringOptions = LoweringOptions()):
     """Lower ``jq_fake_quant`` with ``options`` inside the block; yields the list of :class:`EmittedQuantizer`."""
+    register_plugin()
     token = _STATE.set(_State(options))
     try:
         yield _STATE.get().emitted
@@ -182,15 +184,6 @@ def _repeat_blocks(stats: np.ndarray, spec_axes: dict, onnx_axis: int, full_shap
     return stats
 
 
-def _unpack4(data: np.ndarray, shape, signed: bool) -> np.ndarray:
-    """Unpacked 4-bit codes (uint8, 0..15) of jq's nibble-packed storage, cut to ``shape``."""
-    codes = np.asarray(nx.unpack_nibbles(jnp.asarray(data)))
-    codes = codes[tuple(slice(0, n) for n in shape)]
-    if signed:
-        return np.where(codes >= 8, codes.astype(np.int16) - 16, codes).astype(np.int8).astype(ml_dtypes.int4)
-    return codes
-
-
 # ----------------------------------------------------------------------------------------------------
 # the lowering
 
@@ -263,9 +256,9 @@ class _Lowering:
 
     # -- entry --------------------------------------------------------------------------------------------
     def run(self):
-        if self.fmt.kind == "nvfp4":
-            return self.nvfp4_weight() if self.is_weight else self.nvfp4_activation()
-        return self.weight() if self.is_weight else self.activation()
+        if self.is_weight:
+            return self.two_level_weight() if self.fmt.two_level else self.weight()
+        return self.dynamic_block_activation() if self.fmt.dynamic_quantize_op else self.activation()
 
     def qdq(self, x: ir.Value, shape, scale: np.ndarray, axis, block_size):
         """Q -> DQ on ``x`` (compute dtype) with ``scale``; returns the DQ output and the nodes."""
@@ -312,7 +305,10 @@ class _Lowering:
         self.record(nodes, sname, axis)
         self.bind(y, shape)
 
-    def nvfp4_activation(self):
+    def dynamic_block_activation(self):
+        """An activation whose block scales are computed at run time (TensorRT's NVFP4 form)."""
+        domain, op = self.fmt.dynamic_quantize_op
+        bsize, scale_type = self.fmt.block_size, self.fmt.block_scale_type
         x = self.ctx.get_value_for_var(self.x_var, name_hint=self.ctx.fresh_name("jq_in"))
         shape = _shape_of(x, self.x_var.aval.shape)
         gs = self.scale_const(export_scale(self.spec, self.amax).reshape(()), "global_scale")
@@ -327,14 +323,14 @@ class _Lowering:
         else:
             qshape = shape
         dims = list(qshape.dims)
-        dims[-1] = -(-int(last) // 16) if isinstance(last, int) else ir.SymbolicDim(None)
-        xq, sq = self.b.node("TRT_FP4DynamicQuantize", [xc, gs], f"{self.name}/TRT_FP4DynamicQuantize",
-                             [ir.DataType.FLOAT4E2M1, ir.DataType.FLOAT8E4M3FN], [qshape, ir.Shape(dims)],
-                             domain="trt", axis=-1, block_size=16, scale_type=int(ir.DataType.FLOAT8E4M3FN))
+        dims[-1] = -(-int(last) // bsize) if isinstance(last, int) else ir.SymbolicDim(None)
+        xq, sq = self.b.node(op, [xc, gs], f"{self.name}/{op}", [self.fmt.element_type, scale_type],
+                             [qshape, ir.Shape(dims)], domain=domain, axis=-1, block_size=bsize,
+                             scale_type=int(scale_type))
         (s,) = self.b.node("DequantizeLinear", [sq, gs], f"{self.name}/DequantizeLinear_scale", [self.ctype],
                            [ir.Shape(dims)])
         (y,) = self.b.node("DequantizeLinear", [xq, s], f"{self.name}/DequantizeLinear", [self.ctype], [qshape],
-                           axis=-1, block_size=16)
+                           axis=-1, block_size=bsize)
         nodes = [xq.producer(), s.producer(), y.producer()]
         if flat:
             (y,) = self.b.node("Reshape", [y, orig_shape], f"{self.name}/Unflatten", [self.ctype], [shape])
@@ -368,7 +364,7 @@ class _Lowering:
             op_axis = axis
         if self.state.options.dq_only:
             qt = qtensor_quantize(jnp.asarray(canonical), spec, jnp.asarray(amax), batch=view.batch)
-            data = self._codes(qt, canonical.shape)
+            data = spec.format.onnx_values(qt, canonical.shape)
             data = lay.to_operand(data) if in_operand else data
             y, nodes, sname = self.dq(data, scale, op_axis, block)
         else:
@@ -380,18 +376,6 @@ class _Lowering:
         self.record(nodes, sname, op_axis, "operand" if in_operand else "canonical")
         self.bind(y, ir.Shape(w.shape))
 
-    def _codes(self, qt, shape) -> np.ndarray:
-        """Unpadded, unpacked quantized values of ``qt`` as an array of the ONNX element type."""
-        elem = self.fmt.element_type
-        if elem in (ir.DataType.INT4, ir.DataType.UINT4):
-            return _unpack4(np.asarray(qt.data), shape, elem == ir.DataType.INT4)
-        data = np.asarray(qt.data)[tuple(slice(0, n) for n in shape)]
-        if elem == ir.DataType.FLOAT8E4M3FN:
-            return data.astype(ml_dtypes.float8_e4m3fn)
-        if elem == ir.DataType.FLOAT8E5M2:
-            return data.astype(ml_dtypes.float8_e5m2)
-        return data.astype(_NP_ELEM[elem])
-
     def _canonical_to_operand(self, y: ir.Value, lay: WeightLayout) -> ir.Value:
         permuted = lay.permuted_shape
         if tuple(self.view.shape) != permuted:
@@ -402,19 +386,20 @@ class _Lowering:
             (y,) = self.b.node("Transpose", [y], f"{self.name}/Transpose", [self.ctype], [lay.shape], perm=list(inv))
         return y
 
-    def nvfp4_weight(self):
+    def two_level_weight(self):
+        """A weight stored quantized with block scales that a per-tensor scale dequantizes (NVFP4)."""
         spec, view = self.spec, self.view
         if view.batch:
-            raise ValueError(f"quantizer {self.name!r}: NVFP4 weights with batch (expert) axes are not exported yet")
+            raise ValueError(f"quantizer {self.name!r}: {self.fmt.kind} weights with batch (expert) axes are not "
+                             f"exported yet")
         w = np.asarray(self.w)
         lay = WeightLayout.create(view, w.shape)
         canonical = view.to_canonical(jnp.asarray(w))
         qt = qtensor_quantize(canonical, spec, jnp.asarray(self.amax))
-        codes = np.asarray(nx.unpack_nibbles(qt.data))[tuple(slice(0, n) for n in canonical.shape)]
-        data = codes.astype(np.uint8).view(ml_dtypes.float4_e2m1fn)
-        block_scale = np.asarray(qt.scale)  # float8_e4m3fn, (rows, ceil(in/16)) or (ceil(rows/16), ceil(in/16))
+        data = spec.format.onnx_values(qt, canonical.shape)
+        block_scale = np.asarray(qt.scale)  # one per block (2D tiles: one per tile)
         ndim = canonical.ndim
-        blocked = {ndim - 1: 16} | ({ndim - 2: 16} if len(spec.block_sizes.sizes) == 2 else {})
+        blocked = dict(spec.format.blocks(spec, canonical.shape).sizes)
         block_scale = _repeat_blocks(block_scale, blocked, ndim - 1, canonical.shape)
         in_operand = lay.direct
         axis = ndim - 1
@@ -428,18 +413,23 @@ class _Lowering:
         (s,) = self.b.node("DequantizeLinear", [s8, gs], f"{self.name}/DequantizeLinear_scale", [self.ctype],
                            [block_scale.shape])
         (y,) = self.b.node("DequantizeLinear", [d, s], f"{self.name}/DequantizeLinear", [self.ctype], [data.shape],
-                           axis=int(axis), block_size=16)
+                           axis=int(axis), block_size=self.fmt.block_size)
         if not in_operand:
             y = self._canonical_to_operand(y, lay)
         self.record([s.producer(), y.producer()], gs.name, axis, "operand" if in_operand else "canonical")
         self.bind(y, ir.Shape(w.shape))
 
 
-@register_primitive(jaxpr_primitive=jq_fake_quant_p.name, since="jq", context="primitives.jq",
-                    component="jq_fake_quant")
 class JqFakeQuantPlugin(PrimitiveLeafPlugin):
     """jax2onnx lowering of ``jq_fake_quant`` (see the module docstring)."""
 
     def lower(self, ctx, eqn) -> None:
         state = _STATE.get() or _State(LoweringOptions())
         _Lowering(ctx, eqn, state).run()
+
+
+@functools.cache
+def register_plugin() -> type:
+    """Register :class:`JqFakeQuantPlugin` with jax2onnx (once; :func:`lowering_scope` calls it)."""
+    return register_primitive(jaxpr_primitive=jq_fake_quant_p.name, since="jq", context="primitives.jq",
+                              component="jq_fake_quant")(JqFakeQuantPlugin)

@@ -24,11 +24,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jq import numerics as nx
-from jq.calib.max import weight_operand
+from jq.calib.weights import weight_operand
 from jq.config import QuantizerSpec
 from jq.export.formats import spec_stages
 from jq.qtensor import QTensor
@@ -42,24 +40,14 @@ def export_scale(spec: QuantizerSpec, amax) -> np.ndarray:
     """The dequantization scale(s) of a calibrated quantizer, float32, same shape as ``amax``.
 
     INT: ``amax / maxb`` (1 where ``amax <= 2^-24``, where jq quantizes to 0); FP8: ``1 / (maxv / amax)``
-    as jq computes it; NVFP4: the global scale ``amax / 2688`` (1 where ``amax == 0``).
+    as jq computes it; NVFP4: the global scale ``amax / 2688`` (1 where ``amax == 0``). Formats without an
+    amax-derived scale (MX) raise ``ValueError``.
 
     Example:
       >>> export_scale(QuantizerSpec(num_bits=8), np.float32(2.54))
       array(0.02, dtype=float32)
     """
-    amax = jnp.asarray(amax, jnp.float32)
-    kind = spec.kind
-    if kind == "int":
-        _, hi = nx.int_bounds(spec.num_bits, spec.unsigned)
-        scale = jnp.where(amax <= nx.TINY_AMAX, 1.0, amax / jnp.float32(hi))
-    elif kind == "fp8":
-        scale = nx.fp8_dequant_scale(nx.fp8_quant_scale(amax, spec.fp8_name))
-    elif kind == "nvfp4":
-        scale = nx.nvfp4_global_scale(amax)
-    else:
-        raise ValueError(f"{spec.describe()}: MX formats have no amax-derived scale")
-    return np.asarray(scale, np.float32)
+    return spec.format.export_scale(spec, amax)
 
 
 def _scan_free(origin) -> bool:
@@ -119,16 +107,8 @@ class LayerScales:
 
 
 def _weight_scales(qm, site, spec):
-    if spec.kind == "nvfp4":
-        qt = quantize_weight(qm, site, spec)
-        return np.asarray(qt.scale), np.asarray(qt.global_scale, np.float32)
     amax = qm.qstate.get(site.weight_quantizer, {}).get("amax")
-    if amax is None:
-        return None, None
-    scale = export_scale(spec, amax)
-    if spec.block_sizes is None and spec.axis is not None:
-        scale = scale.reshape(-1)  # keep-dims per-channel amax -> one scale per channel
-    return scale, None
+    return spec.format.weight_scales(quantize_weight(qm, site, spec), spec, amax)
 
 
 def layer_scales(qm) -> dict[str, LayerScales]:

@@ -18,7 +18,9 @@ import dataclasses
 
 from jax.extend import core as jcore
 
-from jq.trace.primitives import LAYOUT_PRIMITIVES, call_jaxpr_param, jaxpr_of
+from jq.trace.control_flow import JaxprVisitor, bodies
+from jq.trace.naming import producer_maps
+from jq.trace.primitives import LAYOUT_PRIMITIVES
 from jq.trace.sites import keypath_parts
 
 __all__ = ["DimRef", "CoupledDims", "dependency_analysis", "sibling_groups", "sibling_partition"]
@@ -78,10 +80,15 @@ _ELEMENTWISE_SKIP = frozenset({"dot_general", "conv_general_dilated", "ragged_do
                                "sort", "split", "select_and_scatter_add", "reduce_window", "top_k"})
 
 
-class _DimWalker:
+class _DimWalker(JaxprVisitor):
+    """Ties ``(var, axis)`` pairs; the value of each variable is the variable itself."""
+
     def __init__(self):
         self.uf = _UnionFind()
         self.concats: list = []
+
+    def literal(self, lit):
+        return lit
 
     def tie(self, a, i, b, j):
         if isinstance(a, jcore.Literal) or isinstance(b, jcore.Literal):
@@ -90,50 +97,37 @@ class _DimWalker:
             self.uf.union((a, i), (b, j))
 
     def tie_all(self, a, b, offset_b=0):
+        if isinstance(a, jcore.Literal):
+            return
         for i in range(len(a.aval.shape)):
-            if i + offset_b < len(b.aval.shape):
+            if i + offset_b < len(getattr(b.aval, "shape", ())):
                 self.tie(a, i, b, i + offset_b)
 
     def run(self, jaxpr):
-        for eqn in jaxpr.eqns:
-            self.eqn(eqn)
+        self.visit_jaxpr(jaxpr, [], list(jaxpr.invars), (), list(jaxpr.constvars))
 
-    def sub(self, inner, outer_in, outer_out, in_offsets=None, out_offsets=None):
-        for k, (iv, ov) in enumerate(zip(inner.invars, outer_in)):
-            if not isinstance(ov, jcore.Literal):
-                off = (in_offsets or {}).get(k, 0)
-                for d in range(len(iv.aval.shape)):
-                    self.tie(iv, d, ov, d + off)
-        self.run(inner)
-        for k, (iv, ov) in enumerate(zip(inner.outvars, outer_out)):
-            if not isinstance(iv, jcore.Literal):
-                off = (out_offsets or {}).get(k, 0)
-                for d in range(len(iv.aval.shape)):
-                    self.tie(iv, d, ov, d + off)
+    def visit_control(self, eqn, invals, path):
+        """Every higher-order equation: inner inputs and outputs tied to operands and results (scan's sliced
+        inputs and stacked outputs one axis apart)."""
+        for body in bodies(eqn):
+            inner_in = body.jaxpr.invars
+            for k, (iv, op) in enumerate(zip(inner_in, body.operands)):
+                self.tie_all(iv, eqn.invars[op], 1 if k in body.sliced else 0)
+            self.visit_jaxpr(body.jaxpr, [], list(inner_in), path + (body.index,), list(body.jaxpr.constvars))
+            for k, (ov, r) in enumerate(zip(body.jaxpr.outvars, body.results)):
+                if r is not None:
+                    self.tie_all(ov, eqn.outvars[r], 1 if k in body.stacked else 0)
+        return list(eqn.outvars)
+
+    visit_scan = visit_while = visit_cond = visit_call = visit_remat = visit_shard_map = visit_control
+
+    def visit_plain(self, eqn, invals, path):
+        self.eqn(eqn)
+        return list(eqn.outvars)
 
     def eqn(self, eqn):
         name, p = eqn.primitive.name, eqn.params
         ins, outs = eqn.invars, eqn.outvars
-        if name == "scan":
-            nc, ncar = p["num_consts"], p["num_carry"]
-            inner, _ = jaxpr_of(p["jaxpr"])
-            n_in = len(ins)
-            self.sub(inner, ins, outs, {k: 1 for k in range(nc + ncar, n_in)},
-                     {k: 1 for k in range(ncar, len(outs))})
-            return
-        if name == "while":
-            body, _ = jaxpr_of(p["body_jaxpr"])
-            cn = p["cond_nconsts"]
-            self.sub(body, ins[cn:], outs)
-            return
-        if name == "cond":
-            for br in p["branches"]:
-                self.sub(jaxpr_of(br)[0], ins[1:], outs)
-            return
-        key = call_jaxpr_param(eqn)
-        if key is not None:
-            self.sub(jaxpr_of(p[key])[0], ins, outs)
-            return
         if name == "dot_general":
             (lc, rc), (lb, rb) = p["dimension_numbers"]
             lhs, rhs = ins[0], ins[1]
@@ -268,9 +262,7 @@ def sibling_partition(traced, names) -> list[list[str]]:
 
 def sibling_groups(traced) -> list[list[str]]:
     """Linear sites that read the same activation (q/k/v, gate/up): lists of site names, 2 or more each."""
-    from jq.trace.tracer import _producer_maps
-
-    producers = _producer_maps(traced.closed_jaxpr.jaxpr)
+    producers = producer_maps(traced.closed_jaxpr.jaxpr)
     by_input: dict = collections.defaultdict(list)
     for s in traced.sites:
         if s.kind not in ("linear", "conv") or s.eqn is None:

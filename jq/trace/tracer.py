@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +25,8 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from jq.quantizer import CanonicalView
-from jq.trace.primitives import SITE_PRIMITIVES, call_jaxpr_param, jaxpr_of
+from jq.trace.control_flow import JaxprVisitor, bodies
+from jq.trace.naming import name_sites, weight_view
 from jq.trace.sites import (
     ACT,
     CONST,
@@ -35,9 +34,7 @@ from jq.trace.sites import (
     Derived,
     ParamOrigin,
     ScanSlice,
-    Site,
     SkippedSite,
-    name_from_keypath,
 )
 
 __all__ = ["TracedModel", "QuantizerSlot", "trace", "split_dynamic", "signature_of", "weight_view"]
@@ -116,33 +113,6 @@ class TracedModel:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Canonical weight views
-
-
-def weight_view(eqn, operand: int, shape: tuple) -> CanonicalView:
-    """The canonical ``[*batch, out, in]`` (dot) or ``[O, I, *spatial]`` (conv) view of a weight operand."""
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-        rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial) positions in the kernel
-        perm = tuple(rhs_spec)
-        return CanonicalView(perm, tuple(shape[p] for p in perm), 0)
-    if name == "dot_general":
-        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-        contract, batch = (lc, lb) if operand == 0 else (rc, rb)
-    else:  # ragged_dot_general: the group (expert) axis of the rhs is a batch axis
-        dn = eqn.params["ragged_dot_dimension_numbers"]
-        (lc, rc), (lb, rb) = dn.dot_dimension_numbers
-        contract = lc if operand == 0 else rc
-        batch = tuple(lb if operand == 0 else rb) + (tuple(dn.rhs_group_dimensions) if operand == 1 else ())
-    contract, batch = tuple(contract), tuple(batch)
-    free = tuple(d for d in range(len(shape)) if d not in contract and d not in batch)
-    perm = batch + free + contract
-    cshape = tuple(shape[d] for d in batch) + (math.prod(shape[d] for d in free),
-                                               math.prod(shape[d] for d in contract))
-    return CanonicalView(perm, cshape, len(batch))
-
-
-# ----------------------------------------------------------------------------------------------------
 # The walk
 
 
@@ -176,95 +146,87 @@ def _join_stack(outer: str, inner) -> str:
     return outer if not inner else f"{outer}/{inner}"
 
 
-class _Walker:
+class _Walker(JaxprVisitor):
+    """The tracer's walk: the value of each variable is where it comes from (an *origin*)."""
+
     def __init__(self):
         self.raw_sites: list[dict] = []
         self.skipped: list[SkippedSite] = []
         self.layer_stack: list[int] = []
         self.layer_scans: dict = {}
         self.other_uses: set = set()  # params leaves consumed by something other than a weight chain/site
+        self.scopes: list = []  # paths of the jaxprs being walked (innermost last)
+        self.stacks: list[str] = [""]  # name stacks of the enclosing equations
+        self.const_values: dict = {}  # constvar -> concrete value (constant operands of replayable chains)
 
-    def run(self, jaxpr, consts, in_origins, prefix: tuple, stack: str):
-        outer_jaxpr, self.current_jaxpr = getattr(self, "current_jaxpr", None), prefix
-        try:
-            return self._run(jaxpr, consts, in_origins, prefix, stack)
-        finally:
-            self.current_jaxpr = outer_jaxpr
+    # -- the environment ---------------------------------------------------------------------------------
+    def literal(self, lit):
+        return CONST
 
-    def _run(self, jaxpr, consts, in_origins, prefix: tuple, stack: str):
-        env: dict = {}
-        vals: dict = {}
-        for v, c in zip(jaxpr.constvars, consts):
-            env[v] = CONST
-            vals[v] = c
-        for v, o in zip(jaxpr.invars, in_origins):
-            env[v] = o
+    def unbound(self, var):
+        return CONST
 
-        def read(a):
-            if isinstance(a, jcore.Literal):
-                return CONST
-            return env.get(a, CONST)
+    def enter_jaxpr(self, jaxpr, consts, path):
+        self.scopes.append(path)
+        self.const_values.update(zip(jaxpr.constvars, consts))
 
-        def value(a):
-            if isinstance(a, jcore.Literal):
-                return a.val
-            return vals.get(a, _MISSING)
+    def exit_jaxpr(self, jaxpr, path):
+        self.scopes.pop()
 
-        for eqn in jaxpr.eqns:
-            path = prefix + (id(eqn),)
-            full_stack = _join_stack(stack, eqn.source_info.name_stack)
-            ins = [read(v) for v in eqn.invars]
-            name = eqn.primitive.name
-            n_out = len(eqn.outvars)
-            if name in SITE_PRIMITIVES:
-                self._site(eqn, ins, path, full_stack)
-                outs = [_combine(ins)] * n_out
-            elif name == "scan":
-                outs = self._scan(eqn, ins, path, full_stack)
-            elif name == "while":
-                outs = self._while(eqn, ins, path, full_stack)
-            elif name == "cond":
-                outs = self._cond(eqn, ins, path, full_stack)
-            elif call_jaxpr_param(eqn) is not None:
-                inner, inner_consts = jaxpr_of(eqn.params[call_jaxpr_param(eqn)])
-                if name == "shard_map":  # a sharded weight is a per-device shard inside: not replayable
-                    ins = [Derived(o.leaves if isinstance(o, Derived) else frozenset({o.leaf}))
-                           if _is_weight(o) and not _replicated(spec) else o
-                           for o, spec in zip(ins, eqn.params["in_specs"])]
-                outs = self.run(inner, inner_consts, ins, path + (0,), full_stack)
-                outs = list(outs)[:n_out] + [_combine(ins)] * max(0, n_out - len(outs))
-            else:
-                nonconst = [k for k, o in enumerate(ins) if o is not CONST]
-                if any(o is ACT for o in ins):
-                    outs = [ACT] * n_out
-                    for o in ins:  # e.g. an embedding table gathered by token ids
-                        self.other_uses.update(_leaves_of(o))
-                elif not nonconst:
-                    outs = [CONST] * n_out
-                elif (len(nonconst) == 1 and isinstance(ins[nonconst[0]], ParamOrigin) and n_out == 1
-                      and not eqn.primitive.multiple_results
-                      and all(value(v) is not _MISSING for k, v in enumerate(eqn.invars) if k != nonconst[0])):
-                    k = nonconst[0]
-                    others = tuple(value(v) for j, v in enumerate(eqn.invars) if j != k)
-                    outs = [ins[k].extend(ChainStep(eqn, k, others))]
-                else:
-                    outs = [_combine(ins)] * n_out
-                    for o in ins:
-                        self.other_uses.update(_leaves_of(o))
-            for v, o in zip(eqn.outvars, outs):
-                env[v] = o
-        outs = [read(v) for v in jaxpr.outvars]
-        if not prefix:
-            for o in outs:
-                self.other_uses.update(_leaves_of(o))
+    def run(self, jaxpr, consts, in_origins):
+        outs = self.visit_jaxpr(jaxpr, consts, in_origins, (), [CONST] * len(jaxpr.constvars))
+        for o in outs:
+            self.other_uses.update(_leaves_of(o))
         return outs
 
+    def visit_body(self, body, inner_args, path):
+        return self.visit_jaxpr(body.jaxpr, body.consts, list(inner_args), path + (body.index,),
+                                [CONST] * len(body.jaxpr.constvars))
+
+    def _stack(self, eqn) -> str:
+        return _join_stack(self.stacks[-1], eqn.source_info.name_stack)
+
+    def _value(self, v):
+        """Concrete value of an operand (a literal or a closed-over constant), or _MISSING."""
+        if isinstance(v, jcore.Literal):
+            return v.val
+        return self.const_values.get(v, _MISSING)
+
+    def _inside(self, eqn, fn):
+        self.stacks.append(self._stack(eqn))
+        try:
+            return fn()
+        finally:
+            self.stacks.pop()
+
+    # -- plain equations: follow weights through replayable chains ----------------------------------------
+    def visit_plain(self, eqn, ins, path):
+        n_out = len(eqn.outvars)
+        nonconst = [k for k, o in enumerate(ins) if o is not CONST]
+        if any(o is ACT for o in ins):
+            for o in ins:  # e.g. an embedding table gathered by token ids
+                self.other_uses.update(_leaves_of(o))
+            return [ACT] * n_out
+        if not nonconst:
+            return [CONST] * n_out
+        if (len(nonconst) == 1 and isinstance(ins[nonconst[0]], ParamOrigin) and n_out == 1
+                and not eqn.primitive.multiple_results
+                and all(self._value(v) is not _MISSING for k, v in enumerate(eqn.invars) if k != nonconst[0])):
+            k = nonconst[0]
+            others = tuple(self._value(v) for j, v in enumerate(eqn.invars) if j != k)
+            return [ins[k].extend(ChainStep(eqn, k, others))]
+        for o in ins:
+            self.other_uses.update(_leaves_of(o))
+        return [_combine(ins)] * n_out
+
     # -- sites ------------------------------------------------------------------------------------------
-    def _site(self, eqn, ins, path, stack):
+    def visit_site(self, eqn, ins, path):
         name = eqn.primitive.name
+        stack = self._stack(eqn)
         shapes = tuple(tuple(v.aval.shape) for v in eqn.invars)
         dtypes = tuple(str(v.aval.dtype) for v in eqn.invars)
         o0, o1 = ins[0], ins[1]
+        outs = [_combine(ins)] * len(eqn.outvars)
         if o0 is ACT and _is_weight(o1):
             weight_op, kind = 1, ("conv" if name == "conv_general_dilated" else "linear")
         elif name == "dot_general" and _is_weight(o0) and o1 is ACT:
@@ -279,192 +241,74 @@ class _Walker:
             else:
                 reason = "two activations in a convolution or ragged dot"
             self.skipped.append(SkippedSite(name, stack, reason, shapes))
-            return
+            return outs
         self.raw_sites.append(dict(
-            eqn=eqn, path=path, stack=stack, kind=kind, weight_op=weight_op, jaxpr_id=self.current_jaxpr,
+            eqn=eqn, path=path, stack=stack, kind=kind, weight_op=weight_op, jaxpr_id=self.scopes[-1],
             weight=None if weight_op is None else ins[weight_op], shapes=shapes, dtypes=dtypes,
             layer_axes=tuple(self.layer_stack)))
+        return outs
 
-    # -- control flow -------------------------------------------------------------------------------
-    def _scan(self, eqn, ins, path, stack):
-        p = eqn.params
-        nc, ncar = p["num_consts"], p["num_carry"]
-        consts, carry, xs = ins[:nc], ins[nc:nc + ncar], ins[nc + ncar:]
-        layer = any(_is_weight(o) for o in xs)
+    # -- higher-order equations ---------------------------------------------------------------------------
+    def visit_call(self, eqn, ins, path):
+        (body,) = bodies(eqn)
+        if eqn.primitive.name == "shard_map":  # a sharded weight is a per-device shard inside: not replayable
+            ins = [Derived(o.leaves if isinstance(o, Derived) else frozenset({o.leaf}))
+                   if _is_weight(o) and not _replicated(spec) else o
+                   for o, spec in zip(ins, eqn.params["in_specs"])]
+        inner = self._inside(eqn, lambda: self.visit_body(body, [ins[i] for i in body.operands], path))
+        outs = [_combine(ins)] * len(eqn.outvars)
+        for o, r in zip(inner, body.results):
+            if r is not None:
+                outs[r] = o
+        return outs
+
+    def visit_scan(self, eqn, ins, path):
+        (body,) = bodies(eqn)
+        ncar = eqn.params["num_carry"]
+        nc = eqn.params["num_consts"]
+        carry_idx = range(nc, nc + ncar)
+        layer = any(_is_weight(ins[i]) for i in body.sliced)
         depth = len(self.layer_stack)
-        inner_xs = [o.extend(ScanSlice(depth)) if (layer and isinstance(o, ParamOrigin)) else o for o in xs]
-        carry_in = [o if o is CONST else ACT for o in carry]
-        for o in carry:
-            self.other_uses.update(_leaves_of(o))
+        inner = []
+        for i in body.operands:
+            o = ins[i]
+            if i in carry_idx:
+                self.other_uses.update(_leaves_of(o))
+                o = o if o is CONST else ACT
+            elif i in body.sliced and layer and isinstance(o, ParamOrigin):
+                o = o.extend(ScanSlice(depth))
+            inner.append(o)
         if layer:
-            self.layer_stack.append(int(p["length"]))
-            self.layer_scans[path] = int(p["length"])
-        body, body_consts = jaxpr_of(p["jaxpr"])
-        self.run(body, body_consts, list(consts) + carry_in + inner_xs, path + (0,), stack)
-        if layer:
-            self.layer_stack.pop()
+            self.layer_stack.append(int(eqn.params["length"]))
+            self.layer_scans[path] = int(eqn.params["length"])
+        try:
+            self._inside(eqn, lambda: self.visit_body(body, inner, path))
+        finally:
+            if layer:
+                self.layer_stack.pop()
         return [_combine(ins)] * len(eqn.outvars)
 
-    def _while(self, eqn, ins, path, stack):
+    def visit_while(self, eqn, ins, path):
         p = eqn.params
-        cn, bn = p["cond_nconsts"], p["body_nconsts"]
-        cconsts, bconsts, carry = ins[:cn], ins[cn:cn + bn], ins[cn + bn:]
-        carry_in = [o if o is CONST else ACT for o in carry]
-        body, body_consts = jaxpr_of(p["body_jaxpr"])
-        self.run(body, body_consts, list(bconsts) + carry_in, path + (1,), stack)
-        cond, cond_consts = jaxpr_of(p["cond_jaxpr"])
-        self.run(cond, cond_consts, list(cconsts) + carry_in, path + (0,), stack)
+        carry_start = p["cond_nconsts"] + p["body_nconsts"]
+        for o in ins[carry_start:]:
+            self.other_uses.update(_leaves_of(o))
+
+        def arg(i):
+            return (ins[i] if ins[i] is CONST else ACT) if i >= carry_start else ins[i]
+
+        cond, body = bodies(eqn)
+        for b in (body, cond):  # the body first, as the tracer always did (site order)
+            self._inside(eqn, lambda b=b: self.visit_body(b, [arg(i) for i in b.operands], path))
         return [_combine(ins)] * len(eqn.outvars)
 
-    def _cond(self, eqn, ins, path, stack):
-        ops = ins[1:]
-        for i, br in enumerate(eqn.params["branches"]):
-            inner, consts = jaxpr_of(br)
-            self.run(inner, consts, ops, path + (i,), stack)
+    def visit_cond(self, eqn, ins, path):
+        for b in bodies(eqn):
+            self._inside(eqn, lambda b=b: self.visit_body(b, [ins[i] for i in b.operands], path))
         return [_combine(ins)] * len(eqn.outvars)
 
 
 _MISSING = object()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Naming
-
-
-def _is_noise_component(c: str) -> bool:
-    """Name-stack components that are not module names: einsum specs, transformations, jit wrappers."""
-    return ("->" in c or "," in c or "(" in c or c in ("", "jit", "pjit", "remat", "checkpoint", "scan", "while",
-                                                          "cond", "shard_map", "vmap"))
-
-
-def _clean_stack(stack: str) -> list[str]:
-    return [c for c in stack.split("/") if not _is_noise_component(c)]
-
-
-def _learn_root(raw_sites, names) -> tuple[str, ...]:
-    """Name-stack prefix that linear sites carry but param-derived names do not (e.g. the root module)."""
-    votes = collections.Counter()
-    for r, n in zip(raw_sites, names):
-        if n is None:
-            continue
-        comps, nparts = _clean_stack(r["stack"]), n.split(".")
-        if len(comps) >= len(nparts) and comps[len(comps) - len(nparts):] == nparts:
-            votes[tuple(comps[:len(comps) - len(nparts)])] += 1
-    return votes.most_common(1)[0][0] if votes else ()
-
-
-def _derives_from_exp(eqn, producers, depth=0) -> bool:
-    """Whether an operand comes out of a softmax: a short backward walk looking for ``exp``."""
-    if eqn is None or depth > 12:
-        return False
-    if eqn.primitive.name == "exp":
-        return True
-    key = call_jaxpr_param(eqn)
-    if key is not None:
-        inner, _ = jaxpr_of(eqn.params[key])
-        if any(e.primitive.name == "exp" for e in inner.eqns):
-            return True
-    if eqn.primitive.name in SITE_PRIMITIVES:
-        return False
-    return any(_derives_from_exp(producers.get(v), producers, depth + 1)
-               for v in eqn.invars if not isinstance(v, jcore.Literal))
-
-
-def _producer_maps(jaxpr, maps=None):
-    """var -> producing eqn, for every (nested) jaxpr."""
-    maps = {} if maps is None else maps
-    for eqn in jaxpr.eqns:
-        for v in eqn.outvars:
-            maps[v] = eqn
-        for sub in _subjaxprs(eqn):
-            _producer_maps(sub, maps)
-    return maps
-
-
-def _subjaxprs(eqn):
-    out = []
-    for v in eqn.params.values():
-        for item in (v if isinstance(v, (tuple, list)) else (v,)):
-            if isinstance(item, (jcore.Jaxpr, jcore.ClosedJaxpr)):
-                out.append(jaxpr_of(item)[0])
-    return out
-
-
-def _name_sites(walker: _Walker, param_paths, param_shapes, jaxpr) -> list[Site]:
-    raws = walker.raw_sites
-    # weight sites: group by (weight identity, canonical view)
-    base_names: list[str | None] = []
-    views: list[CanonicalView | None] = []
-    group_key: list = []
-    for r in raws:
-        if r["weight_op"] is None:
-            base_names.append(None)
-            views.append(None)
-            group_key.append(None)
-            continue
-        w = r["weight"]
-        view = weight_view(r["eqn"], r["weight_op"], r["shapes"][r["weight_op"]])
-        views.append(view)
-        if isinstance(w, ParamOrigin):
-            leaf = w.leaf
-            ident = ("leaf", leaf, tuple(type(s).__name__ for s in w.chain))
-        else:
-            leaf = max(w.leaves, key=lambda i: math.prod(param_shapes[i]))
-            ident = ("derived", w.leaves)
-        base_names.append(name_from_keypath(param_paths[leaf]))
-        group_key.append((ident, view.perm, view.shape))
-    names: list[str | None] = [None] * len(raws)
-    taken: dict[str, list] = {}
-    for i, (base, key) in enumerate(zip(base_names, group_key)):
-        if base is None:
-            continue
-        keys = taken.setdefault(base, [])
-        if key not in keys:
-            keys.append(key)
-        j = keys.index(key)
-        names[i] = base if j == 0 else f"{base}_{j}"
-    # attention (bmm) sites: scope from the name stack, role from softmax ancestry
-    root = _learn_root(raws, names)
-    producers = _producer_maps(jaxpr)
-    counters: dict = collections.Counter()
-    roles_of: list = [None] * len(raws)
-    att: list = [None] * len(raws)
-    for i, r in enumerate(raws):
-        if r["kind"] != "bmm":
-            continue
-        comps = _clean_stack(r["stack"])
-        if root and tuple(comps[:len(root)]) == root:
-            comps = comps[len(root):]
-        scope = ".".join(comps)
-        eqn = r["eqn"]
-        lhs_p, rhs_p = (producers.get(v) for v in eqn.invars[:2])
-        if _derives_from_exp(lhs_p, producers):
-            role, roles = "pv", {0: "softmax_quantizer", 1: "v_bmm_quantizer"}
-        elif _derives_from_exp(rhs_p, producers):
-            role, roles = "pv", {1: "softmax_quantizer", 0: "v_bmm_quantizer"}
-        else:
-            role, roles = "qk", {0: "q_bmm_quantizer", 1: "k_bmm_quantizer"}
-        k = counters[(scope, role)]
-        counters[(scope, role)] += 1
-        base = scope or "attn"
-        names[i] = base if k == 0 else f"{base}.attn{k}"
-        if not scope and k == 0:
-            names[i] = "attn"
-        roles_of[i] = roles
-        att[i] = role
-    sites = []
-    for i, r in enumerate(raws):
-        if r["kind"] == "bmm":
-            roles = roles_of[i]
-        else:
-            act = 1 - r["weight_op"]
-            roles = {act: "input_quantizer", r["weight_op"]: "weight_quantizer"}
-        sites.append(Site(
-            name=names[i], kind=r["kind"], primitive=r["eqn"].primitive.name, path=r["path"], roles=roles,
-            weight_operand=r["weight_op"], weight=r["weight"], view=views[i], shapes=r["shapes"],
-            dtypes=r["dtypes"], name_stack=r["stack"], layer_axes=r["layer_axes"], params=dict(r["eqn"].params),
-            attention_role=att[i], scope=r["jaxpr_id"], eqn=r["eqn"]))
-    return sites
 
 
 def _collect_quantizers(sites) -> dict:
@@ -523,9 +367,9 @@ def trace(apply_fn: Callable, params, *args, **kwargs) -> TracedModel:
     out_tree = jax.tree_util.tree_structure(out_shape)
     walker = _Walker()
     in_origins = [ParamOrigin(i) for i in range(n_p)] + [ACT] * len(dyn)
-    walker.run(closed.jaxpr, closed.consts, in_origins, (), "")
+    walker.run(closed.jaxpr, closed.consts, in_origins)
     shapes = [tuple(np.shape(x)) for x in p_leaves]
-    sites = _name_sites(walker, p_paths, shapes, closed.jaxpr)
+    sites = name_sites(walker, p_paths, shapes, closed.jaxpr)
     site_at = {s.path: s for s in sites}
     has_sites: set = set()
     below: dict = collections.defaultdict(set)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from jq.zoo.fashion_mnist import load_fashion_mnist
+from jq_zoo.fashion_mnist import load_fashion_mnist
 
 __all__ = ["FashionCNN", "train_fashion_cnn", "load_or_train_fashion_cnn", "accuracy"]
 

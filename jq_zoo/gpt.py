@@ -107,7 +107,7 @@ def cross_entropy(logits, targets) -> jax.Array:
 def train(config: GPTConfig, train_ids: np.ndarray, *, steps: int = 1000, batch: int = 32, lr: float = 3e-3,
           seed: int = 0, log_every: int = 0, log=print) -> tuple[dict, list[tuple[int, float]]]:
     """Train from scratch with AdamW (warm-up then cosine decay); returns params and ``(step, loss)`` history."""
-    from jq.zoo.shakespeare import random_batches
+    from jq_zoo.shakespeare import random_batches
 
     model = GPT(config)
     params = model.init(jax.random.key(seed), jnp.zeros((1, config.block_size), jnp.int32))

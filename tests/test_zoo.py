@@ -1,4 +1,4 @@
-"""The small GPT and the Shakespeare data helpers used by examples/nanogpt_quantize.py (jq.zoo)."""
+"""The small GPT and the Shakespeare data helpers used by examples/nanogpt_quantize.py (jq_zoo)."""
 
 import io
 import tarfile
@@ -11,8 +11,8 @@ import pytest
 import jq
 import jq.export
 from tests.export.conftest import run_jax
-from jq.zoo import shakespeare
-from jq.zoo.gpt import GPT, GPTConfig, cross_entropy, evaluate, generate, train
+from jq_zoo import shakespeare
+from jq_zoo.gpt import GPT, GPTConfig, cross_entropy, evaluate, generate, train
 
 TEXT = "ROMEO.\nBut soft, what light through yonder window breaks?\n" * 40
 

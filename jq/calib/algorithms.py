@@ -1,0 +1,57 @@
+"""The registered calibration algorithms, by the names configs use.
+
+=================  ==============================================================================
+name               algorithm
+=================  ==============================================================================
+``max``            :class:`~jq.calib.max.MaxCalibration` (every quantizer's calibrator; default)
+``None``           :class:`~jq.calib.max.NoCalibration` (dynamic formats only)
+``smoothquant``    :class:`~jq.calib.smoothquant.SmoothQuant` (``alpha``)
+``awq_lite``       :class:`~jq.calib.awq.AWQLite` (``alpha_step``)
+=================  ==============================================================================
+
+A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
+algorithm object with :func:`make`; an unknown name or option is a ``ValueError`` listing the valid ones.
+Adding an algorithm: one module with an :class:`~jq.calib.base.Algorithm` dataclass, one line here.
+
+Example:
+  >>> make({"method": "smoothquant", "alpha": 0.5})
+  SmoothQuant(alpha=0.5, formats=('int',))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jq.calib.awq import AWQLite
+from jq.calib.base import Algorithm
+from jq.calib.max import MaxCalibration, NoCalibration
+from jq.calib.smoothquant import SmoothQuant
+from jq.config import Algorithm as AlgorithmConfig
+from jq.config import did_you_mean
+
+__all__ = ["ALGORITHMS", "make", "names"]
+
+ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite)}
+
+
+def names() -> list[str]:
+    """The algorithm names, ``None`` last."""
+    return sorted(n for n in ALGORITHMS if n is not None) + ["None"]
+
+
+def make(algorithm) -> Algorithm:
+    """The algorithm object for a config's ``algorithm`` (a name, a ``{"method": ...}`` dict, an
+    :class:`~jq.config.Algorithm` or an algorithm object)."""
+    if isinstance(algorithm, Algorithm):
+        return algorithm
+    cfg = AlgorithmConfig.parse(algorithm)
+    cls = ALGORITHMS.get(cfg.method)
+    if cls is None:
+        raise ValueError(f"unknown calibration algorithm {cfg.method!r}{did_you_mean(cfg.method, names())}; "
+                         f"jq implements: {names()}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for k in cfg.kwargs:
+        if k not in fields:
+            raise ValueError(f"algorithm {cfg.method!r} has no option {k!r}{did_you_mean(k, fields)}; "
+                             f"its options: {fields}")
+    return cls(**cfg.kwargs)

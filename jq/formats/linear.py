@@ -1,0 +1,81 @@
+"""Real-quantized linear layers: stored quantized weights and the GEMM that consumes them.
+
+A format offers one of these for a ``(weight spec, input spec)`` pair through
+:meth:`~jq.formats.base.Format.linear_kernel`; :func:`jq.deploy.realize` uses them to serve a site on stored
+weights. Each has a ``name`` (the serving plan reports it), ``prepare(qt, platform)`` turning the weight's
+:class:`~jq.qtensor.QTensor` (canonical ``[N, K]``) into what the GEMM reads, and ``apply(x2, stored, *,
+input_amax, platform)`` computing ``x2 [B, K] @ W.T`` in float32.
+
+* :class:`FP8Linear`: E4M3 weight (K-major) and the activation quantized per tensor with its calibrated amax;
+  one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper (``quantizes_input``: the kernel
+  quantizes the activation itself).
+* :class:`W4A16Linear`: 4-bit weights (NVFP4 or INT4 in groups of 128) with 16-bit activations; on a GPU the
+  Mosaic decode GEMM of :mod:`kernels.gemm` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
+  enabled input quantizer (NVFP4 W4A4 on Hopper, which has no FP4 MMA) runs as fake quant before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+from jax import lax
+
+from jq import numerics as nx
+from kernels import fp8 as fp8_kernels
+from kernels import gemm
+
+__all__ = ["FP8Linear", "W4A16Linear", "kernels_enabled"]
+
+
+def kernels_enabled() -> bool:
+    """False when ``JQ_KERNELS=reference`` (or ``off``/``0``/``none``) keeps every op on the jnp reference."""
+    return os.environ.get("JQ_KERNELS", "").lower() not in ("reference", "off", "0", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class FP8Linear:
+    """``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)``: E4M3 operands, float32 accumulation."""
+
+    name: str = "fp8"
+    quantizes_input: bool = True
+
+    def prepare(self, qt, platform: str):
+        """``(w_q float8_e4m3fn [N, K], 1/s_w)`` from an FP8 per-tensor QTensor (``qt.scale`` is ``s_w``)."""
+        return qt.data.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(jnp.reshape(qt.scale, ()))
+
+    def apply(self, x2, stored, *, input_amax, platform: str):
+        w_q, w_inv = stored
+        quantize_x = None
+        if platform == "gpu" and kernels_enabled():
+            def quantize_x(v, a):
+                return fp8_kernels.fp8_quantize(v, a, interpret=False)
+        return gemm.fp8_linear(x2, w_q, w_inv, jnp.reshape(input_amax, ()), out_dtype=jnp.float32,
+                               quantize_x=quantize_x)
+
+
+@dataclasses.dataclass(frozen=True)
+class W4A16Linear:
+    """4-bit weights, 16-bit activations; ``weight_format`` is the kernel's name for the code layout."""
+
+    weight_format: str  # "nvfp4" or "int4"
+    quantizes_input: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.weight_format}_w4a16"
+
+    def prepare(self, qt, platform: str):
+        """The decode-GEMM layout on a GPU (:func:`kernels.gemm.pack_w4`), else the QTensor itself."""
+        if platform == "gpu" and kernels_enabled():
+            return gemm.pack_w4(qt)
+        return qt
+
+    def apply(self, x2, stored, *, input_amax, platform: str):
+        if isinstance(stored, gemm.PackedW4):
+            return gemm.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
+        w = stored.dequantize(jnp.float32 if x2.dtype == jnp.float32 else jnp.bfloat16)
+        precision = lax.Precision.HIGHEST if x2.dtype == jnp.float32 else None
+        return lax.dot_general(x2.astype(w.dtype), w, (((1,), (1,)), ((), ())), precision=precision,
+                               preferred_element_type=jnp.float32)
