@@ -326,6 +326,8 @@ class QuantizerSpec:
     @classmethod
     def from_dict(cls, d: Mapping, *, where: str = "") -> QuantizerSpec:
         """Build from a ModelOpt attribute dict; unknown keys raise ``ValueError`` naming the allowed ones."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}a quantizer is a dict of QuantizerSpec fields, got {d!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
         ignored = {"learn_amax", "bias"}  # ModelOpt fields with no jq meaning: accepted only at defaults
         kwargs = {}
