@@ -59,11 +59,12 @@ def sr_bits(seed: int | jax.Array, shape) -> jax.Array:
 
 
 def _global_scale(amax_t, shape, mode):
-    """``amax / 2688`` correctly rounded (1 where amax == 0, NaN stays NaN), as a vector of ``shape`` (computed per
-    block: the division is cheap there and avoids XLA's GPU division, which is not the IEEE one everywhere)."""
+    """``amax / 2688`` correctly rounded (1 where it is below ``2^-117``, amax == 0 included; NaN stays NaN), as a
+    vector of ``shape`` (computed per block: the division is cheap there and avoids XLA's GPU division, which is
+    not the IEEE one everywhere). The rule is :func:`jq.numerics.nvfp4_global_scale`'s."""
     a = jnp.broadcast_to(amax_t, shape)
     q = C.div_rn(a, jnp.full(shape, nx.NVFP4_AMAX_DIVISOR, jnp.float32), "ieee" if mode == "ieee" else "asm")
-    return jnp.where(a == 0, 1.0, q)
+    return jnp.where(q < nx.NVFP4_MIN_GLOBAL_SCALE, 1.0, q)
 
 
 def _block_scale(amax_b, amax_t, mode):

@@ -24,6 +24,7 @@ from jq.numerics.mx import (
 from jq.numerics.nvfp4 import (
     NVFP4_AMAX_DIVISOR,
     NVFP4_BLOCK_SIZE,
+    NVFP4_MIN_GLOBAL_SCALE,
     nvfp4_block_scale,
     nvfp4_dequantize,
     nvfp4_fake_quant,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jq.numerics.blocks import BlockLayout
-from jq.numerics.rounding import E2M1, E4M3, MinifloatFormat, ldexp, round_half_even, round_to_minifloat
+from jq.numerics.rounding import E2M1, E4M3, MinifloatFormat, exact_divide, ldexp, round_half_even, round_to_minifloat
 
 __all__ = [
     "MX_BLOCK_SIZE",
@@ -58,11 +58,18 @@ MX_FORMATS = {f.name: f for f in (MXFP8, MXFP4, MXINT8)}
 
 
 def e8m0_exponent(block_amax: jax.Array, dmax: float) -> jax.Array:
-    """``clamp(ceil(log2(amax / dmax)), -127, 127)`` as int32, exactly (via ``frexp``, no ``log2``)."""
-    r = block_amax.astype(jnp.float32) / dmax
+    """``clamp(ceil(log2(amax / dmax)), -127, 127)`` as int32, exactly (via ``frexp``, no ``log2``).
+
+    ``amax / dmax`` is the correctly rounded quotient (:func:`~jq.numerics.rounding.exact_divide`), as the
+    kernels compute it, not XLA's ``amax * (1 / dmax)`` rewrite of a division by a constant. An infinite
+    block amax gives 127 (the clamp of ``log2(inf)``), and so does a NaN one, as the kernels' bit-level
+    exponent does (exponent field 255): the block's finite elements then round to zero or stay tiny.
+    """
+    r = exact_divide(block_amax.astype(jnp.float32), jnp.float32(dmax))
     m, e = jnp.frexp(r)  # r = m 2^e, m in [0.5, 1): ceil(log2 r) = e - 1 when m == 0.5 else e
     k = jnp.where(m == 0.5, e - 1, e)
     k = jnp.where(r > 0, k, -E8M0_BIAS)
+    k = jnp.where(jnp.isinf(r) | jnp.isnan(r), E8M0_BIAS, k)  # frexp gives exponent 0 for both
     return jnp.clip(k, -E8M0_BIAS, E8M0_BIAS).astype(jnp.int32)
 
 

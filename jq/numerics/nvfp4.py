@@ -2,7 +2,7 @@
 
 With ``amax`` the per-tensor absolute maximum (calibrated or computed) and ``amax_b`` that of a block::
 
-    gs   = amax / 2688                      (2688 = 6 * 448; gs = 1 when amax = 0)
+    gs   = amax / 2688                      (2688 = 6 * 448; gs = 1 when gs < 2^-117, e.g. amax = 0)
     r    = amax_b / (6 * gs);  r = 1 where r == 0
     s_b  = e4m3(clamp(r, 2^-9, 448)) * gs   (the E4M3 block scale times the global scale)
     q    = E2M1(x / s_b)                    (ties to even, saturating at 6)
@@ -24,6 +24,7 @@ from jq.numerics.rounding import E2M1, E4M3, exact_divide, round_to_minifloat, s
 __all__ = [
     "NVFP4_BLOCK_SIZE",
     "NVFP4_AMAX_DIVISOR",
+    "NVFP4_MIN_GLOBAL_SCALE",
     "nvfp4_layout",
     "nvfp4_global_scale",
     "nvfp4_block_scale",
@@ -35,6 +36,7 @@ __all__ = [
 NVFP4_BLOCK_SIZE = 16
 NVFP4_AMAX_DIVISOR = 6.0 * 448.0  # E2M1 max times E4M3 max
 MIN_BLOCK_SCALE = 2.0**-9  # smallest positive E4M3 (subnormal)
+NVFP4_MIN_GLOBAL_SCALE = 2.0**-117  # MIN_BLOCK_SCALE * NVFP4_MIN_GLOBAL_SCALE = 2^-126, the smallest normal float32
 
 
 def nvfp4_layout(shape, two_d: bool = False, block_size: int = NVFP4_BLOCK_SIZE) -> BlockLayout:
@@ -44,12 +46,16 @@ def nvfp4_layout(shape, two_d: bool = False, block_size: int = NVFP4_BLOCK_SIZE)
 
 
 def nvfp4_global_scale(amax: jax.Array) -> jax.Array:
-    """``amax / 2688`` in float32; 1 where ``amax == 0`` so an all-zero tensor quantizes to zeros.
+    """``amax / 2688`` in float32; 1 where it is below ``2^-117`` (``amax`` under ~1.6e-32, zero included).
 
+    With ``gs >= 2^-117`` every two-level scale ``s_b * gs >= 2^-9 * gs`` is a normal float32; below, XLA
+    CPU flushes the subnormal scale to zero and ``x / 0`` gave NaN and infinities. With ``gs = 1`` such a
+    tiny tensor quantizes to zeros, like an all-zero tensor, on every backend.
     A NaN amax stays NaN (a broken calibration must not turn into silently finite outputs).
     """
     amax = jnp.asarray(amax, jnp.float32)
-    return jnp.where(amax == 0, 1.0, exact_divide(amax, jnp.float32(NVFP4_AMAX_DIVISOR)))
+    gs = exact_divide(amax, jnp.float32(NVFP4_AMAX_DIVISOR))
+    return jnp.where(gs < NVFP4_MIN_GLOBAL_SCALE, 1.0, gs)
 
 
 def nvfp4_block_scale(block_amax: jax.Array, global_scale: jax.Array) -> jax.Array:

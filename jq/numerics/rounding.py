@@ -57,19 +57,32 @@ E2M1 = MinifloatFormat("e2m1", 2, 1, 0, 6.0)  # grid {0, .5, 1, 1.5, 2, 3, 4, 6}
 
 
 def exact_divide(a: jax.Array, b: jax.Array) -> jax.Array:
-    """IEEE ``a / b`` (correctly rounded), elementwise with broadcasting.
+    """IEEE ``a / b`` (correctly rounded) under ``jit`` too, elementwise with broadcasting.
 
-    XLA's algebraic simplifier rewrites a division by a broadcast value into a multiplication by its
-    reciprocal, which is off by one ulp in about a quarter of the elements and would break bit-exactness
-    with ModelOpt (PyTorch divides). The divisor is made a full-size array that depends on ``a`` (so it
-    stays full-size under ``vmap`` too: ``where(a == a, b, a)`` is ``b`` except where ``a`` is NaN, where
-    the quotient is NaN either way) and hidden behind an optimization barrier.
+    XLA's algebraic simplifier rewrites divisions it can see into, into other roundings: ``A / C`` for a
+    compile-time constant ``C`` (e.g. a calibrated amax closed over by ``jax.jit(qm.apply)``) becomes
+    ``A * (1 / C)``, ``(A / B) / C`` becomes ``A / (B * C)``, ``A / (B / C)`` becomes ``(A * C) / B``,
+    and a division by a broadcast may become a multiplication by a broadcast reciprocal. Each is one ulp
+    off in a tenth to a quarter of the elements, which breaks bit-exactness with ModelOpt (PyTorch
+    divides). So both operands pass through one optimization barrier: the simplifier sees neither a
+    constant nor a division on either side. The barrier lives until after CPU simplification (XLA CPU
+    expands it after CSE, and runs no simplifier before fusion; XLA GPU expands it after scheduling).
+    The divisor is also made a full-size array that depends on ``a`` (``where(a == a, b, a)``: ``b``
+    except where ``a`` is NaN, where the quotient is NaN either way), so it is never a broadcast, under
+    ``vmap`` too.
+
+    Example:
+      >>> amax = jnp.array([3.0, 7.0])  # closed over below: a constant to XLA
+      >>> jax.jit(lambda: 127.0 / jnp.where(amax > 0, amax, 1.0))()  # rewritten to 127 * (1 / amax)
+      Array([42.333336, 18.142859], dtype=float32)
+      >>> jax.jit(lambda: exact_divide(127.0, jnp.where(amax > 0, amax, 1.0)))()
+      Array([42.333332, 18.142857], dtype=float32)
     """
     a = jnp.asarray(a)
     shape = jnp.broadcast_shapes(a.shape, jnp.shape(b))
     a = jnp.broadcast_to(a, shape)
     b = jnp.broadcast_to(jnp.asarray(b, a.dtype), shape)
-    divisor = jax.lax.optimization_barrier(jnp.where(a == a, b, a))
+    a, divisor = jax.lax.optimization_barrier((a, jnp.where(a == a, b, a)))
     return a / divisor
 
 

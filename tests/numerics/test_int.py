@@ -69,3 +69,24 @@ def test_nan_or_inf_amax_never_gives_silent_finite_values(amax):
     for y in (int_fake_quant(x, jnp.float32(amax), 8), fp8_fake_quant(x, jnp.float32(amax)),
               nvfp4_fake_quant(x, jnp.float32(amax))):
         assert np.isnan(np.asarray(y)).all()
+
+
+def test_scale_is_maxb_over_amax_when_amax_is_a_jit_constant():
+    # Regression (issue 11): a closed-over per-channel amax made XLA compute 127 * (1 / amax).
+    import jax
+
+    from jq.numerics import int_quant_scale
+
+    amax = np.array([[1.3], [3.0], [6.0], [7.0], [9.0]], np.float32)  # 127 / a != 127 * (1 / a) for each
+    got = jax.jit(lambda: int_quant_scale(jnp.asarray(amax), 8))()
+    np.testing.assert_array_equal(np.asarray(got), np.float32(127) / amax)
+
+
+def test_fake_quant_under_jit_with_a_constant_amax_equals_eager(rng):
+    import jax
+
+    x = rng.standard_normal((64, 128)).astype(np.float32)
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    eager = np.asarray(int_fake_quant(jnp.asarray(x), jnp.asarray(amax), 8))
+    jitted = np.asarray(jax.jit(lambda x: int_fake_quant(x, jnp.asarray(amax), 8))(x))
+    np.testing.assert_array_equal(jitted, eager)

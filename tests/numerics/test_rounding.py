@@ -73,3 +73,37 @@ def test_exact_divide_is_a_true_division_under_jit(rng):
     a = rng.standard_normal((64, 256)).astype(np.float32) * 100
     b = (rng.random((64, 1)) + 0.1).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(jax.jit(exact_divide)(a, b)), a / b)
+
+
+# Divisors whose float32 reciprocal rounds the product the other way: 127 / d != 127 * (1 / d) for each.
+RECIPROCAL_SENSITIVE = np.array([1.3, 3.0, 6.0, 7.0, 9.0], np.float32)
+
+
+def test_plain_division_by_a_jit_constant_is_rewritten_by_xla():
+    # Why exact_divide exists: XLA's algebraic simplifier turns A / C into A * (1 / C) for a constant C
+    # (here a closed-over amax behind a where, as in int_quant_scale). If XLA ever stops doing this,
+    # this test fails and the barrier could be revisited.
+    d = jnp.asarray(RECIPROCAL_SENSITIVE)
+    got = np.asarray(jax.jit(lambda: 127.0 / jnp.where(d > 0, d, 1.0))())
+    assert (got != np.float32(127) / RECIPROCAL_SENSITIVE).all()
+    np.testing.assert_array_equal(got, np.float32(127) * (np.float32(1) / RECIPROCAL_SENSITIVE))
+
+
+@pytest.mark.parametrize("form", ["numerator traced", "all constant", "both traced"])
+def test_exact_divide_is_a_true_division_when_operands_are_jit_constants(form):
+    d = jnp.asarray(RECIPROCAL_SENSITIVE)
+    a = jnp.full(d.shape, 127.0, jnp.float32)
+    fn = lambda a, d: exact_divide(a, jnp.where(d > 0, d, 1.0))  # noqa: E731
+    got = {"numerator traced": lambda: jax.jit(lambda a: fn(a, d))(a),
+           "all constant": lambda: jax.jit(lambda: fn(a, d))(),
+           "both traced": lambda: jax.jit(fn)(a, d)}[form]()
+    np.testing.assert_array_equal(np.asarray(got), np.float32(127) / RECIPROCAL_SENSITIVE)
+
+
+def test_exact_divide_survives_a_nested_division_in_the_numerator(rng):
+    # (A / B) / C is rewritten to A / (B * C) by XLA unless the barrier hides A / B.
+    a = rng.standard_normal(4096).astype(np.float32)
+    b = (rng.random(4096) + 0.5).astype(np.float32)
+    c = (rng.random(4096) + 0.5).astype(np.float32)
+    got = jax.jit(lambda a, b, c: exact_divide(exact_divide(a, b), c))(a, b, c)
+    np.testing.assert_array_equal(np.asarray(got), (a / b) / c)
