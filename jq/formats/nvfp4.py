@@ -2,9 +2,12 @@
 
 ``gs = amax / 2688``; per block ``s_b = e4m3(clamp(amax_b / (6 gs), 2^-9, 448)) * gs``; ``y = E2M1(x / s_b) *
 s_b`` (:mod:`jq.numerics.nvfp4`). Blocks run along the contracting (last canonical) axis, or over 16x16 tiles
-of the last two axes for weights (``block_sizes={-1: 16, -2: 16}``, TransformerEngine's 2D recipe). Block
-scales are always dynamic; the global amax is calibrated unless ``type="dynamic"``. The straight-through
-estimator clips at the global amax.
+of the last two axes for weights (``block_sizes={-1: 16, -2: 16}``, TransformerEngine's 2D recipe). With
+``block_sizes["type"] == "dynamic"`` (the presets) block scales come from the tensor at each call and the
+global amax is calibrated unless ``type="dynamic"``; with ``"static"`` every block keeps a calibrated amax
+(``amax`` has one entry per block; MSE and AWQ-clip calibration produce them), values beyond it saturate, and
+the global scale is ``max(block amax) / 2688``. The straight-through estimator clips at the global amax
+(dynamic blocks) or at each block's amax (static blocks).
 
 Storage: E2M1 codes, two per byte (element ``2i`` in the low nibble), E4M3 block scales, fp32 ``gs``. ONNX:
 TensorRT's form (a ``FLOAT4E2M1`` tensor with ``FLOAT8E4M3FN`` block scales dequantized by ``gs``; activations
@@ -36,6 +39,11 @@ def two_d(spec) -> bool:
     return len(spec.block_sizes.sizes) == 2
 
 
+def static_blocks(spec) -> bool:
+    """True when every block keeps a calibrated amax (``block_sizes["type"] == "static"``)."""
+    return spec.block_sizes.type == "static"
+
+
 class NVFP4Format(Format):
     """NVFP4 with 1D (16) or 2D (16x16) blocks; static or dynamic global amax."""
 
@@ -49,19 +57,34 @@ class NVFP4Format(Format):
         bs = spec.block_sizes
         if spec.num_bits != (2, 1):
             raise ValueError(f"E4M3 block scales (4, 3) are NVFP4's and need num_bits=(2, 1), got {spec.num_bits}")
-        if not self.is_dynamic(spec):
-            raise ValueError("block_sizes with scale_bits (double quantization) must be 'type': 'dynamic'")
+        if static_blocks(spec) and spec.type == "dynamic":
+            raise ValueError("NVFP4 with static (calibrated) block amaxes cannot have a dynamic global amax")
         if bs.axes not in ({-1: 16}, {-1: 16, -2: 16}):
             raise ValueError(f"NVFP4 uses 1D blocks {{-1: 16}} or 2D {{-1: 16, -2: 16}}, got {bs.axes}")
 
     # -- geometry ---------------------------------------------------------------------------------------
+    def is_dynamic(self, spec) -> bool:
+        return spec.type == "dynamic" or not static_blocks(spec)
+
     def needs_amax(self, spec) -> bool:
-        return spec.type != "dynamic"  # block scales are dynamic; the global amax is static unless type=dynamic
+        return spec.type != "dynamic"  # the global amax (dynamic blocks) or every block amax (static blocks)
 
     def compute_amax(self, x, spec, batch=0):
         if not self.needs_amax(spec):
             return None
-        return nx.reduce_amax(jnp.asarray(x), tuple(range(batch)) if batch else None)
+        x = jnp.asarray(x)
+        if static_blocks(spec):
+            layout = self.blocks(spec, x.shape)
+            return layout.squeeze_stats(layout.block_amax(x))
+        return nx.reduce_amax(x, tuple(range(batch)) if batch else None)
+
+    def _amaxes(self, spec, amax, batch):
+        """``(global amax, block amax or None)`` from the calibrated statistic."""
+        if amax is None or not static_blocks(spec):
+            return amax, None
+        if batch:
+            raise NotImplementedError("NVFP4 with static block amaxes on batched (expert) tensors")
+        return jnp.max(amax), amax
 
     def blocks(self, spec, shape, batch=0):
         return nx.nvfp4_layout(tuple(shape), two_d(spec))
@@ -70,6 +93,9 @@ class NVFP4Format(Format):
     def fake_quant(self, x, spec, amax, *, batch=0, random_bits=None):
         if amax is None:  # dynamic global amax: per call (per batch entry)
             amax = nx.reduce_amax(x, tuple(range(batch)) if batch else None)
+        amax, block_amax = self._amaxes(spec, amax, batch)
+        if block_amax is not None:
+            return nx.nvfp4_fake_quant(x, amax, two_d=two_d(spec), random_bits=random_bits, block_amax=block_amax)
         tiles = two_d(spec)
         if batch:  # one global scale per batch entry
             fn = lambda xi, ai: nx.nvfp4_fake_quant(xi, ai, two_d=tiles)  # noqa: E731
@@ -83,7 +109,8 @@ class NVFP4Format(Format):
             raise NotImplementedError("NVFP4 storage of batched tensors: quantize each entry separately")
         if amax is None:
             amax = nx.reduce_amax(x)
-        q, s, gs, layout = nx.nvfp4_quantize(x, amax, two_d=two_d(spec))
+        amax, block_amax = self._amaxes(spec, amax, batch)
+        q, s, gs, layout = nx.nvfp4_quantize(x, amax, two_d=two_d(spec), block_amax=block_amax)
         negative = layout.split(x) < 0  # ModelOpt's sign bit: x < 0 before rounding
         data = nx.pack_nibbles(nx.e2m1_encode(q, negative).reshape(layout.padded_shape))
         scale = layout.squeeze_stats(s).astype(jnp.float8_e4m3fn)  # exact: s is on the E4M3 grid
@@ -95,20 +122,27 @@ class NVFP4Format(Format):
         s = layout.expand_stats(qt.scale.astype(jnp.float32))
         return nx.nvfp4_dequantize(q, s, qt.global_scale, layout, dtype)
 
-    # clip_mask: the base rule, |x| <= global amax
+    def clip_mask(self, x, spec, amax, batch=0):
+        if amax is None or not static_blocks(spec):
+            return super().clip_mask(x, spec, amax, batch)  # |x| <= global amax
+        layout = self.blocks(spec, x.shape)
+        bound = layout.merge(jnp.broadcast_to(layout.expand_stats(amax), layout.blocked_shape))
+        return jnp.abs(x) <= bound
 
     # -- description -------------------------------------------------------------------------------------
     def describe(self, spec) -> str:
         axes = spec.block_sizes.axes
         gran = "b" + "x".join(str(axes[a]) for a in sorted(axes))
-        return f"nvfp4 {gran}" + (" dyn-global" if spec.type == "dynamic" else "")
+        return f"nvfp4 {gran}" + (" dyn-global" if spec.type == "dynamic" else "") + (
+            " static" if static_blocks(spec) else "")
 
     def bits_per_element(self, spec) -> float:
         return 4.5  # 4-bit values + one 8-bit scale per 16 elements
 
     # -- export --------------------------------------------------------------------------------------------
     def export_scale(self, spec, amax):
-        return np.asarray(nx.nvfp4_global_scale(jnp.asarray(amax, jnp.float32)), np.float32)
+        amax = jnp.asarray(amax, jnp.float32)
+        return np.asarray(nx.nvfp4_global_scale(jnp.max(amax) if static_blocks(spec) else amax), np.float32)
 
     def weight_scales(self, qt, spec, amax):
         return np.asarray(qt.scale), np.asarray(qt.global_scale, np.float32)
@@ -118,6 +152,9 @@ class NVFP4Format(Format):
             raise UnsupportedExport("Hadamard rotation (rotate=True) has no Q/DQ form")
         if two_d(spec) and not is_weight:
             raise UnsupportedExport("2D 16x16 NVFP4 blocks are supported for weights only")
+        if static_blocks(spec) and not is_weight:
+            raise UnsupportedExport("static NVFP4 block amaxes are supported for weights only (TensorRT computes "
+                                    "activation block scales at run time)")
         return QDQForm(self.name, "FLOAT4E2M1", "block", 23, 16, 6.0, block_scale_type="FLOAT8E4M3FN",
                        dynamic_quantize_op=("trt", "TRT_FP4DynamicQuantize"))
 
@@ -154,7 +191,8 @@ class NVFP4Format(Format):
     # -- kernels -----------------------------------------------------------------------------------------
     def _kernel_blocks(self, spec) -> bool:
         sizes = dict(spec.block_sizes.sizes)
-        return set(sizes) in ({-1}, {-1, -2}) and all(v == 16 for v in sizes.values()) and not spec.rotate
+        return (set(sizes) in ({-1}, {-1, -2}) and all(v == 16 for v in sizes.values()) and not spec.rotate
+                and not static_blocks(spec))  # the kernels compute block amaxes from the tensor
 
     def kernel_bindings(self):
         return (

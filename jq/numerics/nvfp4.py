@@ -72,6 +72,7 @@ def nvfp4_quantize(
     two_d: bool = False,
     block_size: int = NVFP4_BLOCK_SIZE,
     random_bits: jax.Array | None = None,
+    block_amax: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, BlockLayout]:
     """Quantize to E2M1 values (float32 on the grid), E4M3 block scales and the global scale.
 
@@ -80,6 +81,8 @@ def nvfp4_quantize(
       amax: per-tensor amax (a scalar, or broadcastable per leading batch); computed from ``x`` when None.
       two_d: 16x16 tiles instead of 1x16 rows.
       random_bits: uint8 (or wider) array of ``x``'s shape for stochastic rounding; round-to-nearest-even if None.
+      block_amax: static (calibrated) block amaxes, one per block (``layout.num_blocks_shape``); computed from
+        ``x`` when None. Values beyond a block's static amax saturate at ``6 s_b`` (clipping).
 
     Returns:
       ``(q_blocked, block_scale, global_scale, layout)`` where ``q_blocked`` has ``layout.blocked_shape`` and
@@ -89,7 +92,8 @@ def nvfp4_quantize(
     if amax is None:
         amax = jnp.max(jnp.abs(x.astype(jnp.float32)))
     gs = nvfp4_global_scale(amax)
-    scale_e4m3 = nvfp4_block_scale(layout.block_amax(x), gs)
+    bmax = layout.block_amax(x) if block_amax is None else layout.expand_stats(block_amax)
+    scale_e4m3 = nvfp4_block_scale(bmax, gs)
     xb = layout.split(x).astype(jnp.float32)
     scaled = exact_divide(xb, scale_e4m3 * gs)  # ModelOpt divides by the two-level scale
     if random_bits is None:
@@ -111,6 +115,7 @@ def nvfp4_fake_quant(
     two_d: bool = False,
     block_size: int = NVFP4_BLOCK_SIZE,
     random_bits: jax.Array | None = None,
+    block_amax: jax.Array | None = None,
 ) -> jax.Array:
     """NVFP4 quantize-dequantize in one expression; returns ``x.dtype``.
 
@@ -120,5 +125,6 @@ def nvfp4_fake_quant(
       >>> bool(jnp.all(jnp.abs(y - x) <= 0.25))
       True
     """
-    q, s, gs, layout = nvfp4_quantize(x, amax, two_d=two_d, block_size=block_size, random_bits=random_bits)
+    q, s, gs, layout = nvfp4_quantize(x, amax, two_d=two_d, block_size=block_size, random_bits=random_bits,
+                                      block_amax=block_amax)
     return nvfp4_dequantize(q, s, gs, layout, x.dtype)

@@ -101,3 +101,31 @@ def test_hf_algorithms_map_back_to_their_format():
             assert formats.for_hf_algorithm(algo) is fmt
     with pytest.raises(ValueError, match="unknown quant_algo"):
         formats.for_hf_algorithm("W3A3")
+
+
+STATIC_NV = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "static", "scale_bits": (4, 3)})
+
+
+def test_static_block_nvfp4_equals_dynamic_at_the_true_block_amax():
+    """NVFP4 with calibrated per-block amaxes (what MSE / AWQ-clip calibration produce) is the dynamic format
+    when every block amax is the block's own max|x|; a smaller amax clips the block."""
+    dynamic = SPECS["nvfp4"][0]
+    x = _x()
+    block_amax = STATIC_NV.format.compute_amax(x, STATIC_NV)
+    assert block_amax.shape == (48, 4) and STATIC_NV.format.needs_amax(STATIC_NV) and not STATIC_NV.is_dynamic
+    same = fake_quant_reference(x, STATIC_NV, block_amax)
+    assert np.array_equal(np.asarray(same), np.asarray(fake_quant_reference(x, dynamic, jnp.max(jnp.abs(x)))))
+    clipped = fake_quant_reference(x, STATIC_NV, block_amax * 0.5)
+    assert float(jnp.max(jnp.abs(clipped))) <= float(jnp.max(block_amax)) * 0.5 * (1 + 2 ** -3)
+    assert np.array_equal(np.asarray(dequantize(quantize(x, STATIC_NV, block_amax * 0.5))), np.asarray(clipped))
+    mask = STATIC_NV.format.clip_mask(x, STATIC_NV, block_amax * 0.5)
+    assert 0 < int(mask.sum()) < x.size
+
+
+def test_static_block_nvfp4_is_weight_only_in_onnx():
+    from jq.formats import UnsupportedExport
+    assert STATIC_NV.format.onnx_form(STATIC_NV, is_weight=True).granularity == "block"
+    with pytest.raises(UnsupportedExport, match="weights only"):
+        STATIC_NV.format.onnx_form(STATIC_NV, is_weight=False)
+    with pytest.raises(ValueError, match="dynamic global amax"):
+        QuantizerSpec(num_bits=(2, 1), type="dynamic", block_sizes={-1: 16, "type": "static", "scale_bits": (4, 3)})
