@@ -75,8 +75,8 @@ def test_presets_are_modelopt_dicts_that_copy_and_edit():
 def test_unbuilt_algorithm_is_an_error_not_silence():
     import jax.numpy as jnp
 
-    cfg = {**jq.INT4_AWQ_CFG, "algorithm": "awq_clip"}
-    with pytest.raises(NotImplementedError, match="awq_clip"):
+    cfg = {**jq.INT4_AWQ_CFG, "algorithm": "awq_magic"}
+    with pytest.raises(ValueError, match="unknown calibration algorithm 'awq_magic'.*jq implements"):
         jq.quantize({"w": jnp.ones((4, 4))}, lambda p, x: x @ p["w"], cfg, example_args=(jnp.ones((2, 4)),))
 
 

@@ -95,7 +95,7 @@ def _example_module():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "examples" / "nanogpt_quantize.py"
+    path = Path(__file__).resolve().parents[1] / "examples" / "nanogpt_quantize.py"
     spec = importlib.util.spec_from_file_location("nanogpt_quantize", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -55,7 +55,10 @@ class CalibData:
                                progress=self.progress, desc=desc)
 
     def trace(self, qm) -> None:
-        """Trace ``qm`` on the first batch (or the first call of the forward loop) if it is not traced yet."""
+        """Trace ``qm`` on the first batch (or the first call of the forward loop) if it is not traced yet.
+
+        A forward loop is stopped right after its first call (an exception raised through it), so no batch is
+        evaluated."""
         if qm.is_traced:
             return
         cache = qm.cache
@@ -67,9 +70,16 @@ class CalibData:
         elif self.forward_loop is not None:
             def trace_only(*args, **kwargs):
                 cache.get(qm.params, args, kwargs)
-                return qm.apply_fn(qm.params, *args, **kwargs)
+                raise _Traced
 
-            self.forward_loop(trace_only)
+            try:
+                self.forward_loop(trace_only)
+            except _Traced:
+                pass
+
+
+class _Traced(Exception):
+    """Raised through a forward loop once its first call has traced the model."""
 
 
 class Algorithm:

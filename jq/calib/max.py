@@ -51,8 +51,10 @@ def share_siblings(traced, qstate: dict, weights: bool) -> None:
 def max_calibrate(qm, data: CalibData, qstate: dict | None = None) -> dict:
     """Weights from the params and activations from one pass over ``data``; returns the new quantizer state."""
     qstate = {k: dict(v) for k, v in (qm.qstate if qstate is None else qstate).items()}
-    data.trace(qm)
-    stats = {} if data.empty else data.collect(qm, Collect(weights_from_data(qm.traced)), qstate=qstate)
+    stats = {}
+    if not data.empty:  # the pass traces the model on its first batch; it must know the traced weights first
+        data.trace(qm)
+        stats = data.collect(qm, Collect(weights_from_data(qm.traced)), qstate=qstate)
     if not qm.is_traced:
         raise ValueError("no calibration batch was seen and nothing was traced: give calib_data or example_args")
     traced = qm.traced
