@@ -6,7 +6,6 @@ specified in tests/onnx_toolbox; here they are checked through real exports."""
 import numpy as np
 import onnx
 import onnx_ir as ir
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import jq.export
