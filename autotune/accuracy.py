@@ -61,6 +61,8 @@ class AccuracyGuard:
         self.reference = [sess.run(self.outputs, s) for s in self.samples]
 
     def _session(self, path: str | os.PathLike):
+        """ORT's default session (``ORT_ENABLE_ALL``, default ``session.qdq_matmulnbits_accuracy_level``): the
+        accuracy the deployed model will have, fused kernels included."""
         so = self.ort.SessionOptions()
         so.log_severity_level = 3
         return self.ort.InferenceSession(str(path), so, providers=[self.provider])

@@ -85,7 +85,7 @@ class QDQAutotuner:
         node_filter: Sequence[str] | None = None,
     ):
         self.config = config or Config()
-        self.rules = rules or placement_rules("ort", self.config.default_quant_type)
+        self.rules = rules or placement_rules("ort", self.config.default_quant_type, self.config.reduce_range)
         self.base_dir = base_dir
         self.model, self.notes = preprocess(model, base_dir, self.rules.min_opset, self.rules.clean_gemm)
         analysis = with_static_inputs(self.model, input_shapes or {})
@@ -117,7 +117,7 @@ class QDQAutotuner:
     def settings(self) -> dict:
         """Settings that must match for a saved state to be resumed."""
         c = self.config
-        return {
+        settings = {
             "backend": self.rules.backend,
             "quant_type": self.rules.quant_type,
             "schemes_per_region": c.schemes_per_region,
@@ -128,6 +128,9 @@ class QDQAutotuner:
             "min_output_cosine": c.min_output_cosine,
             "accuracy_samples": c.accuracy_samples,
         }
+        if self.rules.weight_qmax != 127:  # listed only when not the default, so older state files still match
+            settings["weight_qmax"] = self.rules.weight_qmax
+        return settings
 
     def _filter(self, regions: list[Region], patterns: Sequence[str] | None) -> list[Region]:
         if not patterns:

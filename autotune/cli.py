@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--performance-threshold", type=float, default=1.02, help="minimum speedup over no Q/DQ for a pattern to keep its scheme (default 1.02)")
     p.add_argument("--min-cosine", type=float, default=0.99, help="with --calibration-data: reject schemes whose outputs' cosine similarity to FP32 falls below this (0 disables; default 0.99)")
     p.add_argument("--default-q-scale", type=float, default=0.1, help="scale used without calibration (latency-only model; default 0.1)")
+    p.add_argument("--reduce-range", default="auto", choices=["auto", "on", "off"], help="INT8 weights in 7 bits (|q| <= 64); auto = on for --benchmark ort on x86 CPUs without VNNI, whose u8s8 kernels saturate with 8-bit weights (default auto)")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
     p.add_argument("--plugin-library", action="append", default=[], help="TensorRT plugin library (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed of scheme generation")
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "min_output_cosine": args.min_cosine,
             "seed": args.seed,
             "verbose": args.verbose,
+            "reduce_range": {"auto": None, "on": True, "off": False}[args.reduce_range],
         }
         for flag, field in (("schemes_per_region", "schemes_per_region"), ("warmup_runs", "warmup_runs"), ("timing_runs", "timing_runs")):
             if getattr(args, flag) is not None:

@@ -35,6 +35,9 @@ class Config:
         default_quant_type: ``"int8"`` or ``"fp8"``.
         default_q_scale / default_q_zero_point: used for activations when no
             calibration is given (the resulting model is for latency only).
+        reduce_range: INT8 weights in 7 bits (``|q| <= 64``). ``None`` = automatic: on for
+            the ONNX Runtime backend on x86 CPUs without VNNI, whose u8s8 kernels add
+            product pairs in a saturating int16 (see :mod:`autotune.host_cpu`).
     Region search:
         maximum_sequence_region_size: cap on nodes in a merged sequence / refined child.
         minimum_topdown_search_size: regions with at least this many nodes are refined.
@@ -64,6 +67,7 @@ class Config:
     default_q_scale: float = 0.1
     default_q_zero_point: int = 0
     default_quant_type: str = "int8"
+    reduce_range: bool | None = None
     maximum_sequence_region_size: int = 10
     minimum_topdown_search_size: int = 10
     convergence_max_steps: int = 10

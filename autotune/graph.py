@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
+from onnx_toolbox.shapes import static_dims
+
 FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 )
@@ -92,11 +94,8 @@ class TensorInfo:
 def _info_from_type(tp: onnx.TypeProto) -> TensorInfo | None:
     if not tp.HasField("tensor_type"):
         return None
-    tt = tp.tensor_type
-    shape = None
-    if tt.HasField("shape"):
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return TensorInfo(tt.elem_type, shape)
+    dims = static_dims(tp)  # dim_param, unset and dim_value <= 0 are unknown (None)
+    return TensorInfo(tp.tensor_type.elem_type, None if dims is None else tuple(dims))
 
 
 class GraphIndex:

@@ -4,10 +4,10 @@
   models over 2 GB (which must store weights in external files) are handled: their
   weights stay on disk and every written model refers to the same files.
 * :func:`parse_input_shapes` parses ``name:1x3x224x224,other:1x128``.
-* :func:`preprocess` produces the FP32 model all measurements use: BatchNormalization
-  after Conv folded into the Conv, an all-zero Gemm ``C`` removed (ONNX Runtime rules),
-  a constant bias Add after Conv/Gemm folded into the op's bias,
-  and the opset raised to what the Q/DQ nodes need (INT8 per-channel: 13, FP8: 19).
+* :func:`preprocess` produces the FP32 model all measurements use: the opset raised to
+  what the Q/DQ nodes need (INT8 per-channel: 13, FP8: 19), then :mod:`onnx_toolbox`'s
+  folds: BatchNormalization after Conv into the Conv, an all-zero Gemm ``C`` removed
+  (ONNX Runtime rules), a constant bias Add after Conv/Gemm into the op's bias.
 * :class:`ModelWriter` saves models into a directory where the external weight files
   are copied once.
 
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
 from onnx.external_data_helper import uses_external_data
 
-from .graph import GraphIndex
+from onnx_toolbox import drop_zero_gemm_c, fold_batchnorm, fold_bias, static_dims
 
 #: protobuf cannot serialize more than 2 GB; stay well below it for inline tensors
 INLINE_LIMIT_BYTES = 1_800_000_000
@@ -117,6 +117,9 @@ def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
 def resolve_input_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...]], sample: dict[str, np.ndarray] | None = None) -> dict[str, tuple[int, ...]]:
     """Concrete shape of every data input: ``given`` > a calibration sample > the graph.
 
+    A dimension is dynamic when it is a ``dim_param``, unset, or a ``dim_value <= 0``
+    (the legacy ``-1`` marker several exporters write; :func:`onnx_toolbox.static_dims`).
+
     Raises:
         ValueError: a name in ``given`` is not an input, a given shape has the wrong
             rank or contradicts a static dimension, or a dynamic dimension is left.
@@ -128,22 +131,24 @@ def resolve_input_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...
         raise ValueError(f"--input-shapes names {unknown} are not model inputs (inputs: {sorted(inputs)})")
     out: dict[str, tuple[int, ...]] = {}
     for name, vi in inputs.items():
-        dims = vi.type.tensor_type.shape.dim
-        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        static = static_dims(vi.type)
         if name in given:
             shape = given[name]
-            if len(shape) != len(static):
+            if static is not None and len(shape) != len(static):
                 raise ValueError(f"--input-shapes {name}: rank {len(shape)} but the model input has rank {len(static)}")
-            for k, (g, s) in enumerate(zip(shape, static)):
+            for k, (g, s) in enumerate(zip(shape, static or ())):
                 if s is not None and s != g:
                     raise ValueError(f"--input-shapes {name}: dimension {k} is {g} but the model fixes it to {s}")
             out[name] = tuple(shape)
         elif sample is not None and name in sample:
             out[name] = tuple(sample[name].shape)
+        elif static is None:
+            raise ValueError(f"input {name!r} has no shape in the model; pass --input-shapes {name}:DxDx...")
         elif all(s is not None for s in static):
             out[name] = tuple(static)  # type: ignore[arg-type]
         else:
-            dyn = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+            dims = vi.type.tensor_type.shape.dim
+            dyn = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d, s in zip(dims, static) if s is None]
             raise ValueError(
                 f"input {name!r} has dynamic dimensions {dyn}; pass --input-shapes {name}:"
                 + "x".join(str(s) if s is not None else "N" for s in static)
@@ -176,9 +181,11 @@ def opset_version(model: onnx.ModelProto) -> int:
 def preprocess(model: onnx.ModelProto, base_dir: str, min_opset: int, clean_gemm: bool) -> tuple[onnx.ModelProto, list[str]]:
     """The FP32 model every scheme is built on, plus notes on what changed.
 
-    Folding BN and bias Adds and cleaning Gemm leave the math unchanged (up to float
-    rounding);
-    raising the opset uses ONNX's version converter.
+    Raising the opset uses ONNX's version converter. The folds (BatchNormalization into Conv, the all-zero
+    Gemm ``C`` when ``clean_gemm``, constant bias Adds into Conv/Gemm) are :mod:`onnx_toolbox`'s onnx-ir
+    passes; they leave the math unchanged up to float rounding, and the folded op writes the tensor the
+    removed node wrote, so tensor names (calibration scales, Q/DQ baselines) keep referring to the same values.
+    External-data weights stay on disk (read from ``base_dir`` only where a fold needs their values).
     """
     notes: list[str] = []
     m = onnx.ModelProto()
@@ -190,156 +197,21 @@ def preprocess(model: onnx.ModelProto, base_dir: str, min_opset: int, clean_gemm
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"cannot convert the model from opset {before} to {min_opset} (needed for the Q/DQ nodes): {e}") from e
         notes.append(f"opset {before} -> {min_opset} (Q/DQ needs {min_opset})")
-    n = fold_batchnorm(m, base_dir)
-    if n:
-        notes.append(f"folded {n} BatchNormalization node(s) into Conv")
-    if clean_gemm:
-        n = remove_zero_gemm_bias(m, base_dir)
-        if n:
-            notes.append(f"removed the all-zero C input of {n} Gemm node(s)")
-    n = fold_bias_add(m, base_dir)
-    if n:
-        notes.append(f"folded {n} constant bias Add node(s) into Conv/Gemm")
+    folded = ir.serde.deserialize_model(m)
+    if base_dir:
+        ir.external_data.set_base_dir(folded.graph, base_dir)
+    n_bn = fold_batchnorm(folded)
+    n_c = drop_zero_gemm_c(folded) if clean_gemm else 0
+    n_bias = fold_bias(folded)
+    if n_bn:
+        notes.append(f"folded {n_bn} BatchNormalization node(s) into Conv")
+    if n_c:
+        notes.append(f"removed the all-zero C input of {n_c} Gemm node(s)")
+    if n_bias:
+        notes.append(f"folded {n_bias} constant bias Add node(s) into Conv/Gemm")
+    if n_bn or n_c or n_bias:  # untouched models keep their exact proto
+        m = ir.serde.serialize_model(folded)
     return m, notes
-
-
-def fold_batchnorm(model: onnx.ModelProto, base_dir: str = "") -> int:
-    """Fold ``Conv -> BatchNormalization`` (constant parameters, single consumer) in place.
-
-    The Conv gets scaled weights and a bias; the BN disappears and the Conv writes the
-    BN's output tensor. Returns the number of folded BNs.
-    """
-    g = GraphIndex(model, infer_shapes=False, base_dir=base_dir)
-    remove: set[int] = set()
-    new_inits: list[onnx.TensorProto] = []
-    for i, node in enumerate(g.nodes):
-        if node.op_type != "BatchNormalization" or len(node.output) > 1 and any(node.output[1:]):
-            continue
-        if any(a.name == "training_mode" and a.i for a in node.attribute):
-            continue
-        p = g.producer.get(node.input[0])
-        if p is None or g.nodes[p].op_type != "Conv" or len(g.consumers.get(node.input[0], ())) != 1:
-            continue
-        if node.input[0] in g.graph_outputs:
-            continue
-        conv = g.nodes[p]
-        params = [g.constant_value(x) for x in node.input[1:5]]
-        w = g.constant_value(conv.input[1])
-        b = g.constant_value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if w is None or any(x is None for x in params) or (len(conv.input) > 2 and conv.input[2] and b is None):
-            continue
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        scale, bias, mean, var = (np.asarray(x, dtype=np.float64) for x in params)
-        factor = scale / np.sqrt(var + eps)
-        w_new = (w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
-        b0 = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-        b_new = ((b0 - mean) * factor + bias).astype(w.dtype)
-        wname, bname = f"{conv.output[0]}__bnfold_w", f"{conv.output[0]}__bnfold_b"
-        new_inits += [numpy_helper.from_array(w_new, wname), numpy_helper.from_array(b_new, bname)]
-        del conv.input[1:]
-        conv.input.extend([wname, bname])
-        conv.output[0] = node.output[0]
-        remove.add(i)
-    _drop_nodes(model, remove, new_inits)
-    return len(remove)
-
-
-def _drop_nodes(model: onnx.ModelProto, remove: set, new_inits: list) -> None:
-    """Remove the nodes at the indices ``remove``, add ``new_inits`` and prune dead initializers."""
-    if not remove:
-        return
-    keep = [n for k, n in enumerate(model.graph.node) if k not in remove]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    model.graph.initializer.extend(new_inits)
-    prune_unused_initializers(model)
-
-
-def fold_bias_add(model: onnx.ModelProto, base_dir: str = "") -> int:
-    """Fold ``Conv -> Add(constant per-channel)`` and ``Gemm -> Add(constant [N])`` in place.
-
-    Exporters such as jax2onnx emit the bias as a separate Add; a Q/DQ'd Conv can then
-    not absorb it (ONNX Runtime's QLinearConv needs ``Conv -> Q``), so the bias moves
-    into the op's own bias input. Returns the number of folded Adds.
-    """
-    g = GraphIndex(model, infer_shapes=False, base_dir=base_dir)
-    remove: set[int] = set()
-    new_inits: list[onnx.TensorProto] = []
-    for i, node in enumerate(g.nodes):
-        if node.op_type != "Add" or len(node.input) != 2:
-            continue
-        for data_slot in (0, 1):
-            x, c = node.input[data_slot], node.input[1 - data_slot]
-            p = g.producer.get(x)
-            if p is None or p in remove or len(g.consumers.get(x, ())) != 1 or x in g.graph_outputs:
-                continue
-            op = g.nodes[p]
-            if op.op_type not in ("Conv", "Gemm") or c not in g.constants:
-                continue
-            bias = g.constant_value(c)
-            w = g.constant_value(op.input[1]) if len(op.input) > 1 else None
-            if bias is None or w is None or bias.dtype != w.dtype:
-                continue
-            if op.op_type == "Conv":
-                channels = w.shape[0]
-                ok = bias.size == channels and (bias.ndim == 1 or bias.shape == (1, channels) + (1,) * (bias.ndim - 2) or bias.shape == (channels,) + (1,) * (bias.ndim - 1))
-            else:
-                trans_b = next((a.i for a in op.attribute if a.name == "transB"), 0)
-                channels = w.shape[0] if trans_b else w.shape[1]
-                ok = bias.size == channels and bias.ndim <= 2 and bias.shape[-1] == channels
-                has_c = len(op.input) > 2 and bool(op.input[2])
-                # beta scales C; without a C it is irrelevant (jax2onnx writes beta=0)
-                ok = ok and (not has_c or next((a.f for a in op.attribute if a.name == "beta"), 1.0) == 1.0)
-            if not ok:
-                continue
-            old = g.constant_value(op.input[2]) if len(op.input) > 2 and op.input[2] else np.zeros(channels, w.dtype)
-            if old is None or old.size != channels:
-                continue
-            fused = (old.reshape(-1) + bias.reshape(-1)).astype(w.dtype)
-            name = f"{node.output[0]}__folded_bias"
-            new_inits.append(numpy_helper.from_array(fused, name))
-            while len(op.input) < 3:
-                op.input.append("")
-            op.input[2] = name
-            for a in op.attribute:
-                if a.name == "beta":
-                    a.f = 1.0
-            op.output[0] = node.output[0]
-            remove.add(i)
-            break
-    _drop_nodes(model, remove, new_inits)
-    return len(remove)
-
-
-def remove_zero_gemm_bias(model: onnx.ModelProto, base_dir: str = "") -> int:
-    """Drop the ``C`` input of Gemm nodes whose ``C`` is a constant all-zero tensor."""
-    g = GraphIndex(model, infer_shapes=False, base_dir=base_dir)
-    count = 0
-    for node in model.graph.node:
-        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-            c = g.constant_value(node.input[2])
-            if c is not None and not np.any(c):
-                del node.input[2:]
-                count += 1
-    if count:
-        prune_unused_initializers(model)
-    return count
-
-
-def prune_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove initializers no node (or subgraph) or graph output reads."""
-    used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
-    for n in model.graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= {x for sn in a.g.node for x in sn.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-        inputs = [v for v in model.graph.input if v.name in used or v.name not in {t.name for t in keep}]
-        del model.graph.input[:]
-        model.graph.input.extend(inputs)
 
 
 # ---------------------------------------------------------------- writing

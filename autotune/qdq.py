@@ -5,7 +5,8 @@
 (so ONNX Runtime's fusions, which want a DQ with a single consumer, apply). When the
 data input of a Conv/ConvTranspose/MatMul/Gemm is quantized, its constant weight is
 replaced by ``DequantizeLinear(int8 weight)`` (per output channel for INT8, per tensor
-for FP8) and, under ONNX Runtime rules, its bias by an int32 DQ with scale
+for FP8; INT8 in ``[-rules.weight_qmax, rules.weight_qmax]``, 7 bits where ONNX Runtime's
+u8s8 kernels saturate) and, under ONNX Runtime rules, its bias by an int32 DQ with scale
 ``x_scale * w_scale`` — the form ONNX Runtime fuses into QLinearConv/QGemm.
 
 :func:`get_quantized_tensors` reads an existing Q/DQ model and returns the activation
@@ -94,18 +95,19 @@ class WeightQuantizer:
             scale = np.float32(amax / 448.0)
             q = _to_fp8(w / scale)
             return q, np.asarray(scale, np.float32), None
+        qmax = float(self.rules.weight_qmax)  # symmetric: q = clip(rint(w / s), -qmax, qmax), s = amax / qmax
         if self.rules.per_channel_weights and w.ndim >= 2 and axis is not None:
             ax = axis % w.ndim
             red = tuple(d for d in range(w.ndim) if d != ax)
             amax = np.max(np.abs(w), axis=red)
-            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
             shape = [1] * w.ndim
             shape[ax] = -1
-            q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+            q = np.clip(np.rint(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
             return q, scale, ax
         amax = float(np.max(np.abs(w)))
-        scale = np.float32(amax / 127.0 if amax > 0 else 1.0)
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        scale = np.float32(amax / qmax if amax > 0 else 1.0)
+        q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
         return q, np.asarray(scale, np.float32), None
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
+from .host_cpu import u8s8_saturates
+
 BACKENDS = ("ort", "tensorrt", "trtexec")
 
 #: ops whose constant inputs are quantized (per output channel) when their data input is
@@ -76,6 +78,9 @@ class PlacementRules:
         region_output_points: leaf regions offer their outputs as insertion points.
         clean_gemm: drop an all-zero ``C`` input of Gemm before tuning.
         min_opset: the default-domain opset the Q/DQ nodes need.
+        weight_qmax: largest ``|q|`` of INT8 weights: 127, or 64 (7 bits, ONNX Runtime's
+            ``reduce_range``) where ONNX Runtime's u8s8 kernels would saturate
+            (:mod:`autotune.host_cpu`).
     """
 
     backend: str
@@ -88,6 +93,7 @@ class PlacementRules:
     region_output_points: bool
     clean_gemm: bool
     min_opset: int
+    weight_qmax: int = 127
 
     @property
     def activation_qmin_qmax(self) -> tuple[float, float]:
@@ -102,17 +108,24 @@ _RANGES = {
 }
 
 
-def placement_rules(backend: str, quant_type: str) -> PlacementRules:
+def placement_rules(backend: str, quant_type: str, reduce_range: bool | None = None) -> PlacementRules:
     """Rules for a backend (``ort``/``tensorrt``/``trtexec``) and type (``int8``/``fp8``).
 
+    ``reduce_range`` quantizes INT8 weights to 7 bits (``|q| <= 64``). ``None`` (automatic) turns it on
+    for the ONNX Runtime backend on a CPU where its u8s8 kernels saturate (x86 without VNNI, see
+    :mod:`autotune.host_cpu`), where full-range weights make the fused kernels compute something else
+    than the Q/DQ graph; TensorRT (GPU) never needs it.
+
     Raises:
-        ValueError: unknown backend or quantization type.
+        ValueError: unknown backend or quantization type, or ``reduce_range=True`` with FP8.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if quant_type not in ("int8", "fp8"):
         raise ValueError(f"unknown quantization type {quant_type!r}: expected int8 or fp8")
     ort = backend == "ort"
+    if quant_type == "fp8" and reduce_range:
+        raise ValueError("reduce_range applies to INT8 weights only (quant type fp8)")
     if quant_type == "fp8":
         return PlacementRules(
             backend="ort" if ort else "tensorrt",
@@ -126,6 +139,8 @@ def placement_rules(backend: str, quant_type: str) -> PlacementRules:
             clean_gemm=ort,
             min_opset=19,
         )
+    if reduce_range is None:
+        reduce_range = ort and u8s8_saturates()
     return PlacementRules(
         backend="ort" if ort else "tensorrt",
         quant_type="int8",
@@ -137,6 +152,7 @@ def placement_rules(backend: str, quant_type: str) -> PlacementRules:
         region_output_points=ort,
         clean_gemm=ort,
         min_opset=13,
+        weight_qmax=64 if reduce_range else 127,  # 2 * 255 * 64 = 32640 fits int16 pair sums
     )
 
 

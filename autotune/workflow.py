@@ -127,7 +127,7 @@ def autotune(
 
     config = config or Config()
     out = Path(output_dir)
-    rules = placement_rules(backend, config.default_quant_type)
+    rules = placement_rules(backend, config.default_quant_type, config.reduce_range)
     model, base_dir = load_model(model_path)
 
     samples = None
@@ -142,6 +142,9 @@ def autotune(
     final_writer = work = ModelWriter(out, base_dir, tuner.model)
     for note in tuner.notes:
         echo(f"[autotune] preprocessing: {note}")
+    if rules.weight_qmax != 127:
+        why = "requested" if config.reduce_range else "ONNX Runtime's u8s8 kernels saturate int16 pair sums on this x86 CPU without VNNI"
+        echo(f"[autotune] INT8 weights use 7 bits (|q| <= {rules.weight_qmax}): {why}; --reduce-range off keeps 8 bits")
     baseline_path = final_writer.save(tuner.model, "baseline.onnx")
 
     # scales: calibration > jq scales file > default (latency only)

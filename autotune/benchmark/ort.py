@@ -53,7 +53,9 @@ class OrtBenchmark(Benchmark):
         self.name = f"ort:{provider.replace('ExecutionProvider', '')}"
 
     def session(self, model_path: str | os.PathLike):
-        """An optimized session for the model (also used for accuracy checks)."""
+        """An optimized session for the model: ``ORT_ENABLE_ALL`` (ORT's default, so its Q/DQ fusions apply)
+        and ORT's default ``session.qdq_matmulnbits_accuracy_level`` (4; it only matters for blocked INT4
+        weights fused into ``MatMulNBits``, which autotune never writes: its Q/DQ are INT8 or FP8)."""
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.intra_op_threads

@@ -3,7 +3,8 @@
 * :func:`to_onnx` - ONNX with ``QuantizeLinear``/``DequantizeLinear`` (INT8, INT4, FP8) and TensorRT's NVFP4
   form, through jax2onnx (:mod:`jq.export.onnx`, :mod:`jq.export.qdq`, :mod:`jq.export.passes`).
 * :func:`check_tensorrt` - TensorRT's explicit-quantization rules (:mod:`jq.export.lint`).
-* :func:`build_engine`, :func:`time_engine` - TensorRT Python API, optional (:mod:`jq.export.tensorrt`).
+* :func:`build_engine`, :func:`time_engine` - TensorRT Python API, optional (:mod:`onnx_toolbox.tensorrt`, shared
+  with ``autotune``).
 * :func:`save`, :func:`load` - orbax checkpoints of a :class:`~jq.QuantizedModel` (:mod:`jq.export.checkpoint`).
 * :func:`to_hf_checkpoint`, :func:`read_hf_checkpoint` - ModelOpt's unified Hugging Face layout
   (:mod:`jq.export.hf_checkpoint`).
@@ -24,7 +25,7 @@ from jq.export.lint import Violation, check_tensorrt, format_violations
 from jq.export.onnx import ExportOptions, OnnxExport, export, export_formats, run_onnxruntime, to_onnx, to_onnx_float
 from jq.export.passes import optimize
 from jq.export.scales import LayerScales, export_scale, layer_scales
-from jq.export.tensorrt import BuildOptions, TimingResult, build_engine, tensorrt_available, time_engine
+from onnx_toolbox.tensorrt import BuildOptions, TimingResult, build_engine, tensorrt_available, time_engine
 
 __all__ = [
     "SUPPORTED_FORMATS",

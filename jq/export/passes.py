@@ -1,23 +1,29 @@
 """onnx-ir passes that turn jax2onnx's output into the graph TensorRT and ONNX Runtime expect.
 
-jax2onnx 0.17 leaves a few things behind (REFERENCE §5); each pass fixes one:
+jax2onnx 0.17 leaves a few things behind (REFERENCE §5); each pass fixes one. The jq-specific ones live here:
 
 * :class:`FoldConstantLayoutPass` - ``Reshape``/``Transpose``/``Squeeze``/``Unsqueeze``/``Identity`` of constants
   (bias reshapes, kernel transposes) become initializers.
 * :class:`PushTransposeIntoWeightPass` - a ``Transpose`` after a weight's ``DequantizeLinear`` (jax2onnx turns
   ``HWIO`` kernels into ``OIHW`` that way) is applied to the stored weight and its scales instead, so the DQ
   feeds the Conv/MatMul directly as TensorRT and ORT's QDQ fusions want.
-* :class:`DropZeroGemmCPass` - the all-zero ``C`` jax2onnx gives every 2-D ``Gemm`` (it blocks ORT's QGemm fusion).
-* :class:`FoldBiasPass` - ``Conv [-> Transpose] -> Add(bias)`` and ``Gemm -> Add(bias)`` become ``Conv(B=bias)``
-  and ``Gemm(C=bias)``.
 * :class:`BoolWherePass` - ``Where`` on BOOL data (``jnp.tril`` of a boolean mask) as ``And``/``Or``/``Not``: ONNX
   Runtime has no BOOL ``Where`` kernel on CPU.
+* :class:`ChannelsLastPoolPass` - Flax's NHWC ``max_pool`` written as a 4-D window becomes a 2-D NCHW pool.
 * :class:`FillMissingTypesPass` - element types jax2onnx leaves unset on shape-computation values.
-* :class:`FixIrVersionPass` - ``ir_version`` matching the opset (jax2onnx always writes 10; opset 23 needs 11).
-* :class:`TrtDomainPass` - the ``trt`` opset import ``TRT_FP4DynamicQuantize`` needs.
 * :class:`ConvertFloatPass` - an FP16/BF16 copy of the graph (float initializers, value types, ``Cast`` targets,
   Q/DQ scales), graph inputs/outputs kept FP32 by casts: TensorRT builds strongly typed networks, so an FP32
   ONNX runs its unquantized layers in FP32 and the fair baseline is an FP16 graph.
+
+The passes ``autotune`` needs too come from :mod:`onnx_toolbox` (re-exported here):
+
+* :class:`~onnx_toolbox.DropZeroGemmCPass` - the all-zero ``C`` jax2onnx gives every 2-D ``Gemm`` (it blocks
+  ORT's QGemm fusion).
+* :class:`~onnx_toolbox.FoldBiasPass` - ``Conv [-> Transpose] -> Add(bias)`` and ``Gemm -> Add(bias)`` become
+  ``Conv(B=bias)`` and ``Gemm(C=bias)``.
+* :class:`~onnx_toolbox.FixIrVersionPass` - ``ir_version`` matching the opset (jax2onnx always writes 10; opset
+  23 needs 11); :func:`~onnx_toolbox.ir_version_for_opset`.
+* :class:`~onnx_toolbox.TrtDomainPass` - the ``trt`` opset import ``TRT_FP4DynamicQuantize`` needs.
 
 :func:`optimize` runs them in order. Every pass is an ``onnx_ir.passes.InPlacePass``.
 
@@ -35,56 +41,24 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
+from onnx_toolbox import DropZeroGemmCPass, FixIrVersionPass, FoldBiasPass, TrtDomainPass, ir_version_for_opset
+from onnx_toolbox.values import add_initializer, attribute, constant_array, only_used_by, replace_value
+
 __all__ = [
     "FoldConstantLayoutPass",
     "PushTransposeIntoWeightPass",
-    "DropZeroGemmCPass",
-    "FoldBiasPass",
     "BoolWherePass",
+    "ChannelsLastPoolPass",
     "FillMissingTypesPass",
-    "FixIrVersionPass",
-    "TrtDomainPass",
     "ConvertFloatPass",
     "optimize",
+    # shared with autotune, from onnx_toolbox
+    "DropZeroGemmCPass",
+    "FoldBiasPass",
+    "FixIrVersionPass",
+    "TrtDomainPass",
     "ir_version_for_opset",
 ]
-
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
-def _only_use(value: ir.Value, node: ir.Node) -> bool:
-    return not value.is_graph_output() and all(u.node is node for u in value.uses())
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    base, i = name, 0
-    while name in graph.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    tensor = ir.tensor(np.asarray(array), name=name)
-    value = ir.Value(name=name, shape=ir.Shape(np.shape(array)), type=ir.TensorType(tensor.dtype), const_value=tensor)
-    graph.register_initializer(value)
-    return value
-
-
-def _replace(old: ir.Value, new: ir.Value) -> None:
-    if old.is_graph_output():
-        new.name = old.name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
-
-
-# ----------------------------------------------------------------------------------------------------
 
 
 class FoldConstantLayoutPass(ir.passes.InPlacePass):
@@ -97,14 +71,14 @@ class FoldConstantLayoutPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.op_type not in self.OPS or node.domain not in ("", "ai.onnx"):
                 continue
-            ins = [_const(v) for v in node.inputs if v is not None]
+            ins = [constant_array(v) for v in node.inputs if v is not None]
             if not ins or any(a is None for a in ins):
                 continue
             out = self._evaluate(node, ins)
             if out is None:
                 continue
-            new = _initializer(graph, node.outputs[0].name or "folded", out)
-            _replace(node.outputs[0], new)
+            new = add_initializer(graph, node.outputs[0].name or "folded", out)
+            replace_value(node.outputs[0], new)
             graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)
@@ -116,14 +90,14 @@ class FoldConstantLayoutPass(ir.passes.InPlacePass):
         if op == "Identity":
             return x
         if op == "Transpose":
-            perm = _attr(node, "perm")
+            perm = attribute(node, "perm")
             return np.transpose(x, perm)
         if op == "Reshape":
             shape = [int(s) for s in ins[1]]
-            if not _attr(node, "allowzero", 0):
+            if not attribute(node, "allowzero", 0):
                 shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
             return np.reshape(x, shape)
-        axes = [int(a) for a in (ins[1] if len(ins) > 1 else _attr(node, "axes", []))]
+        axes = [int(a) for a in (ins[1] if len(ins) > 1 else attribute(node, "axes", []))]
         if op == "Squeeze":
             return np.squeeze(x, axis=tuple(axes)) if axes else np.squeeze(x)
         if op == "Unsqueeze":
@@ -147,14 +121,14 @@ class PushTransposeIntoWeightPass(ir.passes.InPlacePass):
             if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
                 continue
             dq = node.inputs[0].producer()
-            if dq is None or dq.op_type != "DequantizeLinear" or not _only_use(dq.outputs[0], node):
+            if dq is None or dq.op_type != "DequantizeLinear" or not only_used_by(dq.outputs[0], node):
                 continue
             chain = self._weight_chain(dq)
             if chain is None:
                 continue
-            perm = list(_attr(node, "perm") or reversed(range(len(node.inputs[0].shape))))
+            perm = list(attribute(node, "perm") or reversed(range(len(node.inputs[0].shape))))
             self._apply(graph, chain, perm)
-            _replace(node.outputs[0], dq.outputs[0])
+            replace_value(node.outputs[0], dq.outputs[0])
             graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)
@@ -163,17 +137,17 @@ class PushTransposeIntoWeightPass(ir.passes.InPlacePass):
     def _weight_chain(dq: ir.Node):
         """The Q/DQ nodes of a constant weight ending at ``dq`` (None if the data is not a constant)."""
         src = dq.inputs[0].producer()
-        if src is None and _const(dq.inputs[0]) is not None:
+        if src is None and constant_array(dq.inputs[0]) is not None:
             nodes = [dq]
-        elif src is not None and src.op_type == "QuantizeLinear" and _only_use(src.outputs[0], dq) \
-                and _const(src.inputs[0]) is not None:
+        elif src is not None and src.op_type == "QuantizeLinear" and only_used_by(src.outputs[0], dq) \
+                and constant_array(src.inputs[0]) is not None:
             nodes = [src, dq]
         else:
             return None
         scale_src = dq.inputs[1].producer() if len(dq.inputs) > 1 and dq.inputs[1] is not None else None
         if scale_src is not None:  # NVFP4: the scale is DequantizeLinear(e4m3 const, global scale)
-            if scale_src.op_type != "DequantizeLinear" or _const(scale_src.inputs[0]) is None \
-                    or not _only_use(scale_src.outputs[0], dq):
+            if scale_src.op_type != "DequantizeLinear" or constant_array(scale_src.inputs[0]) is None \
+                    or not only_used_by(scale_src.outputs[0], dq):
                 return None
         return nodes, scale_src
 
@@ -181,22 +155,22 @@ class PushTransposeIntoWeightPass(ir.passes.InPlacePass):
         nodes, scale_src = chain
         rank = len(perm)
         first = nodes[0]
-        self._set_input(graph, first, 0, np.transpose(_const(first.inputs[0]), perm))
+        self._set_input(graph, first, 0, np.transpose(constant_array(first.inputs[0]), perm))
         for n in nodes:
-            axis = _attr(n, "axis")
-            blocked = _attr(n, "block_size", 0)
-            scale = _const(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else None
+            axis = attribute(n, "axis")
+            blocked = attribute(n, "block_size", 0)
+            scale = constant_array(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else None
             if (scale is not None and scale.ndim == rank) or (scale is None and blocked):
                 for i in (1, 2):
-                    if i < len(n.inputs) and n.inputs[i] is not None and _const(n.inputs[i]) is not None:
-                        self._set_input(graph, n, i, np.transpose(_const(n.inputs[i]), perm))
+                    if i < len(n.inputs) and n.inputs[i] is not None and constant_array(n.inputs[i]) is not None:
+                        self._set_input(graph, n, i, np.transpose(constant_array(n.inputs[i]), perm))
             if axis is not None and (blocked or scale is None or (scale is not None and scale.ndim == 1)):
                 n.attributes["axis"] = ir.AttrInt64("axis", perm.index(int(axis) % rank))
             out = n.outputs[0]
             if out.shape is not None and len(out.shape) == rank:
                 out.shape = ir.Shape([out.shape[p] for p in perm])
         if scale_src is not None:
-            self._set_input(graph, scale_src, 0, np.transpose(_const(scale_src.inputs[0]), perm))
+            self._set_input(graph, scale_src, 0, np.transpose(constant_array(scale_src.inputs[0]), perm))
             o = scale_src.outputs[0]
             if o.shape is not None and len(o.shape) == rank:
                 o.shape = ir.Shape([o.shape[p] for p in perm])
@@ -204,99 +178,11 @@ class PushTransposeIntoWeightPass(ir.passes.InPlacePass):
     @staticmethod
     def _set_input(graph: ir.Graph, node: ir.Node, i: int, array: np.ndarray):
         old = node.inputs[i]
-        if _only_use(old, node) and old.is_initializer():
+        if only_used_by(old, node) and old.is_initializer():
             old.const_value = ir.tensor(array, name=old.name)
             old.shape = ir.Shape(array.shape)
         else:
-            node.replace_input_with(i, _initializer(graph, (old.name or "weight") + "_t", array))
-
-
-class DropZeroGemmCPass(ir.passes.InPlacePass):
-    """Remove a ``Gemm``'s ``C`` input when it is a constant zero (jax2onnx adds one to every 2-D matmul)."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = False
-        for node in model.graph:
-            if node.op_type != "Gemm" or len(node.inputs) < 3 or node.inputs[2] is None:
-                continue
-            c = _const(node.inputs[2])
-            if c is not None and not np.any(c):
-                node.resize_inputs(2)
-                modified = True
-        return ir.passes.PassResult(model, modified)
-
-
-class FoldBiasPass(ir.passes.InPlacePass):
-    """Fold a constant bias ``Add`` into the ``Conv`` (through an optional ``Transpose``) or ``Gemm`` before it."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph, modified = model.graph, False
-        for node in list(graph):
-            if node.op_type != "Add" or len(node.inputs) != 2:
-                continue
-            consts = [_const(v) for v in node.inputs]
-            if (consts[0] is None) == (consts[1] is None):
-                continue
-            k = 0 if consts[0] is not None else 1
-            bias, x = consts[k], node.inputs[1 - k]
-            if x.is_graph_input() or x.producer() is None or not _only_use(x, node):
-                continue
-            src = x.producer()
-            perm = None
-            if src.op_type == "Transpose" and src.inputs[0].producer() is not None \
-                    and src.inputs[0].producer().op_type == "Conv" and _only_use(src.inputs[0], src):
-                perm = list(_attr(src, "perm"))
-                target = src.inputs[0].producer()
-            else:
-                target = src
-            if target.op_type == "Conv":
-                vec = self._channel_bias(bias, x, 1 if perm is None else perm.index(1))
-                slot = 2
-            elif target.op_type == "Gemm" and perm is None:
-                vec = self._channel_bias(bias, x, 1)
-                slot = 2
-            else:
-                continue
-            if vec is None:
-                continue
-            old = target.inputs[slot] if len(target.inputs) > slot else None
-            if old is not None:
-                prev = _const(old)
-                if prev is None:
-                    continue
-                if target.op_type == "Gemm":  # C enters as beta * C; jax2onnx writes beta=0 with its zero C
-                    prev = prev.astype(np.float64) * float(_attr(target, "beta", 1.0))
-                    if prev.ndim > 1 and prev.shape[0] != 1:
-                        continue  # a full [M, N] C is not a bias
-                vec = (np.broadcast_to(prev.reshape(-1), vec.shape) + vec).astype(vec.dtype)
-            if target.op_type == "Gemm":
-                target.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-            dtype = _float_dtype(x)
-            b = _initializer(graph, node.outputs[0].name + "_bias" if node.outputs[0].name else "bias",
-                             vec.astype(dtype))
-            if len(target.inputs) <= slot:
-                target.resize_inputs(slot + 1)
-            target.replace_input_with(slot, b)
-            _replace(node.outputs[0], x)
-            graph.remove(node, safe=True)
-            modified = True
-        return ir.passes.PassResult(model, modified)
-
-    @staticmethod
-    def _channel_bias(bias: np.ndarray, x: ir.Value, channel_axis: int) -> np.ndarray | None:
-        """The per-channel vector of ``bias`` broadcast against ``x`` when it varies along ``channel_axis`` only."""
-        if x.shape is None:
-            return None
-        rank = len(x.shape)
-        if bias.ndim > rank:
-            return None
-        full = (1,) * (rank - bias.ndim) + bias.shape
-        channels = x.shape[channel_axis]
-        if not isinstance(channels, int):
-            return None
-        if any(n != 1 for i, n in enumerate(full) if i != channel_axis) or full[channel_axis] not in (1, channels):
-            return None
-        return np.broadcast_to(bias.reshape(-1), (channels,)).copy()
+            node.replace_input_with(i, add_initializer(graph, (old.name or "weight") + "_t", array))
 
 
 class BoolWherePass(ir.passes.InPlacePass):
@@ -318,7 +204,7 @@ class BoolWherePass(ir.passes.InPlacePass):
                 n.outputs[0].type = ir.TensorType(ir.DataType.BOOL)
             new[-1].outputs[0].shape = node.outputs[0].shape
             graph.insert_before(node, new)
-            _replace(node.outputs[0], new[-1].outputs[0])
+            replace_value(node.outputs[0], new[-1].outputs[0])
             graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)
@@ -339,25 +225,25 @@ class ChannelsLastPoolPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.op_type not in ("MaxPool", "AveragePool") or len(node.outputs) != 1:
                 continue
-            kernel = list(_attr(node, "kernel_shape") or [])
+            kernel = list(attribute(node, "kernel_shape") or [])
             x = node.inputs[0]
             if x.shape is None or len(x.shape) != len(kernel) + 2 or len(kernel) < 3:
                 continue
             if x.shape[0] != 1 or x.shape[1] != 1 or kernel[0] != 1 or kernel[-1] != 1:
                 continue
             m = len(kernel)
-            strides = list(_attr(node, "strides") or [1] * m)
-            dilations = list(_attr(node, "dilations") or [1] * m)
-            pads = list(_attr(node, "pads") or [0] * (2 * m))
+            strides = list(attribute(node, "strides") or [1] * m)
+            dilations = list(attribute(node, "dilations") or [1] * m)
+            pads = list(attribute(node, "pads") or [0] * (2 * m))
             if (strides[0], strides[-1], dilations[0], dilations[-1]) != (1, 1, 1, 1) or \
                     any(pads[i] for i in (0, m - 1, m, 2 * m - 1)):
                 continue
             base = node.name or node.op_type.lower()
-            unit_axes = _initializer(graph, f"{base}/unit_axes", np.array([0, 1], np.int64))
+            unit_axes = add_initializer(graph, f"{base}/unit_axes", np.array([0, 1], np.int64))
             attrs = {"kernel_shape": kernel[1:-1], "strides": strides[1:-1], "dilations": dilations[1:-1],
                      "pads": pads[1:m - 1] + pads[m + 1:2 * m - 1]}
             for name in ("ceil_mode", "count_include_pad", "auto_pad", "storage_order"):
-                value = _attr(node, name)
+                value = attribute(node, name)
                 if value is not None:
                     attrs[name] = value
             squeeze = ir.node("Squeeze", [x, unit_axes], name=f"{base}/squeeze")
@@ -373,7 +259,7 @@ class ChannelsLastPoolPass(ir.passes.InPlacePass):
                 n.outputs[0].type = node.outputs[0].type
             unsqueeze.outputs[0].shape = node.outputs[0].shape
             graph.insert_before(node, new)
-            _replace(node.outputs[0], unsqueeze.outputs[0])
+            replace_value(node.outputs[0], unsqueeze.outputs[0])
             graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)
@@ -396,43 +282,6 @@ class FillMissingTypesPass(ir.passes.InPlacePass):
                     out.type = src
                     modified = True
         return ir.passes.PassResult(model, modified)
-
-
-def _float_dtype(v: ir.Value):
-    if v.type is not None and v.dtype is not None and v.dtype.is_floating_point():
-        return v.dtype.numpy()
-    return np.float32
-
-
-def ir_version_for_opset(opset: int) -> int:
-    """The IR version that introduced default-domain ``opset`` (19 -> 9, 21 -> 10, 23 -> 11)."""
-    return onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
-
-
-class FixIrVersionPass(ir.passes.InPlacePass):
-    """Set ``ir_version`` to the version that goes with the model's default-domain opset."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-        if opset is None:
-            return ir.passes.PassResult(model, False)
-        want = ir_version_for_opset(opset)
-        modified = model.ir_version != want
-        model.ir_version = want
-        return ir.passes.PassResult(model, modified)
-
-
-class TrtDomainPass(ir.passes.InPlacePass):
-    """Add the ``trt`` opset import (version 1) when ``trt::`` nodes are present; drop it when not."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        used = any(n.domain == "trt" for n in ir.traversal.RecursiveGraphIterator(model.graph))
-        has = "trt" in model.opset_imports
-        if used and not has:
-            model.opset_imports["trt"] = 1
-        elif has and not used:
-            del model.opset_imports["trt"]
-        return ir.passes.PassResult(model, used != has)
 
 
 _TARGET = {"float16": (ir.DataType.FLOAT16, np.float16), "bfloat16": (ir.DataType.BFLOAT16, ml_dtypes.bfloat16)}
@@ -553,9 +402,9 @@ class ConvertFloatPass(ir.passes.InPlacePass):
 
     def _convert_attributes(self, node: ir.Node) -> None:
         f32 = ir.DataType.FLOAT
-        if node.op_type == "Cast" and _attr(node, "to") == f32:
+        if node.op_type == "Cast" and attribute(node, "to") == f32:
             node.attributes["to"] = ir.AttrInt64("to", self.ir_type)
-        if node.op_type in ("DequantizeLinear", "QuantizeLinear") and _attr(node, "output_dtype") == f32:
+        if node.op_type in ("DequantizeLinear", "QuantizeLinear") and attribute(node, "output_dtype") == f32:
             node.attributes["output_dtype"] = ir.AttrInt64("output_dtype", self.ir_type)
         for key in ("value", "value_float"):
             a = node.attributes.get(key)

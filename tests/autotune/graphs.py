@@ -12,7 +12,8 @@ RNG = np.random.default_rng(0)
 class Builder:
     """Tiny helper: add nodes and float weights, then make a model."""
 
-    def __init__(self, constant_weights: bool = False):
+    def __init__(self, constant_weights: bool = False, rng: np.random.Generator | None = None):
+        self.rng = RNG if rng is None else rng  # the shared stream unless a test wants fixed weights
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.constant_weights = constant_weights
@@ -23,7 +24,7 @@ class Builder:
         return f"{prefix}{self._n}"
 
     def weight(self, shape, scale: float = 0.2, value=None) -> str:
-        arr = (RNG.standard_normal(shape) * scale).astype(np.float32) if value is None else np.asarray(value, np.float32)
+        arr = (self.rng.standard_normal(shape) * scale).astype(np.float32) if value is None else np.asarray(value, np.float32)
         name = self.name("w")
         if self.constant_weights:
             self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr, name + "_v"), name=name + "_const"))
@@ -54,9 +55,13 @@ def fvi(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def residual_cnn(blocks: int = 2, channels: int = 8, hw: int = 16, bn: bool = False, constant_weights: bool = False, opset: int = 17, batch="N") -> onnx.ModelProto:
-    """stem Conv+Relu, then ``blocks`` x (Conv, [BN], Relu, Conv, [BN], Add(skip), Relu), GAP, Flatten, Gemm."""
-    b = Builder(constant_weights)
+def residual_cnn(blocks: int = 2, channels: int = 8, hw: int = 16, bn: bool = False, constant_weights: bool = False, opset: int = 17, batch="N", seed: int | None = None) -> onnx.ModelProto:
+    """stem Conv+Relu, then ``blocks`` x (Conv, [BN], Relu, Conv, [BN], Add(skip), Relu), GAP, Flatten, Gemm.
+
+    Weights come from the module's shared generator (so they depend on which tests ran before) unless
+    ``seed`` fixes them.
+    """
+    b = Builder(constant_weights, None if seed is None else np.random.default_rng(seed))
     h = b.op("Relu", [b.conv("x", 3, channels)])
     for _ in range(blocks):
         r = b.conv(h, channels, channels)
@@ -75,10 +80,10 @@ def residual_cnn(blocks: int = 2, channels: int = 8, hw: int = 16, bn: bool = Fa
 
 
 def bn_node(b: Builder, x: str, c: int) -> str:
-    scale = b.weight((c,), value=RNG.uniform(0.5, 1.5, c))
-    bias = b.weight((c,), value=RNG.uniform(-0.2, 0.2, c))
-    mean = b.weight((c,), value=RNG.uniform(-0.1, 0.1, c))
-    var = b.weight((c,), value=RNG.uniform(0.5, 1.5, c))
+    scale = b.weight((c,), value=b.rng.uniform(0.5, 1.5, c))
+    bias = b.weight((c,), value=b.rng.uniform(-0.2, 0.2, c))
+    mean = b.weight((c,), value=b.rng.uniform(-0.1, 0.1, c))
+    var = b.weight((c,), value=b.rng.uniform(0.5, 1.5, c))
     return b.op("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-5)
 
 

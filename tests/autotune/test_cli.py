@@ -106,3 +106,24 @@ def test_inspect_prints_the_region_tree(tmp_path, capsys):
     assert out.splitlines()[0].startswith("ROOT#0")
     assert "LEAF#" in out and "pattern=" in out and "unique patterns" in out and "candidate point(s)" in out
     assert inspect_main(["--model", str(tmp_path / "none.onnx")]) == 1
+
+
+def test_legacy_minus_one_batch_dimension_is_dynamic(tmp_path, capsys):
+    """Several exporters write a free batch dimension as ``dim_value: -1``; like ``dim_param`` it is dynamic
+    (it used to fail with "dimension 0 is 2 but the model fixes it to -1")."""
+    import numpy as np
+    import onnxruntime as ort
+
+    path = model_file(tmp_path, blocks=1, batch=-1)
+    dim = onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.HasField("dim_value") and dim.dim_value == -1  # saved the legacy way
+    rc = main(["--model", str(path), "--output", str(tmp_path / "o1")])
+    assert rc == 1 and "dynamic dimensions ['-1']; pass --input-shapes x:Nx3x16x16" in capsys.readouterr().err
+    rc = main(["--model", str(path), "--output", str(tmp_path / "out"), "--input-shapes", "x:2x3x16x16", *FAST])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "speedup" in captured.out
+    final = tmp_path / "out" / "optimized_final.onnx"
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert y.shape == (2, 10)

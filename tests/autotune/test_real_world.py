@@ -55,6 +55,23 @@ def test_external_data_model(tmp_path):
     run(str(out / "optimized_final.onnx"))
 
 
+def test_folds_on_an_external_data_model_leave_the_other_weights_on_disk(tmp_path):
+    """The onnx-ir folds read the BN/Conv values from the external file; untouched weights keep referring to it."""
+    from onnx.external_data_helper import uses_external_data
+
+    model = residual_cnn(blocks=1, channels=16, bn=True)
+    ref = run(model)
+    src = tmp_path / "ext" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save(model, src, save_as_external_data=True, all_tensors_to_one_file=True, location="m.weights", size_threshold=0)
+    report, _ = tune(None, tmp_path, name="ext/m.onnx")
+    assert any("folded 2 BatchNormalization" in n for n in report.notes)
+    baseline = onnx.load(tmp_path / "out" / "baseline.onnx", load_external_data=False)
+    assert not any(n.op_type == "BatchNormalization" for n in baseline.graph.node)
+    assert any(uses_external_data(t) for t in baseline.graph.initializer)  # e.g. the Gemm weight
+    np.testing.assert_allclose(run(str(tmp_path / "out" / "baseline.onnx")), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_large_models_spill_new_tensors_to_external_data(tmp_path):
     from autotune.model_io import ModelWriter
 

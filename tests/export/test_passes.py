@@ -1,9 +1,11 @@
-"""The onnx-ir post-passes (jq.export.passes): each on a hand-built graph and on real exports."""
+"""The onnx-ir post-passes (jq.export.passes): each on a hand-built graph and on real exports.
+
+The passes jq shares with autotune (bias / zero-C folding, IR version, trt domain) are onnx_toolbox's and are
+specified in tests/onnx_toolbox; here they are checked through real exports."""
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import jq.export
@@ -24,74 +26,6 @@ def _run(model: ir.Model, feeds):
 
 def _vi(name, shape, t=TensorProto.FLOAT):
     return helper.make_tensor_value_info(name, t, shape)
-
-
-def test_drop_zero_gemm_c():
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((4, 3)).astype(np.float32)
-    m = _model([helper.make_node("Gemm", ["x", "w", "c"], ["y"])], [_vi("x", [2, 4])], [_vi("y", [2, 3])],
-               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0), "c")])
-    x = rng.standard_normal((2, 4)).astype(np.float32)
-    before = _run(m, [x])[0]
-    assert P.DropZeroGemmCPass()(m).modified
-    (gemm,) = list(m.graph)
-    assert len(gemm.inputs) == 2
-    np.testing.assert_array_equal(_run(m, [x])[0], before)
-    m2 = _model([helper.make_node("Gemm", ["x", "w", "c"], ["y"])], [_vi("x", [2, 4])], [_vi("y", [2, 3])],
-                [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1), "c")])
-    assert not P.DropZeroGemmCPass()(m2).modified  # a non-zero C stays
-
-
-def test_fold_bias_through_transpose_into_conv():
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-    b = rng.standard_normal((5,)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
-             helper.make_node("Add", ["t", "b"], ["y"])]
-    m = _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 6, 6, 5])],
-               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b.reshape(1, 1, 1, 5), "b")])
-    m.graph.node(1).outputs[0].shape = ir.Shape([1, 6, 6, 5])
-    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
-    before = _run(m, [x])[0]
-    assert P.FoldBiasPass()(m).modified
-    ops = [n.op_type for n in m.graph]
-    assert ops == ["Conv", "Transpose"] and len(m.graph.node(0).inputs) == 3
-    np.testing.assert_allclose(_run(m, [x])[0], before, rtol=1e-6, atol=1e-6)
-
-
-def test_fold_bias_into_gemm_but_not_a_full_tensor():
-    rng = np.random.default_rng(1)
-    w = rng.standard_normal((4, 3)).astype(np.float32)
-    for bias, folds in ((rng.standard_normal((3,)), True), (rng.standard_normal((2, 3)), False)):
-        m = _model([helper.make_node("Gemm", ["x", "w"], ["g"]), helper.make_node("Add", ["g", "b"], ["y"])],
-                   [_vi("x", [2, 4])], [_vi("y", [2, 3])],
-                   [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias.astype(np.float32), "b")])
-        m.graph.node(0).outputs[0].shape = ir.Shape([2, 3])
-        x = rng.standard_normal((2, 4)).astype(np.float32)
-        before = _run(m, [x])[0]
-        assert P.FoldBiasPass()(m).modified == folds
-        assert [n.op_type for n in m.graph] == (["Gemm"] if folds else ["Gemm", "Add"])
-        np.testing.assert_allclose(_run(m, [x])[0], before, rtol=1e-6, atol=1e-6)
-
-
-def test_fold_bias_into_gemm_sets_beta():
-    """jax2onnx writes ``Gemm(A, B, C=0, beta=0)``: the folded bias must come with ``beta=1``."""
-    rng = np.random.default_rng(2)
-    w = rng.standard_normal((4, 3)).astype(np.float32)
-    b = rng.standard_normal((1, 3)).astype(np.float32)
-    m = _model([helper.make_node("Gemm", ["x", "w", "c"], ["g"], beta=0.0), helper.make_node("Add", ["g", "b"], ["y"])],
-               [_vi("x", [2, 4])], [_vi("y", [2, 3])],
-               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(3, np.float32), "c"),
-                numpy_helper.from_array(b, "b")])
-    m.graph.node(0).outputs[0].shape = ir.Shape([2, 3])
-    x = rng.standard_normal((2, 4)).astype(np.float32)
-    before = _run(m, [x])[0]
-    P.DropZeroGemmCPass()(m)
-    assert P.FoldBiasPass()(m).modified
-    (gemm,) = list(m.graph)
-    assert gemm.attributes["beta"].value == 1.0 and np.array_equal(gemm.inputs[2].const_value.numpy(), b.reshape(-1))
-    np.testing.assert_allclose(_run(m, [x])[0], before, rtol=1e-6, atol=1e-6)
 
 
 def test_fold_constant_layout_and_push_transpose_into_weight_dq():
@@ -116,6 +50,14 @@ def test_fold_constant_layout_and_push_transpose_into_weight_dq():
     np.testing.assert_array_equal(r.graph.outputs[0].const_value.numpy(), np.arange(6.0).reshape(2, 3))
 
 
+def test_shared_passes_are_the_toolbox_ones():
+    import onnx_toolbox
+
+    assert (P.FoldBiasPass, P.DropZeroGemmCPass, P.FixIrVersionPass, P.TrtDomainPass, P.ir_version_for_opset) == (
+        onnx_toolbox.FoldBiasPass, onnx_toolbox.DropZeroGemmCPass, onnx_toolbox.FixIrVersionPass,
+        onnx_toolbox.TrtDomainPass, onnx_toolbox.ir_version_for_opset)
+
+
 def test_bool_where():
     c = np.array([True, False, True, False])
     a = np.array([True, True, False, False])
@@ -125,23 +67,6 @@ def test_bool_where():
     assert P.BoolWherePass()(m).modified
     assert "Where" not in [n.op_type for n in m.graph]
     np.testing.assert_array_equal(_run(m, [c, a, b])[0], np.where(c, a, b))
-
-
-@pytest.mark.parametrize("opset, ir_version", [(13, 7), (17, 8), (19, 9), (21, 10), (23, 11)])
-def test_ir_version_for_opset(opset, ir_version):
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])], opset=opset,
-               ir_version=10)
-    P.FixIrVersionPass()(m)
-    assert m.ir_version == ir_version == P.ir_version_for_opset(opset)
-
-
-def test_trt_domain_import():
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])], opset=23)
-    assert "trt" not in m.opset_imports
-    m.graph.node(0).domain = "trt"
-    assert P.TrtDomainPass()(m).modified and m.opset_imports["trt"] == 1
-    m.graph.node(0).domain = ""
-    assert P.TrtDomainPass()(m).modified and "trt" not in m.opset_imports
 
 
 def test_real_exports_are_fixed(zoo):

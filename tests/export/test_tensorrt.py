@@ -1,4 +1,4 @@
-"""TensorRT engine building and timing (jq.export.tensorrt).
+"""TensorRT engine building and timing (onnx_toolbox.tensorrt, re-exported by jq.export).
 
 TensorRT cannot be installed on the machines these tests run on (no registry they reach ships it), so the
 tests that build or time an engine skip with that reason; only the pure-Python parts run everywhere.
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jq.export
-from jq.export.tensorrt import BuildOptions, profile_shapes, tensorrt_available
+from onnx_toolbox.tensorrt import BuildOptions, profile_shapes, tensorrt_available
 
 needs_trt = pytest.mark.skipif(not tensorrt_available(), reason="TensorRT is not installed (optional extra "
                                                                  "jq-quant[tensorrt]; needs a GPU host)")
