@@ -19,3 +19,15 @@ from jq.models.config import SUPPORTED_ARCHITECTURES, LlamaConfig, RopeScaling, 
 from jq.models.generate import decode_step, extend, generate, prefill
 from jq.models.kv_cache import KV_FORMATS, KVCache, init_cache, kv_amax_from, kv_spec
 from jq.models.llama import forward, init_params, make_forward
+from jq.models.hf import (
+    expected_names,
+    flatten_params,
+    hf_name_of,
+    load_hf,
+    param_path_of,
+    read_safetensors,
+    save_hf,
+    site_to_hf_module,
+    unflatten_params,
+)
+from jq.models.sharding import partition_specs, place

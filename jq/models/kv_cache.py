@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -128,12 +129,18 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int, *, kv_format: str 
     else:
         k_amax, v_amax = _per_layer_amax(k_amax, n, "k_amax"), _per_layer_amax(v_amax, n, "v_amax")
         if storage == "quantized":
-            keys = tuple(quantize(zeros, spec, k_amax[i]) for i in range(n))
-            values = tuple(quantize(zeros, spec, v_amax[i]) for i in range(n))
+            keys = tuple(_empty(k_amax[i], spec=spec, shape=shape, dtype=dtype.name) for i in range(n))
+            values = tuple(_empty(v_amax[i], spec=spec, shape=shape, dtype=dtype.name) for i in range(n))
         else:
             keys, values = (zeros,) * n, (zeros,) * n
     return KVCache(tuple(keys), tuple(values), k_amax, v_amax, jnp.zeros((), jnp.int32), config, spec, storage,
                    dtype.name)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "shape", "dtype"))
+def _empty(amax, *, spec, shape, dtype):
+    """Quantized storage of zeros (the scales a layer's amax gives; per-block scales of empty slots)."""
+    return quantize(jnp.zeros(shape, dtype), spec, amax)
 
 
 def _update(stored, new, start):

@@ -117,16 +117,20 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, config: LlamaConfig, k_va
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: LlamaConfig) -> jax.Array:
     """``softmax(q k^T / sqrt(d) masked) v`` with grouped heads; ``q[b, t, H, d]``, ``k, v[b, s, K, d]``.
 
-    Two activation x activation einsums: jq's ``q/k_bmm`` (scores) and ``v_bmm`` (output) quantizers.
+    Two activation x activation ``dot_general`` s, q first and k second (jq's ``q_bmm``/``k_bmm``
+    quantizers follow the operand order; ``jnp.einsum`` may swap operands), then probabilities x v
+    (``v_bmm``).
     """
     b, t, _, d = q.shape
     c = config
     qg = q.reshape(b, t, c.num_key_value_heads, c.num_groups, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) * (d ** -0.5)  # HF scales the product, in its dtype
-    scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), -jnp.inf)
+    # scores[b, K, t, g, s] = sum_d q[b, t, K, g, d] k[b, s, K, d]
+    scores = jax.lax.dot_general(qg, k, (((4,), (3,)), ((0, 2), (0, 2)))) * (d ** -0.5)  # HF scales the product
+    scores = jnp.where(mask[:, None, :, None, :], scores.astype(jnp.float32), -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, c.num_attention_heads * d)
+    # out[b, K, t, g, d] = sum_s probs[b, K, t, g, s] v[b, s, K, d]
+    out = jax.lax.dot_general(probs, v, (((4,), (1,)), ((0, 1), (0, 2))))
+    return out.transpose(0, 2, 1, 3, 4).reshape(b, t, c.num_attention_heads * d)
 
 
 def mlp(p: dict, x: jax.Array) -> jax.Array:
