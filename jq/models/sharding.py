@@ -12,7 +12,7 @@ each MLP slice stays on one device and only the two residual adds need a reducti
 A dimension that the axis size does not divide stays replicated (e.g. 3 KV heads on 2 devices).
 
 Example:
-  >>> mesh = jax.make_mesh((2,), ("tp",))
+  >>> mesh = jax.make_mesh((2,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
   >>> params = place(params, mesh)          # NamedSharding on every leaf
 """
 
@@ -55,7 +55,17 @@ def partition_specs(params, axis: str = "tp", axis_size: int | None = None):
 
 
 def place(params, mesh, axis: str = "tp"):
-    """``params`` put on ``mesh`` with the tensor-parallel :class:`NamedSharding` of every leaf."""
+    """``params`` put on ``mesh`` with the tensor-parallel :class:`NamedSharding` of every leaf.
+
+    The mesh axis must be ``AxisType.Auto`` (XLA propagates the shardings through the model, which carries
+    no ``out_sharding`` annotations); ``jax.make_mesh`` creates ``Explicit`` axes unless told otherwise.
+    """
+    if axis not in mesh.shape:
+        raise ValueError(f"mesh has no axis {axis!r}; its axes are {tuple(mesh.shape)}")
+    kind = dict(zip(mesh.axis_names, mesh.axis_types))[axis]
+    if kind != jax.sharding.AxisType.Auto:
+        raise ValueError(f"mesh axis {axis!r} is {kind}; jq.models needs AxisType.Auto: "
+                         f"jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto, ...))")
     size = mesh.shape[axis]
     specs = partition_specs(params, axis, size)
     return jax.tree_util.tree_map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
