@@ -31,3 +31,6 @@ from jq.models.hf import (
     unflatten_params,
 )
 from jq.models.sharding import partition_specs, place
+from jq.models import gguf, gpt2, smollm2
+from jq.models.data import CALIB_PLAYS, EVAL_PLAYS, calibration_batches, token_windows
+from jq.models.evaluate import EvalResult, evaluate, format_table
