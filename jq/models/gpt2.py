@@ -89,6 +89,7 @@ def expected_names(config: GPT2Config) -> list[str]:
     return names + ([] if config.tie_word_embeddings else ["lm_head.weight"])
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "scale"))  # one program, not ~100 eager ops
 def init_params(config: GPT2Config, key: jax.Array, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
     """Random params in HF's layout (Conv1D weights ``[in, out]``, LayerNorm weights around 1)."""
     d, c = config.n_embd, config

@@ -45,6 +45,7 @@ def layer_scope(i: int) -> str:
     return f"model.layers.{i}.self_attn"
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "scale"))  # one program, not ~100 eager ops
 def init_params(config: LlamaConfig, key: jax.Array, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
     """Random params (normal with std ``scale``; norm weights around 1) in the HF-named layout."""
     c = config

@@ -50,7 +50,7 @@ def test_sliding_window_changes_logits():
     _, cfg_win, _ = tiny_model(architectures=["MistralForCausalLM"], sliding_window=3)
     a = jax.jit(jm.make_forward(cfg_full))(params, jnp.asarray(TOKENS))
     b = jax.jit(jm.make_forward(cfg_win))(params, jnp.asarray(TOKENS))
-    np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-6)  # positions 0..2 see all their keys either way
+    np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-5)  # positions 0..2 see all their keys either way
     assert float(jnp.max(jnp.abs(a[:, 3:] - b[:, 3:]))) > 1e-3
 
 
