@@ -15,10 +15,11 @@ Example:
   >>> logits = jm.forward(params, tokens, config=config)
 """
 
+from jq.models import data, gguf, gpt2, smollm2
 from jq.models.config import SUPPORTED_ARCHITECTURES, LlamaConfig, RopeScaling, load_config
+from jq.models.data import CALIB_PLAYS, EVAL_PLAYS, calibration_batches, token_windows
+from jq.models.evaluate import EvalResult, evaluate, format_table
 from jq.models.generate import decode_step, extend, generate, prefill
-from jq.models.kv_cache import KV_FORMATS, KVCache, init_cache, kv_amax_from, kv_spec
-from jq.models.llama import forward, init_params, make_forward
 from jq.models.hf import (
     expected_names,
     flatten_params,
@@ -30,7 +31,6 @@ from jq.models.hf import (
     site_to_hf_module,
     unflatten_params,
 )
+from jq.models.kv_cache import KV_FORMATS, KVCache, init_cache, kv_amax_from, kv_spec
+from jq.models.llama import forward, init_params, make_forward
 from jq.models.sharding import partition_specs, place
-from jq.models import gguf, gpt2, smollm2
-from jq.models.data import CALIB_PLAYS, EVAL_PLAYS, calibration_batches, token_windows
-from jq.models.evaluate import EvalResult, evaluate, format_table
