@@ -16,7 +16,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 
 import jq
 import jq.models as jm

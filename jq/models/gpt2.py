@@ -169,14 +169,14 @@ def load_gpt2(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[GPT2Config
     Checkpoints saved from ``GPT2Model`` (names without ``transformer.``) are accepted; the attention
     mask buffers old checkpoints carry (``attn.bias``, ``attn.masked_bias``) are ignored.
     """
-    from jq.models.hf import _shard_files, read_safetensors, unflatten_params
+    from jq.models.hf import read_safetensors, tensor_files, unflatten_params
 
     path = Path(path)
     file = path / "config.json"
     if not file.exists():
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
     config = GPT2Config.from_hf(json.loads(file.read_text()))
-    files = _shard_files(path)
+    files = tensor_files(path)
     bare = not any(n.startswith("transformer.") for n in files)
     source = {n: (n[len("transformer."):] if bare and n.startswith("transformer.") else n)
               for n in expected_names(config)}

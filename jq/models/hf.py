@@ -35,7 +35,7 @@ from jq.models.sharding import place
 from jq.trace.sites import keypath_parts
 
 __all__ = ["hf_name_of", "param_path_of", "site_to_hf_module", "flatten_params", "unflatten_params",
-           "expected_names", "read_safetensors", "load_hf", "save_hf"]
+           "tensor_files", "expected_names", "read_safetensors", "load_hf", "save_hf"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -112,8 +112,9 @@ def expected_names(config: LlamaConfig) -> list[str]:
     return names
 
 
-def _shard_files(path: Path) -> dict:
-    """``{tensor name: file}`` of a directory (single file or index)."""
+def tensor_files(path: str | os.PathLike) -> dict:
+    """``{tensor name: file}`` of a directory (``model.safetensors``, or the shards its index lists)."""
+    path = Path(path)
     index = path / INDEX_FILE
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -132,7 +133,7 @@ def read_safetensors(path: str | os.PathLike, names=None) -> dict:
     from safetensors import safe_open
 
     path = Path(path)
-    files = _shard_files(path)
+    files = tensor_files(path)
     wanted = list(files) if names is None else list(names)
     missing = [n for n in wanted if n not in files]
     if missing:
@@ -163,7 +164,7 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None, axis: str 
     """
     path = Path(path)
     config = load_config(path)
-    files = _shard_files(path)
+    files = tensor_files(path)
     expected = expected_names(config)
     ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
     extra = sorted(n for n in files if n not in expected and n not in ignorable and "rotary_emb" not in n)

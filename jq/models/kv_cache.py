@@ -45,7 +45,8 @@ def kv_spec(kv_format: str | QuantizerSpec | None) -> QuantizerSpec | None:
     if kv_format is None or isinstance(kv_format, QuantizerSpec):
         return kv_format
     if kv_format not in KV_FORMATS:
-        raise ValueError(f"unknown kv_format {kv_format!r}; expected None, a QuantizerSpec or one of {sorted(KV_FORMATS)}")
+        raise ValueError(f"unknown kv_format {kv_format!r}; expected None, a QuantizerSpec or one of "
+                         f"{sorted(KV_FORMATS)}")
     return QuantizerSpec.from_dict(KV_FORMATS[kv_format]["quant_cfg"]["*[kv]_bmm_quantizer"])
 
 

@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = ["partition_spec_of", "partition_specs", "place"]
 

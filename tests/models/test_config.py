@@ -30,10 +30,9 @@ def test_mistral_reads_sliding_window_llama_ignores_it():
 
 def test_round_trip_through_to_hf():
     for arch in jm.SUPPORTED_ARCHITECTURES:
-        cfg = jm.LlamaConfig.from_hf(tiny_hf(architectures=[arch], rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                                                                                "low_freq_factor": 1.0,
-                                                                                "high_freq_factor": 4.0,
-                                                                                "original_max_position_embeddings": 16}))
+        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16}
+        cfg = jm.LlamaConfig.from_hf(tiny_hf(architectures=[arch], rope_scaling=rope))
         assert jm.LlamaConfig.from_hf(json.loads(json.dumps(cfg.to_hf()))) == cfg
 
 
