@@ -7,6 +7,10 @@ Calibration text and evaluation text are different Shakespeare plays (jq.models.
 Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 
     python examples/smollm2_perplexity.py --presets FP8_DEFAULT INT8_WEIGHT_ONLY W4A16_NVFP4 [--kv-cache fp8]
+
+With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
+model is also scored through a real KV cache stored in that format (prefill writes quantized k/v and attends
+over the dequantized cache, as every decode step does).
 """
 
 from __future__ import annotations
@@ -44,6 +48,20 @@ def main() -> None:
           f"{args.calib_batches * args.batch_size * args.seq_len} calibration tokens")
     results = {"float": jm.evaluate(forward, params, x, y, batch_size=args.batch_size, desc="float")}
     print(f"float perplexity {results['float'].perplexity:.3f} ({time.time() - t0:.0f} s)")
+    if args.kv_cache:  # float weights, keys/values stored in the cache format and read back (jq.models.generate)
+        t1 = time.time()
+        kv = jq.quantize(params, forward, jq.get_preset(f"{args.kv_cache}_KV"), calib_data=calib)
+        k_amax, v_amax = jm.kv_amax_from(kv, config)
+
+        def through_cache(p, tokens):
+            cache = jm.init_cache(config, tokens.shape[0], tokens.shape[1], kv_format=args.kv_cache,
+                                  k_amax=k_amax, v_amax=v_amax)
+            return jm.prefill(p, tokens, cache)[0]
+
+        label = f"float + {args.kv_cache.upper()} KV cache (stored)"
+        results[label] = jm.evaluate(through_cache, params, x, y, batch_size=args.batch_size,
+                                     reference=(forward, params), desc=label)
+        print(f"{label}: perplexity {results[label].perplexity:.3f} ({time.time() - t1:.0f} s)")
     for name in args.presets:
         cfg = jq.get_preset(name)
         if args.kv_cache:
