@@ -1,0 +1,98 @@
+"""Generation with a KV cache: ``prefill``, ``decode_step`` and greedy ``generate`` under ``jax.jit``.
+
+Both steps run the same function, :func:`extend`: the ``t`` new tokens sit at positions
+``length..length+t-1``; their keys/values are written into the cache (quantized as stored when the cache
+has a format), and attention reads the whole dequantized cache with a mask that hides empty slots and
+future positions. So the prompt's attention already sees the stored (quantized) keys and values, as every
+later decode step does. ``generate`` is one jitted program: prefill, then a ``lax.scan`` of decode steps.
+
+Example:
+  >>> out = generate(params, prompt, 16, config=cfg, kv_format="fp8", k_amax=k_amax, v_amax=v_amax)
+  >>> out.shape                                     # [batch, 16] new tokens, greedy
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jq.models.config import LlamaConfig
+from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
+from jq.models.llama import attention, attention_mask, layer_scope, linear, lm_head, mlp, project_qkv, rms_norm
+from jq.models.rope import rope_tables
+
+__all__ = ["extend", "prefill", "decode_step", "generate"]
+
+
+def extend(params: dict, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Logits ``[batch, t, vocab]`` of ``tokens[batch, t]`` appended after the cached positions, and the
+    cache with their keys/values stored and ``length`` advanced by ``t``."""
+    config = cache.config
+    b, t = tokens.shape
+    positions = cache.length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    cos, sin = rope_tables(config, positions)
+    slots = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (b, cache.max_len))
+    mask = attention_mask(positions, slots, config, k_valid=slots < cache.length + t)
+    h = params["model"]["embed_tokens"]["weight"][tokens]
+    for i, layer in enumerate(params["model"]["layers"]):
+        x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
+        q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
+        cache = write_layer(cache, i, k, v)
+        keys, values = read_layer(cache, i)
+        with jax.named_scope(layer_scope(i)):
+            o = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
+        h = h + linear(o, layer["self_attn"]["o_proj"])
+        h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+    return lm_head(params, h, config), dataclasses.replace(cache, length=cache.length + t)
+
+
+def prefill(params: dict, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Run the prompt ``tokens[batch, t]`` through an empty (or partly filled) cache: ``(logits, cache)``."""
+    return extend(params, tokens, cache)
+
+
+def decode_step(params: dict, token: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """One token per row (``token[batch]``): next-token logits ``[batch, vocab]`` and the updated cache."""
+    logits, cache = extend(params, token.reshape(-1, 1), cache)
+    return logits[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("n_new",))
+def _greedy(params, prompt, cache, n_new: int):
+    logits, cache = prefill(params, prompt, cache)
+    first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+
+    def step(carry, _):
+        token, cache = carry
+        logits, cache = decode_step(params, token, cache)
+        nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return (nxt, cache), nxt
+
+    (_, cache), rest = jax.lax.scan(step, (first, cache), None, length=n_new - 1)
+    return jnp.concatenate([first[:, None], rest.T], axis=1), cache
+
+
+def generate(params: dict, prompt: jax.Array, n_new: int, *, config: LlamaConfig, max_len: int | None = None,
+             kv_format=None, k_amax=None, v_amax=None, storage: str = "quantized", dtype=None,
+             return_cache: bool = False):
+    """Greedy generation of ``n_new`` tokens after ``prompt[batch, t]`` (all rows the same length).
+
+    The cache holds ``max_len`` positions (default ``t + n_new``) in ``kv_format`` (see
+    :func:`jq.models.init_cache`); ``dtype`` defaults to the dtype of the embedding table. Returns the new
+    tokens ``[batch, n_new]`` (and the final cache when ``return_cache``).
+    """
+    prompt = jnp.asarray(prompt, jnp.int32)
+    b, t = prompt.shape
+    if n_new < 1:
+        raise ValueError(f"n_new must be at least 1, got {n_new}")
+    max_len = t + n_new if max_len is None else max_len
+    if max_len < t + n_new:
+        raise ValueError(f"max_len={max_len} is shorter than prompt ({t}) + n_new ({n_new})")
+    dtype = dtype or params["model"]["embed_tokens"]["weight"].dtype
+    cache = init_cache(config, b, max_len, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax, dtype=dtype,
+                       storage=storage)
+    tokens, cache = _greedy(params, prompt, cache, n_new)
+    return (tokens, cache) if return_cache else tokens

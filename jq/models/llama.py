@@ -1,0 +1,173 @@
+"""A Llama-family decoder in plain JAX: a params pytree with Hugging Face's names and pure apply functions.
+
+Architecture (``transformers``' ``LlamaForCausalLM``, also Qwen2, Mistral, SmolLM2)::
+
+    h = embed_tokens[tokens]
+    for each layer:  h = h + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))   n1 = rms(h)
+                     h = h + down_proj(silu(gate_proj(n2)) * up_proj(n2))                          n2 = rms(h)
+    logits = lm_head(rms(h))          (lm_head = embed_tokens when tied)
+
+    rms(x) = w * x / sqrt(mean(x^2) + eps)
+    attention: softmax(q k^T / sqrt(head_dim) + causal mask) v, each key/value head shared by a group of
+               num_attention_heads / num_key_value_heads query heads (GQA)
+
+The params tree mirrors the HF tensor names (``params["model"]["layers"][3]["self_attn"]["q_proj"]["weight"]``
+is ``model.layers.3.self_attn.q_proj.weight``) and keeps PyTorch's ``[out, in]`` weight layout, so jq's sites
+are named like ModelOpt's modules (``model.layers.3.self_attn.q_proj.weight_quantizer``) and the name map to
+HF is the identity (:mod:`jq.models.hf`). Every projection is one ``einsum`` on a params leaf (a ``linear``
+site for jq); attention is two activation x activation einsums (q k^T and p v) under the name scope
+``model.layers.N.self_attn``, which jq names ``model.layers.N.self_attn.{q,k,v}_bmm_quantizer``.
+
+Example:
+  >>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+  ...                   num_attention_heads=4, num_key_value_heads=2)
+  >>> params = init_params(cfg, jax.random.key(0))
+  >>> forward(params, jnp.zeros((1, 5), jnp.int32), config=cfg).shape
+  (1, 5, 64)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jq.models.config import LlamaConfig
+from jq.models.rope import apply_rope, rope_tables
+
+__all__ = ["init_params", "forward", "make_forward", "rms_norm", "linear", "attention", "layer_scope",
+           "project_qkv", "mlp", "lm_head"]
+
+
+def layer_scope(i: int) -> str:
+    """Name scope of layer ``i``'s attention matmuls (jq's bmm site name)."""
+    return f"model.layers.{i}.self_attn"
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "scale"))  # one program, not ~100 eager ops
+def init_params(config: LlamaConfig, key: jax.Array, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
+    """Random params (normal with std ``scale``; norm weights around 1) in the HF-named layout."""
+    c = config
+    shapes = {"q_proj": (c.num_attention_heads * c.head_dim, c.hidden_size),
+              "k_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
+              "v_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
+              "o_proj": (c.hidden_size, c.num_attention_heads * c.head_dim),
+              "gate_proj": (c.intermediate_size, c.hidden_size), "up_proj": (c.intermediate_size, c.hidden_size),
+              "down_proj": (c.hidden_size, c.intermediate_size)}
+    bias = {"q_proj": c.qkv_bias, "k_proj": c.qkv_bias, "v_proj": c.qkv_bias, "o_proj": c.o_bias,
+            "gate_proj": c.mlp_bias, "up_proj": c.mlp_bias, "down_proj": c.mlp_bias}
+    keys = iter(jax.random.split(key, 1 + c.num_hidden_layers * 20 + 2))
+
+    def normal(shape, std=scale):
+        return (std * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
+
+    def proj(name):
+        p = {"weight": normal(shapes[name])}
+        if bias[name]:
+            p["bias"] = normal(shapes[name][:1])
+        return p
+
+    def norm():
+        return {"weight": (1.0 + normal((c.hidden_size,), 0.1).astype(jnp.float32)).astype(dtype)}
+
+    layers = [{"self_attn": {n: proj(n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
+               "mlp": {n: proj(n) for n in ("gate_proj", "up_proj", "down_proj")},
+               "input_layernorm": norm(), "post_attention_layernorm": norm()} for _ in range(c.num_hidden_layers)]
+    params = {"model": {"embed_tokens": {"weight": normal((c.vocab_size, c.hidden_size))}, "layers": layers,
+                        "norm": norm()}}
+    if not c.tie_word_embeddings:
+        params["lm_head"] = {"weight": normal((c.vocab_size, c.hidden_size))}
+    return params
+
+
+def rms_norm(x: jax.Array, p: dict, eps: float) -> jax.Array:
+    """``w * x / sqrt(mean(x^2) + eps)``, normalised in float32 and cast back before the scale (as HF)."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return p["weight"] * y.astype(x.dtype)
+
+
+def linear(x: jax.Array, p: dict) -> jax.Array:
+    """``x @ W^T (+ b)`` for a PyTorch-layout ``W[out, in]``: one dot_general on the params leaf."""
+    y = jnp.einsum("...i,oi->...o", x, p["weight"])
+    return y + p["bias"] if "bias" in p else y
+
+
+def project_qkv(attn: dict, x: jax.Array, cos, sin, config: LlamaConfig):
+    """``q[b, t, heads, d]``, ``k, v[b, t, kv_heads, d]``, with RoPE applied to q and k."""
+    b, t, _ = x.shape
+    c = config
+    q = linear(x, attn["q_proj"]).reshape(b, t, c.num_attention_heads, c.head_dim)
+    k = linear(x, attn["k_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    v = linear(x, attn["v_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array, config: LlamaConfig, k_valid=None) -> jax.Array:
+    """``mask[b, t, s]``: key ``s`` is visible to query ``t`` (causal, within Mistral's sliding window)."""
+    diff = q_pos[:, :, None] - k_pos[:, None, :]
+    mask = diff >= 0
+    if config.sliding_window is not None:
+        mask &= diff < config.sliding_window
+    if k_valid is not None:
+        mask &= k_valid[:, None, :]
+    return mask
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: LlamaConfig) -> jax.Array:
+    """``softmax(q k^T / sqrt(d) masked) v`` with grouped heads; ``q[b, t, H, d]``, ``k, v[b, s, K, d]``.
+
+    Two activation x activation ``dot_general`` s, q first and k second (jq's ``q_bmm``/``k_bmm``
+    quantizers follow the operand order; ``jnp.einsum`` may swap operands), then probabilities x v
+    (``v_bmm``).
+    """
+    b, t, _, d = q.shape
+    c = config
+    qg = q.reshape(b, t, c.num_key_value_heads, c.num_groups, d)
+    # scores[b, K, t, g, s] = sum_d q[b, t, K, g, d] k[b, s, K, d]
+    scores = jax.lax.dot_general(qg, k, (((4,), (3,)), ((0, 2), (0, 2)))) * (d ** -0.5)  # HF scales the product
+    scores = jnp.where(mask[:, None, :, None, :], scores.astype(jnp.float32), -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    # out[b, K, t, g, d] = sum_s probs[b, K, t, g, s] v[b, s, K, d]
+    out = jax.lax.dot_general(probs, v, (((4,), (1,)), ((0, 1), (0, 2))))
+    return out.transpose(0, 2, 1, 3, 4).reshape(b, t, c.num_attention_heads * d)
+
+
+def mlp(p: dict, x: jax.Array) -> jax.Array:
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+    return linear(jax.nn.silu(linear(x, p["gate_proj"])) * linear(x, p["up_proj"]), p["down_proj"])
+
+
+def lm_head(params: dict, h: jax.Array, config: LlamaConfig) -> jax.Array:
+    """Final norm and output projection (``model.embed_tokens.weight`` when the head is tied)."""
+    h = rms_norm(h, params["model"]["norm"], config.rms_norm_eps)
+    head = params["model"]["embed_tokens"] if config.tie_word_embeddings else params["lm_head"]
+    return linear(h, {"weight": head["weight"]})
+
+
+def forward(params: dict, tokens: jax.Array, *, config: LlamaConfig, positions: jax.Array | None = None
+            ) -> jax.Array:
+    """Logits ``[batch, seq, vocab]`` of ``tokens[batch, seq]`` (int), without a cache.
+
+    ``positions[batch, seq]`` default to ``0..seq-1``; the causal mask compares positions.
+    """
+    b, t = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    cos, sin = rope_tables(config, positions)
+    mask = attention_mask(positions, positions, config)
+    h = params["model"]["embed_tokens"]["weight"][tokens]
+    for i, layer in enumerate(params["model"]["layers"]):
+        x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
+        q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
+        with jax.named_scope(layer_scope(i)):
+            o = attention(q, k, v, mask, config)
+        h = h + linear(o, layer["self_attn"]["o_proj"])
+        h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+    return lm_head(params, h, config)
+
+
+def make_forward(config: LlamaConfig):
+    """``apply_fn(params, tokens, positions=None) -> logits`` for ``jq.quantize`` and evaluation."""
+    return functools.partial(forward, config=config)
