@@ -90,6 +90,60 @@ def _derives_from_exp(eqn, producers, depth=0) -> bool:
                for v in eqn.invars if not isinstance(v, jcore.Literal))
 
 
+def _reaches(target, eqn, producers, depth=0) -> bool:
+    """Whether equation ``target`` is among the producers of ``eqn`` (a short backward walk)."""
+    if eqn is None or depth > 16:
+        return False
+    if eqn is target:
+        return True
+    if eqn.primitive.name in SITE_PRIMITIVES and depth:
+        return False
+    return any(_reaches(target, producers.get(v), producers, depth + 1)
+               for v in eqn.invars if not isinstance(v, jcore.Literal))
+
+
+def _key_operand(qk, pv_eqns, producers, dims) -> int | None:
+    """Which operand of the q·kᵀ equation ``qk`` is the keys: the one whose free (sequence) axis is tied, through
+    the softmax, to the axis the p·v equation contracts with the values. None when no p·v uses ``qk``."""
+    for pv, p_op in pv_eqns:
+        if not _reaches(qk, producers.get(pv.invars[p_op]), producers):
+            continue
+        (lc, rc), _ = pv.params["dimension_numbers"]
+        p_contract = lc if p_op == 0 else rc
+        (qlc, qrc), (qlb, qrb) = qk.params["dimension_numbers"]
+        out = qk.outvars[0]
+        lhs_free = [d for d in range(len(qk.invars[0].aval.shape)) if d not in qlc and d not in qlb]
+        first = {0: len(qlb), 1: len(qlb) + len(lhs_free)}
+        n_free = {0: len(lhs_free),
+                  1: len([d for d in range(len(qk.invars[1].aval.shape)) if d not in qrc and d not in qrb])}
+        for op in (0, 1):
+            axes = range(first[op], first[op] + n_free[op])
+            if any(dims.same(out, a, pv.invars[p_op], c) for a in axes for c in p_contract):
+                return op
+    return None
+
+
+def _weight_scope(eqn, producers, linear_name, depth=0) -> str | None:
+    """The module path of the projection feeding an attention operand (``layers.3.attn`` for a q·kᵀ whose q
+    comes from the site ``layers.3.attn.q_proj``), found by a short backward walk."""
+    if eqn is None or depth > 16:
+        return None
+    for v in eqn.invars:
+        if isinstance(v, jcore.Literal):
+            continue
+        p = producers.get(v)
+        if p is None:
+            continue
+        if id(p) in linear_name:
+            name = linear_name[id(p)]
+            return name.rsplit(".", 1)[0] if "." in name else None
+        if p.primitive.name not in SITE_PRIMITIVES:
+            found = _weight_scope(p, producers, linear_name, depth + 1)
+            if found:
+                return found
+    return None
+
+
 def producer_maps(jaxpr, maps=None):
     """var -> producing eqn, for every (nested) jaxpr."""
     maps = {} if maps is None else maps
@@ -110,7 +164,7 @@ def _subjaxprs(eqn):
     return out
 
 
-def name_sites(walker, param_paths, param_shapes, jaxpr) -> list[Site]:
+def name_sites(walker, param_paths, param_shapes, jaxpr, dim_classes=None) -> list[Site]:
     raws = walker.raw_sites
     # weight sites: group by (weight identity, canonical view)
     base_names: list[str | None] = []
@@ -146,32 +200,48 @@ def name_sites(walker, param_paths, param_shapes, jaxpr) -> list[Site]:
     # attention (bmm) sites: scope from the name stack, role from softmax ancestry
     root = _learn_root(raws, names)
     producers = producer_maps(jaxpr)
+    linear_name = {id(r["eqn"]): names[i] for i, r in enumerate(raws) if r["kind"] != "bmm"}
     counters: dict = collections.Counter()
     roles_of: list = [None] * len(raws)
     att: list = [None] * len(raws)
+    pv_eqns = []
     for i, r in enumerate(raws):
         if r["kind"] != "bmm":
             continue
-        comps = _clean_stack(r["stack"])
-        if root and tuple(comps[:len(root)]) == root:
-            comps = comps[len(root):]
-        scope = ".".join(comps)
         eqn = r["eqn"]
         lhs_p, rhs_p = (producers.get(v) for v in eqn.invars[:2])
         if _derives_from_exp(lhs_p, producers):
-            role, roles = "pv", {0: "softmax_quantizer", 1: "v_bmm_quantizer"}
+            att[i], roles_of[i] = "pv", {0: "softmax_quantizer", 1: "v_bmm_quantizer"}
+            pv_eqns.append((eqn, 0))
         elif _derives_from_exp(rhs_p, producers):
-            role, roles = "pv", {1: "softmax_quantizer", 0: "v_bmm_quantizer"}
-        else:
-            role, roles = "qk", {0: "q_bmm_quantizer", 1: "k_bmm_quantizer"}
+            att[i], roles_of[i] = "pv", {1: "softmax_quantizer", 0: "v_bmm_quantizer"}
+            pv_eqns.append((eqn, 1))
+    dims = None
+    for i, r in enumerate(raws):
+        if r["kind"] != "bmm" or att[i] is not None:
+            continue
+        if dims is None and pv_eqns:
+            dims = dim_classes()
+        k_op = _key_operand(r["eqn"], pv_eqns, producers, dims) if dims is not None else None
+        k_op = 1 if k_op is None else k_op  # no p·v found: operand order (q first, as einsum "qd,kd" writes it)
+        att[i] = "qk"
+        roles_of[i] = {1 - k_op: "q_bmm_quantizer", k_op: "k_bmm_quantizer"}
+    stack_scope = {}
+    for i, r in enumerate(raws):
+        if r["kind"] == "bmm":
+            comps = _clean_stack(r["stack"])
+            if root and tuple(comps[:len(root)]) == root:
+                comps = comps[len(root):]
+            stack_scope[i] = ".".join(comps)
+    uses = collections.Counter((scope, att[i]) for i, scope in stack_scope.items())
+    for i, scope in stack_scope.items():
+        role = att[i]
+        if uses[(scope, role)] > 1 or not scope:  # the name stack does not tell attention blocks apart (nnx)
+            scope = _weight_scope(raws[i]["eqn"], producers, linear_name) or scope
         k = counters[(scope, role)]
         counters[(scope, role)] += 1
         base = scope or "attn"
         names[i] = base if k == 0 else f"{base}.attn{k}"
-        if not scope and k == 0:
-            names[i] = "attn"
-        roles_of[i] = roles
-        att[i] = role
     sites = []
     for i, r in enumerate(raws):
         if r["kind"] == "bmm":

@@ -23,7 +23,7 @@ from jq.trace.naming import producer_maps
 from jq.trace.primitives import LAYOUT_PRIMITIVES
 from jq.trace.sites import keypath_parts
 
-__all__ = ["DimRef", "CoupledDims", "dependency_analysis", "sibling_groups", "sibling_partition"]
+__all__ = ["DimRef", "CoupledDims", "DimClasses", "dependency_analysis", "sibling_groups", "sibling_partition"]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -209,6 +209,25 @@ class _DimWalker(JaxprVisitor):
             for d in range(rank):
                 if v.aval.shape[d] == out.aval.shape[d]:
                     self.tie(v, d, out, d)
+
+
+class DimClasses:
+    """Which axes of which variables of a jaxpr are forced equal (the union-find of the dependency analysis).
+
+    Example:
+      >>> dims = DimClasses(traced.jaxpr)
+      >>> dims.same(q_var, 2, p_var, 3)
+    """
+
+    def __init__(self, jaxpr):
+        self._w = _DimWalker()
+        self._w.run(jaxpr)
+
+    def same(self, a, i: int, b, j: int) -> bool:
+        """True when axis ``i`` of var ``a`` and axis ``j`` of var ``b`` are tied."""
+        if isinstance(a, jcore.Literal) or isinstance(b, jcore.Literal):
+            return False
+        return self._w.uf.find((a, i)) == self._w.uf.find((b, j))
 
 
 def dependency_analysis(traced) -> CoupledDims:

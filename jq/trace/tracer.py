@@ -27,6 +27,7 @@ from jax.extend import core as jcore
 
 from jq.trace.control_flow import JaxprVisitor, bodies
 from jq.trace.naming import name_sites, weight_view
+from jq.trace.symbols import DimClasses
 from jq.trace.sites import (
     ACT,
     CONST,
@@ -369,7 +370,7 @@ def trace(apply_fn: Callable, params, *args, **kwargs) -> TracedModel:
     in_origins = [ParamOrigin(i) for i in range(n_p)] + [ACT] * len(dyn)
     walker.run(closed.jaxpr, closed.consts, in_origins)
     shapes = [tuple(np.shape(x)) for x in p_leaves]
-    sites = name_sites(walker, p_paths, shapes, closed.jaxpr)
+    sites = name_sites(walker, p_paths, shapes, closed.jaxpr, lambda: DimClasses(closed.jaxpr))
     site_at = {s.path: s for s in sites}
     has_sites: set = set()
     below: dict = collections.defaultdict(set)

@@ -46,10 +46,16 @@ def test_quantized_model_runs_under_jit(result):
     assert sum("v_bmm_quantizer" in b["roles"] for b in result["bmm"]) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="jq/trace labels q_bmm/k_bmm by dot_general operand order; jnp.einsum "
-                                       "'BTHGD,BSHD->BHGTS' (tunix GQA) emits dot_general(k, q), so k_bmm_quantizer "
-                                       "lands on q. Reported to the lead with a minimal reproduction.")
 def test_k_bmm_quantizer_quantizes_the_keys(result):
+    """tunix's GQA einsum 'BTHGD,BSHD->BHGTS' emits dot_general(k, q): jq finds the keys by the axis the p·v
+    product contracts, not by operand order."""
     for b in result["bmm"]:
         if "k_bmm_quantizer" in b["roles"]:
             assert len(b["roles"]["k_bmm_quantizer"]) == 4  # k is [B, S, K, D]; q is [B, T, K, G, D]
+
+
+def test_attention_sites_are_named_per_layer(result):
+    """Flax NNX gives attention matmuls no per-module name stack: jq names them after the projections that feed
+    them (layers.0.attn.q_proj -> layers.0.attn)."""
+    assert sorted(b["site"] for b in result["bmm"]) == ["layers.0.attn", "layers.0.attn", "layers.1.attn",
+                                                         "layers.1.attn"]

@@ -141,3 +141,20 @@ def test_ragged_dot_expert_weights_are_batched_sites():
     t = trace(f, p, jnp.ones((6, 8)), jnp.array([2, 2, 2], jnp.int32))
     (s,) = t.sites
     assert s.view.batch == 1 and s.view.shape == (3, 5, 8)  # [experts, out, in]
+
+
+def test_keys_found_by_the_softmax_axis_not_operand_order():
+    """einsum("bskd,btkd->bkts") with the keys written first still puts k_bmm_quantizer on the keys."""
+    def attn(p, x):
+        q, k, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
+        q, k, v = (a.reshape(2, 5, 2, 4) for a in (q, k, v))
+        s = jnp.einsum("bskd,btkd->bkts", k, q)  # keys first
+        w = jax.nn.softmax(s, axis=-1)
+        return jnp.einsum("bkts,bskd->btkd", w, v).reshape(2, 5, 8)
+
+    p = {n: jnp.ones((8, 8)) for n in ("wq", "wk", "wv")}
+    t = trace(attn, p, jnp.ones((2, 5, 8)))
+    (qk,) = [s for s in t.sites if s.attention_role == "qk"]
+    k_operand = [op for op, slot in qk.roles.items() if slot == "k_bmm_quantizer"][0]
+    assert qk.eqn.invars[k_operand] is not None and k_operand == 0
+    assert qk.name == "attn" or qk.name.endswith("attn") or qk.name == "wq"[:0] + qk.name
