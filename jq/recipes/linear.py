@@ -98,6 +98,33 @@ def _quantize(static, plan, slot, a, state, key):
     return getattr(plan, slot)(a, _ctx(static, plan, slot, state, key))
 
 
+def _varying_axes(a: jax.Array) -> frozenset:
+    """Mesh axes over which ``a`` varies inside ``shard_map`` (empty outside it).
+
+    The attribute moved between jax versions (``aval.mat.varying`` in 0.10, ``aval.vma`` before): read
+    whichever exists.
+    """
+    aval = jax.typeof(a)
+    mat = getattr(aval, "mat", None)
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
+
+
+def _like_primal(ct: jax.Array, primal: jax.Array, reduce: Callable) -> jax.Array:
+    """Give a cotangent the primal's shard_map variance, as JAX's own transpose rules do.
+
+    A cotangent that varies over axes its primal does not (dx of a column-parallel layer varies over the
+    tensor-parallel axis, dW over the data axis) is reduced over them (``psum`` for gradients, ``pmax``
+    for amax observations); one that is invariant where the primal varies is cast to varying.
+    """
+    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(primal)))
+    if extra:
+        ct = reduce(ct, extra)
+    missing = tuple(sorted(_varying_axes(primal) - _varying_axes(ct)))
+    if missing:
+        ct = jax.lax.pcast(ct, missing, to="varying")
+    return ct
+
+
 def _pad_last(a: jax.Array, multiple: int) -> jax.Array:
     pad = -a.shape[-1] % multiple
     return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)]) if pad else a
@@ -134,8 +161,10 @@ def _backward(static, residuals, dy):
     state_cot = None
     if state is not None:
         state_cot = observation(state, *amaxes, tensor_amax(dy, static.axis_names))
-    key_cot = None
-    return dx.astype(x.dtype), dw.astype(w.dtype), state_cot, key_cot
+        state_cot = jax.tree.map(lambda c, p: _like_primal(c, p, jax.lax.pmax), state_cot, state)
+    dx = _like_primal(dx.astype(x.dtype), x, jax.lax.psum)
+    dw = _like_primal(dw.astype(w.dtype), w, jax.lax.psum)
+    return dx, dw, state_cot, None
 
 
 _linear.defvjp(_forward, _backward)

@@ -24,15 +24,32 @@ class RecordingGemm:
         return fake_gemm(a, b, which=which)
 
 
-def vjp_operands(recipe, x, w, dy, **kw):
-    """Run fprop + backward of ``linear`` with cotangent ``dy``; return (y, dx, dw, recorded operands)."""
+_RUNNERS = {}
+
+
+def vjp_operands(recipe, x, w, dy, *, key=None, state=None, **kw):
+    """Jitted fprop + backward of ``linear`` with cotangent ``dy``: (y, dx, dw, operands by GEMM name).
+
+    One compiled runner per (recipe, options), reused across calls with other keys/states (compiles are the
+    cost of these tests on a 2-core machine).
+    """
     from jq.recipes import linear
 
-    rec = RecordingGemm()
-    y, pullback = jax.vjp(lambda x, w: linear(recipe, x, w, gemm=rec, **kw), x, w)
-    dx, dw = pullback(dy)
+    cache_key = (recipe, tuple(sorted(kw.items())))
+    if cache_key not in _RUNNERS:
+        rec = RecordingGemm()
+
+        @jax.jit
+        def run(x, w, dy, key, state):
+            y, pullback = jax.vjp(lambda x, w: linear(recipe, x, w, gemm=rec, key=key, state=state, **kw), x, w)
+            return (y, *pullback(dy))
+
+        _RUNNERS[cache_key] = (rec, run)
+    rec, run = _RUNNERS[cache_key]
+    rec.ops = {}
+    y, dx, dw = run(x, w, dy, key, state)
     jax.effects_barrier()
-    return y, dx, dw, rec.ops
+    return np.asarray(y), np.asarray(dx), np.asarray(dw), dict(rec.ops)
 
 
 def normal(seed, shape, scale=1.0):
