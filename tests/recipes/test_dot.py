@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jq.recipes import DelayedScaling, Float8CurrentScaling, NVFP4BlockScaling, linear, recipe_dot
+from jq.recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling, NVFP4BlockScaling, linear, recipe_dot
 
 from ._helpers import normal
 
@@ -23,11 +23,11 @@ def _value_and_grads(f, *args):
 
 
 def test_flax_dense_layout_equals_the_canonical_linear():
-    r = NVFP4BlockScaling()
-    x, k = normal(0, (2, 16, 64)), normal(1, (64, 32))  # Dense kernel [in, out]
+    r = Float8BlockScaling()  # 1x128 blocks: a wrong flattening of T or K would move the block boundaries
+    x, k = normal(0, (2, 128, 256)), normal(1, (256, 32))  # Dense kernel [in, out]
     dn = (((2,), (0,)), ((), ()))
-    y, (dx, dk) = _value_and_grads(lambda x, k: recipe_dot(r, x, k, dimension_numbers=dn, key=KEY), x, k)
-    y2, (dx2, dw2) = _value_and_grads(lambda x, w: linear(r, x, w, key=KEY).reshape(2, 16, 32), x.reshape(32, 64), k.T)
+    y, (dx, dk) = _value_and_grads(lambda x, k: recipe_dot(r, x, k, dimension_numbers=dn), x, k)
+    y2, (dx2, dw2) = _value_and_grads(lambda x, w: linear(r, x, w).reshape(2, 128, 32), x.reshape(256, 256), k.T)
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(dx, dx2.reshape(dx.shape))
     np.testing.assert_array_equal(dk, dw2.T)
@@ -36,17 +36,26 @@ def test_flax_dense_layout_equals_the_canonical_linear():
 def test_weight_as_lhs_gives_dot_generals_layout():
     r = Float8CurrentScaling()
     x, w = normal(2, (8, 48)), normal(3, (24, 48))
-    y_rhs = recipe_dot(r, x, w, dimension_numbers=NT)  # [T, N]
-    y_lhs = recipe_dot(r, w, x, dimension_numbers=NT, weight_argnum=0)  # [N, T], as dot_general(w, x)
+    y_rhs, y_lhs = jax.jit(
+        lambda x, w: (
+            recipe_dot(r, x, w, dimension_numbers=NT),  # [T, N]
+            recipe_dot(r, w, x, dimension_numbers=NT, weight_argnum=0),  # [N, T], as dot_general(w, x)
+        )
+    )(x, w)
     np.testing.assert_array_equal(y_lhs, y_rhs.T)
 
 
 def test_several_contracting_dims_flatten_to_k():
     r = Float8CurrentScaling()
     x, w = normal(4, (8, 4, 16)), normal(5, (4, 16, 12))  # e.g. heads x head_dim -> d_model
-    y = recipe_dot(r, x, w, dimension_numbers=(((1, 2), (0, 1)), ((), ())))
-    np.testing.assert_array_equal(y, linear(r, x.reshape(8, 64), w.reshape(64, 12).T))
-    ref = jnp.einsum("thd,hdn->tn", x, w)
+    y, y2, ref = jax.jit(
+        lambda x, w: (
+            recipe_dot(r, x, w, dimension_numbers=(((1, 2), (0, 1)), ((), ()))),
+            linear(r, x.reshape(8, 64), w.reshape(64, 12).T),
+            jnp.einsum("thd,hdn->tn", x, w, precision="highest"),
+        )
+    )(x, w)
+    np.testing.assert_array_equal(y, y2)
     assert float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref)) < 0.05  # E4M3 operands: a few % error
 
 
@@ -59,9 +68,8 @@ def test_batch_dims_run_one_linear_per_expert_with_its_own_key_and_state():
     y, (dx, dw, obs) = _value_and_grads(lambda x, w, s: recipe_dot(r, x, w, dimension_numbers=dn, state=s), x, w, state)
     assert y.shape == (3, 8, 16) and obs.x.amax_history.shape == (3, 2)
     np.testing.assert_array_equal(obs.x.amax_history[:, 0], jnp.abs(x).max(axis=(1, 2)))  # per expert, not summed
-    for e in range(3):
-        one = jax.tree.map(lambda a: a[e], state)
-        np.testing.assert_array_equal(y[e], linear(r, x[e], w[e].T, state=one))
+    per_expert = jax.jit(jax.vmap(lambda x, w, s: linear(r, x, w.T, state=s)))(x, w, state)
+    np.testing.assert_array_equal(y, per_expert)
 
 
 def test_site_id_gives_each_site_its_own_random_bits():
@@ -77,7 +85,7 @@ def test_site_id_gives_each_site_its_own_random_bits():
 
 # --- a small MLP built from recipe_dot --------------------------------------------------------------
 
-L, D, B = 3, 32, 32
+L, D, B = 2, 32, 32
 DENSE = (((1,), (0,)), ((), ()))
 
 

@@ -96,6 +96,7 @@ def test_weight_2d_toggle_changes_the_weight_operands_only(nvfp4_rtn):
     np.testing.assert_array_equal(dw, dw2)  # wgrad does not involve W
 
 
+@jax.jit
 def _neighbours(a):
     """The dequantized NVFP4 grid points just below and above each element of ``a`` (1x16 blocks)."""
     q, s, gs, layout = nvfp4_quantize(a)
@@ -110,7 +111,7 @@ def test_sr_toggle_changes_gradient_operands_only(nvfp4_rtn):
     for gemm, i in (("fprop", 0), ("fprop", 1), ("dgrad", 1), ("wgrad", 1)):
         np.testing.assert_array_equal(sr[gemm][i], ops[gemm][i])
     for gemm, src in (("dgrad", DY), ("wgrad", rht_t(DY))):
-        down, up = jax.jit(_neighbours)(src)
+        down, up = _neighbours(src)
         got = sr[gemm][0]
         assert ((got == down) | (got == up)).all()  # on the grid, one of the two neighbours
         assert not np.array_equal(got, ops[gemm][0])  # ... and not the round-to-nearest choice everywhere
@@ -142,7 +143,7 @@ def _sr_test_gradient():
 
 def test_sr_dgrad_is_unbiased_while_round_to_nearest_is_biased():
     dy, n = _sr_test_gradient(), 256
-    down, up = (np.asarray(t, np.float64) for t in jax.jit(_neighbours)(dy))
+    down, up = (np.asarray(t, np.float64) for t in _neighbours(dy))
     _, _, _, ops = vjp_operands(NVFP4BlockScaling(stochastic_rounding=False), X, W, dy)
     dy_rtn, wtq = (np.asarray(t, np.float64) for t in ops["dgrad"])
     exact = np.asarray(dy, np.float64) @ wtq.T  # dgrad with the quantized W but an unrounded dy

@@ -52,12 +52,9 @@ WORKER = textwrap.dedent(
     out = {}
     for name, recipe in (("fp8", Float8CurrentScaling()), ("nvfp4", NVFP4BlockScaling(stochastic_rounding=False))):
         ref = full(recipe)
-        red = sharded(recipe, ("data", "model"))
-        loc = sharded(recipe, ())
-        out[name] = {
-            "reduced": [rel(a, b) for a, b in zip(red[:3], ref[:3])],
-            "local": [rel(a, b) for a, b in zip(loc[:3], ref[:3])],
-        }
+        out[name] = [rel(a, b) for a, b in zip(sharded(recipe, ("data", "model"))[:3], ref[:3])]
+        if name == "fp8":  # the same step with shard-local amaxes (no axis_names), to show the reduction matters
+            out["fp8_local"] = [rel(a, b) for a, b in zip(sharded(recipe, ())[:3], ref[:3])]
     r = DelayedScaling(amax_history_len=2)
     obs = sharded(r, ("data", "model"), r.init_state())[3]
     out["delayed_obs"] = [float(obs.x.amax_history[0]), float(obs.w.amax_history[0]), float(obs.dy.amax_history[0])]
@@ -79,14 +76,14 @@ def result():
 
 @pytest.mark.parametrize("recipe", ["fp8", "nvfp4"])
 def test_pmax_over_the_mesh_reproduces_the_unsharded_step(recipe, result):
-    # y, dx, dW of the sharded step equal the single-device step up to float32 summation order
-    assert max(result[recipe]["reduced"]) < 1e-5, result[recipe]
+    # y, dx, dW of the sharded step (dx psum-ed over "model", dW over "data" by the VJP) equal the
+    # single-device step up to float32 summation order
+    assert max(result[recipe]) < 1e-5, result[recipe]
 
 
-@pytest.mark.parametrize("recipe", ["fp8", "nvfp4"])
-def test_shard_local_amax_would_change_the_step(recipe, result):
-    # the same step without axis_names quantizes each shard with its own scale: visibly different
-    assert max(result[recipe]["local"]) > 100 * max(max(result[recipe]["reduced"]), 1e-7), result[recipe]
+def test_shard_local_amax_would_change_the_step(result):
+    # without axis_names every shard quantizes with its own scale: errors 100x the summation noise
+    assert min(result["fp8_local"]) > 100 * max(max(result["fp8"]), 1e-7), result
 
 
 def test_delayed_scaling_observations_are_global_amaxes_not_sums_over_devices(result):
