@@ -66,10 +66,7 @@ class GemmPlan:
     wgrad_dy: Callable
     wgrad_x: Callable
 
-    SLOTS = ("fprop_x", "fprop_w", "dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")
-
-    def operands(self) -> dict[str, Callable]:
-        return {name: getattr(self, name) for name in self.SLOTS}
+    SLOTS = ("fprop_x", "fprop_w", "dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")  # also the key fold-in index
 
 
 def _formats(recipe_name: str, fp8_format: str) -> tuple[MinifloatFormat, MinifloatFormat]:

@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jq.recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling, NVFP4BlockScaling, linear, recipe_dot
+from jq.recipes import (
+    DelayedScaling,
+    Float8BlockScaling,
+    Float8CurrentScaling,
+    MXFP8BlockScaling,
+    NVFP4BlockScaling,
+    linear,
+    recipe_dot,
+)
 
 from ._helpers import normal
 
@@ -14,10 +22,10 @@ NT = (((1,), (1,)), ((), ()))
 
 
 def _value_and_grads(f, *args):
-    """f's value and its gradients w.r.t. every argument, for a sum-of-squares-free linear readout."""
+    """f's value and its VJP w.r.t. every argument for a fixed, non-constant cotangent (one jit)."""
     def run(*args):
         y, pb = jax.vjp(f, *args)
-        return y, pb(jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape) * 1e-2)
+        return y, pb((jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape) * 1e-2).astype(y.dtype))
 
     return jax.jit(run)(*args)
 
@@ -75,12 +83,21 @@ def test_batch_dims_run_one_linear_per_expert_with_its_own_key_and_state():
 def test_site_id_gives_each_site_its_own_random_bits():
     r = NVFP4BlockScaling()
     x, w = normal(8, (32, 32)), normal(9, (32, 32))
+    raw_key = jax.random.PRNGKey(0)  # raw uint32 keys work as well as typed ones
     dx = jax.jit(
-        lambda site: jax.vjp(lambda x: recipe_dot(r, x, w, dimension_numbers=NT, key=KEY, site_id=site), x)[1](x)[0],
-        static_argnums=0,
+        lambda site: jax.vjp(lambda x: recipe_dot(r, x, w, dimension_numbers=NT, key=raw_key, site_id=site), x)[1](x)[0],
     )
     assert not np.array_equal(dx(0), dx(1))
     np.testing.assert_array_equal(dx(0), dx(0))
+
+
+def test_bf16_operands_keep_their_dtypes():
+    r = MXFP8BlockScaling()
+    x, w = normal(14, (2, 8, 64)).astype(jnp.bfloat16), normal(15, (64, 16)).astype(jnp.bfloat16)
+    y, (dx, dw) = _value_and_grads(lambda x, w: recipe_dot(r, x, w, dimension_numbers=(((2,), (0,)), ((), ()))), x, w)
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16,) * 3
+    y32 = jax.jit(lambda x, w: recipe_dot(r, x, w, dimension_numbers=(((2,), (0,)), ((), ())), preferred_element_type=jnp.float32))(x, w)
+    assert y32.dtype == jnp.float32 and bool(jnp.all(y32.astype(jnp.bfloat16) == y))
 
 
 # --- a small MLP built from recipe_dot --------------------------------------------------------------
@@ -117,11 +134,11 @@ def _mlp_scan(recipe, params, x, key, state=None):
 def test_mlp_grad_jit_and_remat_agree():
     r = NVFP4BlockScaling()
     x = normal(11, (B, D))
-    grad = jax.jit(jax.grad(_mlp_unrolled, argnums=1), static_argnums=(0, 4))
-    g, g_remat = grad(r, _params(), x, KEY, False), grad(r, _params(), x, KEY, True)
+    grad = jax.grad(_mlp_unrolled, argnums=1)
+    g, g_remat = jax.jit(lambda p: (grad(r, p, x, KEY, False), grad(r, p, x, KEY, True)))(_params())
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat)):
         np.testing.assert_array_equal(a, b)  # remat recomputes the same quantized forward, same bits
-    assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(g))
+    assert all(bool(jnp.isfinite(a).all()) and bool(jnp.any(a != 0)) for a in jax.tree.leaves(g))
 
 
 def test_scan_over_layers_with_delayed_scaling_state():

@@ -162,8 +162,12 @@ def test_sr_dgrad_is_unbiased_while_round_to_nearest_is_biased():
 
 def test_fp8_current_scaling_operands_per_gemm():
     _, _, _, ops = vjp_operands(Float8CurrentScaling(), X, W, DY)
-    q = jax.jit(lambda op, a: op(a, OperandContext()).dequantized, static_argnums=0)
-    x8, w8, dy8 = (q(Float8CurrentOperand(tensor=t, fmt=f), a) for t, f, a in (("x", E4M3, X), ("w", E4M3, W), ("dy", E5M2, DY)))
+    x8, w8, dy8 = jax.jit(
+        lambda *ops: [
+            Float8CurrentOperand(tensor=t, fmt=f)(a, OperandContext()).dequantized
+            for t, f, a in zip(("x", "w", "dy"), (E4M3, E4M3, E5M2), ops)
+        ]
+    )(X, W, DY)
     np.testing.assert_array_equal(ops["fprop"][0], x8)
     np.testing.assert_array_equal(ops["fprop"][1], w8)
     np.testing.assert_array_equal(ops["dgrad"][0], dy8)  # E5M2 gradient

@@ -37,6 +37,11 @@ def run(op, a, ctx=CTX):
     return jax.jit(lambda a, ctx: op(a, ctx))(a, ctx)
 
 
+def run_t(op, a):
+    """``(op(a^T), op(a))`` in one compile."""
+    return jax.jit(lambda a: (op(a.T, CTX).dequantized, op(a, CTX).dequantized))(a)
+
+
 @pytest.mark.parametrize(
     "amax, power_2, expected",
     [
@@ -104,14 +109,14 @@ def test_block_fp8_gives_each_1x128_block_its_power_of_two_scale():
     ids=["fp8-128x128", "nvfp4-16x16", "fp8-per-tensor"],
 )
 def test_two_d_and_per_tensor_quantization_is_transpose_invariant(op):
-    a = normal(2, (144, 160))
-    np.testing.assert_array_equal(run(op, a.T).dequantized, run(op, a).dequantized.T)
+    q_t, q = run_t(op, normal(2, (144, 160)))
+    np.testing.assert_array_equal(q_t, q.T)
 
 
 def test_one_d_blocks_are_not_transpose_invariant():
     a = normal(3, (32, 48), 1.0) * jnp.exp(normal(4, (32, 48)))  # ragged magnitudes
-    op = NVFP4Operand(tensor="x")
-    assert not np.array_equal(run(op, a.T).dequantized, run(op, a).dequantized.T)
+    q_t, q = run_t(NVFP4Operand(tensor="x"), a)
+    assert not np.array_equal(q_t, q.T)
 
 
 def test_mxfp8_operand_is_jq_mx_fake_quant_and_finer_than_1x128():
@@ -126,9 +131,16 @@ def test_mxfp8_operand_is_jq_mx_fake_quant_and_finer_than_1x128():
 
 def test_nvfp4_round_to_nearest_is_jq_nvfp4():
     a = normal(6, (16, 64))
-    ref = jax.jit(nvfp4_fake_quant, static_argnames="two_d")
-    np.testing.assert_array_equal(run(NVFP4Operand(tensor="x"), a).dequantized, ref(a))
-    np.testing.assert_array_equal(run(NVFP4Operand(tensor="w", two_d=True), a).dequantized, ref(a, two_d=True))
+    got_1d, got_2d, ref_1d, ref_2d = jax.jit(
+        lambda a: (
+            NVFP4Operand(tensor="x")(a, CTX).dequantized,
+            NVFP4Operand(tensor="w", two_d=True)(a, CTX).dequantized,
+            nvfp4_fake_quant(a),
+            nvfp4_fake_quant(a, two_d=True),
+        )
+    )(a)
+    np.testing.assert_array_equal(got_1d, ref_1d)
+    np.testing.assert_array_equal(got_2d, ref_2d)
 
 
 def test_nvfp4_rht_quantizes_the_transformed_operand():
@@ -147,31 +159,37 @@ def test_nvfp4_sr_without_key_is_an_error():
         NVFP4Operand(tensor="dy", stochastic_rounding=True)(jnp.ones((2, 16)), CTX)
 
 
-def _sr_draws(a, n):
+@jax.jit
+def _sr_draws_jit(a, keys):
     op = NVFP4Operand(tensor="dy", stochastic_rounding=True)
-    keys = jax.random.split(jax.random.key(0), n)
-    return np.asarray(jax.jit(jax.vmap(lambda k: op(a, OperandContext(key=k)).dequantized))(keys))
+    return jax.vmap(lambda k: op(a, OperandContext(key=k)).dequantized)(keys)
+
+
+def _sr_draws(a, n):
+    """``n`` stochastically rounded NVFP4 quantizations of ``a``, one per key."""
+    return np.asarray(_sr_draws_jit(a, jax.random.split(jax.random.key(0), n)))
+
+
+@jax.jit
+def _grid_neighbours_jit(a):
+    q, s, gs, layout = nvfp4_quantize(a)
+    step = layout.merge(jnp.broadcast_to(s * gs, q.shape))
+    v = jnp.abs(a) / step
+    lo, hi = minifloat_floor_ceil(v, E2M1)
+    sign = jnp.sign(a)
+    return step, v, lo, hi, sign * lo * step, sign * hi * step
 
 
 def _grid_neighbours(a):
-    """Per element: the block step ``s_b * gs`` and the dequantized grid points below and above ``a``."""
-
-    @jax.jit
-    def f(a):
-        q, s, gs, layout = nvfp4_quantize(a)
-        step = layout.merge(jnp.broadcast_to(s * gs, q.shape))
-        v = jnp.abs(a) / step
-        lo, hi = minifloat_floor_ceil(v, E2M1)
-        sign = jnp.sign(a)
-        return step, v, lo, hi, sign * lo * step, sign * hi * step
-
-    return (np.asarray(t) for t in f(a))
+    """Per element: the block step ``s_b * gs``, ``|a|`` in steps, the grid points below and above it, and
+    those two points dequantized with ``a``'s sign."""
+    return (np.asarray(t) for t in _grid_neighbours_jit(a))
 
 
 def test_nvfp4_sr_lands_on_the_two_neighbouring_grid_points():
-    a = normal(8, (16, 32))
+    a = normal(8, (32, 32))
     step, v, lo, hi, down, up = _grid_neighbours(a)
-    draws = _sr_draws(a, 32)
+    draws = _sr_draws(a, 256)[:32]
     assert ((draws == down) | (draws == up)).all()
     assert (draws == down).any() and (draws == up).any()
 
