@@ -26,12 +26,13 @@ from jq.numerics import E4M3, E5M2
 
 from ._helpers import normal, vjp_operands
 
-T, K, N = 32, 64, 48
+T, K, N = 20, 64, 48  # T not a multiple of 16: every NVFP4 wgrad here also exercises the padding RHT needs
 X, W, DY = normal(0, (T, K)), normal(1, (N, K), 0.5), normal(2, (T, N), 1e-3)
 KEY = jax.random.key(7)
 
 nvfp4 = jax.jit(nvfp4_fake_quant, static_argnames="two_d")
-rht_t = jax.jit(lambda a: random_hadamard_transform(a.T, axis=-1))  # transpose, then RHT along the token axis
+# the wgrad view of a [T, *] tensor: transpose, zero-pad T to 32 (zero tokens add nothing to dy^T x), RHT along T
+rht_t = jax.jit(lambda a: random_hadamard_transform(jnp.pad(a.T, ((0, 0), (0, -T % 16))), axis=-1))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_rht_toggle_changes_wgrad_only(nvfp4_rtn):
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(dx, dx2)
-    np.testing.assert_array_equal(ops2["wgrad"][0], nvfp4(DY.T))  # plain 1x16 along T
+    np.testing.assert_array_equal(ops2["wgrad"][0], nvfp4(DY.T))  # plain 1x16 along T, no padding needed
     np.testing.assert_array_equal(ops2["wgrad"][1], nvfp4(X.T))
     assert not np.array_equal(dw, dw2)
 
@@ -203,13 +204,11 @@ def test_fp8_gemm_refuses_block_scaled_operands():
         jax.eval_shape(lambda: linear(NVFP4BlockScaling(stochastic_rounding=False), X, W, gemm=fp8_gemm))
 
 
-def test_wgrad_pads_tokens_to_a_multiple_of_16_for_rht():
-    t = 20
-    x, dy = X[:t], DY[:t]
-    _, _, dw, ops = vjp_operands(NVFP4BlockScaling(stochastic_rounding=False), x, W, dy)
-    padded = lambda a: jnp.pad(a, ((0, 12), (0, 0)))  # zero rows contribute nothing to dy^T x
-    np.testing.assert_array_equal(ops["wgrad"][1], nvfp4(rht_t(padded(x))))
-    np.testing.assert_allclose(dw, np.asarray(dy).T @ np.asarray(x), rtol=0.35, atol=0.35 * np.abs(dw).max())
+def test_wgrad_with_padded_tokens_still_approximates_dy_t_x(nvfp4_rtn):
+    _, _, dw, ops = nvfp4_rtn
+    assert ops["wgrad"][0].shape == (N, 32) and ops["wgrad"][1].shape == (K, 32)  # T = 20 padded to 32
+    exact = np.asarray(DY).T @ np.asarray(X)
+    assert np.linalg.norm(dw - exact) / np.linalg.norm(exact) < 0.2  # NVFP4 operands: ~10 % error
 
 
 @pytest.mark.parametrize(
