@@ -77,7 +77,7 @@ def linear(
     """
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"recipe linear expects x [T, K] and w [N, K]; got x {x.shape}, w {w.shape}")
-    if getattr(recipe, "stateful", False) and state is None:
+    if recipe.stateful and state is None:
         raise ValueError(f"{type(recipe).__name__} keeps per-site state: pass state=recipe.init_state()")
     if recipe.needs_key and key is None:
         raise ValueError(f"{recipe!r} uses stochastic rounding: pass key=jax.random.key(...)")

@@ -48,11 +48,11 @@ __all__ = [
     "DelayedScaling",
     "Float8BlockScaling",
     "MXFP8BlockScaling",
-    "FP8_FORMATS",
+    "FORWARD_BACKWARD_FORMATS",
 ]
 
 # TE's Format.E4M3 / Format.HYBRID: (forward x/W format, backward dy format). Pure E5M2 is refused, as in TE.
-FP8_FORMATS = {"e4m3": (E4M3, E4M3), "hybrid": (E4M3, E5M2)}
+FORWARD_BACKWARD_FORMATS = {"e4m3": (E4M3, E4M3), "hybrid": (E4M3, E5M2)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,10 +71,10 @@ class GemmPlan:
 
 def _formats(recipe_name: str, fp8_format: str) -> tuple[MinifloatFormat, MinifloatFormat]:
     try:
-        return FP8_FORMATS[fp8_format]
+        return FORWARD_BACKWARD_FORMATS[fp8_format]
     except KeyError:
         raise ValueError(
-            f"{recipe_name}.fp8_format must be one of {sorted(FP8_FORMATS)} (TE refuses pure E5M2), got {fp8_format!r}"
+            f"{recipe_name}.fp8_format must be one of {sorted(FORWARD_BACKWARD_FORMATS)} (TE refuses pure E5M2), got {fp8_format!r}"
         ) from None
 
 
@@ -282,12 +282,17 @@ class DelayedScaling:
             return jnp.max(history, axis=-1)
         return history[..., 0]
 
-    def update_state(self, state: DelayedScalingState, observation: DelayedScalingState) -> DelayedScalingState:
+    def update_state(self, state, observation):
         """Roll each history by one step with the observed amax in front, then recompute the scales.
 
-        ``observation`` is what ``jax.grad`` returns for the state (see :mod:`jq.recipes.state`): the amax of
-        this step sits at ``amax_history[..., 0]``.
+        ``state`` is one site's :class:`DelayedScalingState` or any pytree of them (a whole model's, with
+        ``None`` for sites without state); ``observation`` is what ``jax.grad`` returns for it (see
+        :mod:`jq.recipes.state`): the amax of this step sits at ``amax_history[..., 0]``.
         """
+        is_site = lambda t: isinstance(t, DelayedScalingState)  # noqa: E731
+        return jax.tree.map(self._update_site, state, observation, is_leaf=is_site)
+
+    def _update_site(self, state: DelayedScalingState, observation: DelayedScalingState) -> DelayedScalingState:
         f = self.formats()
 
         def one(t: TensorScalingState, obs: TensorScalingState, fmt: MinifloatFormat) -> TensorScalingState:

@@ -61,6 +61,18 @@ def test_zero_or_nonfinite_amax_keeps_the_old_scale():
     assert float(_observe(r, s, jnp.inf, 0.0, 0.0).x.scale) == 64.0
 
 
+def test_update_state_maps_over_a_tree_of_sites():
+    r = DelayedScaling(amax_history_len=2)
+    sites = {"mlp": {"up": r.init_state(), "down": r.init_state()}, "embed": None}
+    obs = {
+        "mlp": {"up": observation(sites["mlp"]["up"], 2.0, 4.0, 8.0), "down": observation(sites["mlp"]["down"], 1.0, 1.0, 1.0)},
+        "embed": None,
+    }
+    new = jax.jit(r.update_state)(sites, obs)
+    assert new["embed"] is None
+    assert float(new["mlp"]["up"].w.scale) == 112.0 and float(new["mlp"]["down"].w.scale) == 448.0
+
+
 def test_initial_state_is_te_initial_state():
     s = DelayedScaling(amax_history_len=5).init_state((3,))
     assert s.x.amax_history.shape == (3, 5) and s.x.scale.shape == (3,)
