@@ -33,7 +33,12 @@ from jq.recipes.recipes import (
     MXFP8BlockScaling,
     NVFP4BlockScaling,
 )
-from jq.recipes.state import DelayedScalingState, TensorScalingState, merge_observations, observation
+from jq.recipes.state import (
+    DelayedScalingState,
+    TensorScalingState,
+    merge_observations,
+    observation,
+)
 
 __all__ = [
     "recipe_dot",

@@ -289,7 +289,7 @@ class DelayedScaling:
         ``None`` for sites without state); ``observation`` is what ``jax.grad`` returns for it (see
         :mod:`jq.recipes.state`): the amax of this step sits at ``amax_history[..., 0]``.
         """
-        is_site = lambda t: isinstance(t, DelayedScalingState)  # noqa: E731
+        is_site = lambda t: isinstance(t, DelayedScalingState)
         return jax.tree.map(self._update_site, state, observation, is_leaf=is_site)
 
     def _update_site(self, state: DelayedScalingState, observation: DelayedScalingState) -> DelayedScalingState:

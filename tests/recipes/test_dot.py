@@ -73,7 +73,7 @@ def test_batch_dims_run_one_linear_per_expert_with_its_own_key_and_state():
     w = normal(7, (3, 32, 16))
     dn = (((2,), (1,)), ((0,), (0,)))
     state = r.init_state((3,))
-    y, (dx, dw, obs) = _value_and_grads(lambda x, w, s: recipe_dot(r, x, w, dimension_numbers=dn, state=s), x, w, state)
+    y, (_, _, obs) = _value_and_grads(lambda x, w, s: recipe_dot(r, x, w, dimension_numbers=dn, state=s), x, w, state)
     assert y.shape == (3, 8, 16) and obs.x.amax_history.shape == (3, 2)
     np.testing.assert_array_equal(obs.x.amax_history[:, 0], jnp.abs(x).max(axis=(1, 2)))  # per expert, not summed
     per_expert = jax.jit(jax.vmap(lambda x, w, s: linear(r, x, w.T, state=s)))(x, w, state)

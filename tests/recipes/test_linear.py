@@ -9,7 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jq.numerics import E2M1, minifloat_floor_ceil, nvfp4_fake_quant, nvfp4_quantize, random_hadamard_transform
+from jq.numerics import (
+    E2M1,
+    E4M3,
+    E5M2,
+    minifloat_floor_ceil,
+    nvfp4_fake_quant,
+    nvfp4_quantize,
+    random_hadamard_transform,
+)
 from jq.recipes import (
     DelayedScaling,
     Float8BlockOperand,
@@ -22,7 +30,6 @@ from jq.recipes import (
     fp8_gemm,
     linear,
 )
-from jq.numerics import E4M3, E5M2
 
 from ._helpers import normal, vjp_operands
 
@@ -85,7 +92,7 @@ def test_rht_toggle_changes_wgrad_only(nvfp4_rtn):
 
 
 def test_weight_2d_toggle_changes_the_weight_operands_only(nvfp4_rtn):
-    y, dx, dw, ops = nvfp4_rtn
+    _, _, dw, ops = nvfp4_rtn
     _, _, dw2, ops2 = vjp_operands(NVFP4BlockScaling(stochastic_rounding=False, weight_2d=False), X, W, DY)
     np.testing.assert_array_equal(ops2["fprop"][1], nvfp4(W))  # 1x16 along K
     np.testing.assert_array_equal(ops2["dgrad"][1], nvfp4(W.T))  # re-quantized 1x16 along N
