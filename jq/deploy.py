@@ -9,8 +9,8 @@ site config                real-quantized implementation
 =========================  =====================================================================================
 FP8 weight + FP8 input     E4M3 weight ``[N, K]`` (K-major) and the activation quantized per tensor with its
 (per tensor, static)       calibrated amax (fused kernel on GPU); one fp8 ``dot_general`` that XLA runs as
-                           cuBLASLt's fp8 GEMM (:func:`kernels.gemm.fp8_linear`)
-NVFP4 weight (1D blocks),  weights packed for the W4A16 decode GEMM (:func:`kernels.gemm.pack_w4`); the Mosaic GPU
+                           cuBLASLt's fp8 GEMM (:func:`kernels.fp8_linear.fp8_linear`)
+NVFP4 weight (1D blocks),  weights packed for the W4A16 decode GEMM (:func:`kernels.w4a16.pack_w4`); the Mosaic GPU
 input off or NVFP4         kernel for up to 64 tokens per call (prefill loops over 64-token chunks); an NVFP4 input
                            quantizer runs as fused fake-quant on the activation first (Hopper has no FP4 MMA)
 INT4 weight, blocks of     the same decode GEMM, INT4 variant
@@ -113,7 +113,7 @@ class RealizedModel:
 
     Attributes:
       qm: the calibrated QuantizedModel it was made from (its params serve the non-quantized layers).
-      weights: ``{site name: stored quantized weight}`` (FP8 ``(w_q, 1/s_w)``, :class:`kernels.gemm.PackedW4`,
+      weights: ``{site name: stored quantized weight}`` (FP8 ``(w_q, 1/s_w)``, :class:`kernels.w4a16.PackedW4`,
         or a QTensor on the reference path).
       plan: ``{site name: kind}`` (see :func:`site_plan`).
       backend: ``"gpu"`` (kernels) or ``"xla"`` (reference W4A16 path).
@@ -150,7 +150,9 @@ class RealizedModel:
 
 
 def _make_impl(kind, stored, backend, xspec):
-    from kernels import gemm as G
+    from jq.qtensor import dequantize
+    from kernels import w4a16
+    from kernels.fp8_linear import fp8_linear
 
     def impl(eqn, site, invals, qstate):
         x = invals[0]
@@ -170,18 +172,18 @@ def _make_impl(kind, stored, backend, xspec):
 
                 def qx(v, a):
                     return fp8_quantize(v, a, interpret=False)
-            y = G.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=qx)
+            y = fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=qx)
         else:
             if xspec is not None:  # NVFP4 activations (W4A4 on Hopper: activation fake-quant + W4A16 GEMM)
                 from jq.fake_quant import fake_quant
 
                 x2 = fake_quant(x2, qstate.get(f"{site.name}.input_quantizer", {}).get("amax"), spec=xspec)
-            if isinstance(stored, G.PackedW4):
-                y = G.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
+            if isinstance(stored, w4a16.PackedW4):
+                y = w4a16.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
             elif x2.dtype == jnp.float32:
                 y = _f32_ref(x2, stored)
             else:
-                y = G.w4a16_matmul_xla(x2, stored, out_dtype=jnp.float32)
+                y = w4a16.w4a16_matmul_xla(x2, dequantize(stored, jnp.bfloat16), out_dtype=jnp.float32)
         return [y.reshape(tuple(lead) + tuple(out.shape[len(lead):])).astype(out.dtype)]
 
     impl.kind = kind
@@ -211,9 +213,10 @@ def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> 
     Sites whose input quantizer has a ``pre_quant_scale`` (SmoothQuant/AWQ), layer-scanned weights and
     non-``x @ W`` layouts stay on fake quant.
     """
-    from kernels import gemm as G
+    from jq.real_quantize import quantize
     from kernels import registry
-    from kernels.dispatch import quantize, w4a16_pack_fn
+    from kernels.dispatch import w4a16_pack_fn
+    from kernels.fp8_linear import prepare_fp8_weight
 
     backend = backend or _default_backend()
     traced = qm.traced
@@ -244,7 +247,7 @@ def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> 
         wspec = _spec(qm, f"{site.name}.weight_quantizer")
         amax = qm.qstate.get(f"{site.name}.weight_quantizer", {}).get("amax")
         if kind == "fp8":
-            weights[site.name] = G.prepare_fp8_weight(wc, jnp.reshape(amax, ()))
+            weights[site.name] = prepare_fp8_weight(wc, jnp.reshape(amax, ()))
             continue
         qt = quantize(wc, wspec, amax, backend=qbackend)
         fmt = "nvfp4" if kind == "nvfp4_w4a16" else "int4"

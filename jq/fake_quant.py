@@ -24,6 +24,7 @@ from jax.interpreters import ad, batching, mlir
 
 from jq.config import QuantizerSpec
 from jq.quantizer import CanonicalView, clip_mask, fake_quant_reference
+from kernels import dispatch as _kernel_dispatch  # noqa: F401  (registers the GPU kernels)
 from kernels import registry
 
 __all__ = ["jq_fake_quant_p", "fake_quant"]

@@ -1,25 +1,24 @@
-"""jq's kernels: Pallas GPU implementations of the quantization ops, behind a dispatch registry.
+"""jq's kernels: arrays and static parameters in, arrays out (no quantizer specs, no QTensor).
 
-* :mod:`kernels.registry` -- which implementation runs for ``(op, format, backend)``; user-overridable.
-* :mod:`kernels.dispatch` -- the registrations (GPU -> Pallas kernel where it supports the case, else the
-  jnp reference; CPU/TPU -> reference).
-* :mod:`kernels.nvfp4`, :mod:`kernels.fp8`, :mod:`kernels.mx` -- Pallas-Triton quantize / dequantize /
-  fused fake-quant kernels (bit-exact with :mod:`jq.numerics`).
-* :mod:`kernels.gemm` -- real-quantized matmuls: the FP8 cuBLASLt path through XLA and the W4A16 decode GEMM
-  (NVFP4 / INT4 weights) on Mosaic GPU, with their offline weight layouts.
+* :mod:`kernels.nvfp4`, :mod:`kernels.fp8`, :mod:`kernels.mx` -- Pallas-Triton quantize / dequantize / fused
+  fake-quant kernels, bit-exact with :mod:`jq.numerics`.
+* :mod:`kernels.fp8_linear` -- the FP8 linear layer through XLA's cuBLASLt fp8 GEMM.
+* :mod:`kernels.w4a16` -- the W4A16 decode GEMM (NVFP4 / INT4 weights) on Mosaic GPU, its offline weight layout,
+  its PTX and their bit-exact CPU emulation.
+* :mod:`kernels._common` -- float-bit arithmetic and exact division shared by the Triton kernels.
 
-Importing this package works on a CPU-only jax: nothing here compiles or touches a GPU until a kernel runs.
+Which kernel serves which quantizer is decided above this package (:mod:`kernels.dispatch` /
+:mod:`kernels.registry` for now). Importing ``kernels`` imports nothing else: ``kernels.<module>`` (or ``from
+kernels import <module>``) loads a module on first use, and nothing compiles or touches a GPU until a kernel runs.
+Design notes and measurements: ``docs/kernels.md``.
 """
 
-from kernels import registry  # noqa: F401  (first: jq.fake_quant imports it)
-from kernels import dispatch  # noqa: F401  (registers the GPU kernels)
+import importlib
 
-try:  # the kernel modules only need jax.experimental.pallas, present in every supported jax
-    from kernels import fp8, mx, nvfp4  # noqa: F401
-    from kernels import gemm  # noqa: F401
-except ImportError as _e:  # pragma: no cover - a jax without Pallas: the references still work
-    import warnings as _w
+__all__ = ["nvfp4", "fp8", "mx", "fp8_linear", "w4a16"]
 
-    _w.warn(f"jq kernels unavailable ({_e}); every op runs its jnp reference", stacklevel=2)
 
-__all__ = ["registry", "dispatch"]
+def __getattr__(name):
+    if name in __all__:
+        return importlib.import_module(f"kernels.{name}")
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

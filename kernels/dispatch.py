@@ -5,13 +5,12 @@ Ops and their call contracts:
 * ``fake_quant`` -- ``fn(x, *amax, spec, view)`` (the contract of :mod:`jq.fake_quant`'s lowering). GPU: the
   fused Pallas-Triton NVFP4 and FP8 kernels where :func:`nvfp4_fake_quant_supports` /
   :func:`fp8_fake_quant_supports` hold; everything else, and every CPU/TPU call, runs the jnp reference.
-* ``quantize`` -- ``fn(x, spec, amax=None) -> QTensor`` (real quantization for deployment); reference
-  :func:`jq.qtensor.quantize`.
-* ``dequantize`` -- ``fn(qt, dtype=None) -> array``; reference :func:`jq.qtensor.dequantize`.
-* ``w4a16_matmul`` (formats ``nvfp4``, ``int4``) -- ``fn(x2d, stored) -> f32 [B, N]`` with ``stored`` from the
-  impl's ``pack`` attribute: GPU ``mosaic`` (the decode GEMM, :func:`kernels.gemm.w4a16_matmul_mosaic`, weights
-  packed by :func:`kernels.gemm.pack_w4`), everywhere ``xla`` (``x @ dequantize(W).T``, QTensor storage).
-* ``fp8_matmul`` (format ``fp8``) -- ``xla_cublaslt``: :func:`kernels.gemm.fp8_linear` (XLA lowers the fp8
+* ``quantize`` / ``dequantize`` (QTensor in or out) -- registered by :mod:`jq.real_quantize`, which builds QTensors
+  from the kernels' arrays (this package imports nothing of jq but :mod:`jq.numerics`).
+* ``w4a16_matmul`` (formats ``nvfp4``, ``int4``) -- ``fn(x2d, stored) -> f32 [B, N]`` with ``stored`` from
+  :func:`w4a16_pack_fn`: GPU ``mosaic`` (the decode GEMM, :func:`kernels.w4a16.w4a16_matmul`, weights packed by
+  :func:`kernels.w4a16.pack_w4`), everywhere ``xla`` (``x @ dequantize(W).T``, QTensor storage).
+* ``fp8_matmul`` (format ``fp8``) -- ``xla_cublaslt``: :func:`kernels.fp8_linear.fp8_linear` (XLA lowers the fp8
   ``dot_general`` to cuBLASLt's fp8 GEMM on Hopper; a plain XLA dot elsewhere).
 
 Results are identical across implementations (bit for bit; the tests prove it in interpret mode and the GPU
@@ -32,7 +31,8 @@ import numpy as np
 
 from kernels import registry
 
-__all__ = ["nvfp4_fake_quant_supports", "fp8_fake_quant_supports", "KERNEL_DTYPES", "kernels_enabled"]
+__all__ = ["nvfp4_fake_quant_supports", "fp8_fake_quant_supports", "KERNEL_DTYPES", "kernels_enabled",
+           "w4_kernel_format", "w4a16_pack_fn"]
 
 KERNEL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32), jnp.dtype(jnp.float16))
 MIN_ELEMENTS = 256  # below this a kernel launch is not worth it (the reference is fused by XLA)
@@ -120,125 +120,17 @@ registry.register("fake_quant", "fp8", "gpu", "pallas_triton", priority=10, supp
                   note="fused FP8 quantize-dequantize (kernels/fp8.py)")(_fp8_fake_quant_gpu)
 
 
-# -- real quantization ---------------------------------------------------------------------------------
-
-
-def _quantize_reference(x, spec, amax=None):
-    from jq.qtensor import quantize
-
-    return quantize(x, spec, amax)
-
-
-def _dequantize_reference(qt, dtype=None):
-    from jq.qtensor import dequantize
-
-    return dequantize(qt, dtype)
-
-
-for _b in registry.BACKENDS:
-    registry.register("quantize", "*", _b, "reference", priority=-1, note="jq.qtensor.quantize")(_quantize_reference)
-    registry.register("dequantize", "*", _b, "reference", priority=-1,
-                      note="jq.qtensor.dequantize")(_dequantize_reference)
-
-
-def _quant_supports(spec=None, shape=(), dtype=None, **_):
-    if spec is None or not kernels_enabled() or spec.rotate or jnp.dtype(dtype) not in KERNEL_DTYPES:
-        return False
-    if spec.kind == "nvfp4":
-        sizes = dict(spec.block_sizes.sizes)
-        return all(v == 16 for v in sizes.values()) and set(sizes) in ({-1}, {-1, -2}) and len(shape) >= len(sizes)
-    if spec.kind == "fp8":
-        return _fp8_mode(spec, tuple(shape)) is not None
-    if spec.kind in ("mxfp8", "mxfp4", "mxint8"):
-        return True
-    return False
-
-
-def _quantize_gpu(x, spec, amax=None):
-    from jq.qtensor import QTensor
-
-    kind = spec.kind
-    if kind == "nvfp4":
-        from kernels.nvfp4 import quantize_to_qtensor
-
-        return quantize_to_qtensor(x, spec, None if amax is None else jnp.reshape(amax, ()), interpret=False)
-    if kind == "fp8":
-        from kernels.fp8 import fp8_quantize
-
-        mode = _fp8_mode(spec, tuple(x.shape))
-        a = amax
-        if a is not None:
-            a = jnp.reshape(a, (-1,)) if mode == "row" else jnp.reshape(a, ())
-        q, s = fp8_quantize(x, a, fmt=spec.fp8_name, per_row=(mode == "row"), interpret=False)
-        if mode == "row":
-            s = s.reshape(x.shape[:-1] + (1,))
-        return QTensor(q, s.astype(jnp.float32), None, spec, tuple(x.shape), str(x.dtype), 0)
-    from kernels.mx import mx_quantize
-
-    data, scale = mx_quantize(x, kind, interpret=False)
-    return QTensor(data, scale, None, spec, tuple(x.shape), str(x.dtype), 0)
-
-
-registry.register("quantize", "*", "gpu", "pallas_triton", priority=10, supports=_quant_supports,
-                  note="NVFP4 / FP8 / MX quantize kernels")(_quantize_gpu)
-
-
-def _dequant_supports(qt=None, **_):
-    if qt is None or not kernels_enabled():
-        return False
-    if qt.spec.kind == "nvfp4":
-        return qt.batch == 0 and jnp.dtype(qt.dtype) in KERNEL_DTYPES
-    if qt.spec.kind == "fp8":
-        return qt.scale.size == 1 or (len(qt.shape) >= 1 and qt.scale.size == int(np.prod(qt.shape[:-1])))
-    return False
-
-
-def _dequantize_gpu(qt, dtype=None):
-    dtype = jnp.dtype(dtype or qt.dtype)
-    if qt.spec.kind == "nvfp4":
-        from kernels.nvfp4 import nvfp4_dequantize
-
-        return nvfp4_dequantize(qt.data, qt.scale, qt.global_scale, qt.shape,
-                                two_d=len(qt.spec.block_sizes.sizes) == 2, dtype=dtype, interpret=False)
-    from kernels.fp8 import fp8_dequantize
-
-    s = qt.scale.reshape(-1) if qt.scale.size > 1 else qt.scale.reshape(())
-    return fp8_dequantize(qt.data, s, dtype=dtype, interpret=False)
-
-
-registry.register("dequantize", "*", "gpu", "pallas_triton", priority=10, supports=_dequant_supports,
-                  note="NVFP4 / FP8 dequantize kernels")(_dequantize_gpu)
-
-
-def quantize(x, spec, amax=None, backend: str | None = None):
-    """Real-quantize through the registry (kernel on GPU where supported, else :func:`jq.qtensor.quantize`)."""
-    from kernels._common import on_gpu
-
-    backend = backend or ("gpu" if on_gpu() else "cpu")
-    impl = registry.select("quantize", spec.kind, backend, spec=spec, shape=tuple(x.shape), dtype=x.dtype)
-    return impl.fn(x, spec, amax)
-
-
-def dequantize(qt, dtype=None, backend: str | None = None):
-    """Dequantize through the registry."""
-    from kernels._common import on_gpu
-
-    backend = backend or ("gpu" if on_gpu() else "cpu")
-    impl = registry.select("dequantize", qt.spec.kind, backend, qt=qt)
-    return impl.fn(qt, dtype)
-
-
 # -- real-quantized matmuls ----------------------------------------------------------------------------
 
 
 def _w4a16_xla(x2, qt):
-    from kernels.gemm import w4a16_matmul_xla
+    from kernels.w4a16 import w4a16_matmul_xla
 
-    return w4a16_matmul_xla(x2, qt, out_dtype=jnp.float32)
+    return w4a16_matmul_xla(x2, qt.dequantize(jnp.bfloat16), out_dtype=jnp.float32)
 
 
 def _w4a16_mosaic(x2, pw):
-    from kernels.gemm import w4a16_matmul
+    from kernels.w4a16 import w4a16_matmul
 
     return w4a16_matmul(x2.astype(jnp.bfloat16), pw, out_dtype=jnp.float32)
 
@@ -247,10 +139,23 @@ def _pack_identity(qt):
     return qt
 
 
-def _pack_mosaic(qt):
-    from kernels.gemm import pack_w4
+def w4_kernel_format(spec) -> str:
+    """The decode GEMM's ``fmt`` for a weight QuantizerSpec (``"nvfp4"``: 1D 16-blocks; ``"int4"``: signed 4-bit,
+    blocks of 128 along K); ValueError for anything else. The one place here that reads a spec's format."""
+    if spec.kind == "nvfp4":
+        if len(spec.block_sizes.sizes) != 1:
+            raise ValueError("the decode GEMM takes 1D (16-element) NVFP4 weight blocks")
+        return "nvfp4"
+    sizes = dict(spec.block_sizes.sizes) if spec.block_sizes is not None else {}
+    if spec.kind != "int" or spec.num_bits != 4 or spec.unsigned or sizes.get(-1) != 128 or len(sizes) != 1:
+        raise ValueError("the INT4 decode GEMM takes signed int4 weights with blocks of 128 along K")
+    return "int4"
 
-    return pack_w4(qt)
+
+def _pack_mosaic(qt):
+    from kernels.w4a16 import pack_w4
+
+    return pack_w4(qt.data, qt.scale, qt.global_scale, fmt=w4_kernel_format(qt.spec), shape=qt.shape)
 
 
 for _fmt in ("nvfp4", "int4"):
@@ -259,7 +164,7 @@ for _fmt in ("nvfp4", "int4"):
                           note="x @ dequantize(W).T through XLA")(_w4a16_xla)
     registry.register("w4a16_matmul", _fmt, "gpu", "mosaic", priority=10,
                       supports=lambda **ctx: kernels_enabled(),
-                      note="Mosaic GPU decode GEMM (kernels/gemm.py)")(_w4a16_mosaic)
+                      note="Mosaic GPU decode GEMM (kernels/w4a16)")(_w4a16_mosaic)
 
 
 def w4a16_pack_fn(impl):
@@ -268,7 +173,7 @@ def w4a16_pack_fn(impl):
 
 
 def _fp8_xla(x2, w_q, w_inv, x_amax, quantize_x=None):
-    from kernels.gemm import fp8_linear
+    from kernels.fp8_linear import fp8_linear
 
     return fp8_linear(x2, w_q, w_inv, x_amax, out_dtype=jnp.float32, quantize_x=quantize_x)
 

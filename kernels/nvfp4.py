@@ -35,8 +35,7 @@ from jq import numerics as nx
 from kernels import _common as C
 
 __all__ = [
-    "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_fake_quant", "sr_bits", "quantize_to_qtensor",
-    "NVFP4Config",
+    "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_fake_quant", "sr_bits", "NVFP4Config",
 ]
 
 BLOCK = 16
@@ -532,11 +531,3 @@ def nvfp4_dequantize(data, scale, global_scale, shape, *, two_d: bool = False, d
     y = y.reshape(data.shape[:-2] + (mp, kp))
     return y[..., : shape[-2], : shape[-1]].reshape(shape)
 
-
-def quantize_to_qtensor(x, spec, amax=None, **kw):
-    """:func:`jq.qtensor.quantize` for NVFP4 specs, through the kernel (same QTensor, bit for bit)."""
-    from jq.qtensor import QTensor
-
-    two_d = len(spec.block_sizes.sizes) == 2
-    data, scale, gs = nvfp4_quantize(x, amax, two_d=two_d, **kw)
-    return QTensor(data, scale, gs, spec, tuple(x.shape), str(x.dtype), 0)
