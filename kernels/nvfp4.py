@@ -94,20 +94,6 @@ def _sr_round(a, bits):
     return jnp.where(u < frac, hi, lo)
 
 
-def _e2m1_value(code):
-    """float32 value of E2M1 codes (int32); code 8 is +0 as in :func:`jq.numerics.e2m1_decode`."""
-    idx = code & 7
-    big = C.bits_f32((((idx >> 1) + 126) << 23) | ((idx & 1) << 22))
-    mag = jnp.where(idx >= 2, big, idx.astype(jnp.float32) * 0.5)
-    return jnp.where(((code & 8) != 0) & (idx > 0), -mag, mag)
-
-
-def _bf16_bits(y):
-    """Round float32 ``y`` to bfloat16 (nearest even), returned as uint32 in the low 16 bits."""
-    b = lax.bitcast_convert_type(y, jnp.uint32)
-    return (b + jnp.uint32(0x7FFF) + ((b >> 16) & jnp.uint32(1))) >> 16
-
-
 def _signed(yabs, xf):
     """``copysign(yabs, xf)`` by bits (``yabs`` >= 0)."""
     sign = lax.bitcast_convert_type(xf, jnp.uint32) & jnp.uint32(0x80000000)
@@ -127,7 +113,7 @@ def _load_pair(x_ref, src):
 
 def _store_pair(o_ref, lo, hi, src, dtype):
     if src == "bf16pair":
-        o_ref[...] = _bf16_bits(lo) | (_bf16_bits(hi) << 16)
+        o_ref[...] = C.bf16_round_bits(lo) | (C.bf16_round_bits(hi) << 16)
         return
     idx = (slice(None),) * (len(o_ref.shape) - 1)
     o_ref[idx + (0,)] = lo.astype(dtype)
@@ -196,8 +182,8 @@ def _dequant_kernel(codes_ref, scale_ref, p_ref, o_ref, *, two_d, src, dtype):
     sc = C.e4m3_value_from_bits(scale_ref[...].astype(jnp.int32))
     s = sc * gs
     s_full = jnp.broadcast_to(s[:, None, :, None] if two_d else s[:, None], c.shape)
-    lo = _e2m1_value(c & 0xF)
-    hi = _e2m1_value(c >> 4)
+    lo = C.e2m1_value(c & 0xF)
+    hi = C.e2m1_value(c >> 4)
     _store_pair(o_ref, lo * s_full, hi * s_full, src, dtype)
 
 
@@ -368,7 +354,7 @@ def _nvfp4_run(x, amax, *, two_d, rht, out, random_bits, sr_seed, interpret, div
                   jax.ShapeDtypeStruct((rp, 8) + tail, jnp.uint32 if src == "bf16pair" else dtype),
                   interpret, cfg, "jq_nvfp4_fake_quant_1d")(*ins)[:r]
         if src == "bf16pair":
-            y = _unpack_bf16(y)
+            y = C.unpack_bf16_words(y)
         y = y.reshape(xp.shape)
         return y[..., : x.shape[-1]].reshape(x.shape)
     # 2D: [B, Mp, Kp] -> [B*Mp/16, 16, Kp/16, 8(,2)]
@@ -400,15 +386,9 @@ def _nvfp4_run(x, amax, *, two_d, rht, out, random_bits, sr_seed, interpret, div
               jax.ShapeDtypeStruct((mb, 16, kb2, 8) + tail, jnp.uint32 if src == "bf16pair" else dtype),
               interpret, cfg, "jq_nvfp4_fake_quant_2d")(xv, params)[:, :, :kb]
     if src == "bf16pair":
-        y = _unpack_bf16(y)
+        y = C.unpack_bf16_words(y)
     y = y.reshape(xp.shape)[..., : x.shape[-2], : x.shape[-1]]
     return y.reshape(x.shape)
-
-
-def _unpack_bf16(words):
-    """uint32 words (two bf16, even element in the low half) -> bf16 ``[..., 2 * n]``."""
-    halves = lax.bitcast_convert_type(words, jnp.uint16)  # [..., n, 2], little-endian: low half first
-    return lax.bitcast_convert_type(halves, jnp.bfloat16).reshape(words.shape[:-1] + (2 * words.shape[-1],))
 
 
 def _rht_mats():
@@ -513,7 +493,7 @@ def nvfp4_dequantize(data, scale, global_scale, shape, *, two_d: bool = False, d
                   pl.BlockSpec((br, 8) + tail, lambda i: (i, 0) + (0,) * len(tail)),
                   jax.ShapeDtypeStruct((rp, 8) + tail, odt), interpret, cfg, "jq_nvfp4_dequantize_1d")(
             C.pad_rows(data.reshape(r, 8), rp), C.pad_rows(sbits.reshape(r), rp), params)[:r]
-        y = _unpack_bf16(y) if src == "bf16pair" else y
+        y = C.unpack_bf16_words(y) if src == "bf16pair" else y
         y = y.reshape(data.shape[:-1] + (kp,))
         return y[..., : shape[-1]].reshape(shape)
     mp = data.shape[-2]
@@ -527,7 +507,7 @@ def nvfp4_dequantize(data, scale, global_scale, shape, *, two_d: bool = False, d
               jax.ShapeDtypeStruct((mb, 16, kb2, 8) + tail, odt), interpret, cfg, "jq_nvfp4_dequantize_2d")(
         C.pad_rows(data.reshape(mb, 16, kb, 8), kb2, axis=2), C.pad_rows(sbits.reshape(mb, kb), kb2, axis=1),
         params)[:, :, :kb]
-    y = _unpack_bf16(y) if src == "bf16pair" else y
+    y = C.unpack_bf16_words(y) if src == "bf16pair" else y
     y = y.reshape(data.shape[:-2] + (mp, kp))
     return y[..., : shape[-2], : shape[-1]].reshape(shape)
 
