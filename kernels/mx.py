@@ -197,8 +197,8 @@ def mx_quantize(x, fmt: str = "mxfp8", *, interpret: bool | None = None, div_mod
 
     Example:
       >>> data, scales = mx_quantize(jnp.full((2, 32), 3.0), "mxfp4", interpret=True)
-      >>> data.shape, int(scales[0, 0]) - 127
-      ((2, 16), 0)
+      >>> data.shape, int(scales[0, 0]) - 127  # k = ceil(log2(3 / 6)): 3 is stored as 6 * 2^-1
+      ((2, 16), -1)
     """
     interpret, mode, cfg = _setup(fmt, "mx_quantize", interpret, div_mode, cfg)
     x2, lead, kp = _blocks(x)

@@ -3,22 +3,9 @@ transform, optional stochastic rounding), dequantize, and fused fake-quant (quan
 
 Numeric contract: :func:`jq.numerics.nvfp4_quantize` / :func:`jq.numerics.nvfp4_fake_quant` and the storage of
 :func:`jq.qtensor.quantize` (packed E2M1 codes, element ``2i`` in the low nibble, E4M3 block scales, fp32 global
-scale ``amax / 2688``), bit for bit. Where the kernel computes differently it is provably equal:
-
-* element scaling ``x / s_b`` is a correctly rounded division: ``div.rn.f32`` or the Markstein sequence from the
-  correctly rounded per-block reciprocal (Triton's ``/`` is the approximate ``div.full.f32``);
-* E4M3/E2M1 rounding uses the power-of-two addition trick and E2M1 codes come from the float bits
-  (:mod:`kernels._common`), equal to the reference's ``frexp``/``ldexp`` rounding on every input.
-
-Layouts. bf16 inputs are read as uint32 words holding two neighbouring elements (a free bitcast outside the
-kernel), so the element pairs that share an output byte never need a layout change inside the kernel; f32/f16
-inputs are read with two strided loads. 1D blocks view the tensor as ``[rows * K/16, 8 words]`` (one block per
-row); 2D blocks as ``[M/16, 16, K/16, 8]``. Partial blocks are zero-padded as the reference does.
-
-The fused RHT variant multiplies each 16-element block by ``M = diag(sign) H16 / 4`` on the tensor cores
-(``[2 blocks, 32] @ blockdiag(M, M)``) and packs nibbles with a second tiny matmul (codes @ a 0/1/16 matrix is
-exact); its results equal the reference up to the summation order of the 16-term Hadamard sums (exact whenever
-those sums are exact in float32, e.g. bf16 inputs of moderate dynamic range; see the tests).
+scale ``amax / 2688``), bit for bit; the fused RHT equals the reference up to the summation order of its 16-term
+Hadamard sums (exact where those sums are exact in float32). Element scaling ``x / s_b`` is correctly rounded
+(``div.rn.f32`` or the Markstein sequence, :mod:`kernels._common`). Layouts and measurements: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
