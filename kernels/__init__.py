@@ -1,10 +1,24 @@
-"""jq's kernels: Pallas GPU implementations of the quantization ops, arrays in and arrays out.
+"""jq's kernels: arrays and static parameters in, arrays out (no quantizer specs, no QTensor).
 
-* :mod:`kernels.nvfp4`, :mod:`kernels.fp8`, :mod:`kernels.mx` -- Pallas-Triton quantize / dequantize /
-  fused fake-quant kernels (bit-exact with :mod:`jq.numerics`).
-* :mod:`kernels.gemm` -- real-quantized matmuls: the FP8 cuBLASLt path through XLA and the W4A16 decode GEMM
-  (NVFP4 / INT4 weights) on Mosaic GPU, with their offline weight layouts.
+* :mod:`kernels.nvfp4`, :mod:`kernels.fp8`, :mod:`kernels.mx` -- Pallas-Triton quantize / dequantize / fused
+  fake-quant kernels, bit-exact with :mod:`jq.numerics`.
+* :mod:`kernels.fp8_linear` -- the FP8 linear layer through XLA's cuBLASLt fp8 GEMM.
+* :mod:`kernels.w4a16` -- the W4A16 decode GEMM (NVFP4 / INT4 weights) on Mosaic GPU, its offline weight layout,
+  its PTX and their bit-exact CPU emulation.
+* :mod:`kernels._common` -- float-bit arithmetic and exact division shared by the Triton kernels.
 
-Kernels import nothing of ``jq`` but leaf helpers of :mod:`jq.numerics`; which kernel serves which quantizer is
-decided in :mod:`jq.backends`. Importing this package registers nothing and touches no GPU.
+Which kernel serves which quantizer is decided above this package, in :mod:`jq.backends` (from the kernels
+each format declares). Importing ``kernels`` imports nothing else: ``kernels.<module>`` (or ``from
+kernels import <module>``) loads a module on first use, and nothing compiles or touches a GPU until a kernel runs.
+Design notes and measurements: ``docs/kernels.md``.
 """
+
+import importlib
+
+__all__ = ["nvfp4", "fp8", "mx", "fp8_linear", "w4a16"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        return importlib.import_module(f"kernels.{name}")
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -25,7 +25,8 @@ from jq.numerics.rounding import exact_divide
 
 __all__ = [
     "pick_block", "pad_rows", "triton_params", "on_gpu", "resolve_interpret", "f32_bits", "bits_f32", "magic_round", "e4m3_round",
-    "e2m1_round", "e2m1_index", "e4m3_bits_from_value", "e4m3_value_from_bits", "div_rn", "recip_rn",
+    "e2m1_round", "e2m1_index", "e2m1_value", "e4m3_bits_from_value", "e4m3_value_from_bits", "bf16_round_bits",
+    "unpack_bf16_words", "div_rn", "recip_rn",
     "markstein_div", "DIV_MODES", "default_div_mode", "hash_u32",
 ]
 
@@ -158,6 +159,26 @@ def e4m3_value_from_bits(code):
     sub = m.astype(jnp.float32) * (2.0**-9)
     mag = jnp.where(e > 0, normal, sub)
     return jnp.where((code & 0x80) != 0, -mag, mag)
+
+
+def e2m1_value(code):
+    """float32 value of E2M1 codes (int32 0..15); code 8 is +0 as in :func:`jq.numerics.e2m1_decode`."""
+    idx = code & 7
+    big = bits_f32((((idx >> 1) + 126) << 23) | ((idx & 1) << 22))
+    mag = jnp.where(idx >= 2, big, idx.astype(jnp.float32) * 0.5)
+    return jnp.where(((code & 8) != 0) & (idx > 0), -mag, mag)
+
+
+def bf16_round_bits(y):
+    """Round float32 ``y`` to bfloat16 (nearest even, as ``astype``), returned as uint32 in the low 16 bits."""
+    b = lax.bitcast_convert_type(y, jnp.uint32)
+    return (b + jnp.uint32(0x7FFF) + ((b >> 16) & jnp.uint32(1))) >> 16
+
+
+def unpack_bf16_words(words):
+    """uint32 words (two bf16, even element in the low half) -> bf16 ``[..., 2 * n]`` (outside kernels)."""
+    halves = lax.bitcast_convert_type(words, jnp.uint16)  # [..., n, 2], little-endian: low half first
+    return lax.bitcast_convert_type(halves, jnp.bfloat16).reshape(words.shape[:-1] + (2 * words.shape[-1],))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,22 +3,9 @@ transform, optional stochastic rounding), dequantize, and fused fake-quant (quan
 
 Numeric contract: :func:`jq.numerics.nvfp4_quantize` / :func:`jq.numerics.nvfp4_fake_quant` and the storage of
 :func:`jq.qtensor.quantize` (packed E2M1 codes, element ``2i`` in the low nibble, E4M3 block scales, fp32 global
-scale ``amax / 2688``), bit for bit. Where the kernel computes differently it is provably equal:
-
-* element scaling ``x / s_b`` is a correctly rounded division: ``div.rn.f32`` or the Markstein sequence from the
-  correctly rounded per-block reciprocal (Triton's ``/`` is the approximate ``div.full.f32``);
-* E4M3/E2M1 rounding uses the power-of-two addition trick and E2M1 codes come from the float bits
-  (:mod:`kernels._common`), equal to the reference's ``frexp``/``ldexp`` rounding on every input.
-
-Layouts. bf16 inputs are read as uint32 words holding two neighbouring elements (a free bitcast outside the
-kernel), so the element pairs that share an output byte never need a layout change inside the kernel; f32/f16
-inputs are read with two strided loads. 1D blocks view the tensor as ``[rows * K/16, 8 words]`` (one block per
-row); 2D blocks as ``[M/16, 16, K/16, 8]``. Partial blocks are zero-padded as the reference does.
-
-The fused RHT variant multiplies each 16-element block by ``M = diag(sign) H16 / 4`` on the tensor cores
-(``[2 blocks, 32] @ blockdiag(M, M)``) and packs nibbles with a second tiny matmul (codes @ a 0/1/16 matrix is
-exact); its results equal the reference up to the summation order of the 16-term Hadamard sums (exact whenever
-those sums are exact in float32, e.g. bf16 inputs of moderate dynamic range; see the tests).
+scale ``amax / 2688``), bit for bit; the fused RHT equals the reference up to the summation order of its 16-term
+Hadamard sums (exact where those sums are exact in float32). Element scaling ``x / s_b`` is correctly rounded
+(``div.rn.f32`` or the Markstein sequence, :mod:`kernels._common`). Layouts and measurements: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -35,8 +22,7 @@ from jq import numerics as nx
 from kernels import _common as C
 
 __all__ = [
-    "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_fake_quant", "sr_bits", "quantize_to_qtensor",
-    "NVFP4Config",
+    "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_fake_quant", "sr_bits", "NVFP4Config",
 ]
 
 BLOCK = 16
@@ -96,20 +82,6 @@ def _sr_round(a, bits):
     return jnp.where(u < frac, hi, lo)
 
 
-def _e2m1_value(code):
-    """float32 value of E2M1 codes (int32); code 8 is +0 as in :func:`jq.numerics.e2m1_decode`."""
-    idx = code & 7
-    big = C.bits_f32((((idx >> 1) + 126) << 23) | ((idx & 1) << 22))
-    mag = jnp.where(idx >= 2, big, idx.astype(jnp.float32) * 0.5)
-    return jnp.where(((code & 8) != 0) & (idx > 0), -mag, mag)
-
-
-def _bf16_bits(y):
-    """Round float32 ``y`` to bfloat16 (nearest even), returned as uint32 in the low 16 bits."""
-    b = lax.bitcast_convert_type(y, jnp.uint32)
-    return (b + jnp.uint32(0x7FFF) + ((b >> 16) & jnp.uint32(1))) >> 16
-
-
 def _signed(yabs, xf):
     """``copysign(yabs, xf)`` by bits (``yabs`` >= 0)."""
     sign = lax.bitcast_convert_type(xf, jnp.uint32) & jnp.uint32(0x80000000)
@@ -129,7 +101,7 @@ def _load_pair(x_ref, src):
 
 def _store_pair(o_ref, lo, hi, src, dtype):
     if src == "bf16pair":
-        o_ref[...] = _bf16_bits(lo) | (_bf16_bits(hi) << 16)
+        o_ref[...] = C.bf16_round_bits(lo) | (C.bf16_round_bits(hi) << 16)
         return
     idx = (slice(None),) * (len(o_ref.shape) - 1)
     o_ref[idx + (0,)] = lo.astype(dtype)
@@ -198,8 +170,8 @@ def _dequant_kernel(codes_ref, scale_ref, p_ref, o_ref, *, two_d, src, dtype):
     sc = C.e4m3_value_from_bits(scale_ref[...].astype(jnp.int32))
     s = sc * gs
     s_full = jnp.broadcast_to(s[:, None, :, None] if two_d else s[:, None], c.shape)
-    lo = _e2m1_value(c & 0xF)
-    hi = _e2m1_value(c >> 4)
+    lo = C.e2m1_value(c & 0xF)
+    hi = C.e2m1_value(c >> 4)
     _store_pair(o_ref, lo * s_full, hi * s_full, src, dtype)
 
 
@@ -370,7 +342,7 @@ def _nvfp4_run(x, amax, *, two_d, rht, out, random_bits, sr_seed, interpret, div
                   jax.ShapeDtypeStruct((rp, 8) + tail, jnp.uint32 if src == "bf16pair" else dtype),
                   interpret, cfg, "jq_nvfp4_fake_quant_1d")(*ins)[:r]
         if src == "bf16pair":
-            y = _unpack_bf16(y)
+            y = C.unpack_bf16_words(y)
         y = y.reshape(xp.shape)
         return y[..., : x.shape[-1]].reshape(x.shape)
     # 2D: [B, Mp, Kp] -> [B*Mp/16, 16, Kp/16, 8(,2)]
@@ -402,15 +374,9 @@ def _nvfp4_run(x, amax, *, two_d, rht, out, random_bits, sr_seed, interpret, div
               jax.ShapeDtypeStruct((mb, 16, kb2, 8) + tail, jnp.uint32 if src == "bf16pair" else dtype),
               interpret, cfg, "jq_nvfp4_fake_quant_2d")(xv, params)[:, :, :kb]
     if src == "bf16pair":
-        y = _unpack_bf16(y)
+        y = C.unpack_bf16_words(y)
     y = y.reshape(xp.shape)[..., : x.shape[-2], : x.shape[-1]]
     return y.reshape(x.shape)
-
-
-def _unpack_bf16(words):
-    """uint32 words (two bf16, even element in the low half) -> bf16 ``[..., 2 * n]``."""
-    halves = lax.bitcast_convert_type(words, jnp.uint16)  # [..., n, 2], little-endian: low half first
-    return lax.bitcast_convert_type(halves, jnp.bfloat16).reshape(words.shape[:-1] + (2 * words.shape[-1],))
 
 
 def _rht_mats():
@@ -515,7 +481,7 @@ def nvfp4_dequantize(data, scale, global_scale, shape, *, two_d: bool = False, d
                   pl.BlockSpec((br, 8) + tail, lambda i: (i, 0) + (0,) * len(tail)),
                   jax.ShapeDtypeStruct((rp, 8) + tail, odt), interpret, cfg, "jq_nvfp4_dequantize_1d")(
             C.pad_rows(data.reshape(r, 8), rp), C.pad_rows(sbits.reshape(r), rp), params)[:r]
-        y = _unpack_bf16(y) if src == "bf16pair" else y
+        y = C.unpack_bf16_words(y) if src == "bf16pair" else y
         y = y.reshape(data.shape[:-1] + (kp,))
         return y[..., : shape[-1]].reshape(shape)
     mp = data.shape[-2]
@@ -529,15 +495,7 @@ def nvfp4_dequantize(data, scale, global_scale, shape, *, two_d: bool = False, d
               jax.ShapeDtypeStruct((mb, 16, kb2, 8) + tail, odt), interpret, cfg, "jq_nvfp4_dequantize_2d")(
         C.pad_rows(data.reshape(mb, 16, kb, 8), kb2, axis=2), C.pad_rows(sbits.reshape(mb, kb), kb2, axis=1),
         params)[:, :, :kb]
-    y = _unpack_bf16(y) if src == "bf16pair" else y
+    y = C.unpack_bf16_words(y) if src == "bf16pair" else y
     y = y.reshape(data.shape[:-2] + (mp, kp))
     return y[..., : shape[-2], : shape[-1]].reshape(shape)
 
-
-def quantize_to_qtensor(x, spec, amax=None, **kw):
-    """:func:`jq.qtensor.quantize` for NVFP4 specs, through the kernel (same QTensor, bit for bit)."""
-    from jq.qtensor import QTensor
-
-    two_d = len(spec.block_sizes.sizes) == 2
-    data, scale, gs = nvfp4_quantize(x, amax, two_d=two_d, **kw)
-    return QTensor(data, scale, gs, spec, tuple(x.shape), str(x.dtype), 0)

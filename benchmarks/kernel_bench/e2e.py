@@ -120,12 +120,12 @@ def _time(gen, state, b, n_steps, reps=5):
 def bench(batches=(1, 16), n_steps=64, backend="gpu", epilogues=None) -> dict:
     """``epilogues``: decode-GEMM epilogues ("xla", "kernel") to time the NVFP4 model with, each as its own variant
     ``nvfp4_w4a16_epi_<e>`` (default: ``$JQ_E2E_EPILOGUES``, else only ``MosaicConfig()``'s, as ``nvfp4_w4a16``)."""
-    from kernels import gemm as G
+    from kernels import w4a16 as W4
 
     if epilogues is None and os.environ.get("JQ_E2E_EPILOGUES"):
         epilogues = os.environ["JQ_E2E_EPILOGUES"].split(",")
     out = {"model": CFG, "n_steps": n_steps, "rows": [], "details": {},
-           "default_mosaic_config": str(G.MosaicConfig())}
+           "default_mosaic_config": str(W4.MosaicConfig())}
     cfgs = {}  # variant -> MosaicConfig override
     params = init_params(jax.random.key(0))
     b0 = 4
@@ -146,13 +146,13 @@ def bench(batches=(1, 16), n_steps=64, backend="gpu", epilogues=None) -> dict:
             lb = jax.jit(step)(params, *calib[0])[0]
             out["details"][name]["rel_err_vs_bf16"] = float(jnp.linalg.norm(lr - lb) / jnp.linalg.norm(lb))
             if name == "nvfp4_w4a16" and os.environ.get("JQ_E2E_STREAM_K"):  # the run-10 default, for comparison
-                cfgs["nvfp4_w4a16_stream_k"] = G.MosaicConfig()
+                cfgs["nvfp4_w4a16_stream_k"] = W4.MosaicConfig()
                 variants["nvfp4_w4a16_stream_k"] = rm
             if name == "nvfp4_w4a16" and epilogues:
                 for e in epilogues:
                     vname = f"{name}_epi_{e}"
-                    cfgs[vname] = dataclasses.replace(G.MosaicConfig(), epilogue=e)
-                    with G.mosaic_config(cfgs[vname]):
+                    cfgs[vname] = dataclasses.replace(W4.MosaicConfig(), epilogue=e)
+                    with W4.mosaic_config(cfgs[vname]):
                         le = jax.jit(lambda w, p, *a: rm.apply(w, p, *a)[0])(rm.weights, rm.params, *calib[0])
                     out["details"][vname] = {"config": str(cfgs[vname]), "rel_err_vs_fake_quant": float(
                         jnp.linalg.norm(le - lf) / jnp.linalg.norm(lf))}
@@ -176,7 +176,7 @@ def bench(batches=(1, 16), n_steps=64, backend="gpu", epilogues=None) -> dict:
                 else:
                     gen = _decoder(lambda st, tok, ck, cv, i, rm=rm: rm.apply(st[0], st[1], tok, ck, cv, i))
                     state = (rm.weights, rm.params)
-                with (G.mosaic_config(cfgs[name]) if name in cfgs else contextlib.nullcontext()):
+                with (W4.mosaic_config(cfgs[name]) if name in cfgs else contextlib.nullcontext()):
                     t = _time(gen, state, b, n_steps)
                 row[f"{name}_tok_s"] = b * n_steps / t
                 row[f"{name}_ms_per_step"] = t / n_steps * 1e3

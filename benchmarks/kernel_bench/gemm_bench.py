@@ -1,4 +1,4 @@
-"""GPU smoke test + benchmark of the real-quantized GEMMs (kernels/gemm.py).
+"""GPU smoke test + benchmark of the real-quantized GEMMs (kernels/fp8_linear.py, kernels/w4a16/).
 
 * FP8: XLA's fp8 ``dot_general`` (K-major weights) vs the bf16 GEMM at 8192^3; the compiled HLO is checked for
   ``__cublas$lt$matmul$f8``.
@@ -22,8 +22,12 @@ from jax import lax
 from benchmarks.kernel_bench.common import device_info, save, time_fn
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels import gemm as G
+from kernels import fp8_linear as F8
 from kernels import nvfp4 as K
+from kernels import w4a16 as W4
+from kernels.w4a16.matmul import prep_x
+from kernels.w4a16.plan import plan
+from kernels.w4a16.schedules import mosaic_call
 
 NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
 I4 = QuantizerSpec(num_bits=4, block_sizes={-1: 128})
@@ -36,14 +40,30 @@ def _rel(a, b):
 
 
 def _quant_weight(w, spec):
+    """QTensor of ``w`` (NVFP4 through the quantize kernel, INT4 through the jnp reference)."""
     if spec.kind == "nvfp4":
-        return jax.jit(lambda v: K.quantize_to_qtensor(v, spec))(w)
+        def q(v):
+            data, scale, gs = K.nvfp4_quantize(v)
+            return qtensor.QTensor(data, scale, gs, spec, tuple(v.shape), str(v.dtype))
+
+        return jax.jit(q)(w)
     return jax.jit(lambda v: qtensor.quantize(v, spec))(w)
+
+
+def _pack(qt, dtype="bf16"):
+    """The decode-GEMM layout of a canonical ``[N, K]`` NVFP4 / INT4 QTensor."""
+    fmt = "nvfp4" if qt.spec.kind == "nvfp4" else "int4"
+    return W4.pack_w4(qt.data, qt.scale, qt.global_scale, fmt=fmt, shape=qt.shape, dtype=dtype)
+
+
+def _xla_ref(x, qt):
+    """``x @ dequant(W).T`` through XLA (bf16 weights): the reference the decode GEMM is checked against."""
+    return W4.w4a16_matmul_xla(x, qtensor.dequantize(qt, jnp.bfloat16))
 
 
 def smoke(configs=None) -> dict:
     """:func:`schedule_smoke` of the given configs (default ``MosaicConfig()``) on bf16-operand weights."""
-    return schedule_smoke([("bf16", c) for c in (configs or [G.MosaicConfig()])], out_name="gemm_smoke.json")
+    return schedule_smoke([("bf16", c) for c in (configs or [W4.MosaicConfig()])], out_name="gemm_smoke.json")
 
 
 def bench(configs=None, batches=(1, 4, 16)) -> dict:
@@ -61,7 +81,7 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
         wkn = [w.T.copy() for w in wb]
         t_bf = time_fn(bf, list(zip(a, wb)), iters=20)
         t_bf2 = time_fn(bf_kn, list(zip(a, wkn)), iters=20)
-        wq = [G.prepare_fp8_weight(w, jnp.float32(4.0)) for w in wb]
+        wq = [F8.prepare_fp8_weight(w, jnp.float32(4.0)) for w in wb]
         xq = [jax.jit(lambda v: jnp.clip(v * 100, -448, 448).astype(jnp.float8_e4m3fn))(x) for x in a]
         f8 = jax.jit(lambda x, w, s: (lax.dot_general(x, w, (((1,), (1,)), ((), ())),
                                                        preferred_element_type=jnp.float32) * s).astype(jnp.bfloat16))
@@ -70,7 +90,7 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
         hlo = f8.lower(*args8[0]).compile().as_text()
         from kernels.fp8 import fp8_quantize
 
-        lin = jax.jit(lambda x, w, s: G.fp8_linear(x, w, s, jnp.float32(4.0),
+        lin = jax.jit(lambda x, w, s: F8.fp8_linear(x, w, s, jnp.float32(4.0),
                                                    quantize_x=lambda v, am: fp8_quantize(v, am)))
         t_lin = time_fn(lin, [(x, w[0], w[1]) for x, w in zip(a, wq)], iters=20)
         lin_hlo = lin.lower(a[0], wq[0][0], wq[0][1]).compile().as_text()
@@ -99,7 +119,7 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
 
     # ---------------- decode GEMM
     n, k = 28672, 8192
-    configs = configs or [G.MosaicConfig()]
+    configs = configs or [W4.MosaicConfig()]
     w = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16)
     w2 = w * 1.01  # second copy: calls alternate between weight buffers (no L2 reuse across calls)
     wkn = w.T.copy()
@@ -108,11 +128,11 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
     for spec in (NV1, I4):
         try:
             qts[spec.kind] = [_quant_weight(v, spec) for v in (w, w2)]
-            pws[spec.kind] = [jax.block_until_ready(G.pack_w4(q)) for q in qts[spec.kind]]
+            pws[spec.kind] = [jax.block_until_ready(_pack(q)) for q in qts[spec.kind]]
         except Exception as e:
             out.setdefault("errors", []).append(f"pack {spec.kind}: {type(e).__name__}: {str(e)[:1500]}")
             traceback.print_exc()
-    i4x = [G.int4_xla_weights(q) for q in qts.get("int", [])]
+    i4x = [W4.int4_xla_weights(q.data, q.scale) for q in qts.get("int", [])]
     wbytes = n * k * 2
     for b in batches:
         xs = [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(2)]
@@ -135,16 +155,16 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
         t("xla_bf16_KN", lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16),
           [(xs[0], wkn), (xs[1], wkn)], wbytes)
         if i4x:
-            t("xla_int4_g128", lambda x, q, s: G.w4a16_matmul_xla_int4(x, q, s),
+            t("xla_int4_g128", lambda x, q, s: W4.w4a16_matmul_xla_int4(x, q, s),
               [(xs[0],) + i4x[0], (xs[1],) + i4x[1]], n * k // 2)
             t("xla_int4_per_channel", lambda x, q, s: (lax.dot_general(
                 x, q.astype(jnp.bfloat16), dn, preferred_element_type=jnp.float32) * s[:, 0]).astype(jnp.bfloat16),
               [(xs[0],) + i4x[0], (xs[1],) + i4x[1]], n * k // 2)
         for kind, pl_ in pws.items():
-            ref = jax.jit(G.w4a16_matmul_xla)(xs[0], qts[kind][0])
+            ref = jax.jit(_xla_ref)(xs[0], qts[kind][0])
             for cfg in configs:
                 name = f"mosaic_{kind}_r{cfg.rows}_k{cfg.block_k}_s{cfg.stages}"
-                fn = functools.partial(G.w4a16_matmul_mosaic, cfg=cfg)
+                fn = functools.partial(W4.w4a16_matmul_mosaic, cfg=cfg)
                 try:
                     y = jax.jit(fn)(xs[0], pl_[0])
                     row[name + "_rel_err"] = _rel(y, ref)
@@ -178,20 +198,20 @@ def bench_model_shapes(shapes=((4096, 4096), (1024, 4096), (14336, 4096), (4096,
     dn = (((1,), (1,)), ((), ()))
     for n, k in shapes:
         w = [jnp.asarray(rng.standard_normal((n, k), dtype=np.float32), jnp.bfloat16) for _ in range(3)]
-        pw = [G.pack_w4(_quant_weight(v, NV1)) for v in w]
-        wq = [G.prepare_fp8_weight(v, jnp.float32(4.0)) for v in w]
+        pw = [_pack(_quant_weight(v, NV1)) for v in w]
+        wq = [F8.prepare_fp8_weight(v, jnp.float32(4.0)) for v in w]
         for b in batches:
             xs = [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(3)]
             row = {"N": n, "K": k, "B": b}
             cases = {
                 "bf16": (lambda x, v: lax.dot_general(x, v, dn, preferred_element_type=jnp.float32).astype(
                     jnp.bfloat16), list(zip(xs, w))),
-                "fp8_linear": (lambda x, q, s: G.fp8_linear(x, q, s, jnp.float32(3.0),
+                "fp8_linear": (lambda x, q, s: F8.fp8_linear(x, q, s, jnp.float32(3.0),
                                                             quantize_x=lambda v, a: fp8_quantize(v, a)),
                                [(x, q[0], q[1]) for x, q in zip(xs, wq)]),
-                "fp8_linear_xla_act_quant": (lambda x, q, s: G.fp8_linear(x, q, s, jnp.float32(3.0)),
+                "fp8_linear_xla_act_quant": (lambda x, q, s: F8.fp8_linear(x, q, s, jnp.float32(3.0)),
                                              [(x, q[0], q[1]) for x, q in zip(xs, wq)]),
-                "nvfp4_mosaic": (lambda x, p: G.w4a16_matmul_mosaic(x, p), list(zip(xs, pw))),
+                "nvfp4_mosaic": (lambda x, p: W4.w4a16_matmul_mosaic(x, p), list(zip(xs, pw))),
             }
             for name, (fn, args) in cases.items():
                 try:
@@ -220,7 +240,7 @@ def parse_configs(spec: str) -> list:
         kw = dict(rows=v[0], block_k=v[1], stages=v[2], schedule=sched, epilogue=epi or "xla")
         if len(v) > 3:
             kw["split_k" if sched == "grid" else "ctas"] = v[3]
-        out.append((dtype or "f16", G.MosaicConfig(**kw)))
+        out.append((dtype or "f16", W4.MosaicConfig(**kw)))
     return out
 
 
@@ -272,7 +292,7 @@ def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name
     kinds = os.environ.get("JQ_DECODE_KINDS", "nvfp4,int").split(",")  # QuantizerSpec.kind: "nvfp4", "int"
     qts = {sp.kind: [_quant_weight(v, sp) for v in (w, w2)] for sp in (NV1, I4) if sp.kind in kinds}
     dtypes = sorted({d for d, _ in configs})
-    packs = {(kind, d): [jax.block_until_ready(G.pack_w4(q, d)) for q in v] for kind, v in qts.items()
+    packs = {(kind, d): [jax.block_until_ready(_pack(q, d)) for q in v] for kind, v in qts.items()
              for d in dtypes}
     dn = (((1,), (1,)), ((), ()))
     xs = {b: [jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16) for _ in range(2)] for b in batches}
@@ -295,17 +315,17 @@ def decode_schedules(configs=None, batches=(1, 4, 16), n=28672, k=8192, out_name
                 row = {"B": b, "what": f"{kind}:{name}"}
                 faulthandler.dump_traceback_later(120, exit=True)  # a hung kernel ends the process
                 try:
-                    ref = jax.jit(G.w4a16_matmul_xla)(x[0], qts[kind][0])
-                    fn = jax.jit(functools.partial(G.w4a16_matmul_mosaic, cfg=cfg))
+                    ref = jax.jit(_xla_ref)(x[0], qts[kind][0])
+                    fn = jax.jit(functools.partial(W4.w4a16_matmul_mosaic, cfg=cfg))
                     y = jax.block_until_ready(fn(x[0], pl_[0]))
                     row["rel_err"] = _rel(y, ref)
                     row["finite"] = bool(np.all(np.isfinite(np.asarray(y, np.float32))))
                     y2 = fn(x[0], pl_[0])  # a second call: the same bits (no race in the epilogue)
                     row["repeat_bitwise_equal"] = bool(np.array_equal(np.asarray(y).view(np.uint16),
                                                                       np.asarray(y2).view(np.uint16)))
-                    p = G._plan(pl_[0], b, cfg)
-                    xp = [G._prep_x(v, p["kp"], p["tpad"], pl_[0].dtype)[0] for v in x]
-                    kfn = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: G._mosaic_call(xs_, pw_, cfg, b))
+                    p = plan(pl_[0], b, cfg)
+                    xp = [prep_x(v, p["kp"], p["tpad"], pl_[0].dtype)[0] for v in x]
+                    kfn = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: mosaic_call(xs_, pw_, cfg, b))
                     row["plan"] = {kk: p[kk] for kk in ("rows", "bk", "stages", "slots") if kk in p}
                     row["plan"].update({kk: p[kk] for kk in ("split", "ctas", "per") if kk in p})
                     live.append((row, fn, kfn, [(x[0], pl_[0]), (x[1], pl_[1])], [(xp[0], pl_[0]), (xp[1], pl_[1])]))
@@ -371,17 +391,17 @@ def schedule_smoke(configs, shapes=((256, 512), (200, 300), (1024, 1024)), batch
         for (n, k) in shapes:
             w = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
             qt = _quant_weight(w, spec)
-            pws = {d: G.pack_w4(qt, d) for d in sorted({d for d, _ in configs})}
+            pws = {d: _pack(qt, d) for d in sorted({d for d, _ in configs})}
             for b in batches:
                 x = jnp.asarray(rng.standard_normal((b, k)) * rng.uniform(0.01, 100), jnp.bfloat16)
-                ref = jax.jit(G.w4a16_matmul_xla)(x, qt)
+                ref = jax.jit(_xla_ref)(x, qt)
                 runs = [(dc, jnp.bfloat16) for dc in configs]
                 runs += [(dc, jnp.float32) for dc in configs if dc[1].epilogue == "kernel" and b in f32_batches]
                 for dc, odt in runs:
                     dtype, cfg = dc
                     name = f"{spec.kind} N={n} K={k} B={b} {cfg_name(dc)}" + (" f32" if odt == jnp.float32 else "")
                     try:
-                        y = jax.jit(functools.partial(G.w4a16_matmul_mosaic, cfg=cfg, out_dtype=odt))(x, pws[dtype])
+                        y = jax.jit(functools.partial(W4.w4a16_matmul_mosaic, cfg=cfg, out_dtype=odt))(x, pws[dtype])
                         assert y.shape == (b, n) and y.dtype == odt, (y.shape, y.dtype)
                         err = _rel(y, ref)
                         ok = bool(err < 2e-2) and bool(np.all(np.isfinite(np.asarray(y, np.float32))))
@@ -427,21 +447,21 @@ def profile(configs=None, batches=(4,), kinds=("nvfp4", "int4"), bf16_dot=True):
     specs = {"nvfp4": NV1, "int4": I4}
     for kind in kinds:
         qt = _quant_weight(w, specs[kind])
-        packs = {d: jax.block_until_ready(G.pack_w4(qt, d)) for d in sorted({d for d, _ in configs})}
+        packs = {d: jax.block_until_ready(_pack(qt, d)) for d in sorted({d for d, _ in configs})}
         for b in batches:
             x = jnp.asarray(rng.standard_normal((b, k)), jnp.bfloat16)
             jax.block_until_ready(bf16(x, w))
             for dc in configs:
                 dtype, cfg = dc
                 pw = packs[dtype]
-                p = G._plan(pw, b, cfg)
-                xp = jax.block_until_ready(G._prep_x(x, p["kp"], p["tpad"], pw.dtype)[0])
-                f = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: G._mosaic_call(xs_, pw_, cfg, b))
+                p = plan(pw, b, cfg)
+                xp = jax.block_until_ready(prep_x(x, p["kp"], p["tpad"], pw.dtype)[0])
+                f = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: mosaic_call(xs_, pw_, cfg, b))
                 jax.block_until_ready(f(xp, pw))
                 _cuda_profiler(True)
                 jax.block_until_ready(f(xp, pw))
                 _cuda_profiler(False)
-                print("profiled", kind, b, cfg_name(dc), G._plan(pw, b, cfg), flush=True)
+                print("profiled", kind, b, cfg_name(dc), plan(pw, b, cfg), flush=True)
             if bf16_dot and kind == kinds[0]:
                 _cuda_profiler(True)
                 jax.block_until_ready(bf16(x, w))

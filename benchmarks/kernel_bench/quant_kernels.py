@@ -188,17 +188,25 @@ def smoke() -> dict:
                     d, s = jax.jit(lambda v: MX.mx_quantize(v, f))(x)
                     r = cpu_ref(lambda v: qtensor.quantize(v, spec), x)
                     rec(f"{f} quantize {jnp.dtype(dt).name} {shape}", _mism(d, r.data) + _mism(s, r.scale), x.size)
+                    y = jax.jit(lambda v: MX.mx_fake_quant(v, f))(x)
+                    ry = cpu_ref(lambda v: nx.mx_fake_quant(v, nx.MX_FORMATS[f]), x)
+                    rec(f"{f} fake_quant {jnp.dtype(dt).name} {shape}", _mism(y, ry), x.size)
+                    yd = jax.jit(lambda a, b: MX.mx_dequantize(a, b, x.shape, f, dtype=dt))(d, s)
+                    rec(f"{f} dequantize {jnp.dtype(dt).name} {shape}", _mism(yd, cpu_ref(qtensor.dequantize, r)),
+                        x.size)
 
             guard(f"{f} {dt}", mx_case)
 
     def registry_case():
+        from jq import backends
         from jq.fake_quant import fake_quant
-        from kernels import registry
+        from jq.quantizer import CanonicalView
 
         x = jnp.asarray(rng.standard_normal((512, 1024)), jnp.bfloat16)
-        for spec, amax in ((NV1, jnp.float32(3.0)), (QuantizerSpec(num_bits=(4, 3)), jnp.float32(2.0))):
-            impl = registry.select("fake_quant", spec.kind, "gpu", spec=spec, view=None, shape=x.shape,
-                                   dtype=x.dtype, has_amax=True)
+        mx8 = QuantizerSpec(num_bits=(4, 3), block_sizes={-1: 32, "type": "dynamic", "scale_bits": (8, 0)})
+        for spec, amax in ((NV1, jnp.float32(3.0)), (QuantizerSpec(num_bits=(4, 3)), jnp.float32(2.0)), (mx8, None)):
+            impl = backends.select("fake_quant", spec, "gpu", view=CanonicalView.identity(x.shape), shape=x.shape,
+                                   dtype=x.dtype, has_amax=amax is not None)
             y = jax.jit(lambda v: fake_quant(v, amax, spec=spec))(x)
             r = cpu_ref(lambda v: fake_quant(v, amax, spec=spec), x)
             rec(f"registry fake_quant {spec.kind} (GPU default impl vs CPU reference)", _mism(y, r), x.size)
@@ -283,6 +291,11 @@ def bench(quick: bool = False) -> dict:
         fp_bytes, kernel="xla_reference_fp8")
     run("mxfp8 quantize bf16", lambda v: MX.mx_quantize(v, "mxfp8"), a1, fp_bytes + n // 32, kernel="mxfp8")
     run("mxfp4 quantize bf16", lambda v: MX.mx_quantize(v, "mxfp4"), a1, n * 2 + n // 2 + n // 32, kernel="mxfp4")
+    run("mxfp8 fake_quant bf16", lambda v: MX.mx_fake_quant(v, "mxfp8"), a1, n * 4, kernel="mxfp8_fake_quant")
+    run("mxfp4 fake_quant bf16", lambda v: MX.mx_fake_quant(v, "mxfp4"), a1, n * 4, kernel="mxfp4_fake_quant")
+    run("mxfp8 dequantize -> bf16", lambda d, s: MX.mx_dequantize(d, s, (m, k), "mxfp8"),
+        [jax.jit(lambda v: MX.mx_quantize(v, "mxfp8"))(x) for x in xs], fp_bytes + n // 32,
+        kernel="mxfp8_dequantize")
     out["rows"] = rows
     out["copy_ceiling_GBps"] = ceil
     return out

@@ -10,7 +10,7 @@ input_amax, platform)`` computing ``x2 [B, K] @ W.T`` in float32.
   one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper (``quantizes_input``: the kernel
   quantizes the activation itself).
 * :class:`W4A16Linear`: 4-bit weights (NVFP4 or INT4 in groups of 128) with 16-bit activations; on a GPU the
-  Mosaic decode GEMM of :mod:`kernels.gemm` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
+  Mosaic decode GEMM of :mod:`kernels.w4a16` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
   enabled input quantizer (NVFP4 W4A4 on Hopper, which has no FP4 MMA) runs as fake quant before it.
 """
 
@@ -24,7 +24,7 @@ from jax import lax
 
 from jq import numerics as nx
 from kernels import fp8 as fp8_kernels
-from kernels import gemm
+from kernels import fp8_linear, w4a16
 
 __all__ = ["FP8Linear", "W4A16Linear", "kernels_enabled"]
 
@@ -51,7 +51,7 @@ class FP8Linear:
         if platform == "gpu" and kernels_enabled():
             def quantize_x(v, a):
                 return fp8_kernels.fp8_quantize(v, a, interpret=False)
-        return gemm.fp8_linear(x2, w_q, w_inv, jnp.reshape(input_amax, ()), out_dtype=jnp.float32,
+        return fp8_linear.fp8_linear(x2, w_q, w_inv, jnp.reshape(input_amax, ()), out_dtype=jnp.float32,
                                quantize_x=quantize_x)
 
 
@@ -67,14 +67,14 @@ class W4A16Linear:
         return f"{self.weight_format}_w4a16"
 
     def prepare(self, qt, platform: str):
-        """The decode-GEMM layout on a GPU (:func:`kernels.gemm.pack_w4`), else the QTensor itself."""
+        """The decode-GEMM layout on a GPU (:func:`kernels.w4a16.pack_w4`), else the QTensor itself."""
         if platform == "gpu" and kernels_enabled():
-            return gemm.pack_w4(qt)
+            return w4a16.pack_w4(qt.data, qt.scale, qt.global_scale, fmt=self.weight_format, shape=qt.shape)
         return qt
 
     def apply(self, x2, stored, *, input_amax, platform: str):
-        if isinstance(stored, gemm.PackedW4):
-            return gemm.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
+        if isinstance(stored, w4a16.PackedW4):
+            return w4a16.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
         w = stored.dequantize(jnp.float32 if x2.dtype == jnp.float32 else jnp.bfloat16)
         precision = lax.Precision.HIGHEST if x2.dtype == jnp.float32 else None
         return lax.dot_general(x2.astype(w.dtype), w, (((1,), (1,)), ((), ())), precision=precision,

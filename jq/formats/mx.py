@@ -10,6 +10,7 @@ Q/DQ form (TensorRT's MX path needs Blackwell) and no checkpoint format in jq ye
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from jq import numerics as nx
 from jq.formats.base import Format, KernelBinding, UnsupportedExport
@@ -20,6 +21,7 @@ from kernels import mx as mx_kernels
 __all__ = ["MXFormat", "MXFP8", "MXFP4", "MXINT8"]
 
 KERNEL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32), jnp.dtype(jnp.float16))
+MIN_KERNEL_ELEMENTS = 256  # below this a kernel launch is not worth it (XLA fuses the reference)
 
 
 class MXFormat(Format):
@@ -101,11 +103,33 @@ class MXFormat(Format):
     def kernel_bindings(self):
         if not self.has_kernel:
             return ()
-        return (KernelBinding("quantize", "gpu", "pallas_triton", self._quantize_gpu, 10, self._serves_quantize,
-                              f"{self.name} quantize kernel (kernels/mx.py)"),)
+        return (
+            KernelBinding("fake_quant", "gpu", "pallas_triton", self._fake_quant_gpu, 10, self._serves_fake_quant,
+                          f"fused {self.name} quantize-dequantize (kernels/mx.py)"),
+            KernelBinding("quantize", "gpu", "pallas_triton", self._quantize_gpu, 10, self._serves_quantize,
+                          f"{self.name} quantize kernel (kernels/mx.py)"),
+            KernelBinding("dequantize", "gpu", "pallas_triton", self._dequantize_gpu, 10, self._serves_dequantize,
+                          f"{self.name} dequantize kernel (kernels/mx.py)"),
+        )
 
     def _serves_quantize(self, spec=None, shape=(), dtype=None, **_):
         return kernels_enabled() and not spec.rotate and jnp.dtype(dtype) in KERNEL_DTYPES
+
+    def _serves_fake_quant(self, spec=None, view=None, shape=(), dtype=None, **_):
+        return (self._serves_quantize(spec=spec, dtype=dtype) and view is not None and not view.batch
+                and len(shape) >= 1 and int(np.prod(shape)) >= MIN_KERNEL_ELEMENTS)
+
+    def _fake_quant_gpu(self, x, *amax, spec, view):
+        c = x if view.is_identity else view.to_canonical(x)
+        y = mx_kernels.mx_fake_quant(c, self.name, interpret=False)
+        return y if view.is_identity else view.from_canonical(y, x.shape)
+
+    def _serves_dequantize(self, qt=None, **_):
+        return kernels_enabled() and qt.batch == 0 and jnp.dtype(qt.dtype) in KERNEL_DTYPES
+
+    def _dequantize_gpu(self, qt, dtype=None):
+        return mx_kernels.mx_dequantize(qt.data, qt.scale, qt.shape, self.name, dtype=jnp.dtype(dtype or qt.dtype),
+                                        interpret=False)
 
     def _quantize_gpu(self, x, spec, amax=None):
         data, scale = mx_kernels.mx_quantize(x, self.name, interpret=False)

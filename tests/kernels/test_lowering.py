@@ -30,6 +30,9 @@ CASES = {
     "fp8_fake_row": lambda v: F.fp8_fake_quant(v, jnp.ones((v.shape[0],)), interpret=False),
     "mxfp8": lambda v: MX.mx_quantize(v, "mxfp8", interpret=False),
     "mxfp4": lambda v: MX.mx_quantize(v, "mxfp4", interpret=False),
+    "mxfp8_fake": lambda v: MX.mx_fake_quant(v, "mxfp8", interpret=False),
+    "mxfp4_fake": lambda v: MX.mx_fake_quant(v, "mxfp4", interpret=False),
+    "mxint8_fake": lambda v: MX.mx_fake_quant(v, "mxint8", interpret=False),
 }
 
 
@@ -39,7 +42,7 @@ def test_triton_lowering(name):
     assert "triton" in txt
 
 
-@pytest.mark.parametrize("name", ["nvfp4_q1d", "nvfp4_fake2d", "fp8_q", "mxfp4"])
+@pytest.mark.parametrize("name", ["nvfp4_q1d", "nvfp4_fake2d", "fp8_q", "mxfp4", "mxfp8_fake"])
 def test_triton_lowering_strided_f32(name):  # f32/f16 inputs use the strided-load variant
     assert "triton" in _lower(CASES[name], jax.ShapeDtypeStruct((128, 1024), jnp.float32))
 
@@ -50,3 +53,13 @@ def test_dequant_lowering():
     assert "triton" in _lower(lambda d, s: K.nvfp4_dequantize(d, s, 1.0, (128, 1024), interpret=False), d, s)
     q = jax.ShapeDtypeStruct((128, 1024), jnp.float8_e4m3fn)
     assert "triton" in _lower(lambda q: F.fp8_dequantize(q, 2.0, interpret=False), q)
+
+
+@pytest.mark.parametrize("fmt,data", [("mxfp8", ((128, 1024), jnp.float8_e4m3fn)), ("mxint8", ((128, 1024), jnp.int8)),
+                                      ("mxfp4", ((128, 512), jnp.uint8))])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_mx_dequant_lowering(fmt, data, dtype):
+    d = jax.ShapeDtypeStruct(*data)
+    s = jax.ShapeDtypeStruct((128, 32), jnp.uint8)
+    fn = functools.partial(MX.mx_dequantize, shape=(128, 1024), fmt=fmt, dtype=dtype, interpret=False)
+    assert "triton" in _lower(fn, d, s)

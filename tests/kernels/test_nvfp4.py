@@ -104,9 +104,11 @@ def test_fused_rht_exact_sums(dtype):
         nx.nvfp4_fake_quant(nx.random_hadamard_transform(x), random_bits=K.sr_bits(3, x.shape)))
 
 
-def test_quantize_to_qtensor_roundtrip():
+def test_quantize_storage_is_qtensor_storage():
+    """The kernel's (codes, scales, global scale) are a QTensor's storage: dequantized, the fake-quant reference."""
     x = _x((16, 64), jnp.bfloat16, seed=6)
-    qt = K.quantize_to_qtensor(x, NV1, interpret=True)
+    d, s, gs = K.nvfp4_quantize(x, interpret=True)
+    qt = qtensor.QTensor(d, s, gs, NV1, tuple(x.shape), str(x.dtype))
     _eq(qtensor.dequantize(qt), nx.nvfp4_fake_quant(x))
 
 
