@@ -72,7 +72,7 @@ def main(argv):
 
 
 def _configs():
-    from kernels.w4a16 import MosaicConfig
+    from jq_kernels.w4a16 import MosaicConfig
     spec = os.environ.get("JQ_MOSAIC_CONFIGS", "1,128,4;2,128,4;1,256,3")
     out = []
     for part in spec.split(";"):

@@ -1,4 +1,4 @@
-"""ONNX work shared by ``jq.export`` and ``autotune``, on onnx-ir, without JAX.
+"""ONNX work shared by ``jq.export`` and ``jq_autotune``, on onnx-ir, without JAX.
 
 * :mod:`onnx_toolbox.values` - constants, single uses, new initializers, rewiring (what every pass asks).
 * :mod:`onnx_toolbox.fold_bias` - a constant bias ``Add`` after ``Conv``/``Gemm`` folded into the op.

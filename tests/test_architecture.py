@@ -12,7 +12,7 @@ import pytest
 from jq import formats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LIBRARY = ("jq", "kernels", "autotune", "onnx_toolbox")
+LIBRARY = ("jq", "jq_kernels", "jq_autotune", "onnx_toolbox")
 MAX_LINES = 560
 
 
@@ -34,16 +34,16 @@ def _imports(path):
 
 
 def test_kernels_import_nothing_of_jq_but_numerics():
-    bad = [(p.relative_to(ROOT), m) for p in _py_files("kernels") for m in _imports(p)
+    bad = [(p.relative_to(ROOT), m) for p in _py_files("jq_kernels") for m in _imports(p)
            if (m == "jq" or m.startswith("jq.")) and not m.startswith("jq.numerics")]
     # "from jq import numerics" is the numerics package itself
     bad = [(p, m) for p, m in bad if m not in ("jq", "jq.numerics")]
-    assert not bad, f"kernels/ must import only jq.numerics from jq: {bad}"
+    assert not bad, f"jq_kernels/ must import only jq.numerics from jq: {bad}"
 
 
 def test_autotune_and_onnx_toolbox_never_import_jax_or_jq():
-    bad = [(p.relative_to(ROOT), m) for p in _py_files("autotune", "onnx_toolbox") for m in _imports(p)
-           if m.split(".")[0] in ("jax", "jq", "kernels", "flax")]
+    bad = [(p.relative_to(ROOT), m) for p in _py_files("jq_autotune", "onnx_toolbox") for m in _imports(p)
+           if m.split(".")[0] in ("jax", "jq", "jq_kernels", "flax")]
     assert not bad, bad
 
 
@@ -106,7 +106,7 @@ def test_core_works_with_jax_numpy_and_ml_dtypes_only():
     assert "core ok" in r.stdout and "export needs extras" in r.stdout
 
 
-@pytest.mark.parametrize("module", ["jq", "jq.calib.algorithms", "jq.formats", "jq.backends", "kernels.w4a16"])
+@pytest.mark.parametrize("module", ["jq", "jq.calib.algorithms", "jq.formats", "jq.backends", "jq_kernels.w4a16"])
 def test_every_module_imports_on_its_own(module):
     """No import cycle: each layer imports first in a fresh interpreter."""
     r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=ROOT,

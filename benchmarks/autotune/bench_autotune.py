@@ -2,7 +2,7 @@
 
 For each ONNX model given, in one run:
 
-1. autotune it (``autotune.workflow.autotune``, ONNX Runtime CPU benchmark, INT8, the
+1. autotune it (``jq_autotune.workflow.autotune``, ONNX Runtime CPU benchmark, INT8, the
    given calibration data) -> ``optimized_final.onnx``;
 2. quantize the *same* FP32 graph (the autotuner's ``baseline.onnx``) with
    ``onnxruntime.quantization.quantize_static`` (QDQ format, uint8 activations, int8
@@ -15,7 +15,7 @@ For each ONNX model given, in one run:
    labels (``--task classification``).
 
 Data files are ``.npz``: ragged samples as ``<input>__<k>`` keys or stacked samples
-(see ``autotune.calibration``); a classification eval file holds ``x`` and ``labels``.
+(see ``jq_autotune.calibration``); a classification eval file holds ``x`` and ``labels``.
 
 Example (see RESULTS.md for the exact commands used)::
 
@@ -41,11 +41,11 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from autotune.benchmark import OrtBenchmark, random_inputs  # noqa: E402
-from autotune.calibration import load_calibration_inputs  # noqa: E402
-from autotune.config import Config  # noqa: E402
-from autotune.model_io import load_model, parse_input_shapes  # noqa: E402
-from autotune.workflow import autotune  # noqa: E402
+from jq_autotune.benchmark import OrtBenchmark, random_inputs  # noqa: E402
+from jq_autotune.calibration import load_calibration_inputs  # noqa: E402
+from jq_autotune.config import Config  # noqa: E402
+from jq_autotune.model_io import load_model, parse_input_shapes  # noqa: E402
+from jq_autotune.workflow import autotune  # noqa: E402
 
 
 def quantize_static_qdq(fp32: Path, out: Path, samples: list[dict]) -> Path:

@@ -45,7 +45,7 @@ def time_fn(fn, arg_sets, iters: int = 20, warmup: int = 3, reps: int = 3) -> di
 def copy_kernel_bandwidth(nbytes: int = 1 << 29, iters: int = 20) -> dict:
     """Device copy ceilings measured now: a Pallas-Triton tile copy and XLA elementwise ``x + 1`` (bf16)."""
     from jax.experimental import pallas as pl
-    from kernels._common import triton_params
+    from jq_kernels._common import triton_params
 
     n = nbytes // 2
     cols = 8192

@@ -120,7 +120,7 @@ def _time(gen, state, b, n_steps, reps=5):
 def bench(batches=(1, 16), n_steps=64, backend="gpu", epilogues=None) -> dict:
     """``epilogues``: decode-GEMM epilogues ("xla", "kernel") to time the NVFP4 model with, each as its own variant
     ``nvfp4_w4a16_epi_<e>`` (default: ``$JQ_E2E_EPILOGUES``, else only ``MosaicConfig()``'s, as ``nvfp4_w4a16``)."""
-    from kernels import w4a16 as W4
+    from jq_kernels import w4a16 as W4
 
     if epilogues is None and os.environ.get("JQ_E2E_EPILOGUES"):
         epilogues = os.environ["JQ_E2E_EPILOGUES"].split(",")

@@ -1,4 +1,4 @@
-"""GPU smoke test + benchmark of the real-quantized GEMMs (kernels/fp8_linear.py, kernels/w4a16/).
+"""GPU smoke test + benchmark of the real-quantized GEMMs (jq_kernels/fp8_linear.py, jq_kernels/w4a16/).
 
 * FP8: XLA's fp8 ``dot_general`` (K-major weights) vs the bf16 GEMM at 8192^3; the compiled HLO is checked for
   ``__cublas$lt$matmul$f8``.
@@ -22,12 +22,12 @@ from jax import lax
 from benchmarks.kernel_bench.common import device_info, save, time_fn
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels import fp8_linear as F8
-from kernels import nvfp4 as K
-from kernels import w4a16 as W4
-from kernels.w4a16.matmul import prep_x
-from kernels.w4a16.plan import plan
-from kernels.w4a16.schedules import mosaic_call
+from jq_kernels import fp8_linear as F8
+from jq_kernels import nvfp4 as K
+from jq_kernels import w4a16 as W4
+from jq_kernels.w4a16.matmul import prep_x
+from jq_kernels.w4a16.plan import plan
+from jq_kernels.w4a16.schedules import mosaic_call
 
 NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
 I4 = QuantizerSpec(num_bits=4, block_sizes={-1: 128})
@@ -88,7 +88,7 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
         args8 = [(x, w[0], w[1] * 0.01) for x, w in zip(xq, wq)]
         t_f8 = time_fn(f8, args8, iters=20)
         hlo = f8.lower(*args8[0]).compile().as_text()
-        from kernels.fp8 import fp8_quantize
+        from jq_kernels.fp8 import fp8_quantize
 
         lin = jax.jit(lambda x, w, s: F8.fp8_linear(x, w, s, jnp.float32(4.0),
                                                    quantize_x=lambda v, am: fp8_quantize(v, am)))
@@ -191,7 +191,7 @@ def bench(configs=None, batches=(1, 4, 16)) -> dict:
 
 def bench_model_shapes(shapes=((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)), batches=(1, 16)) -> list:
     """Per-GEMM decode times at the e2e model's shapes (N, K): bf16, FP8 (cuBLASLt), NVFP4 Mosaic."""
-    from kernels.fp8 import fp8_quantize
+    from jq_kernels.fp8 import fp8_quantize
 
     rng = np.random.default_rng(1)
     rows = []

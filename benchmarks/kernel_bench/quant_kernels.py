@@ -1,4 +1,4 @@
-"""GPU smoke test + benchmark of the NVFP4 / FP8 / MX quantize kernels (kernels/nvfp4.py, fp8.py, mx.py).
+"""GPU smoke test + benchmark of the NVFP4 / FP8 / MX quantize kernels (jq_kernels/nvfp4.py, fp8.py, mx.py).
 
 Smoke: every kernel lowered and run on the GPU, outputs compared bit for bit with the jq.numerics reference
 (computed on the GPU and, for one shape, on the CPU), ragged shapes included. Bench: >= 256 MB tensors,
@@ -21,9 +21,9 @@ from benchmarks.kernel_bench.common import copy_kernel_bandwidth, device_info, s
 from jq import numerics as nx
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels import fp8 as F
-from kernels import mx as MX
-from kernels import nvfp4 as K
+from jq_kernels import fp8 as F
+from jq_kernels import mx as MX
+from jq_kernels import nvfp4 as K
 
 NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
 NV2 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, -2: 16, "type": "dynamic", "scale_bits": (4, 3)})

@@ -4,7 +4,7 @@
   form, through jax2onnx (:mod:`jq.export.onnx`, :mod:`jq.export.qdq`, :mod:`jq.export.passes`).
 * :func:`check_tensorrt` - TensorRT's explicit-quantization rules (:mod:`jq.export.lint`).
 * :func:`build_engine`, :func:`time_engine` - TensorRT Python API, optional (:mod:`onnx_toolbox.tensorrt`, shared
-  with ``autotune``).
+  with ``jq_autotune``).
 * :func:`save`, :func:`load` - orbax checkpoints of a :class:`~jq.QuantizedModel` (:mod:`jq.export.checkpoint`).
 * :func:`to_hf_checkpoint`, :func:`read_hf_checkpoint` - ModelOpt's unified Hugging Face layout
   (:mod:`jq.export.hf_checkpoint`).

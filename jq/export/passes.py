@@ -15,7 +15,7 @@ jax2onnx 0.17 leaves a few things behind (REFERENCE §5); each pass fixes one. T
   Q/DQ scales), graph inputs/outputs kept FP32 by casts: TensorRT builds strongly typed networks, so an FP32
   ONNX runs its unquantized layers in FP32 and the fair baseline is an FP16 graph.
 
-The passes ``autotune`` needs too come from :mod:`onnx_toolbox` (re-exported here):
+The passes ``jq_autotune`` needs too come from :mod:`onnx_toolbox` (re-exported here):
 
 * :class:`~onnx_toolbox.DropZeroGemmCPass` - the all-zero ``C`` jax2onnx gives every 2-D ``Gemm`` (it blocks
   ORT's QGemm fusion).

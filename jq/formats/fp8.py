@@ -21,7 +21,7 @@ from jq.formats.base import KernelBinding
 from jq.formats.linear import FP8Linear, kernels_enabled
 from jq.formats.scaled import ScaledFormat
 from jq.qtensor import QTensor
-from kernels import fp8 as fp8_kernels
+from jq_kernels import fp8 as fp8_kernels
 
 __all__ = ["FP8Format", "FP8"]
 
@@ -125,11 +125,11 @@ class FP8Format(ScaledFormat):
     def kernel_bindings(self):
         return (
             KernelBinding("fake_quant", "gpu", "pallas_triton", self._fake_quant_gpu, 10, self._serves_fake_quant,
-                          "fused FP8 quantize-dequantize (kernels/fp8.py)"),
+                          "fused FP8 quantize-dequantize (jq_kernels/fp8.py)"),
             KernelBinding("quantize", "gpu", "pallas_triton", self._quantize_gpu, 10, self._serves_quantize,
-                          "FP8 quantize kernel (kernels/fp8.py)"),
+                          "FP8 quantize kernel (jq_kernels/fp8.py)"),
             KernelBinding("dequantize", "gpu", "pallas_triton", self._dequantize_gpu, 10, self._serves_dequantize,
-                          "FP8 dequantize kernel (kernels/fp8.py)"),
+                          "FP8 dequantize kernel (jq_kernels/fp8.py)"),
         )
 
     def _serves_fake_quant(self, spec=None, view=None, shape=(), dtype=None, **_):

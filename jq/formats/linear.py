@@ -10,7 +10,7 @@ input_amax, platform)`` computing ``x2 [B, K] @ W.T`` in float32.
   one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper (``quantizes_input``: the kernel
   quantizes the activation itself).
 * :class:`W4A16Linear`: 4-bit weights (NVFP4 or INT4 in groups of 128) with 16-bit activations; on a GPU the
-  Mosaic decode GEMM of :mod:`kernels.w4a16` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
+  Mosaic decode GEMM of :mod:`jq_kernels.w4a16` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
   enabled input quantizer (NVFP4 W4A4 on Hopper, which has no FP4 MMA) runs as fake quant before it.
 """
 
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jq import numerics as nx
-from kernels import fp8 as fp8_kernels
-from kernels import fp8_linear, w4a16
+from jq_kernels import fp8 as fp8_kernels
+from jq_kernels import fp8_linear, w4a16
 
 __all__ = ["FP8Linear", "W4A16Linear", "kernels_enabled"]
 
@@ -67,7 +67,7 @@ class W4A16Linear:
         return f"{self.weight_format}_w4a16"
 
     def prepare(self, qt, platform: str):
-        """The decode-GEMM layout on a GPU (:func:`kernels.w4a16.pack_w4`), else the QTensor itself."""
+        """The decode-GEMM layout on a GPU (:func:`jq_kernels.w4a16.pack_w4`), else the QTensor itself."""
         if platform == "gpu" and kernels_enabled():
             return w4a16.pack_w4(qt.data, qt.scale, qt.global_scale, fmt=self.weight_format, shape=qt.shape)
         return qt

@@ -16,7 +16,7 @@ from jq import numerics as nx
 from jq.formats.base import Format, KernelBinding, UnsupportedExport
 from jq.formats.linear import kernels_enabled
 from jq.qtensor import QTensor
-from kernels import mx as mx_kernels
+from jq_kernels import mx as mx_kernels
 
 __all__ = ["MXFormat", "MXFP8", "MXFP4", "MXINT8"]
 
@@ -98,18 +98,18 @@ class MXFormat(Format):
         raise UnsupportedExport("MX block scaling (E8M0 scales) has no TensorRT Q/DQ form in jq yet")
 
     # -- kernels ----------------------------------------------------------------------------------------
-    has_kernel = True  # kernels/mx.py quantizes this element type
+    has_kernel = True  # jq_kernels/mx.py quantizes this element type
 
     def kernel_bindings(self):
         if not self.has_kernel:
             return ()
         return (
             KernelBinding("fake_quant", "gpu", "pallas_triton", self._fake_quant_gpu, 10, self._serves_fake_quant,
-                          f"fused {self.name} quantize-dequantize (kernels/mx.py)"),
+                          f"fused {self.name} quantize-dequantize (jq_kernels/mx.py)"),
             KernelBinding("quantize", "gpu", "pallas_triton", self._quantize_gpu, 10, self._serves_quantize,
-                          f"{self.name} quantize kernel (kernels/mx.py)"),
+                          f"{self.name} quantize kernel (jq_kernels/mx.py)"),
             KernelBinding("dequantize", "gpu", "pallas_triton", self._dequantize_gpu, 10, self._serves_dequantize,
-                          f"{self.name} dequantize kernel (kernels/mx.py)"),
+                          f"{self.name} dequantize kernel (jq_kernels/mx.py)"),
         )
 
     def _serves_quantize(self, spec=None, shape=(), dtype=None, **_):

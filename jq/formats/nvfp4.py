@@ -26,7 +26,7 @@ from jq import numerics as nx
 from jq.formats.base import Format, KernelBinding, QDQForm, UnsupportedExport
 from jq.formats.linear import W4A16Linear, kernels_enabled
 from jq.qtensor import QTensor
-from kernels import nvfp4 as nvfp4_kernels
+from jq_kernels import nvfp4 as nvfp4_kernels
 
 __all__ = ["NVFP4Format", "NVFP4"]
 
@@ -197,11 +197,11 @@ class NVFP4Format(Format):
     def kernel_bindings(self):
         return (
             KernelBinding("fake_quant", "gpu", "pallas_triton", self._fake_quant_gpu, 10, self._serves_fake_quant,
-                          "fused NVFP4 quantize-dequantize (kernels/nvfp4.py)"),
+                          "fused NVFP4 quantize-dequantize (jq_kernels/nvfp4.py)"),
             KernelBinding("quantize", "gpu", "pallas_triton", self._quantize_gpu, 10, self._serves_quantize,
-                          "NVFP4 quantize kernel (kernels/nvfp4.py)"),
+                          "NVFP4 quantize kernel (jq_kernels/nvfp4.py)"),
             KernelBinding("dequantize", "gpu", "pallas_triton", self._dequantize_gpu, 10, self._serves_dequantize,
-                          "NVFP4 dequantize kernel (kernels/nvfp4.py)"),
+                          "NVFP4 dequantize kernel (jq_kernels/nvfp4.py)"),
         )
 
     def _serves_fake_quant(self, spec=None, view=None, shape=(), dtype=None, **_):

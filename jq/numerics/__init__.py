@@ -1,6 +1,6 @@
 """Reference quantizers in pure jnp: the single source of numeric truth for jq.
 
-Every kernel in ``kernels/`` and every exporter must reproduce these functions. They compute in float32,
+Every kernel in ``jq_kernels/`` and every exporter must reproduce these functions. They compute in float32,
 round half to even, clamp before every narrow conversion and never depend on a narrow ``astype``.
 """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from autotune.benchmark.base import Benchmark, BenchmarkResult
+from jq_autotune.benchmark.base import Benchmark, BenchmarkResult
 
 COMPUTE = {"Conv", "MatMul", "Gemm", "ConvTranspose"}
 

@@ -11,8 +11,8 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 from fakes import CostModelBenchmark  # noqa: E402
 
-from autotune.config import Config  # noqa: E402
-from autotune.workflow import autotune  # noqa: E402
+from jq_autotune.config import Config  # noqa: E402
+from jq_autotune.workflow import autotune  # noqa: E402
 
 if __name__ == "__main__":
     model, out, log, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from graphs import residual_cnn
 
-from autotune.benchmark import BenchmarkError, BenchmarkResult, BenchmarkUnavailable, OrtBenchmark, make_benchmark, random_inputs
-from autotune.benchmark.trtexec import TrtExecBenchmark, parse_trtexec_median
+from jq_autotune.benchmark import BenchmarkError, BenchmarkResult, BenchmarkUnavailable, OrtBenchmark, make_benchmark, random_inputs
+from jq_autotune.benchmark.trtexec import TrtExecBenchmark, parse_trtexec_median
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_TRTEXEC = shutil.which("trtexec") is not None

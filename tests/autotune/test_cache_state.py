@@ -4,12 +4,12 @@ import math
 
 import pytest
 
-from autotune.cache import PatternCache
-from autotune.insertion_points import ChildRegionInputInsertionPoint as C
-from autotune.insertion_points import NodeInputInsertionPoint as P
-from autotune.insertion_points import RegionOutputInsertionPoint as O
-from autotune.scheme import InsertionScheme, SchemeResult
-from autotune.state import AutotuneState
+from jq_autotune.cache import PatternCache
+from jq_autotune.insertion_points import ChildRegionInputInsertionPoint as C
+from jq_autotune.insertion_points import NodeInputInsertionPoint as P
+from jq_autotune.insertion_points import RegionOutputInsertionPoint as O
+from jq_autotune.scheme import InsertionScheme, SchemeResult
+from jq_autotune.state import AutotuneState
 
 
 def S(*pts):

@@ -1,4 +1,4 @@
-"""CLI: exit codes 0 / 1 / 130, clear errors, the final table, and autotune.inspect."""
+"""CLI: exit codes 0 / 1 / 130, clear errors, the final table, and jq_autotune.inspect."""
 
 import os
 import signal
@@ -10,9 +10,9 @@ from pathlib import Path
 import onnx
 from graphs import residual_cnn
 
-from autotune.cli import main
-from autotune.inspect import main as inspect_main
-from autotune.state import AutotuneState
+from jq_autotune.cli import main
+from jq_autotune.inspect import main as inspect_main
+from jq_autotune.state import AutotuneState
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--schemes-per-region", "3", "--warmup-runs", "1", "--timing-runs", "3", "--no-progress"]
@@ -81,7 +81,7 @@ def test_unavailable_backend_exits_1(tmp_path, capsys):
 def test_sigint_exits_130_with_state_saved(tmp_path):
     path = model_file(tmp_path, blocks=3, channels=16, hw=32, batch=1)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "autotune", "--model", str(path), "--output", str(out), "--schemes-per-region", "40", "--warmup-runs", "2", "--timing-runs", "20", "--no-progress"]
+    cmd = [sys.executable, "-m", "jq_autotune", "--model", str(path), "--output", str(out), "--schemes-per-region", "40", "--warmup-runs", "2", "--timing-runs", "20", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state_file = out / "autotuner_state.yaml"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autotune.host_cpu import cpu_flags, u8s8_saturates
+from jq_autotune.host_cpu import cpu_flags, u8s8_saturates
 
 
 @pytest.mark.parametrize("machine, flags, saturates", [
@@ -15,7 +15,7 @@ from autotune.host_cpu import cpu_flags, u8s8_saturates
     ("arm64", None, False),
 ])
 def test_u8s8_saturates(machine, flags, saturates, monkeypatch):
-    monkeypatch.setattr("autotune.host_cpu.cpu_flags", lambda *a: None)
+    monkeypatch.setattr("jq_autotune.host_cpu.cpu_flags", lambda *a: None)
     assert u8s8_saturates(machine=machine, flags=flags) is saturates
 
 

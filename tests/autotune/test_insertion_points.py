@@ -2,8 +2,8 @@
 
 from graphs import residual_cnn, skip_specimen, two_blocks_add
 
-from autotune.graph import GraphIndex
-from autotune.insertion_points import (
+from jq_autotune.graph import GraphIndex
+from jq_autotune.insertion_points import (
     ChildRegionInputInsertionPoint,
     NodeInputInsertionPoint,
     RegionOutputInsertionPoint,
@@ -16,8 +16,8 @@ from autotune.insertion_points import (
     resolve_points,
     tensor_skip_reason,
 )
-from autotune.pattern import canonicalize
-from autotune.rules import placement_rules
+from jq_autotune.pattern import canonicalize
+from jq_autotune.rules import placement_rules
 from test_pattern import block_regions
 
 
@@ -75,8 +75,8 @@ def test_skip_rules():
 
 def test_backends_get_different_candidate_sets():
     g = GraphIndex(residual_cnn(blocks=1))
-    from autotune.region_search import CombinedRegionSearch
-    from autotune.config import Config
+    from jq_autotune.region_search import CombinedRegionSearch
+    from jq_autotune.config import Config
 
     root = CombinedRegionSearch(g, Config(minimum_topdown_search_size=4, maximum_sequence_region_size=3)).search()
     leaves = [r for r in root.walk() if not r.children]

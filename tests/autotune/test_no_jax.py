@@ -11,8 +11,8 @@ def test_autotune_cli_help_and_a_tiny_run_without_jax(tmp_path):
     onnx.save(residual_cnn(blocks=1, batch=1), model)
     res = run_without(f"""
         import contextlib, io
-        import autotune, autotune.cli, autotune.workflow, autotune.benchmark.tensorrt
-        from autotune.cli import main
+        import jq_autotune, jq_autotune.cli, jq_autotune.workflow, jq_autotune.benchmark.tensorrt
+        from jq_autotune.cli import main
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

@@ -2,11 +2,11 @@
 
 from graphs import long_chain, two_blocks_add
 
-from autotune.config import Config
-from autotune.graph import GraphIndex
-from autotune.pattern import canonicalize
-from autotune.region import Region, RegionType
-from autotune.region_search import CombinedRegionSearch
+from jq_autotune.config import Config
+from jq_autotune.graph import GraphIndex
+from jq_autotune.pattern import canonicalize
+from jq_autotune.region import Region, RegionType
+from jq_autotune.region_search import CombinedRegionSearch
 
 
 def block_regions(model):

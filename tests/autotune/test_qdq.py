@@ -9,13 +9,13 @@ import pytest
 from graphs import residual_cnn
 from onnx import TensorProto
 
-from autotune.autotuner import QDQAutotuner
-from autotune.calibration import calibrate_ranges, load_scales_file, params_from_ranges, scale_zero_point
-from autotune.config import Config
-from autotune.host_cpu import u8s8_saturates
-from autotune.insertion_points import merge_resolved, resolve_points
-from autotune.qdq import get_quantized_tensors, insert_qdq
-from autotune.rules import placement_rules
+from jq_autotune.autotuner import QDQAutotuner
+from jq_autotune.calibration import calibrate_ranges, load_scales_file, params_from_ranges, scale_zero_point
+from jq_autotune.config import Config
+from jq_autotune.host_cpu import u8s8_saturates
+from jq_autotune.insertion_points import merge_resolved, resolve_points
+from jq_autotune.qdq import get_quantized_tensors, insert_qdq
+from jq_autotune.rules import placement_rules
 
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
 
@@ -61,7 +61,7 @@ def run_at(model, level):
 def test_ort_placement_fuses_into_qlinear_kernels_and_stays_accurate(tmp_path):
     """The automatic rules give 7-bit weights on x86 CPUs without VNNI: there ORT's u8s8 kernels add u8 x s8
     product pairs into a saturating int16, and 8-bit weights made this bound fail (0.075 with the weights the
-    full directory run draws; see the two tests below and autotune.host_cpu)."""
+    full directory run draws; see the two tests below and jq_autotune.host_cpu)."""
     tuner, fp32 = calibrated_tuner(tmp_path)
     q = seeded_model(tuner)
     onnx.checker.check_model(q)

@@ -7,9 +7,9 @@ import pytest
 from fakes import CostModelBenchmark
 from graphs import residual_cnn
 
-from autotune.config import Config
-from autotune.model_io import ModelError, parse_input_shapes, resolve_input_shapes
-from autotune.workflow import autotune
+from jq_autotune.config import Config
+from jq_autotune.model_io import ModelError, parse_input_shapes, resolve_input_shapes
+from jq_autotune.workflow import autotune
 
 CFG = Config(schemes_per_region=6, warmup_runs=1, timing_runs=3)
 X = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
@@ -73,7 +73,7 @@ def test_folds_on_an_external_data_model_leave_the_other_weights_on_disk(tmp_pat
 
 
 def test_large_models_spill_new_tensors_to_external_data(tmp_path):
-    from autotune.model_io import ModelWriter
+    from jq_autotune.model_io import ModelWriter
 
     model = residual_cnn(blocks=1, channels=16)
     writer = ModelWriter(tmp_path, "", model, inline_limit=1000)  # pretend the protobuf limit is 1 kB
@@ -140,7 +140,7 @@ def test_exporter_style_bias_adds_and_zero_gemm_c_are_folded(tmp_path):
     """jax2onnx writes Conv without bias + Add, and Gemm(beta=0, C=0) + Add."""
     from graphs import Builder, fvi
 
-    from autotune.model_io import preprocess
+    from jq_autotune.model_io import preprocess
 
     b = Builder()
     c = b.op("Add", [b.conv("x", 3, 8, bias=False), b.weight((1, 8, 1, 1), 0.5)])

@@ -2,10 +2,10 @@
 
 from graphs import diverging_outputs, long_chain, reconverging_branches, residual_cnn
 
-from autotune.config import Config
-from autotune.graph import GraphIndex
-from autotune.region import RegionType
-from autotune.region_search import BOUNDARY_OPS, CombinedRegionSearch, profiling_order
+from jq_autotune.config import Config
+from jq_autotune.graph import GraphIndex
+from jq_autotune.region import RegionType
+from jq_autotune.region_search import BOUNDARY_OPS, CombinedRegionSearch, profiling_order
 
 
 def ops(graph, nodes):

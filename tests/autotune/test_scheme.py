@@ -2,10 +2,10 @@
 
 import random
 
-from autotune.config import Config
-from autotune.insertion_points import NodeInputInsertionPoint as P
-from autotune.insertion_points import RegionOutputInsertionPoint as O
-from autotune.scheme import InsertionScheme, SchemeGenerator, SchemeResult, hamming, select_best
+from jq_autotune.config import Config
+from jq_autotune.insertion_points import NodeInputInsertionPoint as P
+from jq_autotune.insertion_points import RegionOutputInsertionPoint as O
+from jq_autotune.scheme import InsertionScheme, SchemeGenerator, SchemeResult, hamming, select_best
 
 CANDIDATES = [P(i, 0) for i in range(8)] + [O(None, 0), O(None, 1)]
 

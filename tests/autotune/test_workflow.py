@@ -16,11 +16,11 @@ import yaml
 from fakes import CostModelBenchmark, structure_hash
 from graphs import residual_cnn
 
-from autotune.autotuner import NodeFilterError
-from autotune.cache import PatternCache
-from autotune.config import Config
-from autotune.state import AutotuneState
-from autotune.workflow import autotune
+from jq_autotune.autotuner import NodeFilterError
+from jq_autotune.cache import PatternCache
+from jq_autotune.config import Config
+from jq_autotune.state import AutotuneState
+from jq_autotune.workflow import autotune
 
 HERE = Path(__file__).resolve().parent
 CFG = Config(schemes_per_region=8, warmup_runs=1, timing_runs=3, seed=3)
@@ -164,7 +164,7 @@ def test_calibrated_run_is_accurate(cnn, tmp_path):
 
 
 def test_ragged_calibration_samples(tmp_path):
-    from autotune.calibration import load_calibration_inputs
+    from jq_autotune.calibration import load_calibration_inputs
 
     np.savez(tmp_path / "r.npz", ids__0=np.zeros((1, 5), np.int64), ids__1=np.zeros((1, 9), np.int64))
     samples = load_calibration_inputs(tmp_path / "r.npz")
@@ -189,7 +189,7 @@ def test_accuracy_guard_rejects_schemes_that_drift_from_fp32(cnn, tmp_path):
 
 
 def test_output_cosine():
-    from autotune.accuracy import output_cosine
+    from jq_autotune.accuracy import output_cosine
 
     a = [np.array([1.0, 2.0]), np.zeros(3)]
     assert output_cosine(a, a) == pytest.approx(1.0)

@@ -1,4 +1,4 @@
-"""Bit-trick helpers of kernels/_common.py equal the jq.numerics rounding rules on every input class."""
+"""Bit-trick helpers of jq_kernels/_common.py equal the jq.numerics rounding rules on every input class."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jq import numerics as nx
-from kernels import _common as C
+from jq_kernels import _common as C
 
 
 def _all_bf16_magnitudes():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jq import numerics as nx
-from kernels import fp8 as F
+from jq_kernels import fp8 as F
 
 
 def _eq(a, b):

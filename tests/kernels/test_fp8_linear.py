@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jq import numerics as nx
-from kernels.fp8_linear import fp8_linear, prepare_fp8_weight
+from jq_kernels.fp8_linear import fp8_linear, prepare_fp8_weight
 
 
 def test_fp8_linear_equals_fake_quant_dot():

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kernels import fp8 as F
-from kernels import mx as MX
-from kernels import nvfp4 as K
+from jq_kernels import fp8 as F
+from jq_kernels import mx as MX
+from jq_kernels import nvfp4 as K
 
 
 def _lower(f, *args):

@@ -7,7 +7,7 @@ import pytest
 from jq import numerics as nx
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels import mx as MX
+from jq_kernels import mx as MX
 
 
 def _u8(a):

@@ -8,7 +8,7 @@ import pytest
 from jq import numerics as nx
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels import nvfp4 as K
+from jq_kernels import nvfp4 as K
 
 NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
 NV2 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, -2: 16, "type": "dynamic", "scale_bits": (4, 3)})

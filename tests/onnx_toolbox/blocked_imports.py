@@ -2,7 +2,7 @@
 
 A meta-path finder placed first on ``sys.meta_path`` raises ``ModuleNotFoundError`` for the blocked packages
 and their submodules, as if they were not installed; at exit the code checks that none of them got into
-``sys.modules`` by another route. Used to prove that ``onnx_toolbox`` and ``autotune`` need no JAX.
+``sys.modules`` by another route. Used to prove that ``onnx_toolbox`` and ``jq_autotune`` need no JAX.
 """
 
 import os

@@ -5,7 +5,7 @@ import numpy as np
 
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels.w4a16 import pack_w4
+from jq_kernels.w4a16 import pack_w4
 
 NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
 I4 = QuantizerSpec(num_bits=4, block_sizes={-1: 128})

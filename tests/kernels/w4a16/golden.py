@@ -6,7 +6,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.w4a16 import pack_w4
+from jq_kernels.w4a16 import pack_w4
 
 _STEM = pathlib.Path(__file__).parent / "data" / "w4a16_golden_e520b16"
 

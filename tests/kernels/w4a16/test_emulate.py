@@ -10,7 +10,7 @@ import pytest
 
 from jq import numerics as nx
 from jq import qtensor
-from kernels.w4a16 import emulate_decode
+from jq_kernels.w4a16 import emulate_decode
 from tests.kernels.w4a16 import golden
 from tests.kernels.w4a16._weights import I4, NV1, packed, quantize, weight
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.w4a16 import layout as L
-from kernels.w4a16.emulate import bf16_bits_to_f32
+from jq_kernels.w4a16 import layout as L
+from jq_kernels.w4a16.emulate import bf16_bits_to_f32
 from tests.kernels.w4a16 import golden
 from tests.kernels.w4a16._weights import I4, NV1, packed, quantize, weight
 

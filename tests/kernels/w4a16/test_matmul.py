@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kernels.w4a16 import MosaicConfig, plan, w4a16_matmul, w4a16_matmul_mosaic
+from jq_kernels.w4a16 import MosaicConfig, plan, w4a16_matmul, w4a16_matmul_mosaic
 from tests.kernels.w4a16._weights import I4, NV1, packed, quantize, weight
 
 

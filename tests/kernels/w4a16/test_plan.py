@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.w4a16 import PackedW4
-from kernels.w4a16 import plan as P
+from jq_kernels.w4a16 import PackedW4
+from jq_kernels.w4a16 import plan as P
 
 
 def _packed(tiles, chunks):  # only the packed codes' shape and the format matter to the launch plan

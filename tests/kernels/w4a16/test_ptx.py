@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from kernels.w4a16 import ptx
+from jq_kernels.w4a16 import ptx
 from tests.kernels.w4a16 import golden
 
 _, META = golden.load()

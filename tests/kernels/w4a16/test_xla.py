@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jq import qtensor
-from kernels.w4a16 import int4_xla_weights, w4a16_matmul_xla, w4a16_matmul_xla_int4
+from jq_kernels.w4a16 import int4_xla_weights, w4a16_matmul_xla, w4a16_matmul_xla_int4
 from tests.kernels.w4a16._weights import I4, NV1, quantize
 
 

@@ -3,7 +3,7 @@ import hashlib, json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jq import qtensor
 from jq.config import QuantizerSpec
-from kernels import gemm as G
+from jq_kernels import gemm as G
 
 NV1 = QuantizerSpec(num_bits=(2, 1), block_sizes={-1: 16, "type": "dynamic", "scale_bits": (4, 3)})
 I4 = QuantizerSpec(num_bits=4, block_sizes={-1: 128})

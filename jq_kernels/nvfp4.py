@@ -5,7 +5,7 @@ Numeric contract: :func:`jq.numerics.nvfp4_quantize` / :func:`jq.numerics.nvfp4_
 :func:`jq.qtensor.quantize` (packed E2M1 codes, element ``2i`` in the low nibble, E4M3 block scales, fp32 global
 scale ``amax / 2688``), bit for bit; the fused RHT equals the reference up to the summation order of its 16-term
 Hadamard sums (exact where those sums are exact in float32). Element scaling ``x / s_b`` is correctly rounded
-(``div.rn.f32`` or the Markstein sequence, :mod:`kernels._common`). Layouts and measurements: ``docs/kernels.md``.
+(``div.rn.f32`` or the Markstein sequence, :mod:`jq_kernels._common`). Layouts and measurements: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jq import numerics as nx
-from kernels import _common as C
+from jq_kernels import _common as C
 
 __all__ = [
     "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_fake_quant", "sr_bits", "NVFP4Config",

@@ -20,7 +20,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jq import numerics as nx
-from kernels import _common as C
+from jq_kernels import _common as C
 
 __all__ = ["fp8_quantize", "fp8_dequantize", "fp8_fake_quant", "FP8Config", "fp8_scales"]
 

@@ -130,7 +130,7 @@ STREAM_K_SIZE_RULE = MosaicConfig(rows=2, stages=3)  # the plan default_config s
 
 
 def default_config(pw, b: int) -> MosaicConfig:
-    """The launch configuration :func:`kernels.w4a16.w4a16_matmul` uses when none is given.
+    """The launch configuration :func:`jq_kernels.w4a16.w4a16_matmul` uses when none is given.
 
     ``MosaicConfig()`` (stream-K) for weights large enough that a stream-K plan over 128-row groups
     (:data:`STREAM_K_SIZE_RULE`) gives every SM a CTA; else the grid schedule with 64-row tiles and 3 stages, which

@@ -7,7 +7,7 @@ symmetric ops (``Add``, ``Mul``, ...): their inputs are recorded as a sorted mul
 
 :func:`canonicalize` also fixes a *canonical order* of a region's direct nodes,
 children, boundary inputs and outputs. Pattern-relative insertion points (see
-:mod:`autotune.insertion_points`) index into these orders, which is what makes them
+:mod:`jq_autotune.insertion_points`) index into these orders, which is what makes them
 resolvable on every region of the pattern.
 
 Example::

@@ -1,11 +1,11 @@
-"""Command line: ``python -m autotune --model m.onnx --output DIR [options]``.
+"""Command line: ``python -m jq_autotune --model m.onnx --output DIR [options]``.
 
 Exit codes: 0 success, 1 failure (bad input, unavailable backend, ...), 130 interrupted
 (Ctrl-C / SIGINT; the state is saved and rerunning the same command resumes).
 
 Example::
 
-    python -m autotune --model resnet.onnx --output out/ --mode quick \\
+    python -m jq_autotune --model resnet.onnx --output out/ --mode quick \\
         --calibration-data calib.npz --input-shapes input:1x3x224x224
 """
 
@@ -24,7 +24,7 @@ from .rules import BACKENDS
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every flag in ``--help``)."""
     p = argparse.ArgumentParser(
-        prog="python -m autotune",
+        prog="python -m jq_autotune",
         description="Search Q/DQ placement in an ONNX model for the lowest measured latency.",
     )
     p.add_argument("--model", required=True, help="FP32 ONNX model (external data next to it is fine)")

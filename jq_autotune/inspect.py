@@ -1,4 +1,4 @@
-"""``python -m autotune.inspect --model m.onnx``: print the region tree and patterns.
+"""``python -m jq_autotune.inspect --model m.onnx``: print the region tree and patterns.
 
 Example output::
 
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .model_io import ModelError, load_model, parse_input_shapes, resolve_input_shapes
     from .rules import BACKENDS, placement_rules
 
-    p = argparse.ArgumentParser(prog="python -m autotune.inspect", description="Print the region tree of an ONNX model.")
+    p = argparse.ArgumentParser(prog="python -m jq_autotune.inspect", description="Print the region tree of an ONNX model.")
     p.add_argument("--model", required=True)
     p.add_argument("--input-shapes", default=None, help="shapes of dynamic inputs, e.g. x:1x3x224x224")
     p.add_argument("--benchmark", default="ort", choices=list(BACKENDS), help="placement rules to list candidate points with")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels import _common as C
+from jq_kernels import _common as C
 
 __all__ = ["mx_quantize", "mx_fake_quant", "mx_dequantize", "MXConfig", "MX_FORMATS"]
 

@@ -1,4 +1,4 @@
-"""``python -m autotune``: see :mod:`autotune.cli`."""
+"""``python -m jq_autotune``: see :mod:`jq_autotune.cli`."""
 
 import sys
 

@@ -37,7 +37,7 @@ class Config:
             calibration is given (the resulting model is for latency only).
         reduce_range: INT8 weights in 7 bits (``|q| <= 64``). ``None`` = automatic: on for
             the ONNX Runtime backend on x86 CPUs without VNNI, whose u8s8 kernels add
-            product pairs in a saturating int16 (see :mod:`autotune.host_cpu`).
+            product pairs in a saturating int16 (see :mod:`jq_autotune.host_cpu`).
     Region search:
         maximum_sequence_region_size: cap on nodes in a merged sequence / refined child.
         minimum_topdown_search_size: regions with at least this many nodes are refined.

@@ -1,5 +1,5 @@
 """The decode GEMM's Mosaic GPU kernels: the grid and stream-K schedules (one warpgroup per CTA, or warp-specialized),
-each streaming 64-row weight tiles through a TMA pipeline, decoding them in registers (:mod:`kernels.w4a16.decode`)
+each streaming 64-row weight tiles through a TMA pipeline, decoding them in registers (:mod:`jq_kernels.w4a16.decode`)
 and multiplying them by the token tile ``x^T`` on the tensor cores (swap-AB: the weights are the wgmma M side).
 """
 
@@ -11,10 +11,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels.w4a16.decode import decode_a
-from kernels.w4a16.fixup import fixup_call, fixup_finish_call
-from kernels.w4a16.layout import PackedW4
-from kernels.w4a16.plan import MosaicConfig, plan
+from jq_kernels.w4a16.decode import decode_a
+from jq_kernels.w4a16.fixup import fixup_call, fixup_finish_call
+from jq_kernels.w4a16.layout import PackedW4
+from jq_kernels.w4a16.plan import MosaicConfig, plan
 
 __all__ = ["mosaic_call"]
 
@@ -90,7 +90,7 @@ def _stream_k_kernel(xs, pw, p, ws: bool, fused=None):
     the TMA copies, warpgroups ``0..rows-1`` each decode and multiply one 64-row tile of the group and release
     the SMEM slot when their wgmma is done. Otherwise one warpgroup per CTA does everything (``emit_pipeline``).
 
-    ``fused = (b, out_dtype, factor [1] f32)``: in-kernel epilogue (:mod:`kernels.w4a16.fixup`); the kernel returns
+    ``fused = (b, out_dtype, factor [1] f32)``: in-kernel epilogue (:mod:`jq_kernels.w4a16.fixup`); the kernel returns
     ``y [b, Np]`` in ``out_dtype`` and its f32 workspace (unused by the caller).
     """
     fmt, rows, bk, kc, sgroups = pw.fmt, p["rows"], p["bk"], p["kc"], p["sgroups"]

@@ -20,12 +20,12 @@ non-constant tensor; weight-only subgraphs belong to no region):
    ``maximum_sequence_region_size`` nodes; the children are then sequence-merged as in 2.
 
 Boundaries (inputs/outputs) are computed as in the specification (see
-:meth:`autotune.region.Region.compute_boundaries`). :func:`profiling_order` lists LEAF
+:meth:`jq_autotune.region.Region.compute_boundaries`). :func:`profiling_order` lists LEAF
 regions first, then composites from the innermost level outwards.
 
 Example::
 
-    >>> from autotune.graph import GraphIndex
+    >>> from jq_autotune.graph import GraphIndex
     >>> root = CombinedRegionSearch(GraphIndex(model)).search()   # doctest: +SKIP
     >>> [r.type.name for r in profiling_order(root)]               # doctest: +SKIP
     ['LEAF', 'LEAF', 'COMPOSITE']

@@ -2,12 +2,12 @@
 weights) of a thread's wgmma A fragment from its codes word and scales.
 
 Each generator returns the PTX text of one ``llvm.inline_asm`` (``$0`` the result register, ``$1`` the codes
-word, ``$2`` the scale operand). :mod:`kernels.w4a16.emulate` reproduces every instruction in numpy, bit for bit.
+word, ``$2`` the scale operand). :mod:`jq_kernels.w4a16.emulate` reproduces every instruction in numpy, bit for bit.
 """
 
 from __future__ import annotations
 
-from kernels.w4a16.layout import BF16_SCALE_BIAS, NVFP4_BF16_SHIFTS
+from jq_kernels.w4a16.layout import BF16_SCALE_BIAS, NVFP4_BF16_SHIFTS
 
 __all__ = ["nvfp4_bf16_decode_ptx", "bf16_scale_pair_ptx", "nvfp4_f16_decode_ptx", "int4_decode_ptx",
            "BF16_SCALE_PAIR_BIAS"]
@@ -48,7 +48,7 @@ def nvfp4_bf16_decode_ptx(k: int) -> str:
 
 def bf16_scale_pair_ptx() -> str:
     """PTX: scale-byte pair ``$1`` (row g | row g+8 << 8) -> bf16x2 ``{s_g, s_g+8}`` (``(byte << 4) + 237 << 7``
-    per half, see :func:`kernels.w4a16.layout.bf16_scale_bytes`): one PRMT and one IMAD."""
+    per half, see :func:`jq_kernels.w4a16.layout.bf16_scale_bytes`): one PRMT and one IMAD."""
     return ("{ .reg .b32 q;\n"
             " prmt.b32 q, $1, 0, 0x4140;\n"
             f" mad.lo.u32 $0, q, 16, {hex(BF16_SCALE_PAIR_BIAS)}; }}")

@@ -7,7 +7,7 @@ the fastest scheme that beats no-Q/DQ by the performance threshold.
 
 Example::
 
-    >>> from autotune import Config, autotune          # doctest: +SKIP
+    >>> from jq_autotune import Config, autotune          # doctest: +SKIP
     >>> report = autotune("model.onnx", "out/", Config.for_mode("quick"))   # doctest: +SKIP
     >>> report.speedup                                  # doctest: +SKIP
     1.7

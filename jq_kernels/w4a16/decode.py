@@ -1,5 +1,5 @@
 """The decode GEMM's A operand: a ``[64, 64]`` f16/bf16 wgmma fragment decoded in registers from the packed codes
-and scales in shared memory, one ``llvm.inline_asm`` of :mod:`kernels.w4a16.ptx` per 32-bit register."""
+and scales in shared memory, one ``llvm.inline_asm`` of :mod:`jq_kernels.w4a16.ptx` per 32-bit register."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from jax.experimental.mosaic.gpu import fragmented_array as fa
 from jax.experimental.mosaic.gpu import utils as mu
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels.w4a16.ptx import bf16_scale_pair_ptx, int4_decode_ptx, nvfp4_bf16_decode_ptx, nvfp4_f16_decode_ptx
+from jq_kernels.w4a16.ptx import bf16_scale_pair_ptx, int4_decode_ptx, nvfp4_bf16_decode_ptx, nvfp4_f16_decode_ptx
 
 __all__ = ["decode_a"]
 

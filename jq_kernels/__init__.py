@@ -1,11 +1,11 @@
 """jq's kernels: arrays and static parameters in, arrays out (no quantizer specs, no QTensor).
 
-* :mod:`kernels.nvfp4`, :mod:`kernels.fp8`, :mod:`kernels.mx` -- Pallas-Triton quantize / dequantize / fused
+* :mod:`jq_kernels.nvfp4`, :mod:`jq_kernels.fp8`, :mod:`jq_kernels.mx` -- Pallas-Triton quantize / dequantize / fused
   fake-quant kernels, bit-exact with :mod:`jq.numerics`.
-* :mod:`kernels.fp8_linear` -- the FP8 linear layer through XLA's cuBLASLt fp8 GEMM.
-* :mod:`kernels.w4a16` -- the W4A16 decode GEMM (NVFP4 / INT4 weights) on Mosaic GPU, its offline weight layout,
+* :mod:`jq_kernels.fp8_linear` -- the FP8 linear layer through XLA's cuBLASLt fp8 GEMM.
+* :mod:`jq_kernels.w4a16` -- the W4A16 decode GEMM (NVFP4 / INT4 weights) on Mosaic GPU, its offline weight layout,
   its PTX and their bit-exact CPU emulation.
-* :mod:`kernels._common` -- float-bit arithmetic and exact division shared by the Triton kernels.
+* :mod:`jq_kernels._common` -- float-bit arithmetic and exact division shared by the Triton kernels.
 
 Which kernel serves which quantizer is decided above this package, in :mod:`jq.backends` (from the kernels
 each format declares). Importing ``kernels`` imports nothing else: ``kernels.<module>`` (or ``from
@@ -20,5 +20,5 @@ __all__ = ["nvfp4", "fp8", "mx", "fp8_linear", "w4a16"]
 
 def __getattr__(name):
     if name in __all__:
-        return importlib.import_module(f"kernels.{name}")
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+        return importlib.import_module(f"jq_kernels.{name}")
+    raise AttributeError(f"module 'jq_kernels' has no attribute {name!r}")

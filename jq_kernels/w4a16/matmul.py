@@ -1,7 +1,7 @@
 """The W4A16 decode GEMM entry points: ``y = x @ dequant(W).T`` for ``x [B, K]`` bf16 and a :class:`PackedW4`.
 
 :func:`w4a16_matmul_mosaic` is one Mosaic GPU call for ``B <= 64`` (activation preparation, the kernel of
-:mod:`kernels.w4a16.schedules` and, with the default epilogue, one XLA fusion adding the partial sums);
+:mod:`jq_kernels.w4a16.schedules` and, with the default epilogue, one XLA fusion adding the partial sums);
 :func:`w4a16_matmul` takes any leading dims and batch (64-token chunks) and picks the launch configuration.
 Numerics: the result matches ``x @ dequant(W).T`` to f32-accumulation / output-dtype rounding (docs/kernels.md).
 """
@@ -12,9 +12,9 @@ import contextlib
 
 import jax.numpy as jnp
 
-from kernels.w4a16.layout import PackedW4
-from kernels.w4a16.plan import MosaicConfig, default_config, plan
-from kernels.w4a16.schedules import mosaic_call
+from jq_kernels.w4a16.layout import PackedW4
+from jq_kernels.w4a16.plan import MosaicConfig, default_config, plan
+from jq_kernels.w4a16.schedules import mosaic_call
 
 __all__ = ["w4a16_matmul", "w4a16_matmul_mosaic", "mosaic_config", "prep_x", "MAX_TOKENS"]
 
@@ -84,7 +84,7 @@ _CFG_OVERRIDE: list = []
 @contextlib.contextmanager
 def mosaic_config(cfg: MosaicConfig):
     """Within the block, :func:`w4a16_matmul` calls without ``cfg`` (e.g. from ``jq.deploy``) trace with ``cfg``
-    instead of :func:`~kernels.w4a16.plan.default_config` (benchmarks compare configs end to end this way)."""
+    instead of :func:`~jq_kernels.w4a16.plan.default_config` (benchmarks compare configs end to end this way)."""
     _CFG_OVERRIDE.append(cfg)
     try:
         yield cfg
@@ -98,7 +98,7 @@ def w4a16_matmul(x, pw: PackedW4, *, cfg: MosaicConfig | None = None, out_dtype=
     ``cfg`` None: the :func:`mosaic_config` override if any, else ``default_config(pw, min(64, tokens))``.
     """
     if not isinstance(pw, PackedW4):
-        raise TypeError(f"w4a16_matmul takes a PackedW4 (kernels.w4a16.pack_w4), got {type(pw).__name__}; "
+        raise TypeError(f"w4a16_matmul takes a PackedW4 (jq_kernels.w4a16.pack_w4), got {type(pw).__name__}; "
                         "for a dequantized weight use w4a16_matmul_xla")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])

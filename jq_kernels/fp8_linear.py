@@ -37,7 +37,7 @@ def fp8_linear(x, w_q, w_inv_scale, x_amax, out_dtype=jnp.bfloat16, quantize_x=N
       x_amax: the calibrated per-tensor activation amax; ``q(x)`` is :func:`jq.numerics.fp8_quantize` with it.
       out_dtype: the result dtype.
       quantize_x: optional ``(x2d, amax) -> (float8 values, s_x)`` replacing the jnp quantization (the fused
-        kernel :func:`kernels.fp8.fp8_quantize` on the GPU).
+        kernel :func:`jq_kernels.fp8.fp8_quantize` on the GPU).
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])

@@ -1,6 +1,6 @@
 """Read-only index over an ONNX graph: producers, consumers, constants, dtypes, shapes.
 
-Everything else in :mod:`autotune` addresses nodes by their position in
+Everything else in :mod:`jq_autotune` addresses nodes by their position in
 ``model.graph.node`` and tensors by name; this module answers the structural
 questions those modules ask (who produces ``t``? who consumes it? is it a weight?
 how many elements does it have?).
@@ -8,7 +8,7 @@ how many elements does it have?).
 Example::
 
     >>> import onnx
-    >>> from autotune.graph import GraphIndex
+    >>> from jq_autotune.graph import GraphIndex
     >>> g = GraphIndex(onnx.load("model.onnx"))          # doctest: +SKIP
     >>> g.producer["conv1_out"], g.consumers["conv1_out"]  # doctest: +SKIP
     (0, [(1, 0)])

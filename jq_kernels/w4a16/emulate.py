@@ -1,5 +1,5 @@
 """Bit-exact numpy emulation of the decode GEMM's in-register weight decode (the CPU proof of the layout and of
-the PTX of :mod:`kernels.w4a16.ptx`).
+the PTX of :mod:`jq_kernels.w4a16.ptx`).
 
 ``emulate_decode(pack_w4(...)) * factor`` is the weight the kernel multiplies; the tests compare it with the
 dequantized weight.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.w4a16.layout import NVFP4_BF16_SHIFTS, THREAD_COLS, THREAD_ROWS, PackedW4
-from kernels.w4a16.ptx import BF16_SCALE_PAIR_BIAS
+from jq_kernels.w4a16.layout import NVFP4_BF16_SHIFTS, THREAD_COLS, THREAD_ROWS, PackedW4
+from jq_kernels.w4a16.ptx import BF16_SCALE_PAIR_BIAS
 
 __all__ = ["emulate_decode", "bf16_bits_to_f32", "round_to_bf16", "e4m3_bits_to_f64"]
 
@@ -47,7 +47,7 @@ def _scatter(out, k, e, v):
 
 
 def _emulate_f16(pw: PackedW4) -> np.ndarray:
-    """:func:`~kernels.w4a16.ptx.nvfp4_f16_decode_ptx` / :func:`~kernels.w4a16.ptx.int4_decode_ptx` (f16)."""
+    """:func:`~jq_kernels.w4a16.ptx.nvfp4_f16_decode_ptx` / :func:`~jq_kernels.w4a16.ptx.int4_decode_ptx` (f16)."""
     words = np.asarray(pw.codes, np.uint32)
     tiles, chunks = words.shape[:2]
     out = np.zeros((tiles, chunks, 64, 16), np.float32)
@@ -74,8 +74,8 @@ def _emulate_f16(pw: PackedW4) -> np.ndarray:
 
 
 def _emulate_bf16(pw: PackedW4) -> np.ndarray:
-    """:func:`~kernels.w4a16.ptx.nvfp4_bf16_decode_ptx` / :func:`~kernels.w4a16.ptx.bf16_scale_pair_ptx` /
-    :func:`~kernels.w4a16.ptx.int4_decode_ptx` (bf16)."""
+    """:func:`~jq_kernels.w4a16.ptx.nvfp4_bf16_decode_ptx` / :func:`~jq_kernels.w4a16.ptx.bf16_scale_pair_ptx` /
+    :func:`~jq_kernels.w4a16.ptx.int4_decode_ptx` (bf16)."""
     words = np.asarray(pw.codes, np.uint32)
     tiles, chunks = words.shape[:2]
     out = np.zeros((tiles, chunks, 64, 16), np.float32)
@@ -111,7 +111,7 @@ def emulate_decode(pw: PackedW4) -> np.ndarray:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from kernels.w4a16.layout import pack_w4
+      >>> from jq_kernels.w4a16.layout import pack_w4
       >>> codes = jnp.full((64, 64), 0x22, jnp.uint8)  # E2M1 code 2 = 1.0 everywhere
       >>> pw = pack_w4(codes, jnp.ones((64, 8), jnp.float8_e4m3fn), 1.0, fmt="nvfp4", shape=(64, 128))
       >>> float(emulate_decode(pw)[0, 0] * pw.factor)

@@ -17,7 +17,7 @@
 A scheme being profiled is applied to *every* region of the current pattern (the
 signal is then as strong as the pattern is frequent), on top of the committed best
 schemes of the patterns profiled before. High-level orchestration (files, progress
-bars, resume) lives in :mod:`autotune.workflow`.
+bars, resume) lives in :mod:`jq_autotune.workflow`.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class QDQAutotuner:
     def import_qdq_baseline(self, quantized: dict[str, QuantizedTensor]) -> int:
         """Seed each pattern with the points an existing Q/DQ model quantizes.
 
-        ``quantized`` comes from :func:`autotune.qdq.get_quantized_tensors`. Returns the
+        ``quantized`` comes from :func:`jq_autotune.qdq.get_quantized_tensors`. Returns the
         number of patterns that received a seed.
         """
         self.imported = dict(quantized)

@@ -1,7 +1,7 @@
 """Pattern-relative Q/DQ insertion points, their resolution, and the skip rules.
 
 Three kinds of point address a region *through its pattern* (indices into the
-canonical orders of :class:`autotune.pattern.CanonicalRegion`), so one point means the
+canonical orders of :class:`jq_autotune.pattern.CanonicalRegion`), so one point means the
 structurally same place in every region sharing the pattern:
 
 * :class:`NodeInputInsertionPoint` — input ``input_index`` of canonical direct node

@@ -2,7 +2,7 @@
 
 Example::
 
-    >>> from autotune.benchmark import make_benchmark
+    >>> from jq_autotune.benchmark import make_benchmark
     >>> bench = make_benchmark("ort", feeds={"x": x}, warmup=5, repeats=20)   # doctest: +SKIP
 """
 

@@ -1,6 +1,6 @@
 """End-to-end autotuning run: files, calibration, benchmarks, progress, resume.
 
-:func:`autotune` is what ``python -m autotune`` calls. Output directory layout::
+:func:`jq_autotune` is what ``python -m jq_autotune`` calls. Output directory layout::
 
     baseline.onnx               FP32 model as measured (after preprocessing)
     optimized_final.onnx        best placement with calibrated (or default) scales
@@ -118,9 +118,9 @@ def autotune(
     """Autotune ``model_path`` and write results into ``output_dir`` (see module doc).
 
     Raises:
-        autotune.model_io.ModelError: unreadable model.
+        jq_autotune.model_io.ModelError: unreadable model.
         ValueError: bad input shapes, calibration data, cache, filter or state file.
-        autotune.benchmark.BenchmarkUnavailable: the backend is not installed.
+        jq_autotune.benchmark.BenchmarkUnavailable: the backend is not installed.
         KeyboardInterrupt: after saving the state, so a rerun resumes.
     """
     from tqdm import tqdm

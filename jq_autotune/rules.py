@@ -80,7 +80,7 @@ class PlacementRules:
         min_opset: the default-domain opset the Q/DQ nodes need.
         weight_qmax: largest ``|q|`` of INT8 weights: 127, or 64 (7 bits, ONNX Runtime's
             ``reduce_range``) where ONNX Runtime's u8s8 kernels would saturate
-            (:mod:`autotune.host_cpu`).
+            (:mod:`jq_autotune.host_cpu`).
     """
 
     backend: str
@@ -113,7 +113,7 @@ def placement_rules(backend: str, quant_type: str, reduce_range: bool | None = N
 
     ``reduce_range`` quantizes INT8 weights to 7 bits (``|q| <= 64``). ``None`` (automatic) turns it on
     for the ONNX Runtime backend on a CPU where its u8s8 kernels saturate (x86 without VNNI, see
-    :mod:`autotune.host_cpu`), where full-range weights make the fused kernels compute something else
+    :mod:`jq_autotune.host_cpu`), where full-range weights make the fused kernels compute something else
     than the Q/DQ graph; TensorRT (GPU) never needs it.
 
     Raises:
