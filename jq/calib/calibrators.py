@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -175,18 +176,16 @@ class HistogramCalibrator(Calibrator):
 
     def amax(self, stat, spec, *, step=0, state=None):
         if self.method == "percentile":
-            fn = lambda c, r: H.percentile_amax(c, r, self.percentile)  # noqa: E731
-        elif self.method == "entropy":
-            fn = lambda c, r: H.entropy_amax(c, r, H.quant_levels(spec), self.start_bin, self.stride)  # noqa: E731
-        elif self.method == "mse":
-            def fq(v, a):
-                return spec.format.fake_quant(v, spec, a)
-
-            fn = lambda c, r: H.mse_amax(c, r, fq, self.start_bin, self.stride)  # noqa: E731
-        else:
-            raise ValueError("a 'histogram' calibrator needs a method (percentile, entropy or mse) from the "
-                             "calibration algorithm; resolve it with calibrators.Selection")
-        return H.histogram_amax(fn, stat.counts, stat.range)
+            return H.host_amax(functools.partial(H.percentile_amax, percentile=self.percentile), stat.counts,
+                               stat.range)
+        if self.method == "entropy":
+            return H.host_amax(functools.partial(H.entropy_amax, levels=H.quant_levels(spec),
+                                                 start_bin=self.start_bin, stride=self.stride), stat.counts, stat.range)
+        if self.method == "mse":
+            return H.histogram_amax(functools.partial(H.mse_amax, spec=spec, start_bin=self.start_bin,
+                                                      stride=self.stride), stat.counts, stat.range)
+        raise ValueError("a 'histogram' calibrator needs a method (percentile, entropy or mse) from the calibration "
+                         "algorithm; resolve it with calibrators.Selection")
 
 
 @dataclasses.dataclass(frozen=True)
