@@ -26,7 +26,7 @@ calibrator        amax
 ``mse_sweep``     ``amax0 * m`` for ``m`` in 0.25 .. 4.0 (``start_multiplier``, ``stop_multiplier``,
                   ``step_size``) minimising the squared error per amax entry (ModelOpt's MseCalibrator,
                   :mod:`jq.calib.mse`); two passes for activations. Static NVFP4 blocks: every E4M3 block
-                  scale. ``fp8_scale_sweep=True`` searches only such block scales (other specs: max).
+                  scale. ``fp8_scale_sweep=True`` accepts only such specs (ModelOpt's flag).
 ================  =====================================================================================
 
 Histograms are per tensor (ModelOpt's ``HistogramCalibrator`` raises for an ``axis``; a histogram per
@@ -218,6 +218,9 @@ class MseSweepCalibrator(Calibrator):
         if not spec.format.needs_amax(spec):
             raise ValueError(f"calibrator {self.name!r} cannot calibrate {spec.describe()}: it is dynamic (no "
                              f"calibrated amax); use 'max'")
+        if self.fp8_scale_sweep and (mse.block_sweep_of(spec) is None or spec.format.is_dynamic(spec)):
+            raise ValueError(f"calibrator {self.name!r} with fp8_scale_sweep searches static E4M3 block scales "
+                             f"(NVFP4 with block_sizes type 'static'); {spec.describe()} has none")
 
     def observe(self, x, spec, batch=0, *, step=0, state=None):
         if step == 0:
@@ -231,11 +234,7 @@ class MseSweepCalibrator(Calibrator):
 
     def weight_amax(self, w, spec, batch=0):
         best = mse.block_sweep(w, spec, batch)
-        if best is not None:
-            return best
-        if self.fp8_scale_sweep:  # ModelOpt: only block scales are searched; the rest keep max
-            return spec.format.compute_amax(w, spec, batch)
-        return mse.sweep_amax(w, spec, batch, self.multipliers)
+        return mse.sweep_amax(w, spec, batch, self.multipliers) if best is None else best
 
 
 CALIBRATORS: dict[str, Calibrator] = {

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["multipliers", "reduce_to_amax", "sweep_losses", "sweep_amax", "block_sweep"]
+__all__ = ["multipliers", "reduce_to_amax", "sweep_losses", "pick", "sweep_amax", "block_sweep_of", "block_sweep"]
 
 
 def multipliers(start: float = 0.25, stop: float = 4.0, step: float = 0.1) -> np.ndarray:
@@ -80,7 +80,12 @@ def sweep_amax(x: jax.Array, spec, batch: int, ms) -> jax.Array:
     return pick(sweep_losses(x, spec, batch, amax0, ms), amax0, ms)
 
 
+def block_sweep_of(spec):
+    """The format's own search over its block scales (``format.mse_block_amax``), or None."""
+    return getattr(spec.format, "mse_block_amax", None)
+
+
 def block_sweep(x: jax.Array, spec, batch: int = 0) -> jax.Array | None:
-    """The format's own search over its block scales (None when it has none for ``spec``)."""
-    search = getattr(spec.format, "mse_block_amax", None)
+    """The static block amaxes of the format's block-scale search (None when it has none for ``spec``)."""
+    search = block_sweep_of(spec)
     return None if search is None else search(x, spec, batch)

@@ -64,13 +64,16 @@ def test_bad_calibrator_values_name_the_problem(value, match):
     (MXFP8, "entropy", "mxfp8 b32"),
     ({"num_bits": 8, "type": "dynamic"}, "histogram", "it is dynamic"),
     (MXFP8, "mse_sweep", "it is dynamic"),
+    ({"num_bits": 8}, {"method": "mse_sweep", "fp8_scale_sweep": True}, "searches static E4M3 block scales"),
+    (NVFP4_DYNAMIC, {"method": "mse_sweep", "fp8_scale_sweep": True}, "searches static E4M3 block scales"),
     ({"num_bits": 8, "axis": 0}, "mse", "one histogram per tensor"),
     ({"num_bits": 4, "block_sizes": {-1: 128}}, "percentile", "one histogram per tensor"),
 ])
 def test_histogram_calibrators_reject_what_they_cannot_calibrate(spec, calibrator, match):
     with pytest.raises(ValueError, match=match) as e:
         QuantConfig.from_dict({"quant_cfg": {"*input_quantizer": {**spec, "calibrator": calibrator}}})
-    assert "quant_cfg['*input_quantizer']" in str(e.value) and repr(calibrator) in str(e.value)
+    name = calibrator if isinstance(calibrator, str) else calibrator["method"]
+    assert "quant_cfg['*input_quantizer']" in str(e.value) and repr(name) in str(e.value)
 
 
 def test_sweep_calibrates_per_axis_and_per_block_specs():
