@@ -41,18 +41,22 @@ def _stages(spec) -> tuple:
 
 
 def calibrate_with(qm, data, select: Selection, name: str):
-    """``max_calibrate`` with ``select``; ``ValueError`` when it changes no quantizer's calibrator."""
+    """``max_calibrate`` with ``select``; ``ValueError`` when no quantizer of the model can use the algorithm's
+    calibrators (a config naming other calibrators for some quantizers is fine)."""
     data.trace(qm)
     if not qm.is_traced:
         raise ValueError("no calibration batch was seen and nothing was traced: give calib_data or example_args")
-    traced = qm.traced
-    changed = [n for n, slot in traced.quantizers.items() if qm.spec(n) is not None
-               and any(s.enable and s.format.needs_amax(s) and select(s, slot.is_weight) != s.calibrator
-                       for s in _stages(qm.spec(n)))]
-    if not changed:
+
+    def usable(s, is_weight):
+        cal = select.weights if is_weight else select.activations
+        return s.enable and s.format.needs_amax(s) and (
+            (cal is not None and cal.supports(s)) or select(s, is_weight) != s.calibrator)
+
+    if not any(usable(s, slot.is_weight) for n, slot in qm.traced.quantizers.items() if qm.spec(n) is not None
+               for s in _stages(qm.spec(n))):
         raise ValueError(f"calibration algorithm {name!r} applies to no quantizer of this model: its calibrators "
-                         f"need static amaxes (histograms: per tensor), and quantizers whose config names a "
-                         f"calibrator keep it; use algorithm 'max'")
+                         f"need static amaxes (histograms: per tensor, the E4M3 block-scale search: static NVFP4 "
+                         f"blocks); use algorithm 'max'")
     return qm.replace(qstate=max_calibrate(qm, data, select=select))
 
 

@@ -70,7 +70,6 @@ FP8_PERCENTILE = {"quant_cfg": {**jq.FP8_DEFAULT_CFG["quant_cfg"],
                   "algorithm": "max"}
 CASES = {  # name: (config, shard_map model, rtol of the sharded-jit comparison)
     "max+percentile": (FP8_PERCENTILE, tensor_parallel, 0.0),
-    "entropy": ({**jq.FP8_DEFAULT_CFG, "algorithm": "entropy"}, tensor_parallel, 0.0),
     "smoothquant": (jq.INT8_SMOOTHQUANT_CFG, data_parallel, 0.0),
     "awq_lite": (jq.INT4_AWQ_CFG, data_parallel, 1e-6),  # GSPMD sums mean|x| in another order
 }
