@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -57,7 +58,11 @@ def reduce_to_amax(err: jax.Array, amax: jax.Array, spec, batch: int = 0) -> jax
 
 def sweep_losses(x: jax.Array, spec, batch: int, amax0: jax.Array, ms) -> jax.Array:
     """``losses[..., k]`` (amax's shape, candidates last) for the candidates ``amax0 * ms[k]``."""
-    x = jnp.asarray(x)
+    return _sweep_losses(jnp.asarray(x), jnp.asarray(amax0, jnp.float32), jnp.asarray(ms, jnp.float32), spec, batch)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _sweep_losses(x, amax0, ms, spec, batch):
     xf = x.astype(jnp.float32)
     amax0 = jnp.asarray(amax0, jnp.float32)
 
@@ -65,7 +70,7 @@ def sweep_losses(x: jax.Array, spec, batch: int, amax0: jax.Array, ms) -> jax.Ar
         y = spec.format.fake_quant(x, spec, amax0 * m, batch=batch).astype(jnp.float32)
         return reduce_to_amax((y - xf) ** 2, amax0, spec, batch)
 
-    return jnp.moveaxis(lax.map(one, jnp.asarray(ms, jnp.float32)), 0, -1)
+    return jnp.moveaxis(lax.map(one, ms), 0, -1)
 
 
 def pick(losses: jax.Array, amax0: jax.Array, ms) -> jax.Array:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -202,6 +203,19 @@ def rebin(counts: jax.Array, old_range: jax.Array, new_range: jax.Array) -> jax.
     return flat.reshape(counts.shape)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _histogram(x, num_bins: int, batch: int):
+    if batch:
+        return jax.vmap(lambda v: _histogram(v, num_bins, batch - 1))(x)
+    a = jnp.abs(x.astype(jnp.float32)).reshape(-1)
+    finite = jnp.isfinite(a)
+    a = jnp.where(finite, a, 0.0)
+    r = histogram_range(jnp.max(a, initial=0.0))
+    safe = jnp.where(r > 0, r, 1.0)
+    idx = jnp.clip(jnp.floor(a / safe * num_bins), 0, num_bins - 1).astype(jnp.int32)  # exact: r = 2^k
+    return jnp.bincount(idx, length=num_bins).astype(jnp.float32), r, jnp.all(finite)
+
+
 @_pytree
 @dataclasses.dataclass
 class Histogram(Statistic):
@@ -231,18 +245,8 @@ class Histogram(Statistic):
     @classmethod
     def of(cls, x: jax.Array, num_bins: int = 2048, batch: int = 0) -> Histogram:
         """The histogram of one tensor; its ``batch`` leading axes get one histogram each."""
-        x = jnp.asarray(x)
-        if batch:
-            h = jax.vmap(lambda v: cls.of(v, num_bins, batch - 1))(x)
-            return h
-        a = jnp.abs(x.astype(jnp.float32)).reshape(-1)
-        finite = jnp.isfinite(a)
-        a = jnp.where(finite, a, 0.0)
-        r = histogram_range(jnp.max(a, initial=0.0))
-        safe = jnp.where(r > 0, r, 1.0)
-        idx = jnp.clip(jnp.floor(a / safe * num_bins), 0, num_bins - 1).astype(jnp.int32)  # exact: r = 2^k
-        counts = jnp.bincount(idx, length=num_bins).astype(jnp.float32)
-        return cls(counts, r, jnp.all(finite))
+        counts, r, finite = _histogram(jnp.asarray(x), num_bins, batch)
+        return cls(counts, r, finite)
 
     @property
     def num_bins(self) -> int:

@@ -18,6 +18,7 @@ fused Pallas-Triton quantize / fake-quant / dequantize; the Mosaic W4A16 decode 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -150,23 +151,8 @@ class NVFP4Format(Format):
             return None
         if batch:
             raise NotImplementedError("NVFP4 with static block amaxes on batched (expert) tensors")
-        layout = self.blocks(spec, x.shape)
-        xb = layout.split(jnp.asarray(x)).astype(jnp.float32)
-        g = jnp.max(jnp.abs(xb))
-        gs = nx.nvfp4_global_scale(g)
-        scales = jnp.asarray(np.arange(1, 127, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32))
+        return _mse_block_amax(jnp.asarray(x), spec)
 
-        def block_error(v):  # the arithmetic of nx.nvfp4_quantize with the block scale v
-            s = v * gs
-            q = nx.round_to_minifloat(nx.exact_divide(xb, s), nx.E2M1)
-            return jnp.sum((q * s - xb) ** 2, axis=layout.in_block_axes, keepdims=True)
-
-        v = scales[jnp.argmin(jax.lax.map(block_error, scales), axis=0)]
-        top = scales[-1]
-        holder = layout.block_amax(x) >= g  # the block(s) holding G
-        v = jnp.where(jnp.any(v == top), v, jnp.where(holder, top, v))
-        amax = jnp.minimum(jnp.where(v == top, g, 6.0 * gs * v), g)
-        return layout.squeeze_stats(amax)
 
     # -- description -------------------------------------------------------------------------------------
     def describe(self, spec) -> str:
@@ -280,3 +266,25 @@ class NVFP4Format(Format):
 
 
 NVFP4 = NVFP4Format()
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _mse_block_amax(x, spec):
+    """:meth:`NVFP4Format.mse_block_amax` (compiled once per spec and shape)."""
+    layout = nx.nvfp4_layout(tuple(x.shape), two_d(spec))
+    xb = layout.split(jnp.asarray(x)).astype(jnp.float32)
+    g = jnp.max(jnp.abs(xb))
+    gs = nx.nvfp4_global_scale(g)
+    scales = jnp.asarray(np.arange(1, 127, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32))
+
+    def block_error(v):  # the arithmetic of nx.nvfp4_quantize with the block scale v
+        s = v * gs
+        q = nx.round_to_minifloat(nx.exact_divide(xb, s), nx.E2M1)
+        return jnp.sum((q * s - xb) ** 2, axis=layout.in_block_axes, keepdims=True)
+
+    v = scales[jnp.argmin(jax.lax.map(block_error, scales), axis=0)]
+    top = scales[-1]
+    holder = layout.block_amax(x) >= g  # the block(s) holding G
+    v = jnp.where(jnp.any(v == top), v, jnp.where(holder, top, v))
+    amax = jnp.minimum(jnp.where(v == top, g, 6.0 * gs * v), g)
+    return layout.squeeze_stats(amax)
