@@ -51,7 +51,6 @@ import math
 from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from jq.calib import histogram as H
 from jq.calib import mse

@@ -63,8 +63,8 @@ def test_mse_sweep_of_activations_reads_the_data_twice(plain):
 
 def test_a_configured_calibrator_is_kept_and_histogram_takes_the_algorithms_method(plain):
     qm, xs = plain
-    cfg = {"quant_cfg": {**jq.INT8_DEFAULT_CFG["quant_cfg"],
-                         "*input_quantizer": {"num_bits": 8, "calibrator": {"method": "percentile", "percentile": 90.0}}},
+    pct90 = {"method": "percentile", "percentile": 90.0}
+    cfg = {"quant_cfg": {**jq.INT8_DEFAULT_CFG["quant_cfg"], "*input_quantizer": {"num_bits": 8, "calibrator": pct90}},
            "algorithm": "entropy"}
     h = Histogram.of(jnp.concatenate(xs))
     kept = jq.quantize(qm.params, qm.apply_fn, cfg, calib_data=[(x,) for x in xs], progress=False)
@@ -90,12 +90,14 @@ def test_per_layer_amaxes_in_a_layer_scan(rng):
     kernel = p["params"]["layers"]["fc"]["kernel"]  # (layers, in, out)
     for layer in range(3):
         h = Histogram.of(kernel[layer])
-        assert float(qm.qstate["layers.fc.weight_quantizer"]["amax"][layer]) == H.percentile_amax(h.counts, h.range, 99.0)
+        want = H.percentile_amax(h.counts, h.range, 99.0)
+        assert float(qm.qstate["layers.fc.weight_quantizer"]["amax"][layer]) == want
 
 
 def test_an_algorithm_that_changes_nothing_is_an_error(rng):
     x = jnp.asarray(rng.standard_normal((4, 32)), jnp.float32)
-    qm = jq.quantize({"w": jnp.eye(32)}, lambda p, x: x @ p["w"], jq.MXFP8_DEFAULT_CFG, calib_data=[(x,)], progress=False)
+    qm = jq.quantize({"w": jnp.eye(32)}, lambda p, x: x @ p["w"], jq.MXFP8_DEFAULT_CFG, calib_data=[(x,)],
+                     progress=False)
     with pytest.raises(ValueError, match="calibration algorithm 'entropy' applies to no quantizer of this model"):
         jq.calibrate(qm, [(x,)], algorithm="entropy", progress=False)
     with pytest.raises(ValueError, match="unknown calibration algorithm 'entropie'.*did you mean 'entropy'"):

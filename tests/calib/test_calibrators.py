@@ -96,7 +96,8 @@ def test_selection_explicit_wins_histogram_takes_the_method_max_takes_the_algori
 
 def test_weight_calibrators_see_the_weight_itself(rng):
     w = jnp.asarray(rng.laplace(size=(64, 48)), jnp.float32)  # [in, out]
-    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "calibrator": {"method": "percentile", "percentile": 99.0}},
+    pct99 = {"method": "percentile", "percentile": 99.0}
+    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "calibrator": pct99},
                          "*input_quantizer": {"enable": False}}, "algorithm": "max"}
     qm = jq.quantize({"w": w}, lambda p, x: x @ p["w"], cfg, example_args=(jnp.ones((2, 64)),), progress=False)
     h = Histogram.of(w)
@@ -104,13 +105,14 @@ def test_weight_calibrators_see_the_weight_itself(rng):
     cfg["quant_cfg"]["*weight_quantizer"] = {"num_bits": 4, "axis": 0, "calibrator": "mse_sweep"}
     qm = jq.quantize({"w": w}, lambda p, x: x @ p["w"], cfg, example_args=(jnp.ones((2, 64)),), progress=False)
     spec = QuantizerSpec(num_bits=4, axis=0)
-    np.testing.assert_array_equal(qm.qstate["w.weight_quantizer"]["amax"], mse.sweep_amax(w.T, spec, 0, mse.multipliers()))
+    want = mse.sweep_amax(w.T, spec, 0, mse.multipliers())
+    np.testing.assert_array_equal(qm.qstate["w.weight_quantizer"]["amax"], want)
 
 
 def test_activation_histogram_over_batches_is_the_histogram_of_all_batches(rng):
     xs = [jnp.asarray(rng.laplace(size=(32, 16)) * s, jnp.float32) for s in (1.0, 3.0, 0.5)]
-    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8},
-                         "*input_quantizer": {"num_bits": 8, "calibrator": {"method": "percentile", "percentile": 99.5}}},
+    pct = {"method": "percentile", "percentile": 99.5}
+    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8}, "*input_quantizer": {"num_bits": 8, "calibrator": pct}},
            "algorithm": "max"}
     qm = jq.quantize({"w": jnp.eye(16)}, lambda p, x: x @ p["w"], cfg, calib_data=[(x,) for x in xs], progress=False)
     h = Histogram.of(jnp.concatenate(xs))
@@ -119,12 +121,12 @@ def test_activation_histogram_over_batches_is_the_histogram_of_all_batches(rng):
 
 def test_nan_in_calibration_data_names_the_quantizer_and_batch(rng):
     good = jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)
-    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8}, "*input_quantizer": {"num_bits": 8, "calibrator": "entropy"}},
-           "algorithm": "max"}
+    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8},
+                         "*input_quantizer": {"num_bits": 8, "calibrator": "entropy"}}, "algorithm": "max"}
     with pytest.raises(ValueError, match=r"calibration batch 1 has NaN or inf values reaching quantizer\(s\) "
                                          r"\['w.input_quantizer'\]"):
-        jq.quantize({"w": jnp.eye(16)}, lambda p, x: x @ p["w"], cfg, calib_data=[(good,), (good.at[3, 3].set(jnp.inf),)],
-                    progress=False)
+        jq.quantize({"w": jnp.eye(16)}, lambda p, x: x @ p["w"], cfg,
+                    calib_data=[(good,), (good.at[3, 3].set(jnp.inf),)], progress=False)
 
 
 def test_a_two_pass_calibrator_needs_data_it_can_read_twice(rng):

@@ -15,7 +15,6 @@ def entropy_reference(counts, levels, start_bin, stride=1):
     """TensorRT / ModelOpt entropy calibration, one candidate at a time (the KL as scipy.stats.entropy)."""
     bins = np.asarray(counts, np.float64).copy()
     bins[0] = bins[1]
-    total = bins.sum()
     best_i, best_kl = None, np.inf
     for i in range(start_bin, len(bins) + 1, stride):
         level = np.array([j * levels // i for j in range(i)])

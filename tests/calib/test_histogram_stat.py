@@ -20,7 +20,8 @@ def assert_same(a: Histogram, b: Histogram):
 @pytest.fixture
 def parts(rng):
     """Three tensors whose largest |x| differ by factors of 2^k (ranges 1, 8, 0.25 after rounding up)."""
-    return [jnp.asarray(rng.standard_normal(300) * s, jnp.float32).clip(-r, r) for s, r in ((0.3, 0.9), (3.0, 7.5), (0.05, 0.2))]
+    return [jnp.asarray(rng.standard_normal(300) * s, jnp.float32).clip(-r, r)
+            for s, r in ((0.3, 0.9), (3.0, 7.5), (0.05, 0.2))]
 
 
 def test_counts_by_hand():
@@ -56,7 +57,8 @@ def test_merge_is_the_histogram_of_all_the_data(parts):
 
 def test_rebin_adds_2_to_the_k_neighbours():
     c = jnp.arange(8.0)
-    np.testing.assert_array_equal(rebin(c, jnp.float32(1.0), jnp.float32(4.0)), [0 + 1 + 2 + 3, 4 + 5 + 6 + 7, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(rebin(c, jnp.float32(1.0), jnp.float32(4.0)),
+                                  [0 + 1 + 2 + 3, 4 + 5 + 6 + 7, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(rebin(c, jnp.float32(2.0), jnp.float32(2.0)), c)  # same range: unchanged
     np.testing.assert_array_equal(rebin(c, jnp.float32(0.0), jnp.float32(2.0)), [28, 0, 0, 0, 0, 0, 0, 0])
 
