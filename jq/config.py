@@ -178,7 +178,9 @@ class QuantizerSpec:
       unsigned, narrow_range: integer range options.
       fake_quant: True quantize-dequantizes in float; False marks the tensor for real quantization.
       type: ``"static"`` or ``"dynamic"`` (per-call amax, no calibration).
-      calibrator: how a static amax is calibrated (:mod:`jq.calib.calibrators`): ``"max"``.
+      calibrator: how a static amax is calibrated (:mod:`jq.calib.calibrators`): ``"max"``, ``"histogram"``,
+        ``"percentile"``, ``"entropy"``, ``"mse"``, ``"mse_sweep"``, or ``{"method": ..., **options}``; kept
+        as the frozen calibrator object.
       pass_through_bwd: True: plain straight-through gradient; False: clipped STE (zero where ``|x| > amax``).
       rotate: apply a normalized Hadamard rotation to the last axis before quantizing (QuaRot-style).
       trt_high_precision_dtype: ``"Float"``, ``"Half"`` or ``"BFloat16"`` for exported Q/DQ nodes.
@@ -197,7 +199,7 @@ class QuantizerSpec:
     narrow_range: bool = False
     fake_quant: bool = True
     type: str = "static"
-    calibrator: str = "max"
+    calibrator: str | Mapping | calibrators.Calibrator = "max"
     pass_through_bwd: bool = False
     rotate: bool = False
     trt_high_precision_dtype: str = "Float"
@@ -218,7 +220,7 @@ class QuantizerSpec:
                 raise ValueError(f"{field} must be a bool, got {getattr(self, field)!r}")
         if self.type not in ("static", "dynamic"):
             raise ValueError(f"type must be 'static' or 'dynamic', got {self.type!r}")
-        calibrators.check(self.calibrator)
+        set_("calibrator", calibrators.parse(self.calibrator))
         if self.trt_high_precision_dtype not in ("Float", "Half", "BFloat16"):
             raise ValueError(f"trt_high_precision_dtype must be 'Float', 'Half' or 'BFloat16', "
                              f"got {self.trt_high_precision_dtype!r}")
@@ -236,6 +238,7 @@ class QuantizerSpec:
             raise ValueError("num_bits=(2, 1) (E2M1) needs dynamic block scales: block_sizes={-1: 16, "
                              "'type': 'dynamic', 'scale_bits': (4, 3)} (NVFP4) or {-1: 32, ..., (8, 0)} (MXFP4)")
         self.format.validate(self)  # resolving raises ValueError naming the supported formats
+        self.calibrator.validate(self)
 
     # -- the format and what it derives ---------------------------------------------------------------
     @functools.cached_property
@@ -292,6 +295,7 @@ class QuantizerSpec:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["block_sizes"] = None if self.block_sizes is None else self.block_sizes.to_dict()
+        d["calibrator"] = self.calibrator.to_config()
         return d
 
     def replace(self, **changes) -> QuantizerSpec:

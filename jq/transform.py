@@ -228,7 +228,7 @@ class Evaluator(JaxprVisitor):
         out_specs = tuple(p["out_specs"])
         if collect:
             out_specs = (out_specs, PartitionSpec())  # statistics are reduced across devices, hence replicated
-        kwargs = {key: False for key in ("check_vma", "check_rep") if key in p}
+        kwargs = {key: p[key] for key in ("check_vma", "check_rep") if key in p}
         res = jax.shard_map(f, mesh=p["mesh"], in_specs=in_specs, out_specs=out_specs, **kwargs)(*invals, *q_leaves)
         if collect:
             outs, st = res

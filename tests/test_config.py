@@ -3,6 +3,7 @@
 import warnings
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jq
@@ -128,10 +129,20 @@ def test_unknown_field_suggests_the_closest():
         QuantizerSpec.from_dict({"num_bit": 8})
 
 
-def test_histogram_calibrator_is_rejected_until_built():
-    """A calibrator that jq does not implement is an error, never silently max (issue 11, item 5)."""
+def test_histogram_calibrator_has_its_effect():
+    """``calibrator: "histogram"`` is accepted only because it does something (issue 11, item 5): a histogram
+    of the activation whose amax comes from the algorithm (entropy under max), clipping the heavy tail that max
+    keeps; an unknown calibrator is still an error."""
+    x = jnp.asarray(np.random.default_rng(0).laplace(size=(64, 256)), jnp.float32)
+    cfg = {"quant_cfg": {"*": {"num_bits": 8}, "*input_quantizer": {"num_bits": 8, "calibrator": "histogram"}},
+           "algorithm": "max"}
+    qm = jq.quantize({"w": jnp.eye(256)}, lambda p, x: x @ p["w"], cfg, calib_data=[(x,)], progress=False)
+    amax = float(qm.qstate["w.input_quantizer"]["amax"])
+    assert 1.0 <= amax < 0.95 * float(jnp.max(jnp.abs(x)))
+    assert float(qm.qstate["w.weight_quantizer"]["amax"]) == 1.0  # weights keep max
+    assert QuantizerSpec(num_bits=8, calibrator="histogram").to_dict()["calibrator"] == "histogram"
     with pytest.raises(ValueError, match="calibrator must be one of"):
-        QuantizerSpec(num_bits=8, calibrator="histogram")
+        QuantizerSpec(num_bits=8, calibrator="histgram")
 
 
 def test_round_trip_through_dict():

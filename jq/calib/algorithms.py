@@ -7,6 +7,10 @@ name               algorithm
 ``None``           :class:`~jq.calib.max.NoCalibration` (dynamic formats only)
 ``smoothquant``    :class:`~jq.calib.smoothquant.SmoothQuant` (``alpha``)
 ``awq_lite``       :class:`~jq.calib.awq.AWQLite` (``alpha_step``)
+``percentile``     :class:`~jq.calib.amax_search.PercentileCalibration` (``percentile``, ``num_bins``)
+``entropy``        :class:`~jq.calib.amax_search.EntropyCalibration` (``num_bins``, ``start_bin``, ``stride``)
+``mse``            :class:`~jq.calib.amax_search.MSECalibration` (``step_size``, ``start_multiplier``,
+                   ``stop_multiplier``, ``fp8_scale_sweep``, ``activations``, ``num_bins``)
 =================  ==============================================================================
 
 A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jq.calib.amax_search import EntropyCalibration, MSECalibration, PercentileCalibration
 from jq.calib.awq import AWQLite
 from jq.calib.base import Algorithm
 from jq.calib.max import MaxCalibration, NoCalibration
@@ -31,7 +36,8 @@ from jq.config import did_you_mean
 
 __all__ = ["ALGORITHMS", "make", "names"]
 
-ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite)}
+ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite,
+                                              PercentileCalibration, EntropyCalibration, MSECalibration)}
 
 
 def names() -> list[str]:

@@ -53,21 +53,29 @@ class Collect(Handler):
 
     Attributes:
       data_weights: weight quantizers calibrated from data (see :func:`weights_from_data`).
+      select: which calibrator each quantizer uses (:class:`~jq.calib.calibrators.Selection`).
+      step: the pass of multi-pass calibrators (``step=1`` sees the first pass's amax in the state).
+      only: the quantizers observed (None: all).
     """
 
     data_weights: frozenset = frozenset()
+    select: calibrators.Selection = calibrators.Selection()
+    step: int = 0
+    only: frozenset | None = None
     collects = True
     array_fields = ()
 
     def quantizer(self, q: QuantizerCall, x):
         if q.is_weight and q.name not in self.data_weights:
             return x  # calibrated from the params
+        if self.only is not None and q.name not in self.only:
+            return x
         first = next((s for s in q.stages if s.enable), None)
         if first is None:
             return x
         v = q.view.to_canonical(x) if q.view is not None else x
         if first.format.needs_amax(first):
-            stat = calibrators.get(first.calibrator).observe(v, first, q.batch)
+            stat = self.select(first, q.is_weight).observe(v, first, q.batch, step=self.step, state=q.state)
         else:
             stat = Finite.of(v)
         q.scope.record((q.name, stat.kind), stat)

@@ -48,25 +48,46 @@ def share_siblings(traced, qstate: dict, weights: bool) -> None:
                 qstate[n] = {**qstate[n], "amax": shared}
 
 
-def max_calibrate(qm, data: CalibData, qstate: dict | None = None) -> dict:
-    """Weights from the params and activations from one pass over ``data``; returns the new quantizer state."""
+def max_calibrate(qm, data: CalibData, qstate: dict | None = None, select=None) -> dict:
+    """Weights from the params and activations from one pass over ``data`` (two for two-pass calibrators);
+    returns the new quantizer state. ``select`` picks each quantizer's calibrator (default: its spec's)."""
     qstate = {k: dict(v) for k, v in (qm.qstate if qstate is None else qstate).items()}
-    stats = {}
+    select = select or calibrators.Selection()
     if not data.empty:  # the pass traces the model on its first batch; it must know the traced weights first
         data.trace(qm)
-        stats = data.collect(qm, Collect(weights_from_data(qm.traced)), qstate=qstate)
+    data_weights = weights_from_data(qm.traced) if qm.is_traced else frozenset()
+    if data.batches is not None and not hasattr(data.batches, "__len__") and qm.is_traced:
+        twice = [n for n, s in qm.specs().items() if s is not None and select(
+            next(st for st in (s if isinstance(s, tuple) else (s,)) if st.enable), qm.traced.quantizers[n].is_weight
+        ).passes > 1 and (n in data_weights or not qm.traced.quantizers[n].is_weight)]
+        if twice:
+            raise ValueError(f"the calibrators of {twice[:3]} read the data twice: pass a list of batches or a "
+                             f"forward_loop, not a one-shot iterator")
+    stats = {} if data.empty else data.collect(qm, Collect(data_weights, select), qstate=qstate)
     if not qm.is_traced:
         raise ValueError("no calibration batch was seen and nothing was traced: give calib_data or example_args")
     traced = qm.traced
     specs = qm.specs(traced)
-    for name, entry in calibrate_weights(traced, specs, jax.tree_util.tree_leaves(qm.params), qstate).items():
+    leaves = jax.tree_util.tree_leaves(qm.params)
+    for name, entry in calibrate_weights(traced, specs, leaves, qstate, select).items():
         qstate.setdefault(name, {}).update(entry)
-    for (name, kind), stat in stats.items():
-        spec = specs.get(name)
-        if spec is None or kind == "finite":
-            continue
-        first = next(s for s in (spec if isinstance(spec, tuple) else (spec,)) if s.enable)
-        qstate.setdefault(name, {})["amax"] = calibrators.get(first.calibrator).amax(stat, first)
+    step, again = 0, set()
+    while stats:
+        for (name, kind), stat in stats.items():
+            spec = specs.get(name)
+            if spec is None or kind == "finite":
+                continue
+            first = next(s for s in (spec if isinstance(spec, tuple) else (spec,)) if s.enable)
+            cal = select(first, traced.quantizers[name].is_weight)
+            entry = qstate.setdefault(name, {})
+            entry["amax"] = cal.amax(stat, first, step=step, state=entry)
+            if cal.passes > step + 1:
+                again.add(name)
+        step, stats = step + 1, {}
+        if again:  # the next pass of multi-pass calibrators, with this pass's amax in the state
+            only, again = frozenset(again), set()
+            stats = data.collect(qm, Collect(data_weights, select, step, only), qstate=qstate,
+                                 desc=f"calibrate pass {step + 1}")
     share_siblings(traced, qstate, data.share_sibling_weight_amax)
     missing = [n for n, s in traced.quantizers.items() if specs.get(n) is not None and not s.is_weight
                and needs_calibration(specs[n]) and "amax" not in qstate.get(n, {})]

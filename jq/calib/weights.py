@@ -76,9 +76,11 @@ def canonical_weights(site, params_leaves, qstate=None) -> tuple[jax.Array, int]
     return c, len(depths)
 
 
-def calibrate_weights(traced, specs, params_leaves, qstate=None) -> dict:
-    """``{quantizer name: {"amax": ...}}`` for every enabled weight quantizer whose weight is replayable."""
+def calibrate_weights(traced, specs, params_leaves, qstate=None, select=None) -> dict:
+    """``{quantizer name: {"amax": ...}}`` for every enabled weight quantizer whose weight is replayable;
+    ``select`` picks each stage's calibrator (default: the spec's, :class:`~jq.calib.calibrators.Selection`)."""
     qstate = qstate or {}
+    select = select or calibrators.Selection()
     state = {}
     for name, slot in traced.quantizers.items():
         spec = specs.get(name)
@@ -96,7 +98,7 @@ def calibrate_weights(traced, specs, params_leaves, qstate=None) -> dict:
                 if s.enable and i + 1 < len(stages):
                     c = apply_stage(c, None, s, site.view.batch, n_layers)
                 continue
-            cal = calibrators.get(s.calibrator)
+            cal = select(s, True)
             amax = per_layer(lambda v, s=s, cal=cal: cal.weight_amax(v, s, site.view.batch), c, n_layers)
             entry[stage_amax_key(i)] = _to_layer_axes(amax, depths, slot.layer_axes)
             if i + 1 < len(stages):

@@ -17,6 +17,9 @@ fused Pallas-Triton quantize / fake-quant / dequantize; the Mosaic W4A16 decode 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -128,6 +131,28 @@ class NVFP4Format(Format):
         layout = self.blocks(spec, x.shape)
         bound = layout.merge(jnp.broadcast_to(layout.expand_stats(amax), layout.blocked_shape))
         return jnp.abs(x) <= bound
+
+    # -- MSE calibration ----------------------------------------------------------------------------------
+    def static_variant(self, spec):
+        """``spec`` with static (calibrated) block amaxes: what an MSE block-scale search writes to."""
+        return spec.replace(block_sizes=dataclasses.replace(spec.block_sizes, type="static"))
+
+    def mse_block_amax(self, x, spec, batch=0):
+        """Static block amaxes minimising each block's squared error (ModelOpt's NVFP4 MSE, ``fp8_scale_sweep``).
+
+        With ``G = max|x|`` and ``gs = G / 2688`` fixed, every block tries each of the 126 positive E4M3 values
+        ``v`` as its scale (``s_b = v gs``) and keeps the ``v`` with the smallest ``sum (E2M1(x/s_b) s_b - x)^2``;
+        its amax is ``6 v gs`` (``G`` for ``v = 448``, so the global scale stays ``gs``). Max calibration's scale
+        is one of the candidates, so no block is worse than with max; if no block picks 448, the block holding
+        ``G`` keeps its max-calibrated 448 (the stored amaxes define ``gs`` through their maximum). None unless
+        ``spec`` has static blocks.
+        """
+        if not static_blocks(spec):
+            return None
+        if batch:
+            raise NotImplementedError("NVFP4 with static block amaxes on batched (expert) tensors")
+        return _mse_block_amax(jnp.asarray(x), spec)
+
 
     # -- description -------------------------------------------------------------------------------------
     def describe(self, spec) -> str:
@@ -241,3 +266,25 @@ class NVFP4Format(Format):
 
 
 NVFP4 = NVFP4Format()
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _mse_block_amax(x, spec):
+    """:meth:`NVFP4Format.mse_block_amax` (compiled once per spec and shape)."""
+    layout = nx.nvfp4_layout(tuple(x.shape), two_d(spec))
+    xb = layout.split(jnp.asarray(x)).astype(jnp.float32)
+    g = jnp.max(jnp.abs(xb))
+    gs = nx.nvfp4_global_scale(g)
+    scales = jnp.asarray(np.arange(1, 127, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32))
+
+    def block_error(v):  # the arithmetic of nx.nvfp4_quantize with the block scale v
+        s = v * gs
+        q = nx.round_to_minifloat(nx.exact_divide(xb, s), nx.E2M1)
+        return jnp.sum((q * s - xb) ** 2, axis=layout.in_block_axes, keepdims=True)
+
+    v = scales[jnp.argmin(jax.lax.map(block_error, scales), axis=0)]
+    top = scales[-1]
+    holder = layout.block_amax(x) >= g  # the block(s) holding G
+    v = jnp.where(jnp.any(v == top), v, jnp.where(holder, top, v))
+    amax = jnp.minimum(jnp.where(v == top, g, 6.0 * gs * v), g)
+    return layout.squeeze_stats(amax)
