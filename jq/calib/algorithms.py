@@ -7,6 +7,10 @@ name               algorithm
 ``None``           :class:`~jq.calib.max.NoCalibration` (dynamic formats only)
 ``smoothquant``    :class:`~jq.calib.smoothquant.SmoothQuant` (``alpha``)
 ``awq_lite``       :class:`~jq.calib.awq.AWQLite` (``alpha_step``)
+``awq_clip``       :class:`~jq.calib.awq_clip.AWQClip` (``max_co_batch_size``, ``max_tokens_per_batch``,
+                   ``min_clip_ratio``, ``shrink_step``)
+``awq_full``       :class:`~jq.calib.awq_full.AWQFull` (``awq_lite``'s and ``awq_clip``'s options)
+``gptq``           :class:`~jq.calib.gptq.GPTQ` (``perc_damp``, ``block_size``, ``act_order``, ``sequential``)
 =================  ==============================================================================
 
 A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
@@ -23,7 +27,10 @@ from __future__ import annotations
 import dataclasses
 
 from jq.calib.awq import AWQLite
+from jq.calib.awq_clip import AWQClip
+from jq.calib.awq_full import AWQFull
 from jq.calib.base import Algorithm
+from jq.calib.gptq import GPTQ
 from jq.calib.max import MaxCalibration, NoCalibration
 from jq.calib.smoothquant import SmoothQuant
 from jq.config import Algorithm as AlgorithmConfig
@@ -31,7 +38,8 @@ from jq.config import did_you_mean
 
 __all__ = ["ALGORITHMS", "make", "names"]
 
-ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite)}
+ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite,
+                                                    AWQClip, AWQFull, GPTQ)}
 
 
 def names() -> list[str]:
