@@ -15,7 +15,8 @@ Steps (``sequential=True``):
    params (through the inverse of its layout chain) and its amaxes into the quantizer state.
 
 Passes over the data: ``1 + number of levels`` (4 per transformer block), or 2 with ``sequential=False``
-(all Hessians from the model with its original weights, ModelOpt's non-layerwise GPTQ). Input quantizers
+(all Hessians in one pass of the model with unquantized weights and quantized inputs, ModelOpt's
+non-layerwise GPTQ). Input quantizers
 keep the amax of pass 1 (calibrated on the unquantized model), which is also the one the Hessians use.
 Inside a layer scan every pass evaluates all layers, and the Hessians of a level's scanned sites are stacked
 over the layers (memory: layers x in²), computed only for the active layer.
@@ -111,10 +112,15 @@ def gptq_targets(qm, traced) -> tuple[list, list[tuple[str, str]]]:
 @dataclasses.dataclass(frozen=True)
 class HessianCollect(FakeQuant):
     """The fake-quantized model, recording ``Σ xᵀx`` and the token count at ``sites`` (inside a layer scan
-    only for the layers whose weight-quantizer state holds ``gptq.active = 1``)."""
+    only for the layers whose weight-quantizer state holds ``gptq.active = 1``); with ``quantize_weights``
+    False, weights stay unquantized (ModelOpt's non-layerwise GPTQ)."""
 
     sites: frozenset = frozenset()
+    quantize_weights: bool = True
     collects = True
+
+    def quantizer(self, q, x):
+        return super().quantizer(q, x) if (self.quantize_weights or not q.is_weight) else x
 
     def site(self, call):
         site = call.site
@@ -190,7 +196,7 @@ class GPTQ(Algorithm):
         n = len(levels)
         for k, level in enumerate(progress(levels, desc="jq gptq", unit="level", enabled=data.progress)):
             current = qm.replace(params=jax.tree_util.tree_unflatten(treedef, leaves), qstate=qstate)
-            stats = data.collect(current, HessianCollect(frozenset(u[0] for u in level)),
+            stats = data.collect(current, HessianCollect(frozenset(u[0] for u in level), self.sequential),
                                  qstate=_with_active(qstate, level, sites), desc=f"gptq level {k + 1}/{n}")
             self._update(level, stats, sites, qm, leaves, qstate)
         return qm.replace(params=jax.tree_util.tree_unflatten(treedef, leaves), qstate=qstate)
