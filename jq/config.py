@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
@@ -80,6 +81,17 @@ _FP_NAMES = {"e4m3": (4, 3), "e5m2": (5, 2), "e2m1": (2, 1), "fp8": (4, 3), "fp4
 _INT_NAMES = {f"int{b}": b for b in range(2, 9)}
 _MODELOPT_FP = {(4, 3), (5, 2), (2, 1), (1, 2), (0, 3), (3, 0), (3, 2), (2, 3)}
 _BLOCK_STRING_KEYS = ("type", "scale_bits", "scale_block_sizes")
+_FORMAT_SPELLINGS = {  # the right spelling of formats named by a "format" key
+    "fp8": "FP8 E4M3 is {'num_bits': (4, 3)} (or 'e4m3'), E5M2 {'num_bits': (5, 2)}",
+    "e4m3": "FP8 E4M3 is {'num_bits': (4, 3)} (or 'e4m3')",
+    "int8": "INT8 is {'num_bits': 8}",
+    "int4": "INT4 in blocks of 128 is {'num_bits': 4, 'block_sizes': {-1: 128}}",
+    "nvfp4": "NVFP4 is {'num_bits': (2, 1), 'block_sizes': {-1: 16, 'type': 'dynamic', 'scale_bits': (4, 3)}}",
+    "mxfp8": "MXFP8 is {'num_bits': (4, 3), 'block_sizes': {-1: 32, 'type': 'dynamic', 'scale_bits': (8, 0)}}",
+    "mxfp4": "MXFP4 is {'num_bits': (2, 1), 'block_sizes': {-1: 32, 'type': 'dynamic', 'scale_bits': (8, 0)}}",
+}
+_FORMAT_HELP = ("FP8 E4M3 is {'num_bits': (4, 3)}, INT8 {'num_bits': 8}, NVFP4 {'num_bits': (2, 1), 'block_sizes': "
+                "{-1: 16, 'type': 'dynamic', 'scale_bits': (4, 3)}} (see jq.formats.supported())")
 
 
 def _bits(value: Any, field: str) -> int | tuple[int, int]:
@@ -90,7 +102,10 @@ def _bits(value: Any, field: str) -> int | tuple[int, int]:
             return _FP_NAMES[key]
         if key in _INT_NAMES:
             return _INT_NAMES[key]
-        raise ValueError(f"{field}: unknown format name {value!r}; use an int, an (E, M) tuple or one of "
+        em = re.fullmatch(r"e(\d)m(\d)", key)  # ModelOpt's recipe spellings: e4m3, e3m2, e2m3, e8m0 ...
+        if em:
+            return (int(em.group(1)), int(em.group(2)))
+        raise ValueError(f"{field}: unknown format name {value!r}; use an int, an (E, M) tuple, 'eXmY' or one of "
                          f"{sorted(_FP_NAMES) + sorted(_INT_NAMES)}")
     if isinstance(value, bool):
         raise ValueError(f"{field} must be an int or an (E, M) tuple, got {value!r}")
@@ -283,6 +298,9 @@ class QuantizerSpec:
                 if k == "bias" and v is not None:
                     raise ValueError(f"{where}affine 'bias' quantization is not supported by jq")
                 continue
+            if k == "format":  # not a ModelOpt field (seed 001 writes {"num_bits": 8, "format": "fp8"})
+                raise ValueError(f"{where}'format' is not a quantizer field: ModelOpt (and jq) spell the format "
+                                 f"with num_bits and block_sizes: {_FORMAT_SPELLINGS.get(str(v).lower(), _FORMAT_HELP)}")
             if k not in fields:
                 raise ValueError(f"{where}unknown QuantizerSpec field {k!r}{did_you_mean(k, fields)}; "
                                  f"allowed: {sorted(fields)}")

@@ -92,11 +92,20 @@ def _foldable(origin) -> bool:
                for s in origin.chain)
 
 
+def _scale_in(c, p, batch: int, divide: bool):
+    """Canonical weights ``c`` divided (or multiplied) by ``p`` along their input channels."""
+    shape = [1] * c.ndim
+    shape[batch + 1] = c.shape[batch + 1]
+    p = jax.numpy.reshape(p, shape)
+    return c / p if divide else c * p
+
+
 def fold_weights(qm: QuantizedModel) -> QuantizedModel:
     """Replace weights by their fake-quantized values and disable their weight quantizers (ModelOpt's
     ``fold_weight``): inference then skips weight quantization. A weight is folded when it reaches its
     sites through layout-only ops (a permutation of the params leaf) and is used nowhere else; others are
-    left as they are (with a warning). Exact when the leaf dtype equals the operand dtype.
+    left as they are (with a warning). Exact when the leaf dtype equals the operand dtype (to the last float
+    bit with a ``pre_quant_scale``, where the folded weight is ``fq(W / s) * s``).
     """
     traced = qm.traced
     leaves, treedef = jax.tree_util.tree_flatten(qm.params)
@@ -122,10 +131,15 @@ def fold_weights(qm: QuantizedModel) -> QuantizedModel:
             return per_layer(view.to_canonical, replay_weight(w, origin.chain), n_layers)
 
         c = forward(leaves[leaf])
+        pqs = qm.qstate.get(f"{slot.sites[0].name}.input_quantizer", {}).get("pre_quant_scale")
+        if pqs is not None:  # the model quantizes W / pre_quant_scale (AWQ, SmoothQuant): fold fq(W / s) * s
+            c = per_layer(lambda v, p, b=view.batch: _scale_in(v, p, b, divide=True), c, n_layers, pqs)
         for i, s in enumerate(stages):
             if not s.enable:
                 continue
             c = apply_stage(c, state.get(stage_amax_key(i)), s, view.batch, n_layers)
+        if pqs is not None:
+            c = per_layer(lambda v, p, b=view.batch: _scale_in(v, p, b, divide=False), c, n_layers, pqs)
         (new_leaf,) = jax.linear_transpose(forward, leaves[leaf])(c.astype(forward(leaves[leaf]).dtype))
         leaves[leaf] = new_leaf.astype(leaves[leaf].dtype)
         folded.extend(names)

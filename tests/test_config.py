@@ -161,3 +161,22 @@ def test_unused_patterns_skip_standard_exclusions():
         warnings.simplefilter("always")
         warn_unused(cfg, names)
     assert any("*typo_layer*" in str(x.message) for x in w)
+
+
+def test_modelopt_recipe_spellings_of_num_bits_and_scale_bits():
+    # ModelOpt's recipe YAMLs (configs/numerics/*.yaml) write formats as strings
+    nvfp4 = QuantizerSpec.from_dict({"num_bits": "e2m1", "block_sizes": {-1: 16, "type": "dynamic",
+                                                                         "scale_bits": "e4m3"}})
+    assert nvfp4.kind == "nvfp4" and nvfp4.block_sizes.scale_bits == (4, 3)
+    mxfp6 = QuantizerSpec.from_dict({"num_bits": "e3m2", "block_sizes": {-1: 32, "type": "dynamic",
+                                                                         "scale_bits": "e8m0"}})
+    assert mxfp6.kind == "mxfp6_e3m2" and mxfp6.block_sizes.scale_bits == (8, 0)
+    assert QuantizerSpec.from_dict({"num_bits": "E2M3", "block_sizes": {-1: 32, "type": "dynamic",
+                                                                        "scale_bits": (8, 0)}}).kind == "mxfp6_e2m3"
+
+
+@pytest.mark.parametrize("fmt, right", [("fp8", r"'num_bits': \(4, 3\)"), ("nvfp4", r"'scale_bits': \(4, 3\)"),
+                                        ("int4", r"'block_sizes': \{-1: 128\}"), ("foo", r"jq.formats.supported")])
+def test_format_key_of_seed_001_names_the_modelopt_spelling(fmt, right):
+    with pytest.raises(ValueError, match=rf"\*weight_quantizer.*'format' is not a quantizer field.*{right}"):
+        QuantConfig.from_dict({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "format": fmt}}})

@@ -17,12 +17,17 @@ EXPECTED = {  # preset: (weight format, input format or None, algorithm)
     "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG": ("e4m3 b128x128", None, "max"),
     "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": ("int4 b128", None, "max"),
     "INT4_AWQ_CFG": ("int4 b128", None, "awq_lite"),
+    "INT4_AWQ_CLIP_CFG": ("int4 b128", None, "awq_clip"),
+    "INT4_AWQ_FULL_CFG": ("int4 b128", None, "awq_full"),
     "W4A8_AWQ_BETA_CFG": ("int4 b128 -> e4m3 per-tensor", "e4m3 per-tensor", "awq_lite"),
     "NVFP4_DEFAULT_CFG": ("nvfp4 b16", "nvfp4 b16", "max"),
     "NVFP4_AWQ_LITE_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_lite"),
+    "NVFP4_AWQ_CLIP_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_clip"),
+    "NVFP4_AWQ_FULL_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_full"),
     "W4A16_NVFP4_CFG": ("nvfp4 b16", None, "max"),
     "MXFP8_DEFAULT_CFG": ("mxfp8 b32", "mxfp8 b32", None),
     "MXFP4_DEFAULT_CFG": ("mxfp4 b32", "mxfp4 b32", None),
+    "MXFP6_DEFAULT_CFG": ("mxfp6_e3m2 b32", "mxfp6_e3m2 b32", None),
     "MXINT8_DEFAULT_CFG": ("mxint8 b32", "mxint8 b32", None),
     "FP8_KV_CFG": (None, None, "max"),
     "NVFP4_KV_CFG": (None, None, "max"),
@@ -72,12 +77,45 @@ def test_presets_are_modelopt_dicts_that_copy_and_edit():
         get_preset("int3")
 
 
-def test_unbuilt_algorithm_is_an_error_not_silence():
+def test_unknown_algorithm_lists_the_valid_ones():
     import jax.numpy as jnp
 
-    cfg = {**jq.INT4_AWQ_CFG, "algorithm": "awq_magic"}
-    with pytest.raises(ValueError, match="unknown calibration algorithm 'awq_magic'.*jq implements"):
+    cfg = {**jq.INT4_AWQ_CFG, "algorithm": "awq_clipp"}
+    with pytest.raises(ValueError, match=r"'awq_clipp' \(did you mean 'awq_clip'\?\).*'awq_full'.*'gptq'"):
         jq.quantize({"w": jnp.ones((4, 4))}, lambda p, x: x @ p["w"], cfg, example_args=(jnp.ones((2, 4)),))
+
+
+# ModelOpt's MLP-only presets: which quantizers each one enables (ModelOpt's recipe units, by name).
+ONLY = {
+    "NVFP4_MLP_ONLY_CFG": ({"h.0.mlp.c_fc", "m.layers.0.mlp.experts.3.w1", "m.0.block_sparse_moe.experts.1.w2",
+                            "b.mixer.up_proj", "b.mixer.down_proj"}, True),
+    "NVFP4_OMLP_ONLY_CFG": ({"h.0.mlp.c_fc", "layers.0.self_attn.o_proj", "b.mixer.up_proj", "b.mixer.down_proj",
+                             "m.0.block_sparse_moe.experts.1.w2", "m.layers.0.mlp.experts.3.w1"}, True),
+    "NVFP4_EXPERTS_ONLY_CFG": ({"m.0.block_sparse_moe.experts.1.w2", "m.layers.0.mlp.experts.3.w1"}, True),
+    "MXFP4_MLP_WEIGHT_ONLY_CFG": ({"h.0.mlp.c_fc", "m.0.block_sparse_moe.experts.1.w2",
+                                   "m.layers.0.mlp.experts.3.w1"}, False),
+}
+SITES = ["h.0.mlp.c_fc", "m.layers.0.mlp.experts.3.w1", "m.0.block_sparse_moe.experts.1.w2", "b.mixer.up_proj",
+         "b.mixer.down_proj", "layers.0.self_attn.o_proj", "layers.0.self_attn.q_proj", "layers.0.mlp.gate.proj",
+         "lm_head"]
+
+
+@pytest.mark.parametrize("name", sorted(ONLY))
+def test_mlp_only_presets_enable_exactly_their_layers(name):
+    cfg = as_config(PRESETS[name])
+    enabled, with_inputs = ONLY[name]
+    fmt = "mxfp4 b32" if name.startswith("MX") else "nvfp4 b16"
+    for site in SITES:
+        want = fmt if site in enabled else None
+        assert _fmt(cfg.resolve(f"{site}.weight_quantizer")) == want, (name, site)
+        assert _fmt(cfg.resolve(f"{site}.input_quantizer")) == (want if with_inputs else None), (name, site)
+
+
+@pytest.mark.parametrize("name, why", [("FP8_AFFINE_KV_CFG", "asymmetric"), ("NVFP4_AFFINE_KV", "asymmetric"),
+                                       ("nvfp4_mlp_weight_only", "32-element blocks")])
+def test_modelopt_presets_jq_cannot_honour_say_why(name, why):
+    with pytest.raises(ValueError, match=f"not available in jq.*{why}"):
+        get_preset(name)
 
 
 def test_projections_named_like_embeddings_stay_quantized():

@@ -11,6 +11,10 @@ name               algorithm
 ``entropy``        :class:`~jq.calib.amax_search.EntropyCalibration` (``num_bins``, ``start_bin``, ``stride``)
 ``mse``            :class:`~jq.calib.amax_search.MSECalibration` (``step_size``, ``start_multiplier``,
                    ``stop_multiplier``, ``fp8_scale_sweep``, ``activations``, ``num_bins``)
+``awq_clip``       :class:`~jq.calib.awq_clip.AWQClip` (``max_co_batch_size``, ``max_tokens_per_batch``,
+                   ``min_clip_ratio``, ``shrink_step``)
+``awq_full``       :class:`~jq.calib.awq_full.AWQFull` (``awq_lite``'s and ``awq_clip``'s options)
+``gptq``           :class:`~jq.calib.gptq.GPTQ` (``perc_damp``, ``block_size``, ``act_order``, ``sequential``)
 =================  ==============================================================================
 
 A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
@@ -28,7 +32,10 @@ import dataclasses
 
 from jq.calib.amax_search import EntropyCalibration, MSECalibration, PercentileCalibration
 from jq.calib.awq import AWQLite
+from jq.calib.awq_clip import AWQClip
+from jq.calib.awq_full import AWQFull
 from jq.calib.base import Algorithm
+from jq.calib.gptq import GPTQ
 from jq.calib.max import MaxCalibration, NoCalibration
 from jq.calib.smoothquant import SmoothQuant
 from jq.config import Algorithm as AlgorithmConfig
@@ -37,7 +44,8 @@ from jq.config import did_you_mean
 __all__ = ["ALGORITHMS", "make", "names"]
 
 ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite,
-                                              PercentileCalibration, EntropyCalibration, MSECalibration)}
+                                              PercentileCalibration, EntropyCalibration, MSECalibration,
+                                              AWQClip, AWQFull, GPTQ)}
 
 
 def names() -> list[str]:

@@ -63,7 +63,8 @@ _NP_ELEM = {ir.DataType.INT8: np.int8, ir.DataType.UINT8: np.uint8, ir.DataType.
             ir.DataType.FLOAT8E5M2: ml_dtypes.float8_e5m2, ir.DataType.FLOAT4E2M1: ml_dtypes.float4_e2m1fn}
 # Layout-only primitives the constant folder may evaluate to recognise a weight behind a cast or transpose.
 _CONST_PRIMITIVES = (jax.lax.convert_element_type_p, jax.lax.reshape_p, jax.lax.transpose_p,
-                     jax.lax.squeeze_p, jax.lax.broadcast_in_dim_p, jax.lax.copy_p)
+                     jax.lax.squeeze_p, jax.lax.broadcast_in_dim_p, jax.lax.copy_p,
+                     jax.lax.mul_p, jax.lax.div_p)  # W / pre_quant_scale (AWQ, SmoothQuant) is a constant weight
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,10 @@ recipes for customising them work unchanged::
 Every preset starts by disabling everything (``"default"``) and ends with the standard exclusions
 (lm_head, routers and MoE gates, output layers, embeddings, norms). KV-cache presets are fragments meant to
 be merged into a main preset with :func:`merge_presets`.
+
+``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for ``INT4_AWQ_CFG`` with ModelOpt's other AWQ
+algorithms (ModelOpt swaps the algorithm of ``INT4_AWQ_CFG`` and has no preset for them). ModelOpt presets jq
+cannot honour are listed in :data:`UNAVAILABLE` with the reason; :func:`get_preset` raises it.
 """
 
 from __future__ import annotations
@@ -27,14 +31,24 @@ __all__ = [
     "INT4_AWQ_CFG",
     "W4A8_AWQ_BETA_CFG",
     "NVFP4_DEFAULT_CFG",
+    "INT4_AWQ_CLIP_CFG",
+    "INT4_AWQ_FULL_CFG",
     "NVFP4_AWQ_LITE_CFG",
+    "NVFP4_AWQ_CLIP_CFG",
+    "NVFP4_AWQ_FULL_CFG",
     "W4A16_NVFP4_CFG",
+    "NVFP4_MLP_ONLY_CFG",
+    "NVFP4_OMLP_ONLY_CFG",
+    "NVFP4_EXPERTS_ONLY_CFG",
     "MXFP8_DEFAULT_CFG",
+    "MXFP6_DEFAULT_CFG",
     "MXFP4_DEFAULT_CFG",
+    "MXFP4_MLP_WEIGHT_ONLY_CFG",
     "MXINT8_DEFAULT_CFG",
     "FP8_KV_CFG",
     "NVFP4_KV_CFG",
     "PRESETS",
+    "UNAVAILABLE",
     "get_preset",
     "merge_presets",
 ]
@@ -95,12 +109,39 @@ W4A8_AWQ_BETA_CFG = _preset(
     [{"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True},
      {"num_bits": (4, 3), "axis": None, "enable": True}],
     {"num_bits": (4, 3), "axis": None, "enable": True}, "awq_lite")
+INT4_AWQ_CLIP_CFG = _preset({"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True}, _OFF,
+                            {"method": "awq_clip"})
+INT4_AWQ_FULL_CFG = _preset({"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True}, _OFF,
+                            {"method": "awq_full", "alpha_step": 0.1})
 NVFP4_DEFAULT_CFG = _preset(_NVFP4, _NVFP4, "max")
 NVFP4_AWQ_LITE_CFG = _preset(_NVFP4, _NVFP4, "awq_lite")
+NVFP4_AWQ_CLIP_CFG = _preset(_NVFP4, _NVFP4, {"method": "awq_clip"})
+NVFP4_AWQ_FULL_CFG = _preset(_NVFP4, _NVFP4, {"method": "awq_full", "alpha_step": 0.1})
 W4A16_NVFP4_CFG = _preset(_NVFP4, _OFF, "max")
 MXFP8_DEFAULT_CFG = _preset(_mx((4, 3)), _mx((4, 3)), None)
+MXFP6_DEFAULT_CFG = _preset(_mx((3, 2)), _mx((3, 2)), None)
 MXFP4_DEFAULT_CFG = _preset(_mx((2, 1)), _mx((2, 1)), None)
 MXINT8_DEFAULT_CFG = _preset(_mx(8), _mx(8), None)
+
+
+def _only(patterns, weight, inp, algorithm):
+    """A preset quantizing only the quantizers under ``patterns`` (``"*mlp*"`` ...), in ModelOpt's order."""
+    quant_cfg = {"default": {"enable": False}}
+    for p in patterns:
+        quant_cfg[f"{p}weight_quantizer"] = weight
+        if inp is not None:
+            quant_cfg[f"{p}input_quantizer"] = inp
+    return {"quant_cfg": {**quant_cfg, **DEFAULT_DISABLED_QUANTIZER_CFG}, "algorithm": algorithm}
+
+
+# ModelOpt's MLP/MoE-only presets: dense MLPs (``*mlp*``, ``*.mixer.{up,down}_proj.``), block-sparse MoE and
+# ``*.experts.*``; OMLP adds the attention output projections (``*o_proj*``).
+_MOE = ("*.mixer.up_proj.", "*.mixer.down_proj.", "*block_sparse_moe*", "*.experts.*")
+NVFP4_MLP_ONLY_CFG = _only(("*mlp*",) + _MOE, _NVFP4, _NVFP4, "max")
+NVFP4_OMLP_ONLY_CFG = _only(("*o_proj*", "*mlp*") + _MOE[:3], _NVFP4, _NVFP4, "max")
+NVFP4_EXPERTS_ONLY_CFG = _only(("*block_sparse_moe*", "*.experts.*"), _NVFP4, _NVFP4, "max")
+MXFP4_MLP_WEIGHT_ONLY_CFG = _only(("*mlp*", "*block_sparse_moe*"), _mx((2, 1)), None, None)
+
 FP8_KV_CFG = {"quant_cfg": {"*[kv]_bmm_quantizer": {"num_bits": (4, 3), "axis": None, "enable": True},
                             "default": {"enable": False}}, "algorithm": "max"}
 NVFP4_KV_CFG = {"quant_cfg": {"*[kv]_bmm_quantizer": dict(_NVFP4), "default": {"enable": False}}, "algorithm": "max"}
@@ -108,14 +149,31 @@ NVFP4_KV_CFG = {"quant_cfg": {"*[kv]_bmm_quantizer": dict(_NVFP4), "default": {"
 PRESETS = {
     name: globals()[name]
     for name in __all__
-    if name.endswith("_CFG") and name != "DEFAULT_DISABLED_QUANTIZER_CFG"
+    if name.endswith("_CFG") and name not in ("DEFAULT_DISABLED_QUANTIZER_CFG",)
+}
+
+
+# ModelOpt presets jq does not provide, and why.
+UNAVAILABLE = {
+    "FP8_AFFINE_KV_CFG": "affine (asymmetric, with a zero point) FP8 KV-cache quantization: jq's quantizers are "
+                         "symmetric (ModelOpt's 'bias' field is not supported); use FP8_KV_CFG",
+    "NVFP4_AFFINE_KV_CFG": "affine (asymmetric) NVFP4 KV-cache quantization: jq's quantizers are symmetric; use "
+                           "NVFP4_KV_CFG",
+    "NVFP4_MLP_WEIGHT_ONLY_CFG": "NVFP4 with 32-element blocks: jq's NVFP4 format has ModelOpt's standard 16-element "
+                                 "blocks only; use MXFP4_MLP_WEIGHT_ONLY_CFG or W4A16_NVFP4_CFG",
 }
 
 
 def get_preset(name: str) -> dict:
-    """A deep copy of the preset called ``name`` (case-insensitive; ``_CFG`` suffix optional)."""
+    """A deep copy of the preset called ``name`` (case-insensitive; ``_CFG`` suffix optional).
+
+    Raises:
+      ValueError: an unknown name (listing the presets), or a ModelOpt preset jq cannot provide (saying why).
+    """
     key = name.upper()
     key = key if key.endswith("_CFG") else key + "_CFG"
+    if key in UNAVAILABLE:
+        raise ValueError(f"preset {key} is not available in jq: {UNAVAILABLE[key]}")
     if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[key])
