@@ -12,6 +12,7 @@ import sys
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jq.calib.max import needs_calibration
@@ -96,7 +97,10 @@ def fold_weights(qm: QuantizedModel) -> QuantizedModel:
     """Replace weights by their fake-quantized values and disable their weight quantizers (ModelOpt's
     ``fold_weight``): inference then skips weight quantization. A weight is folded when it reaches its
     sites through layout-only ops (a permutation of the params leaf) and is used nowhere else; others are
-    left as they are (with a warning). Exact when the leaf dtype equals the operand dtype.
+    left as they are (with a warning). Exact when the leaf dtype equals the operand dtype and the site has no
+    ``pre_quant_scale`` (with one, the folded leaf is ``q(W / s) * s``: within float32 rounding). SVDQuant's
+    low-rank factors stay in the state: the params hold the quantized residual and ``op(x, L R)`` still adds the
+    branch on the unquantized input, so folding does not change the output.
     """
     traced = qm.traced
     leaves, treedef = jax.tree_util.tree_flatten(qm.params)
@@ -122,10 +126,17 @@ def fold_weights(qm: QuantizedModel) -> QuantizedModel:
             return per_layer(view.to_canonical, replay_weight(w, origin.chain), n_layers)
 
         c = forward(leaves[leaf])
+        pqs = qm.qstate.get(f"{slot.sites[0].name}.input_quantizer", {}).get("pre_quant_scale")
+        if pqs is not None:  # the site quantizes W / pre_quant_scale: fold q(W / s) * s
+            shape = pqs.shape[:n_layers] + (1,) * (view.batch + 1) + pqs.shape[n_layers:]
+            pqs = jnp.reshape(pqs, shape + (1,) * (c.ndim - len(shape)))
+            c = c / pqs
         for i, s in enumerate(stages):
             if not s.enable:
                 continue
             c = apply_stage(c, state.get(stage_amax_key(i)), s, view.batch, n_layers)
+        if pqs is not None:
+            c = c * pqs
         (new_leaf,) = jax.linear_transpose(forward, leaves[leaf])(c.astype(forward(leaves[leaf]).dtype))
         leaves[leaf] = new_leaf.astype(leaves[leaf].dtype)
         folded.extend(names)

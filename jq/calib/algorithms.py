@@ -7,6 +7,7 @@ name               algorithm
 ``None``           :class:`~jq.calib.max.NoCalibration` (dynamic formats only)
 ``smoothquant``    :class:`~jq.calib.smoothquant.SmoothQuant` (``alpha``)
 ``awq_lite``       :class:`~jq.calib.awq.AWQLite` (``alpha_step``)
+``svdquant``       :class:`~jq.calib.svdquant.SVDQuant` (``lowrank``, ``smooth``, ``alpha_step``)
 =================  ==============================================================================
 
 A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
@@ -26,12 +27,13 @@ from jq.calib.awq import AWQLite
 from jq.calib.base import Algorithm
 from jq.calib.max import MaxCalibration, NoCalibration
 from jq.calib.smoothquant import SmoothQuant
+from jq.calib.svdquant import SVDQuant
 from jq.config import Algorithm as AlgorithmConfig
 from jq.config import did_you_mean
 
 __all__ = ["ALGORITHMS", "make", "names"]
 
-ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite)}
+ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite, SVDQuant)}
 
 
 def names() -> list[str]:
