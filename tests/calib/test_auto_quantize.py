@@ -212,3 +212,18 @@ def test_report_table_and_plot(searched, tmp_path):
     pytest.importorskip("matplotlib")
     png = report.plot(tmp_path / "choices.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_weight_changing_candidate_is_scored_on_its_own_weights(qkv):
+    """SVDQuant keeps the residual in the params: its scores and the result use the candidate's weights."""
+    params, apply, data = qkv
+    svd = {**INT4, "algorithm": {"method": "svdquant", "lowrank": 4, "smooth": False}}
+    qm, report = jq.auto_quantize(params, apply, {"int4": INT4, "int4_svd": svd}, 4.125, data, mse_loss,
+                                  inputs_fn=first, progress=False)
+    for g in report.groups:  # same cost: the low-rank branch only helps
+        assert g.bits[0] == g.bits[1] and g.raw_scores[1] < g.raw_scores[0]  # without the residual: >> int4
+    assert set(report.choices.values()) == {"int4_svd"}
+    ref = jq.quantize(params, apply, svd, calib_data=[first(b) for b in data], progress=False)
+    x = data[0][0]
+    np.testing.assert_allclose(qm(x), ref(x), rtol=1e-6, atol=1e-6)
+    assert "svdquant_lora_a" in qm.qstate["o.weight_quantizer"]

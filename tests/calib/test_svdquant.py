@@ -69,7 +69,7 @@ def test_svdquant_lowers_the_output_error_of_max_on_outliers(base):
     cfg = getattr(jq, base)
     rtn = jq.quantize(params, f, cfg, calib_data=[(x,)], progress=False)
     svd = jq.quantize(params, f, svd_cfg(cfg, lowrank=8), calib_data=[(x,)], progress=False)
-    # measured: NVFP4 W4A4 0.345 -> 0.0035, INT4-g128 weight-only 0.27 -> 0.0006 (rank 8 of 32)
+    # measured (default AWQ smoothing, rank 8 of 32): NVFP4 W4A4 0.345 -> 0.0035, INT4-g128 weight-only 0.205 -> 0.0057
     assert mse(svd(x), ref) < 0.1 * mse(rtn(x), ref)
     assert jax.tree_util.tree_structure(svd.params) == jax.tree_util.tree_structure(params)
 
