@@ -10,6 +10,7 @@ GPU kernels, ONNX Q/DQ export for TensorRT and a Q/DQ placement autotuner. The p
 """
 
 from jq import formats, numerics, presets, qat, trace
+from jq.calib.auto_quantize import auto_quantize
 from jq.calibrate import calibrate
 from jq.config import Algorithm, BlockSizes, QuantConfig, QuantizerSpec, as_config
 from jq.fake_quant import fake_quant, jq_fake_quant_p

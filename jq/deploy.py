@@ -72,8 +72,8 @@ def site_kernels(qm, traced=None) -> dict:
     """``{site name: linear kernel}`` for the linear sites a real-quantized kernel can serve.
 
     A site is served when its weight is one params leaf used as ``x @ W``, its output quantizer is off, it has no
-    ``pre_quant_scale`` (SmoothQuant/AWQ sites stay on fake quant), and the weight's format offers a kernel for
-    its weight and input specs.
+    ``pre_quant_scale`` (SmoothQuant/AWQ sites stay on fake quant) nor SVDQuant factors, and the weight's format
+    offers a kernel for its weight and input specs.
     """
     traced = traced or qm.traced
     out = {}
@@ -86,6 +86,8 @@ def site_kernels(qm, traced=None) -> dict:
             continue
         if qm.qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale") is not None:
             continue
+        if "svdquant_lora_a" in qm.qstate.get(f"{site.name}.weight_quantizer", {}):
+            continue  # SVDQuant's low-rank branch is computed by the fake-quant site
         kernel = w.format.linear_kernel(w, x)
         if kernel is not None:
             out[site.name] = kernel

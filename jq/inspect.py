@@ -12,6 +12,7 @@ import sys
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jq.calib.max import needs_calibration
@@ -105,7 +106,9 @@ def fold_weights(qm: QuantizedModel) -> QuantizedModel:
     ``fold_weight``): inference then skips weight quantization. A weight is folded when it reaches its
     sites through layout-only ops (a permutation of the params leaf) and is used nowhere else; others are
     left as they are (with a warning). Exact when the leaf dtype equals the operand dtype (to the last float
-    bit with a ``pre_quant_scale``, where the folded weight is ``fq(W / s) * s``).
+    bit with a ``pre_quant_scale``, where the folded weight is ``fq(W / s) * s``). SVDQuant's low-rank factors stay in the
+    state: the params hold the quantized residual and ``op(x, L R)`` still adds the branch on the unquantized
+    input, so folding does not change the output.
     """
     traced = qm.traced
     leaves, treedef = jax.tree_util.tree_flatten(qm.params)

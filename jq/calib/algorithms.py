@@ -15,6 +15,7 @@ name               algorithm
                    ``min_clip_ratio``, ``shrink_step``)
 ``awq_full``       :class:`~jq.calib.awq_full.AWQFull` (``awq_lite``'s and ``awq_clip``'s options)
 ``gptq``           :class:`~jq.calib.gptq.GPTQ` (``perc_damp``, ``block_size``, ``act_order``, ``sequential``)
+``svdquant``       :class:`~jq.calib.svdquant.SVDQuant` (``lowrank``, ``smooth``, ``alpha_step``)
 =================  ==============================================================================
 
 A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
@@ -38,6 +39,7 @@ from jq.calib.base import Algorithm
 from jq.calib.gptq import GPTQ
 from jq.calib.max import MaxCalibration, NoCalibration
 from jq.calib.smoothquant import SmoothQuant
+from jq.calib.svdquant import SVDQuant
 from jq.config import Algorithm as AlgorithmConfig
 from jq.config import did_you_mean
 
@@ -45,7 +47,7 @@ __all__ = ["ALGORITHMS", "make", "names"]
 
 ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite,
                                               PercentileCalibration, EntropyCalibration, MSECalibration,
-                                              AWQClip, AWQFull, GPTQ)}
+                                              AWQClip, AWQFull, GPTQ, SVDQuant)}
 
 
 def names() -> list[str]:

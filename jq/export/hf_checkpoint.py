@@ -16,13 +16,20 @@ NVFP4          uint8 ``[out, in/2]``: E2M1 codes,     float8_e4m3fn ``[out, in/1
                element ``2i`` in the low nibble                                            ``amax / 2688``,
                                                                                            ``input_scale`` (gs)
 W4A16_NVFP4    as NVFP4                               as NVFP4                             ``weight_scale_2``
+NVFP4_SVD      as NVFP4: the residual ``W_s - L R``   as NVFP4                             as NVFP4, ``pre_quant_scale``,
+                                                                                           ``svdquant_lora_a`` ``[r, in]``,
+                                                                                           ``svdquant_lora_b`` ``[out, r]``
 =============  =====================================  ===================================  ========================
 
 Dequantization is ``weight * weight_scale`` (per block / channel), for NVFP4
 ``e2m1(weight) * (weight_scale * weight_scale_2)``. The quantized values come from :func:`jq.qtensor.quantize`, so
 FP8 and NVFP4 weights dequantize to jq's fake-quantized weights bit for bit; INT scales are ModelOpt's
 ``amax / maxb`` (jq divides by ``maxb / amax``: one float32 ulp apart). Other params are written under their key
-paths (``block0.ln1.scale``); the weights of unquantized linear sites as ``name.weight`` ``[out, in]`` too.
+paths (``block0.ln1.scale``); the weights of unquantized linear sites as ``name.weight`` ``[out, in]`` too. A
+site with a ``pre_quant_scale`` stores its smoothed weight ``W / pre_quant_scale`` (what it quantizes; the serving
+stack multiplies the input by ``pre_quant_scale``). SVDQuant sites (:mod:`jq.calib.svdquant`) exist in ModelOpt's
+layout only as ``NVFP4_SVD`` (``y = NVFP4_GEMM(x_s, residual) + x_s @ lora_aᵀ @ lora_bᵀ``, ``lora_rank`` in
+``hf_quant_config.json``); other weight formats with a low-rank branch raise.
 
 ``hf_quant_config.json`` follows ModelOpt: ``{"producer": ..., "quantization": {"quant_algo", "kv_cache_quant_algo",
 "group_size", "has_zero_point", "pre_quant_scale", "exclude_modules"}}``; several formats give
@@ -57,6 +64,7 @@ import numpy as np
 
 import jq
 from jq import formats
+from jq.calib.svdquant import LORA_A, LORA_B
 from jq.export.formats import spec_stages
 from jq.formats.int import pack_rows_int4, unpack_rows_int4
 from jq.export.scales import canonical_weight, export_scale
@@ -68,17 +76,27 @@ __all__ = ["to_hf_checkpoint", "read_hf_checkpoint", "HFCheckpoint", "read_safet
 
 SUPPORTED_ALGOS = tuple(a for f in formats.FORMATS for a in f.hf_algorithms)
 SAFETENSORS_FILE, CONFIG_FILE = "model.safetensors", "hf_quant_config.json"
+# ModelOpt's quant_algo of a layer with an SVDQuant low-rank branch, by the quant_algo of its weight format
+SVD_ALGOS = {"NVFP4": "NVFP4_SVD"}
 
 
-def _algo(site_name: str, wspec, ispec) -> tuple[str, dict]:
+def _algo(site_name: str, wspec, ispec, low_rank: bool = False) -> tuple[str, dict]:
     """ModelOpt's ``quant_algo`` (and layer fields) for a site's weight / input specs (the weight's format
-    decides; an input quantized without a weight quantizer has no checkpoint form)."""
+    decides; an input quantized without a weight quantizer has no checkpoint form); ``low_rank``: SVDQuant."""
     found = None if wspec is None else wspec.format.hf_algorithm(wspec, ispec)
     if found is None:
         raise ValueError(f"site {site_name!r}: weight {wspec.describe() if wspec else 'off'} with input "
                          f"{ispec.describe() if ispec else 'off'} has no ModelOpt checkpoint format; supported: "
                          f"{', '.join(SUPPORTED_ALGOS)} (FP8 per-tensor W/A, INT4 blocks weight-only, INT8 "
                          f"per-channel weights with per-tensor or no input, NVFP4 with or without NVFP4 inputs)")
+    if low_rank:
+        if found[0] not in SVD_ALGOS:
+            raise ValueError(f"site {site_name!r}: an SVDQuant low-rank branch on {found[0]} (weight "
+                             f"{wspec.describe()}, input {ispec.describe() if ispec else 'off'}) has no ModelOpt "
+                             f"checkpoint format; ModelOpt stores SVDQuant only as "
+                             f"{', '.join(f'{v} ({k} weights and inputs)' for k, v in SVD_ALGOS.items())}. "
+                             f"Export it to ONNX instead, or calibrate without svdquant")
+        found = SVD_ALGOS[found[0]], {**found[1], "has_zero_point": False, "pre_quant_scale": True}
     return found
 
 
@@ -104,6 +122,7 @@ class _Layer:
     wamax: np.ndarray | None
     iamax: np.ndarray | None
     pqs: np.ndarray | None
+    lora: tuple | None = None  # SVDQuant (svdquant_lora_a [r, in], svdquant_lora_b [out, r])
 
 
 def _layers(qm) -> tuple[list[_Layer], list[str]]:
@@ -123,8 +142,9 @@ def _layers(qm) -> tuple[list[_Layer], list[str]]:
             raise ValueError(f"site {site.name!r} ({site.kind}, canonical weight {site.view.shape}): the checkpoint "
                              f"layout covers 2-D linear weights")
         wspec, ispec = (wst[0] if wst else None), (ist[0] if ist else None)
-        algo, fields = _algo(site.name, wspec, ispec)
-        st_w, st_i = qm.qstate.get(wq, {}), qm.qstate.get(iq, {})
+        st_w, st_i = qm.qstate.get(wq, {}) if wq else {}, qm.qstate.get(iq, {})
+        lora = (np.asarray(st_w[LORA_A], np.float32), np.asarray(st_w[LORA_B], np.float32)) if LORA_A in st_w else None
+        algo, fields = _algo(site.name, wspec, ispec, low_rank=lora is not None)
         iamax = st_i.get("amax")
         if ispec is not None and iamax is None:
             raise ValueError(f"quantizer {iq!r} is not calibrated")
@@ -132,7 +152,7 @@ def _layers(qm) -> tuple[list[_Layer], list[str]]:
         layers.append(_Layer(site, algo, fields, wspec, ispec,
                              None if st_w.get("amax") is None else np.asarray(st_w["amax"], np.float32),
                              None if iamax is None else np.asarray(iamax, np.float32),
-                             None if pqs is None else np.asarray(pqs, np.float32)))
+                             None if pqs is None else np.asarray(pqs, np.float32), lora))
     return layers, excluded
 
 
@@ -148,6 +168,8 @@ def _check_siblings(qm, layers: list[_Layer], unify: bool) -> None:
         shared = ["input_scale"]
         if len({m.algo for m in members}) == 1 and members[0].wspec is not None:
             shared += list(members[0].wspec.format.hf_sibling_tensors(members[0].algo))
+            if members[0].lora is not None:
+                shared.append("pre_quant_scale")  # one smoothed input for the fused GEMM and its low-rank branch
         for label in shared:
             attr = _LAYER_FIELD[label]
             vals = [getattr(m, attr) for m in members]
@@ -174,10 +196,14 @@ def _layer_tensors(qm, lay: _Layer) -> dict[str, np.ndarray]:
     w = canonical_weight(qm, lay.site)
     out: dict[str, np.ndarray] = {}
     if spec is not None:
+        if lay.pqs is not None:  # the site quantizes the smoothed weight W / pre_quant_scale
+            w = w / jnp.asarray(lay.pqs, w.dtype)
         qt = qtensor_quantize(w, spec, None if lay.wamax is None else jnp.asarray(lay.wamax))
         out.update(spec.format.hf_tensors(qt, spec, lay.wamax, lay.algo))
         if lay.fields.get("pre_quant_scale"):  # the format's layout always carries one (ones when jq has none)
             out["pre_quant_scale"] = lay.pqs if lay.pqs is not None else np.ones((w.shape[1],), np.float32)
+        if lay.lora is not None:
+            out[LORA_A], out[LORA_B] = lay.lora
     else:
         out["weight"] = np.asarray(w)
     if lay.ispec is not None:
@@ -196,6 +222,12 @@ def _quant_config(layers: list[_Layer], excluded: list[str]) -> dict:
     elif distinct:
         quant["quant_algo"] = "MIXED_PRECISION"
         quant["quantized_layers"] = per_layer
+    ranks = {lay.lora[0].shape[0] for lay in layers if lay.lora is not None}
+    if len(ranks) > 1:
+        raise ValueError(f"SVDQuant layers have different ranks {sorted(ranks)}; ModelOpt's checkpoint records one "
+                         f"lora_rank")
+    if ranks:
+        quant["lora_rank"] = ranks.pop()
     quant["exclude_modules"] = sorted(excluded)
     return {"producer": {"name": "jq", "version": jq.__version__}, "quantization": quant}
 
@@ -293,7 +325,8 @@ class HFCheckpoint:
         return {k: v for k, v in q.items() if k not in ("exclude_modules", "kv_cache_quant_algo")}
 
     def dequantize(self, name: str) -> np.ndarray:
-        """The float32 ``[out, in]`` weight of layer ``name``, dequantized as a serving stack does."""
+        """The float32 ``[out, in]`` weight of layer ``name``, dequantized as a serving stack does (with a
+        ``pre_quant_scale``: the smoothed weight; ``NVFP4_SVD``: the residual plus ``lora_b @ lora_a``)."""
         t = self.tensors
         cfg = self.layer_config(name)
         w = t[f"{name}.weight"]
@@ -301,7 +334,11 @@ class HFCheckpoint:
             return w.astype(np.float32)
         prefix = f"{name}."
         layer = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
-        return formats.for_hf_algorithm(cfg["quant_algo"]).hf_dequantize(layer, cfg)
+        algo = {v: k for k, v in SVD_ALGOS.items()}.get(cfg["quant_algo"], cfg["quant_algo"])
+        w = formats.for_hf_algorithm(algo).hf_dequantize(layer, cfg)
+        if LORA_A in layer:  # SVDQuant: residual + L R (the smoothed weight the input times pre_quant_scale meets)
+            w = w + layer[LORA_B].astype(np.float64) @ layer[LORA_A].astype(np.float64)
+        return np.asarray(w, np.float32)
 
 
 def read_hf_checkpoint(export_dir: str | os.PathLike) -> HFCheckpoint:

@@ -98,7 +98,10 @@ class IntFormat(ScaledFormat):
         return f"{'u' if spec.unsigned else ''}int{spec.num_bits}"
 
     def bits_per_element(self, spec) -> float:
-        return float(spec.num_bits)
+        # per-block scales are stored in 16 bits (ModelOpt's INT4 AWQ layout): INT4 in blocks of 128 is 4.125
+        if spec.block_sizes is None or not spec.block_sizes.axes:
+            return float(spec.num_bits)
+        return spec.num_bits + 16.0 / float(np.prod(list(spec.block_sizes.axes.values())))
 
     # -- export ------------------------------------------------------------------------------------------
     def export_scale(self, spec, amax):

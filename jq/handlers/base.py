@@ -6,6 +6,7 @@ with a :class:`SiteCall`; the default (:meth:`SiteCall.default`) is the quantize
     x, W = pre_quant_scale(x, W)                       # SmoothQuant / AWQ, when the state holds one
     y    = op(handler.quantizer(input q, x), handler.quantizer(weight q, W))
     y    = handler.quantizer(output q, y)
+    y    = y + op(x, L @ R)                            # SVDQuant's low-rank branch, when the state holds one
 
 so a handler that only changes what a quantizer does overrides :meth:`Handler.quantizer`, and one that
 replaces a whole site (a real-quantized kernel) or observes its operands (calibration statistics) overrides
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from jq.calib.stats import Statistic, merge_stats
 from jq.trace import geometry
@@ -122,6 +126,18 @@ class SiteCall:
         vals[w] = geometry.scale_weight(site, vals[w], 1.0 / pqs)
         return vals
 
+    def low_rank(self, vals) -> Any:
+        """SVDQuant's high-precision branch ``op(x, L @ R)`` on the (pre-scaled) operands, or None when the weight
+        quantizer state holds no ``svdquant_lora_a`` (R, ``[*batch, r, in]``) / ``svdquant_lora_b`` (L,
+        ``[*batch, out, r]``); ``L @ R`` is a weight in the canonical view, mapped to the operand's layout."""
+        st = {} if self.site.kind == "bmm" else self.qstate.get(f"{self.site.name}.weight_quantizer", {})
+        if "svdquant_lora_a" not in st:
+            return None
+        view, w, vals = self.site.view, self.site.weight_operand, list(vals)
+        lr = jnp.matmul(st["svdquant_lora_b"], st["svdquant_lora_a"], precision=jax.lax.Precision.HIGHEST)
+        vals[w] = view.from_canonical(lr.reshape(view.shape), vals[w].shape).astype(vals[w].dtype)
+        return bind(self.eqn, vals)[0]
+
     def quantizer(self, slot: str, operand: int | None) -> QuantizerCall | None:
         """The :class:`QuantizerCall` of ``slot`` on ``operand`` (None when the quantizer is off)."""
         name = f"{self.site.name}.{slot}"
@@ -137,13 +153,17 @@ class SiteCall:
         return x if q is None else self.handler.quantizer(q, x)
 
     def default(self, vals=None) -> list:
-        """The quantized site: pre-scale, quantize each operand, bind, quantize the output."""
+        """The quantized site: pre-scale, quantize each operand, bind, quantize the output, add the low-rank
+        branch (SVDQuant; after the output quantizer, as ModelOpt adds it)."""
         vals = self.pre_scaled(vals)
+        low_rank = self.low_rank(vals)
         for op, slot in self.site.roles.items():
             vals[op] = self.quantize(slot, op, vals[op])
         outs = bind(self.eqn, vals)
         if self.site.kind != "bmm":
             outs[0] = self.quantize("output_quantizer", None, outs[0])
+        if low_rank is not None:
+            outs[0] = outs[0] + low_rank.astype(outs[0].dtype)
         return outs
 
 
