@@ -70,7 +70,7 @@ def _lowering(platform):
 
 def _barrier_after(fn):
     """``fn`` whose result XLA cannot fuse into its consumer. On XLA CPU a small dot fused with the fake
-    quant of its operand summed in another order than the same dot on the same (bit-identical) operands,
+    quant of its operand rounded differently from the same dot on the materialised operands,
     so ``jit(qm.apply)`` was one ulp off ``fq(x) @ fq(w)`` computed op by op (the exact comparisons in
     ``tests/test_transform.py`` on an AVX2 machine). Behind the barrier the dot sees plain operands."""
     return lambda *a: jax.lax.optimization_barrier(fn(*a))
