@@ -55,7 +55,8 @@ def _single(qm, name):
 
 
 def _linear_layout(site) -> bool:
-    """True for ``x[..., K...] . W[K..., N...]`` sites (activation lhs, weight rhs, no batch dims)."""
+    """True for ``x[..., K...] . W[K..., N...]`` or ``x[..., K...] . W[N..., K...]`` (PyTorch/HF ``[out, in]``)
+    sites: activation lhs, weight rhs, no batch dims."""
     if site.primitive != "dot_general" or site.kind != "linear" or site.weight_operand != 1:
         return False
     if not isinstance(site.weight, ParamOrigin) or site.layer_axes or site.view is None or site.view.batch:
@@ -65,7 +66,8 @@ def _linear_layout(site) -> bool:
         return False
     xs, ws = site.shapes[0], site.shapes[1]
     nk = len(lc)
-    return tuple(lc) == tuple(range(len(xs) - nk, len(xs))) and tuple(rc) == tuple(range(nk)) and len(ws) > nk
+    w_contract = tuple(rc) in (tuple(range(nk)), tuple(range(len(ws) - nk, len(ws))))
+    return tuple(lc) == tuple(range(len(xs) - nk, len(xs))) and w_contract and len(ws) > nk
 
 
 def site_kernels(qm, traced=None) -> dict:
