@@ -388,7 +388,7 @@ def parse(argv):
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=210.0)
+    p.add_argument("--budget-s", type=float, default=180.0, help="no new cell starts after this many seconds")
     p.add_argument("--passes", default="fp8_gemm,decode,check,prefill")
     a = p.parse_args(argv)
     if a.smoke:
