@@ -393,7 +393,7 @@ def parse(argv):
     a = p.parse_args(argv)
     if a.smoke:
         a.models, a.batches, a.prompt, a.steps, a.iters, a.budget_s = "tiny", "1", 8, 4, 1, 1e9
-        a.variants, a.check_models = "bf16,fp8_kv8,nvfp4_kv8,int4", "tiny"
+        a.variants, a.check_models = "bf16,fp8_kv8,nvfp4_kv8", "tiny"
     a.models = [m for m in a.models.split(",") if m]
     a.batches = [int(b) for b in a.batches.split(",")]
     a.variants = [v for v in a.variants.split(",") if v]
@@ -416,26 +416,35 @@ def main(argv=None):
            "command": " ".join(sys.argv)}
     budget = Budget(args.budget_s)
     t0 = time.time()
+    def guarded(name, fn, *a):  # a failing pass is recorded; the record and the table are still written
+        try:
+            fn(*a)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rec.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:1000]}"
+
     if "fp8_gemm" in args.passes:
-        fp8_gemm_pass(args, budget, rec)
+        guarded("fp8_gemm", fp8_gemm_pass, args, budget, rec)
     models = {}
     for shape in args.models:
         layers = min(args.layer_map.get(shape, 2), SHAPES[shape]["num_hidden_layers"])
         rec["layers"][shape] = layers
-        models[shape] = Model(shape, layers, args)
+        guarded(f"{shape}/init", lambda s=shape, n=layers: models.__setitem__(s, Model(s, n, args)))
+        if shape not in models:
+            continue
         if "decode" in args.passes:
-            decode_pass(models[shape], args, budget, rec)
+            guarded(f"{shape}/decode", decode_pass, models[shape], args, budget, rec)
         if "check" in args.passes and shape in args.check_models:
-            check_pass(models[shape], args, budget, rec)
+            guarded(f"{shape}/check", check_pass, models[shape], args, budget, rec)
     if "prefill" in args.passes:
         for shape, model in models.items():
-            prefill_pass(model, args, budget, rec)
+            guarded(f"{shape}/prefill", prefill_pass, model, args, budget, rec)
     for shape, model in models.items():
         rec.setdefault("realize_s", {})[shape] = model.realize_s
         rec.setdefault("plans", {})[shape] = {f: sorted(set(rm.plan.values())) for f, rm in model.rms.items()}
     rec["wall_s"] = time.time() - t0
     _save(args, rec)
-    text = summary(rec, args)
+    text = summary(rec, args) + "".join(f"\nERROR in {k}: {v[:300]}" for k, v in rec.get("errors", {}).items())
     rec["summary"] = text
     _save(args, rec)
     print(text)
