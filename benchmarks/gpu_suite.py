@@ -2,7 +2,8 @@
 
 ``PYTHONUNBUFFERED=1 XLA_FLAGS=--xla_allow_excess_precision=false PYTHONPATH=. python -m benchmarks.gpu_suite
 [sections...]`` with sections from: quant_smoke quant_bench gemm_smoke gemm_bench gemm_schedules gemm_schedule_smoke
-e2e (default: all). ``gemm_schedules`` times the decode-GEMM configs of ``JQ_DECODE_SWEEP`` (``[bf16/]schedule:rows,
+e2e (default: all), and the optional ``llm_decode`` (not in the default list; ``benchmarks/llm_decode.py``, its
+arguments from ``JQ_LLM_DECODE_ARGS``, its record in ``$OUT/llm_decode.json``). ``gemm_schedules`` times the decode-GEMM configs of ``JQ_DECODE_SWEEP`` (``[bf16/]schedule:rows,
 block_k,stages[,ctas|split];...``, see ``gemm_bench.parse_configs``) against XLA's bf16 dot in one run;
 ``gemm_schedule_smoke`` checks those of ``JQ_SMOKE_CONFIGS`` on small and ragged shapes.
 Each section is isolated (an error is recorded and the next section runs).
@@ -20,6 +21,7 @@ import jax
 from benchmarks.kernel_bench.common import device_info, save
 
 SECTIONS = ("quant_smoke", "quant_bench", "gemm_smoke", "gemm_bench", "gemm_schedules", "gemm_schedule_smoke", "e2e")
+OPTIONAL_SECTIONS = ("llm_decode",)  # run only when named (about 4 minutes on an H100)
 
 
 def main(argv):
@@ -58,6 +60,14 @@ def main(argv):
             elif sec == "e2e":
                 from benchmarks.kernel_bench import e2e
                 r = e2e.bench()
+            elif sec == "llm_decode":
+                import shlex
+
+                from benchmarks import llm_decode
+                from benchmarks.kernel_bench.common import OUT
+                path = os.path.join(OUT, "llm_decode.json")
+                full = llm_decode.main(shlex.split(os.environ.get("JQ_LLM_DECODE_ARGS", "")) + ["--out", path])
+                r = {"record": path, "summary": full["summary"]}
             else:
                 raise ValueError(sec)
         except Exception as e:
@@ -105,6 +115,8 @@ def _summary(rec):
                     print("   errors:", errs)
         if sec == "e2e":
             print("  ", {k: v for k, v in r.items() if k != "details"})
+        if sec == "llm_decode" and "summary" in r:
+            print(r["summary"])
 
 
 if __name__ == "__main__":

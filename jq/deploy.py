@@ -41,6 +41,7 @@ import jax
 from jq import backends
 from jq.calib.weights import weight_operand
 from jq.handlers.apply import FakeQuant
+from jq.trace import geometry
 from jq.trace.sites import ParamOrigin
 
 __all__ = ["RealizedModel", "RealQuant", "realize", "site_plan", "site_kernels"]
@@ -55,7 +56,8 @@ def _single(qm, name):
 
 
 def _linear_layout(site) -> bool:
-    """True for ``x[..., K...] . W[K..., N...]`` sites (activation lhs, weight rhs, no batch dims)."""
+    """True for ``x[..., K...] . W[K..., N...]`` or ``x[..., K...] . W[N..., K...]`` (PyTorch/HF ``[out, in]``)
+    sites: activation lhs, weight rhs, no batch dims."""
     if site.primitive != "dot_general" or site.kind != "linear" or site.weight_operand != 1:
         return False
     if not isinstance(site.weight, ParamOrigin) or site.layer_axes or site.view is None or site.view.batch:
@@ -65,15 +67,17 @@ def _linear_layout(site) -> bool:
         return False
     xs, ws = site.shapes[0], site.shapes[1]
     nk = len(lc)
-    return tuple(lc) == tuple(range(len(xs) - nk, len(xs))) and tuple(rc) == tuple(range(nk)) and len(ws) > nk
+    w_contract = tuple(rc) in (tuple(range(nk)), tuple(range(len(ws) - nk, len(ws))))
+    return tuple(lc) == tuple(range(len(xs) - nk, len(xs))) and w_contract and len(ws) > nk
 
 
 def site_kernels(qm, traced=None) -> dict:
     """``{site name: linear kernel}`` for the linear sites a real-quantized kernel can serve.
 
     A site is served when its weight is one params leaf used as ``x @ W``, its output quantizer is off, it has no
-    ``pre_quant_scale`` (SmoothQuant/AWQ sites stay on fake quant) nor SVDQuant factors, and the weight's format
-    offers a kernel for its weight and input specs.
+    SVDQuant factors, and the weight's format offers a kernel for its weight and input specs. A
+    ``pre_quant_scale`` (SmoothQuant / AWQ) is served as ``(x * s) @ quantize(W / s)``: the stored weight is
+    ``W / s`` quantized, the activation is scaled before the kernel.
     """
     traced = traced or qm.traced
     out = {}
@@ -83,8 +87,6 @@ def site_kernels(qm, traced=None) -> dict:
         w = _single(qm, f"{site.name}.weight_quantizer")
         x = _single(qm, f"{site.name}.input_quantizer")
         if w is None or _single(qm, f"{site.name}.output_quantizer") is not None:
-            continue
-        if qm.qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale") is not None:
             continue
         if "svdquant_lora_a" in qm.qstate.get(f"{site.name}.weight_quantizer", {}):
             continue  # SVDQuant's low-rank branch is computed by the fake-quant site
@@ -116,6 +118,9 @@ class RealQuant(FakeQuant):
         if kernel is None or name not in self.weights:
             return call.default()
         x = call.invals[0]
+        pqs = call.qstate.get(f"{name}.input_quantizer", {}).get("pre_quant_scale")
+        if pqs is not None:  # SmoothQuant / AWQ: (x * s) @ (W / s), W / s is the stored weight
+            x = (x * geometry.broadcast_to_activation(call.site, pqs, x.shape)).astype(x.dtype)
         if not kernel.quantizes_input:  # e.g. NVFP4 activations: fake quant before the W4A16 GEMM
             x = call.quantize("input_quantizer", 0, x)
         nk = len(call.site.params["dimension_numbers"][0][0])
@@ -196,6 +201,9 @@ def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> 
         if kernel is None:
             continue
         w, _ = weight_operand(site.weight, leaves)
+        pqs = qm.qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
+        if pqs is not None:
+            w = geometry.scale_weight(site, w, 1.0 / pqs)
         nk = len(site.params["dimension_numbers"][0][0])
         k = math.prod(int(d) for d in site.shapes[0][len(site.shapes[0]) - nk:])
         wc = site.view.to_canonical(w).reshape(-1, k)  # [N, K]: out features first, contracting dims last

@@ -28,8 +28,13 @@ def prepare_fp8_weight(w_canonical, amax):
     return q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s)
 
 
-def fp8_linear(x, w_q, w_inv_scale, x_amax, out_dtype=jnp.bfloat16, quantize_x=None):
+def fp8_linear(x, w_q, w_inv_scale, x_amax, out_dtype=jnp.bfloat16, quantize_x=None, operand_dtype=None):
     """``y = (q(x) @ w_q.T) * (1/s_x) * (1/s_w)`` with both operands E4M3, accumulated in f32.
+
+    ``operand_dtype=jnp.bfloat16`` runs the product as a bf16 GEMM on the E4M3 values upcast to bf16 (exact:
+    every E4M3 value is a bf16 value, and bf16 x bf16 products are exact in the f32 accumulator), so the result
+    equals the fp8 GEMM's up to accumulation order; the weight stays stored as E4M3 (1 byte per element) and the
+    upcast is the GEMM operand's producer (small-batch, weight-bandwidth-bound path).
 
     Args:
       x: activations ``[..., K]``.
@@ -46,6 +51,8 @@ def fp8_linear(x, w_q, w_inv_scale, x_amax, out_dtype=jnp.bfloat16, quantize_x=N
     else:
         q, sx = nx.fp8_quantize(x2, x_amax, "e4m3")
         xq = q.astype(jnp.float8_e4m3fn)
+    if operand_dtype is not None:
+        xq, w_q = xq.astype(operand_dtype), w_q.astype(operand_dtype)
     acc = lax.dot_general(xq, w_q, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     y = acc * (nx.fp8_dequant_scale(sx) * w_inv_scale)
     return y.astype(out_dtype).reshape(lead + (w_q.shape[0],))

@@ -26,7 +26,8 @@ def model():
 
 @pytest.mark.parametrize("cfg,kind", [("FP8_DEFAULT_CFG", "fp8"), ("W4A16_NVFP4_CFG", "nvfp4_w4a16"),
                                       ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "int4_w4a16"),
-                                      ("NVFP4_DEFAULT_CFG", "nvfp4_w4a16")])
+                                      ("NVFP4_DEFAULT_CFG", "nvfp4_w4a16"),
+                                      ("INT4_AWQ_CFG", "int4_w4a16")])  # pre_quant_scale: (x * s) @ q(W / s)
 def test_realize_matches_fake_quant(model, cfg, kind):
     m, params, x = model
     qm = jq.quantize(params, m.apply, getattr(jq, cfg), calib_data=[(x,)], progress=False)

@@ -7,8 +7,9 @@ weights. Each has a ``name`` (the serving plan reports it), ``prepare(qt, platfo
 input_amax, platform)`` computing ``x2 [B, K] @ W.T`` in float32.
 
 * :class:`FP8Linear`: E4M3 weight (K-major) and the activation quantized per tensor with its calibrated amax;
-  one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper (``quantizes_input``: the kernel
-  quantizes the activation itself).
+  one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper, or, for a few tokens, a bf16 GEMM on
+  the upcast E4M3 operands (same numbers; :class:`~jq.formats.fp8_gemm.FP8GemmPolicy` chooses by shape;
+  ``quantizes_input``: the kernel quantizes the activation itself).
 * :class:`W4A16Linear`: 4-bit weights (NVFP4 or INT4 in groups of 128) with 16-bit activations; on a GPU the
   Mosaic decode GEMM of :mod:`jq_kernels.w4a16` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
   enabled input quantizer (NVFP4 W4A4 on Hopper, which has no FP4 MMA) runs as fake quant before it.
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jq import numerics as nx
+from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq_kernels import fp8 as fp8_kernels
 from jq_kernels import fp8_linear, w4a16
 
@@ -36,10 +38,17 @@ def kernels_enabled() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class FP8Linear:
-    """``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)``: E4M3 operands, float32 accumulation."""
+    """``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)``: E4M3 operands, float32 accumulation; ``policy`` picks the GEMM
+    (fp8 ``"w8a8"`` or bf16 ``"dequant"``) from the call's token count and weight shape."""
 
     name: str = "fp8"
     quantizes_input: bool = True
+    policy: FP8GemmPolicy = FP8GemmPolicy()
+
+    def gemm(self, tokens: int, stored) -> str:
+        """The GEMM ``apply`` runs for ``tokens`` rows on this stored weight (``"w8a8"`` or ``"dequant"``)."""
+        n, k = stored[0].shape
+        return self.policy.choose(tokens=tokens, n=int(n), k=int(k))
 
     def prepare(self, qt, platform: str):
         """``(w_q float8_e4m3fn [N, K], 1/s_w)`` from an FP8 per-tensor QTensor (``qt.scale`` is ``s_w``)."""
@@ -51,8 +60,9 @@ class FP8Linear:
         if platform == "gpu" and kernels_enabled():
             def quantize_x(v, a):
                 return fp8_kernels.fp8_quantize(v, a, interpret=False)
+        dequant = self.gemm(int(x2.shape[0]), stored) == "dequant"
         return fp8_linear.fp8_linear(x2, w_q, w_inv, jnp.reshape(input_amax, ()), out_dtype=jnp.float32,
-                               quantize_x=quantize_x)
+                                     quantize_x=quantize_x, operand_dtype=jnp.bfloat16 if dequant else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,11 +116,35 @@ def _key_operand(qk, pv_eqns, producers, dims) -> int | None:
         first = {0: len(qlb), 1: len(qlb) + len(lhs_free)}
         n_free = {0: len(lhs_free),
                   1: len([d for d in range(len(qk.invars[1].aval.shape)) if d not in qrc and d not in qrb])}
-        for op in (0, 1):
-            axes = range(first[op], first[op] + n_free[op])
-            if any(dims.same(out, a, pv.invars[p_op], c) for a in axes for c in p_contract):
-                return op
+        tied = [op for op in (0, 1) if any(dims.same(out, a, pv.invars[p_op], c)
+                                           for a in range(first[op], first[op] + n_free[op]) for c in p_contract)]
+        if len(tied) == 2 and _same_axes(qk, pv.invars[p_op], producers):
+            # both tied (q and k sequence axes share a class: one x, or one positions array in a causal mask):
+            # the scores reach p·v with their axes in place, so the contracted axis is the key's free axis
+            tied = [op for op in (0, 1) if any(first[op] <= c < first[op] + n_free[op] for c in p_contract)]
+        if tied:
+            return tied[0]
     return None
+
+
+# equations whose output keeps every axis of an input of its shape in place (softmax's inner ops, casts, masks)
+_AXIS_PRESERVING = {"convert_element_type", "exp", "sub", "div", "mul", "add", "max", "min", "select_n", "neg",
+                    "stop_gradient", "copy", "copy_p", "integer_pow", "custom_jvp_call", "pjit", "jit",
+                    "closed_call", "reduce_precision"}
+
+
+def _same_axes(target, var, producers, depth=0) -> bool:
+    """Whether ``var`` comes from ``target``'s output through axis-preserving equations only (no transpose)."""
+    eqn = producers.get(var)
+    if eqn is None or depth > 16:
+        return False
+    if eqn is target:
+        return True
+    if eqn.primitive.name not in _AXIS_PRESERVING:
+        return False
+    shape = var.aval.shape
+    return any(_same_axes(target, v, producers, depth + 1) for v in eqn.invars
+               if not isinstance(v, jcore.Literal) and getattr(v.aval, "shape", None) == shape)
 
 
 def _weight_scope(eqn, producers, linear_name, depth=0) -> str | None:

@@ -144,7 +144,10 @@ def test_ragged_dot_expert_weights_are_batched_sites():
 
 
 def test_keys_found_by_the_softmax_axis_not_operand_order():
-    """einsum("bskd,btkd->bkts") with the keys written first still puts k_bmm_quantizer on the keys."""
+    """einsum("bskd,btkd->bkts") with the keys written first still puts k_bmm_quantizer on the keys.
+
+    jnp.einsum emits ``dot_general(q, k)`` here (operand order swapped), and q and k have the same sequence
+    length from the same ``x``: the keys are told by the axis the softmax normalises, kept in place up to p·v."""
     def attn(p, x):
         q, k, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
         q, k, v = (a.reshape(2, 5, 2, 4) for a in (q, k, v))
@@ -156,5 +159,8 @@ def test_keys_found_by_the_softmax_axis_not_operand_order():
     t = trace(attn, p, jnp.ones((2, 5, 8)))
     (qk,) = [s for s in t.sites if s.attention_role == "qk"]
     k_operand = [op for op, slot in qk.roles.items() if slot == "k_bmm_quantizer"][0]
-    assert qk.eqn.invars[k_operand] is not None and k_operand == 0
+    (wk_site,) = [s for s in t.sites if s.name == "wk"]
+    producers = {v: e for e in t.jaxpr.eqns for v in e.outvars}
+    reshape = producers[qk.eqn.invars[k_operand]]
+    assert reshape.primitive.name == "reshape" and producers[reshape.invars[0]] is wk_site.eqn
     assert qk.name == "attn" or qk.name.endswith("attn") or qk.name == "wq"[:0] + qk.name

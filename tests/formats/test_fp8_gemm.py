@@ -1,0 +1,61 @@
+"""FP8GemmPolicy: the shape rule choosing the FP8 linear layer's GEMM, and the two GEMMs' equality on CPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jq import numerics as nx
+from jq.formats.fp8_gemm import FP8GemmPolicy
+from jq.formats.linear import FP8Linear
+
+
+def test_auto_uses_dequant_up_to_the_token_threshold():
+    p = FP8GemmPolicy(dequant_max_tokens=32)
+    assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 8, 32, 33, 4096)] == \
+        ["dequant", "dequant", "dequant", "w8a8", "w8a8"]
+
+
+def test_small_weights_stay_on_w8a8():
+    p = FP8GemmPolicy(dequant_min_weight=1 << 20)
+    assert p.choose(tokens=1, n=512, k=512) == "w8a8"  # 2^18 elements
+    assert p.choose(tokens=1, n=1024, k=1024) == "dequant"  # 2^20 elements
+
+
+def test_forced_modes_and_disabled_threshold():
+    assert FP8GemmPolicy(mode="w8a8").choose(tokens=1, n=64, k=64) == "w8a8"
+    assert FP8GemmPolicy(mode="dequant").choose(tokens=4096, n=64, k=64) == "dequant"
+    assert FP8GemmPolicy(dequant_max_tokens=0).choose(tokens=1, n=64, k=64) == "w8a8"
+
+
+def test_bad_policy_values_name_the_field():
+    with pytest.raises(ValueError, match="mode"):
+        FP8GemmPolicy(mode="fp16")
+    with pytest.raises(ValueError, match="dequant_max_tokens"):
+        FP8GemmPolicy(dequant_max_tokens=-1)
+    with pytest.raises(ValueError, match="positive"):
+        FP8GemmPolicy().choose(tokens=0, n=1, k=1)
+
+
+def test_linear_kernel_asks_the_policy_per_call_shape():
+    w = jax.random.normal(jax.random.key(0), (96, 64))
+    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
+    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
+    kernel = FP8Linear(policy=FP8GemmPolicy(dequant_max_tokens=4))
+    assert kernel.gemm(4, stored) == "dequant" and kernel.gemm(5, stored) == "w8a8"
+
+
+@pytest.mark.parametrize("tokens", [3, 40])
+def test_dequant_gemm_equals_the_fp8_gemm(tokens):
+    """E4M3 values are exact in bf16 and their products exact in f32: the two GEMMs agree to summation order."""
+    kx, kw = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (tokens, 256))
+    w = jax.random.normal(kw, (128, 256))
+    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
+    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
+    amax = jnp.max(jnp.abs(x))
+    y = {m: FP8Linear(policy=FP8GemmPolicy(mode=m)).apply(x, stored, input_amax=amax, platform="cpu")
+         for m in ("w8a8", "dequant")}
+    ref = nx.fp8_fake_quant(x, amax, "e4m3") @ nx.fp8_fake_quant(w, jnp.max(jnp.abs(w)), "e4m3").T
+    np.testing.assert_allclose(np.asarray(y["dequant"]), np.asarray(y["w8a8"]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(y["dequant"]), np.asarray(ref), rtol=1e-4, atol=1e-3)

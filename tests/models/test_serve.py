@@ -1,0 +1,87 @@
+"""jq.models.serve: generation on real-quantized weights with a KV cache equals the fake-quant model's.
+
+The reference is the fake-quant model as users run it: ``qm.apply`` (``jq.models.forward``, no cache) on the
+growing sequence, greedy. On CPU the realized sites run the reference kernels (FP8: an fp8 ``dot_general``;
+W4A16: ``x @ dequantize(W).T``), so realized and fake-quant logits differ only by f32 accumulation order
+(~1e-7 relative per GEMM). The tolerance, 1e-4 of the largest logit, is far below what one flipped E4M3 rounding
+of an activation would cause (~1e-2 on this model), so it also states that no quantization decision changed.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jq
+import jq.models as jm
+from jq import deploy
+from jq.models import serve
+from tests.models.conftest import tiny_model
+
+CALIB = jnp.asarray([[3, 17, 5, 40, 22, 9, 31, 0], [1, 2, 3, 4, 5, 6, 7, 8]], jnp.int32)
+PROMPT = CALIB[:, :5]
+N_NEW = 5
+TOL = 1e-4
+
+
+def greedy_forward(qm, prompt, n_new):
+    """Greedy tokens and logits of ``qm.apply`` on a fixed-length buffer (causal: later slots do not matter)."""
+    b, t = prompt.shape
+    buf = jnp.zeros((b, t + n_new), jnp.int32).at[:, :t].set(prompt)
+    apply = jax.jit(qm.apply)
+    logits = []
+    for i in range(n_new):
+        step = apply(qm.params, buf)[:, t - 1 + i]
+        logits.append(step)
+        buf = buf.at[:, t + i].set(jnp.argmax(step, axis=-1).astype(jnp.int32))
+    return buf[:, t:], jnp.stack(logits, axis=1)
+
+
+def _quantize(cfg, **overrides):
+    _, config, params = tiny_model(**overrides)
+    qm = jq.quantize(params, jm.make_forward(config), cfg, calib_data=[(CALIB,)], progress=False)
+    return config, qm
+
+
+@pytest.mark.parametrize("preset,kernel", [("FP8_DEFAULT_CFG", "fp8"), ("W4A16_NVFP4_CFG", "nvfp4_w4a16"),
+                                           ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "int4_w4a16")])
+def test_real_generation_with_fp8_kv_cache_matches_fake_quant_forward(preset, kernel):
+    # one layer keeps the three compilations short; the two-layer cache is checked below
+    config, qm = _quantize(jq.merge_presets(getattr(jq, preset), jq.FP8_KV_CFG), num_hidden_layers=1)
+    rm = deploy.realize(qm)
+    assert {v for k, v in rm.plan.items() if k != "lm_head"} == {kernel}  # every projection served
+    lm = serve.real_quant_lm(rm, config)
+    assert lm.kv_spec is not None and lm.kv_spec.num_bits == (4, 3)
+    tokens, logits = lm.generate(PROMPT, N_NEW)
+    ref_tokens, ref_logits = greedy_forward(qm, PROMPT, N_NEW)
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref_tokens))
+    err = float(jnp.max(jnp.abs(logits - ref_logits)) / jnp.max(jnp.abs(ref_logits)))
+    assert err < TOL, err
+
+
+def test_real_cache_stores_fp8_and_fake_cache_stays_float():
+    config, qm = _quantize(jq.merge_presets(jq.W4A16_NVFP4_CFG, jq.FP8_KV_CFG))
+    real = serve.real_quant_lm(deploy.realize(qm), config).init_cache(2, 16)
+    fake = serve.fake_quant_lm(qm, config).init_cache(2, 16)
+    assert real.keys[0].data.dtype == jnp.float8_e4m3fn
+    assert fake.keys[0].dtype == jnp.float32
+    assert real.nbytes < fake.nbytes / 3  # 1 byte per value against 4 (plus one scale per layer)
+    k_amax = serve._kv_amax(qm, config, "k_bmm_quantizer")
+    np.testing.assert_array_equal(np.asarray(real.k_amax), np.asarray(k_amax))
+
+
+def test_fake_quant_lm_prefill_is_qm_apply():
+    """The step model shares qm's sites and state: prefill through an empty float cache is ``qm.apply``."""
+    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    lm = serve.fake_quant_lm(qm, config)
+    logits, cache = jax.jit(lm.prefill)(lm.weights, lm.params, CALIB, lm.init_cache(2, 8))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(qm.apply(qm.params, CALIB)), rtol=1e-6, atol=1e-6)
+    assert int(cache.length) == 8
+
+
+def test_kv_cache_needs_one_format_for_k_and_v():
+    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    qm_k_only = qm.replace(config=qm.config.with_entries(("*.v_bmm_quantizer", False)))
+    with pytest.raises(ValueError, match="one storage format"):
+        serve.kv_cache_spec(qm_k_only, config)
+    assert serve.kv_cache_spec(qm.replace(config=qm.config.with_entries(("*bmm_quantizer", False))), config) is None
