@@ -146,7 +146,7 @@ def _layers(qm) -> tuple[list[_Layer], list[str]]:
         lora = (np.asarray(st_w[LORA_A], np.float32), np.asarray(st_w[LORA_B], np.float32)) if LORA_A in st_w else None
         algo, fields = _algo(site.name, wspec, ispec, low_rank=lora is not None)
         iamax = st_i.get("amax")
-        if ispec is not None and not ispec.is_dynamic and iamax is None:  # dynamic inputs have no scale
+        if ispec is not None and ispec.format.needs_amax(ispec) and iamax is None:  # per-token inputs have none
             raise ValueError(f"quantizer {iq!r} is not calibrated")
         pqs = st_i.get("pre_quant_scale")
         layers.append(_Layer(site, algo, fields, wspec, ispec,
@@ -206,7 +206,7 @@ def _layer_tensors(qm, lay: _Layer) -> dict[str, np.ndarray]:
             out[LORA_A], out[LORA_B] = lay.lora
     else:
         out["weight"] = np.asarray(w)
-    if lay.ispec is not None and not lay.ispec.is_dynamic:
+    if lay.ispec is not None and lay.ispec.format.needs_amax(lay.ispec):
         out["input_scale"] = export_scale(lay.ispec, lay.iamax).reshape(())
     if lay.ispec is not None and lay.pqs is not None and "pre_quant_scale" not in out:
         out["pre_quant_scale"] = lay.pqs

@@ -116,10 +116,10 @@ def _key_operand(qk, pv_eqns, producers, dims) -> int | None:
         first = {0: len(qlb), 1: len(qlb) + len(lhs_free)}
         n_free = {0: len(lhs_free),
                   1: len([d for d in range(len(qk.invars[1].aval.shape)) if d not in qrc and d not in qrb])}
-        for op in (0, 1):
-            axes = range(first[op], first[op] + n_free[op])
-            if any(dims.same(out, a, pv.invars[p_op], c) for a in axes for c in p_contract):
-                return op
+        tied = [op for op in (0, 1) if any(dims.same(out, a, pv.invars[p_op], c)
+                                           for a in range(first[op], first[op] + n_free[op]) for c in p_contract)]
+        if len(tied) == 1:  # both tied: the query and key positions share one array (a causal mask built from
+            return tied[0]  # one positions vector ties t and s), so the dimensions cannot tell them apart
     return None
 
 
