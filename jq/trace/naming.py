@@ -116,10 +116,35 @@ def _key_operand(qk, pv_eqns, producers, dims) -> int | None:
         first = {0: len(qlb), 1: len(qlb) + len(lhs_free)}
         n_free = {0: len(lhs_free),
                   1: len([d for d in range(len(qk.invars[1].aval.shape)) if d not in qrc and d not in qrb])}
-        tied = [op for op in (0, 1) if any(dims.same(out, a, pv.invars[p_op], c)
-                                           for a in range(first[op], first[op] + n_free[op]) for c in p_contract)]
-        if len(tied) == 1:  # both tied: the query and key positions share one array (a causal mask built from
-            return tied[0]  # one positions vector ties t and s), so the dimensions cannot tell them apart
+        free = {op: range(first[op], first[op] + n_free[op]) for op in (0, 1)}
+        tied = [op for op in (0, 1) if any(dims.same(out, a, pv.invars[p_op], c) for a in free[op] for c in p_contract)]
+        if len(tied) == 1:
+            return tied[0]
+        # both tied (self-attention: q and k sequence axes both come from x's): follow the contracted axis of
+        # the probabilities back to the scores through axis-preserving ops and transposes
+        back = {_axis_back(pv.invars[p_op], c, out, producers) for c in p_contract} - {None}
+        owners = [op for op in (0, 1) if back & set(free[op])]
+        if len(owners) == 1:
+            return owners[0]
+    return None
+
+
+def _axis_back(var, axis: int, target, producers, depth: int = 0) -> int | None:
+    """The axis of ``target`` that axis ``axis`` of ``var`` is, through transposes and ops whose operand has the
+    output's shape (elementwise ops, a softmax call); None when no such path reaches ``target``."""
+    if var is target:
+        return axis
+    eqn = producers.get(var)
+    if eqn is None or depth > 32 or len(eqn.outvars) != 1:
+        return None
+    if eqn.primitive.name == "transpose":
+        return _axis_back(eqn.invars[0], eqn.params["permutation"][axis], target, producers, depth + 1)
+    shape = var.aval.shape
+    for v in eqn.invars:
+        if not isinstance(v, jcore.Literal) and getattr(v.aval, "shape", None) == shape:
+            found = _axis_back(v, axis, target, producers, depth + 1)
+            if found is not None:
+                return found
     return None
 
 
