@@ -110,6 +110,8 @@ def _param_name(path) -> str:
 
 
 _pack_rows_int4, _unpack_rows_int4 = pack_rows_int4, unpack_rows_int4  # names the tests know
+# one compiled program per (shape, spec): eager quantization compiles every small op (~10 s per NVFP4 layer on CPU)
+_quantize_jit = jax.jit(qtensor_quantize, static_argnums=(1,))
 
 
 @dataclasses.dataclass
@@ -198,7 +200,7 @@ def _layer_tensors(qm, lay: _Layer) -> dict[str, np.ndarray]:
     if spec is not None:
         if lay.pqs is not None:  # the site quantizes the smoothed weight W * (1 / pre_quant_scale), as it computes it
             w = (w * (1.0 / jnp.asarray(lay.pqs, jnp.float32))).astype(w.dtype)
-        qt = qtensor_quantize(w, spec, None if lay.wamax is None else jnp.asarray(lay.wamax))
+        qt = _quantize_jit(w, spec, None if lay.wamax is None else jnp.asarray(lay.wamax))
         out.update(spec.format.hf_tensors(qt, spec, lay.wamax, lay.algo))
         if lay.fields.get("pre_quant_scale"):  # the format's layout always carries one (ones when jq has none)
             out["pre_quant_scale"] = lay.pqs if lay.pqs is not None else np.ones((w.shape[1],), np.float32)

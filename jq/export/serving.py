@@ -54,6 +54,8 @@ __all__ = ["to_serving_checkpoint", "DEFAULT_MAX_SHARD_BYTES", "kv_scales"]
 DEFAULT_MAX_SHARD_BYTES = 5 * 2 ** 30  # transformers' default shard size (5 GB)
 INDEX_FILE, SINGLE_FILE, CONFIG_FILE, QUANT_FILE = ("model.safetensors.index.json", "model.safetensors",
                                                     "config.json", "hf_quant_config.json")
+# fused siblings (module names under one block) and the RMSNorm feeding them, in the Llama family's naming
+FOLD_INTO_NORM = ((("q_proj", "k_proj", "v_proj"), "input_layernorm"), (("gate_proj", "up_proj"), "post_attention_layernorm"))
 KV_SLOTS = {"k_bmm_quantizer": ("k_proj", "k_scale"), "v_bmm_quantizer": ("v_proj", "v_scale")}
 
 
@@ -98,6 +100,31 @@ def kv_scales(qm) -> tuple[str | None, dict[str, np.ndarray], dict[str, float]]:
             amaxes[name] = float(np.asarray(amax, np.float32).reshape(()))
             algos.add(found[0])
     return (algos.pop() if algos else None), scales, amaxes
+
+
+def _fold_pre_quant_scales(tensors: dict[str, np.ndarray]) -> None:
+    """Move the shared ``pre_quant_scale`` of fused siblings into the RMSNorm before them (in place).
+
+    TensorRT-LLM's fused q/k/v and gate/up W4A16 AWQ layers do not read ``pre_quant_scale`` (it is expected
+    "merged with the LayerNorm": ``_torch/modules/linear.py``, ``W4A16_AWQ_LinearMethod``), and vLLM's NVFP4
+    layers never read it; ``rms(x) * w * s == rms(x) * (w * s)``, so the norm weight becomes ``w * s`` (equal
+    to float32 rounding) and the siblings lose the tensor. Groups whose norm is not found keep theirs.
+    """
+    for group, norm in FOLD_INTO_NORM:
+        for name in [n for n in tensors if n.endswith(f".{group[0]}.pre_quant_scale")]:
+            block = name[: -len(f".{group[0]}.pre_quant_scale")]           # model.layers.N.self_attn
+            layer = block.rsplit(".", 1)[0]                                 # model.layers.N
+            names = [f"{block}.{m}.pre_quant_scale" for m in group]
+            norm_name = f"{layer}.{norm}.weight"
+            if norm_name not in tensors or not all(n in tensors for n in names):
+                continue
+            s = tensors[names[0]]
+            if any(not np.array_equal(tensors[n], s) for n in names):
+                continue  # unequal: the sibling check raised already unless unified
+            w = tensors[norm_name]
+            tensors[norm_name] = (w.astype(np.float32) * s).astype(w.dtype)
+            for n in names:
+                del tensors[n]
 
 
 def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -173,6 +200,7 @@ def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
         if lay.iamax is not None and lay.iamax.size == 1:
             amaxes[f"{module}.input_scale"] = float(lay.iamax.reshape(()))
         consumed.add(lay.site.weight.leaf)
+    _fold_pre_quant_scales(tensors)
     kv_algo, kv, kv_amax = kv_scales(qm)
     tensors.update(kv)
     amaxes.update(kv_amax)

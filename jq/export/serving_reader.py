@@ -16,14 +16,17 @@ FP8_PER_CHANNEL_PER_TOKEN  float8_e4m3fn [o, i]    float32 [o]                  
 NVFP4                      uint8 [o, i/2]          float8_e4m3fn [o, i/16]             ``weight_scale_2``,
                                                                                        ``input_scale`` scalars
 W4A16_NVFP4                uint8 [o, i/2]          float8_e4m3fn [o, i/16]             ``weight_scale_2`` scalar
-W4A16_AWQ                  uint8 [o/2, i]          float32 [o, i/group]                ``pre_quant_scale`` [i]
+W4A16_AWQ                  uint8 [o/2, i]          float32 [o, i/group]                ``pre_quant_scale`` [i] (not
+                                                                                       on fused q/k/v, gate/up)
 =========================  ======================  ==================================  =============================
 
 NVFP4 packing: element ``2j`` of a row in the low nibble of byte ``j``, E2M1 codes (sign bit 3, magnitude
 ``[0, .5, 1, 1.5, 2, 3, 4, 6]``: vLLM's ``FP4_E2M1_LUT``); value ``e2m1 * weight_scale * weight_scale_2``.
 W4A16_AWQ packing: rows ``2r`` (low nibble) and ``2r + 1`` (high nibble) of signed INT4 codes in byte row
 ``r``; value ``code * weight_scale[o, i // group]`` (ModelOpt's layout as :mod:`jq.export.hf_checkpoint`
-writes it). KV cache (``kv_cache_quant_algo: FP8``): float32 scalars ``model.layers.N.self_attn.k_proj.k_scale``
+writes it; TensorRT-LLM's ``W4A16_AWQ_LinearMethod`` takes ``weight`` transposed to ``[i, o/2]`` int8 and
+``weight_scale`` transposed to ``[i/group, o]``, and reads ``pre_quant_scale`` only on unfused layers, so the
+siblings' scale lives in the RMSNorm before them). KV cache (``kv_cache_quant_algo: FP8``): float32 scalars ``model.layers.N.self_attn.k_proj.k_scale``
 and ``v_proj.v_scale`` (vLLM ``maybe_remap_kv_scale_name``). Fused siblings (q/k/v, gate/up) must carry equal
 ``input_scale`` and ``weight_scale_2`` (vLLM warns and takes the max otherwise).
 
@@ -69,6 +72,7 @@ RULES = {
 }
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 SHARED = ("input_scale", "weight_scale_2")
+FUSED = {m for group in SIBLINGS for m in group}
 # jq presets whose input quantizer is what a serving stack does to a module's input under each quant_algo
 _INPUT_PRESET = {"FP8": "FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN": "FP8_PER_CHANNEL_PER_TOKEN_CFG",
                  "NVFP4": "NVFP4_DEFAULT_CFG", "W4A16_NVFP4": "W4A16_NVFP4_CFG", "W4A16_AWQ": "INT4_AWQ_CFG"}
@@ -153,7 +157,13 @@ class ServingCheckpoint:
             g = self.group_size(module)
             rules = RULES[algo]
             out, inp = self._logical_shape(module, algo, t, g)
+            fused = module.rsplit(".", 1)[-1] in FUSED
             for tensor, (dtype, shape) in rules.items():
+                if tensor == "pre_quant_scale" and fused:
+                    if tensor in t:  # TensorRT-LLM's fused W4A16 AWQ layers do not read it: it must be in the norm
+                        raise ValueError(f"{module}.pre_quant_scale: fused q/k/v and gate/up layers ignore it "
+                                         f"(TensorRT-LLM); fold it into the RMSNorm before them")
+                    continue
                 if tensor not in t:
                     raise ValueError(f"{module}: {algo} needs {module}.{tensor}")
                 want = () if shape is None else shape(out, inp, g)
