@@ -141,7 +141,7 @@ def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np
     return shards
 
 
-def _write_safetensors(out: Path, tensors: dict[str, np.ndarray], max_bytes: int, metadata: dict) -> list[str]:
+def _write_safetensors(out: Path, tensors: dict[str, np.ndarray], max_bytes: int, metadata: dict) -> None:
     import safetensors.flax
 
     shards = _shards(tensors, max_bytes)
@@ -155,7 +155,6 @@ def _write_safetensors(out: Path, tensors: dict[str, np.ndarray], max_bytes: int
         (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     for f, shard in zip(files, shards):
         safetensors.flax.save_file({k: jnp.asarray(v) for k, v in shard.items()}, str(out / f), metadata=meta)
-    return files
 
 
 def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
@@ -222,11 +221,10 @@ def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:  # overwrite: no shard of an older export
         stale.unlink(missing_ok=True)
-    files = _write_safetensors(out, tensors, max_shard_bytes, {"jq_amax": json.dumps(amaxes, sort_keys=True)})
+    _write_safetensors(out, tensors, max_shard_bytes, {"jq_amax": json.dumps(amaxes, sort_keys=True)})
     (out / QUANT_FILE).write_text(json.dumps(quant, indent=4) + "\n")
     qc = {"quant_method": "modelopt", **q, "producer": quant["producer"], "ignore": q["exclude_modules"]}
     if kv_algo == "FP8":
         qc["kv_cache_scheme"] = {"type": "float", "num_bits": 8, "dynamic": False, "strategy": "tensor"}
     (out / CONFIG_FILE).write_text(json.dumps({**hf_config, "quantization_config": qc}, indent=2) + "\n")
-    del files
     return out
