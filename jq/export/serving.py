@@ -199,7 +199,6 @@ def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
         if lay.iamax is not None and lay.iamax.size == 1:
             amaxes[f"{module}.input_scale"] = float(lay.iamax.reshape(()))
         consumed.add(lay.site.weight.leaf)
-    _fold_pre_quant_scales(tensors)
     kv_algo, kv, kv_amax = kv_scales(qm)
     tensors.update(kv)
     amaxes.update(kv_amax)
@@ -212,6 +211,7 @@ def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
         v = np.asarray(leaf if dtype is None or not jnp.issubdtype(leaf.dtype, jnp.floating)
                        else jnp.asarray(leaf, dtype))
         tensors[name] = v
+    _fold_pre_quant_scales(tensors)
     quant = hfc._quant_config(layers, excluded)
     q = quant["quantization"]
     q["kv_cache_quant_algo"] = kv_algo
