@@ -130,8 +130,9 @@ def _key_operand(qk, pv_eqns, producers, dims) -> int | None:
 
 
 def _axis_back(var, axis: int, target, producers, depth: int = 0) -> int | None:
-    """The axis of ``target`` that axis ``axis`` of ``var`` is, through transposes and ops whose operand has the
-    output's shape (elementwise ops, a softmax call); None when no such path reaches ``target``."""
+    """The axis of ``target`` that axis ``axis`` of ``var`` is, through transposes, reshapes that keep the axis
+    and ops whose operand has the output's shape (elementwise ops, a softmax call); None when no such path
+    reaches ``target``."""
     if var is target:
         return axis
     eqn = producers.get(var)
@@ -140,6 +141,11 @@ def _axis_back(var, axis: int, target, producers, depth: int = 0) -> int | None:
     if eqn.primitive.name == "transpose":
         return _axis_back(eqn.invars[0], eqn.params["permutation"][axis], target, producers, depth + 1)
     shape = var.aval.shape
+    if eqn.primitive.name == "reshape":  # an axis that survives: same size, same product of the axes before it
+        src = eqn.invars[0].aval.shape
+        before = math.prod(shape[:axis])
+        same = [j for j in range(len(src)) if src[j] == shape[axis] and math.prod(src[:j]) == before]
+        return _axis_back(eqn.invars[0], same[0], target, producers, depth + 1) if same else None
     for v in eqn.invars:
         if not isinstance(v, jcore.Literal) and getattr(v.aval, "shape", None) == shape:
             found = _axis_back(v, axis, target, producers, depth + 1)
