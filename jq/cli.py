@@ -2,12 +2,16 @@
 
 Subcommands:
   quantize   quantize a real model on real offline data with one or more presets; print the per-quantizer
-             summary and the accuracy of each quantized model against the float model
+             summary and the accuracy of each quantized model against the float model. ``--model`` is
+             ``fashion-cnn`` or a Llama-family HF directory / ``.gguf`` file (:mod:`jq.cli_llm`: perplexity,
+             KL and top-1 on text; ``--export-hf OUT`` writes a serving checkpoint)
+  eval       perplexity (KL / top-1 against --reference) of a checkpoint written by ``quantize --export-hf``
   presets    list the presets with their formats and algorithms
   analyze    print jq's trace report (sites, siblings, coupled dimensions) for a model
 
 Example:
   jq-quant quantize --model fashion-cnn --preset INT8_DEFAULT_CFG --preset NVFP4_DEFAULT_CFG
+  jq-quant quantize --model SmolLM2-135M/ --preset NVFP4_DEFAULT_CFG --kv-cache fp8 --export-hf out/
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import argparse
 import sys
 import time
 
+from jq.cli_llm import CliError, add_llm_args
+
 __all__ = ["main"]
 
 MODELS = ("fashion-cnn",)
 _COMMANDS = (
     ("quantize", "quantize a real model on real offline data and report accuracy per preset"),
+    ("eval", "perplexity / KL / top-1 of a checkpoint written by quantize --export-hf"),
     ("presets", "list the presets with their formats and algorithms"),
     ("analyze", "print jq's trace report (sites, siblings, coupled dimensions) for a model"),
 )
@@ -28,7 +35,8 @@ _COMMANDS = (
 
 def _load_model(name, args):
     if name != "fashion-cnn":
-        raise SystemExit(f"unknown model {name!r}; available: {MODELS}")
+        raise SystemExit(f"jq-quant: unknown model {name!r}; available: {MODELS}, or a Llama-family HF directory "
+                         f"or .gguf file (quantize)")
     from jq_zoo.cnn import FashionCNN, load_or_train_fashion_cnn
     from jq_zoo.fashion_mnist import load_fashion_mnist
 
@@ -42,6 +50,15 @@ def _load_model(name, args):
 
 def _cmd_quantize(args) -> int:
     import jq
+
+    if args.model not in MODELS:
+        from jq.cli_llm import cmd_quantize
+
+        return cmd_quantize(args)
+    for opt in ("export_hf", "kv_cache", "calib_text", "algorithm"):
+        if getattr(args, opt, None):
+            raise SystemExit(f"jq-quant: --{opt.replace('_', '-')} applies to language models (--model HF_DIR or "
+                             f".gguf), not {args.model}")
 
     apply_fn, params, calib, (x_test, y_test), path = _load_model(args.model, args)
     if args.limit:
@@ -89,6 +106,12 @@ def _evaluate(apply_fn, params, qm, images, labels, progress, desc, batch=1000) 
     return correct / len(images), same / len(images)
 
 
+def _cmd_eval(args) -> int:
+    from jq.cli_llm import cmd_eval
+
+    return cmd_eval(args)
+
+
 def _cmd_presets(args) -> int:
     from jq.config import as_config
     from jq.presets import PRESETS
@@ -125,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(n for n, _ in _COMMANDS) + "}")
 
     def model_args(sp):
-        sp.add_argument("--model", default="fashion-cnn", choices=MODELS, help="the model to quantize")
+        sp.add_argument("--model", default="fashion-cnn",
+                        help=f"the model: {', '.join(MODELS)}, or a Llama-family HF directory or .gguf file")
         sp.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
         sp.add_argument("--cache-dir", default=None, help="where the trained float model is cached")
         sp.add_argument("--epochs", type=int, default=3, help="training epochs for the float model")
@@ -137,7 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--preset", action="append", help="preset name (repeatable); default INT8, FP8, NVFP4, MXFP8")
     q.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
     q.add_argument("--quiet", action="store_true", help="no per-quantizer summary or progress bars")
+    q.add_argument("--algorithm", default=None, help="calibration algorithm instead of the preset's (max, "
+                   "smoothquant, awq_lite, awq_clip, awq_full, gptq, mse, ...)")
+    q.add_argument("--kv-cache", choices=("fp8",), default=None, help="also quantize the KV cache (FP8_KV_CFG)")
+    q.add_argument("--export-hf", default=None, metavar="OUT", help="write a serving checkpoint (ModelOpt layout) "
+                   "to this new directory")
+    add_llm_args(q)
     q.set_defaults(func=_cmd_quantize)
+    e = sub.add_parser("eval", help=dict(_COMMANDS)["eval"])
+    e.add_argument("--model", required=True, help="a checkpoint directory written by quantize --export-hf")
+    e.add_argument("--reference", default=None, help="the float model (HF directory or .gguf) for KL and top-1")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_llm_args(e)
+    e.set_defaults(func=_cmd_eval)
     pr = sub.add_parser("presets", help=dict(_COMMANDS)["presets"])
     pr.set_defaults(func=_cmd_presets)
     a = sub.add_parser("analyze", help=dict(_COMMANDS)["analyze"])
@@ -150,6 +186,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except CliError as e:
+        print(f"jq-quant: {e}", file=sys.stderr)
+        return 2
     except FileNotFoundError as e:
         print(f"jq-quant: {e}", file=sys.stderr)
         return 1

@@ -8,6 +8,9 @@
 * :func:`save`, :func:`load` - orbax checkpoints of a :class:`~jq.QuantizedModel` (:mod:`jq.export.checkpoint`).
 * :func:`to_hf_checkpoint`, :func:`read_hf_checkpoint` - ModelOpt's unified Hugging Face layout
   (:mod:`jq.export.hf_checkpoint`).
+* :func:`to_serving_checkpoint`, :func:`read_serving_checkpoint` - the same layout with HF tensor names,
+  ``config.json``, KV scales and shards, as vLLM / TensorRT-LLM load it (:mod:`jq.export.serving`,
+  :mod:`jq.export.serving_reader`; docs/serving.md).
 * :func:`layer_scales` - the per-layer scales a deployment framework loads (:mod:`jq.export.scales`).
 
 Example:
@@ -25,6 +28,8 @@ from jq.export.lint import Violation, check_tensorrt, format_violations
 from jq.export.onnx import ExportOptions, OnnxExport, export, export_formats, run_onnxruntime, to_onnx, to_onnx_float
 from jq.export.passes import optimize
 from jq.export.scales import LayerScales, export_scale, layer_scales
+from jq.export.serving import to_serving_checkpoint
+from jq.export.serving_reader import ServingCheckpoint, read_serving_checkpoint
 from onnx_toolbox.tensorrt import BuildOptions, TimingResult, build_engine, tensorrt_available, time_engine
 
 __all__ = [
@@ -47,6 +52,9 @@ __all__ = [
     "to_hf_checkpoint",
     "read_hf_checkpoint",
     "HFCheckpoint",
+    "to_serving_checkpoint",
+    "read_serving_checkpoint",
+    "ServingCheckpoint",
     "BuildOptions",
     "TimingResult",
     "build_engine",

@@ -5,7 +5,8 @@
 reference uses). Storage: ``float8_e4m3fn`` / ``float8_e5m2`` values and the float32 ``s``. Per-token scaling is
 ModelOpt's ``block_sizes={-1: None}`` with ``type="dynamic"``.
 
-Checkpoints: ``FP8`` (per-tensor weight and static per-tensor input). Kernels (GPU): fused Pallas-Triton
+Checkpoints: ``FP8`` (per-tensor weight and static per-tensor input) and ``FP8_PER_CHANNEL_PER_TOKEN`` (one
+scale per output channel ``weight_scale[out]``, inputs quantized per token at run time: no ``input_scale``). Kernels (GPU): fused Pallas-Triton
 fake-quant / quantize / dequantize for per-tensor, per-row and per-token scales; the real-quantized linear layer
 runs cuBLASLt's fp8 GEMM through XLA (:class:`~jq.formats.linear.FP8Linear`).
 """
@@ -41,7 +42,7 @@ class FP8Format(ScaledFormat):
     """FP8 E4M3 / E5M2 with static or dynamic per-tensor / per-axis / per-block / per-token scales."""
 
     name = "fp8"
-    hf_algorithms = ("FP8",)
+    hf_algorithms = ("FP8", "FP8_PER_CHANNEL_PER_TOKEN")
 
     def claims(self, spec) -> bool:
         bs = spec.block_sizes
@@ -94,17 +95,24 @@ class FP8Format(ScaledFormat):
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def hf_algorithm(self, wspec, ispec):
-        per_tensor = element_name(wspec) == "e4m3" and wspec.axis is None and wspec.block_sizes is None
-        if per_tensor and ispec is not None and ispec.format is self and element_name(ispec) == "e4m3" \
-                and ispec.axis is None and ispec.block_sizes is None and not ispec.is_dynamic:
+        if element_name(wspec) != "e4m3" or wspec.block_sizes is not None or ispec is None or ispec.format is not self \
+                or element_name(ispec) != "e4m3":
+            return None
+        if wspec.axis is None and ispec.axis is None and ispec.block_sizes is None and not ispec.is_dynamic:
             return "FP8", {}
+        per_token = ispec.is_dynamic and ispec.block_sizes is not None and dict(ispec.block_sizes.sizes) == {-1: None}
+        if wspec.axis in (0, (0,)) and per_token:  # axis 0 of the canonical [out, in] weight: per output channel
+            return "FP8_PER_CHANNEL_PER_TOKEN", {}
         return None
 
     def hf_tensors(self, qt, wspec, amax, algo):
-        return {"weight": np.asarray(qt.data), "weight_scale": self.export_scale(wspec, amax).reshape(())}
+        scale = self.export_scale(wspec, amax)
+        return {"weight": np.asarray(qt.data),
+                "weight_scale": scale.reshape(()) if algo == "FP8" else scale.reshape(-1)}
 
     def hf_dequantize(self, tensors, layer_config):
-        return tensors["weight"].astype(np.float32) * tensors["weight_scale"].astype(np.float32)
+        scale = tensors["weight_scale"].astype(np.float32)
+        return tensors["weight"].astype(np.float32) * (scale if scale.ndim == 0 else scale[:, None])
 
     # -- kernels ----------------------------------------------------------------------------------------
     def kernel_mode(self, spec, cshape) -> str | None:

@@ -116,35 +116,42 @@ def _key_operand(qk, pv_eqns, producers, dims) -> int | None:
         first = {0: len(qlb), 1: len(qlb) + len(lhs_free)}
         n_free = {0: len(lhs_free),
                   1: len([d for d in range(len(qk.invars[1].aval.shape)) if d not in qrc and d not in qrb])}
-        tied = [op for op in (0, 1) if any(dims.same(out, a, pv.invars[p_op], c)
-                                           for a in range(first[op], first[op] + n_free[op]) for c in p_contract)]
-        if len(tied) == 2 and _same_axes(qk, pv.invars[p_op], producers):
-            # both tied (q and k sequence axes share a class: one x, or one positions array in a causal mask):
-            # the scores reach p·v with their axes in place, so the contracted axis is the key's free axis
-            tied = [op for op in (0, 1) if any(first[op] <= c < first[op] + n_free[op] for c in p_contract)]
-        if tied:
+        free = {op: range(first[op], first[op] + n_free[op]) for op in (0, 1)}
+        tied = [op for op in (0, 1) if any(dims.same(out, a, pv.invars[p_op], c) for a in free[op] for c in p_contract)]
+        if len(tied) == 1:
             return tied[0]
+        # both tied (self-attention: q and k sequence axes both come from x's): follow the contracted axis of
+        # the probabilities back to the scores through axis-preserving ops and transposes
+        back = {_axis_back(pv.invars[p_op], c, out, producers) for c in p_contract} - {None}
+        owners = [op for op in (0, 1) if back & set(free[op])]
+        if len(owners) == 1:
+            return owners[0]
     return None
 
 
-# equations whose output keeps every axis of an input of its shape in place (softmax's inner ops, casts, masks)
-_AXIS_PRESERVING = {"convert_element_type", "exp", "sub", "div", "mul", "add", "max", "min", "select_n", "neg",
-                    "stop_gradient", "copy", "copy_p", "integer_pow", "custom_jvp_call", "pjit", "jit",
-                    "closed_call", "reduce_precision"}
-
-
-def _same_axes(target, var, producers, depth=0) -> bool:
-    """Whether ``var`` comes from ``target``'s output through axis-preserving equations only (no transpose)."""
+def _axis_back(var, axis: int, target, producers, depth: int = 0) -> int | None:
+    """The axis of ``target`` that axis ``axis`` of ``var`` is, through transposes, reshapes that keep the axis
+    and ops whose operand has the output's shape (elementwise ops, a softmax call); None when no such path
+    reaches ``target``."""
+    if var is target:
+        return axis
     eqn = producers.get(var)
-    if eqn is None or depth > 16:
-        return False
-    if eqn is target:
-        return True
-    if eqn.primitive.name not in _AXIS_PRESERVING:
-        return False
+    if eqn is None or depth > 32 or len(eqn.outvars) != 1:
+        return None
+    if eqn.primitive.name == "transpose":
+        return _axis_back(eqn.invars[0], eqn.params["permutation"][axis], target, producers, depth + 1)
     shape = var.aval.shape
-    return any(_same_axes(target, v, producers, depth + 1) for v in eqn.invars
-               if not isinstance(v, jcore.Literal) and getattr(v.aval, "shape", None) == shape)
+    if eqn.primitive.name == "reshape":  # an axis that survives: same size, same product of the axes before it
+        src = eqn.invars[0].aval.shape
+        before = math.prod(shape[:axis])
+        same = [j for j in range(len(src)) if src[j] == shape[axis] and math.prod(src[:j]) == before]
+        return _axis_back(eqn.invars[0], same[0], target, producers, depth + 1) if same else None
+    for v in eqn.invars:
+        if not isinstance(v, jcore.Literal) and getattr(v.aval, "shape", None) == shape:
+            found = _axis_back(v, axis, target, producers, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _weight_scope(eqn, producers, linear_name, depth=0) -> str | None:
