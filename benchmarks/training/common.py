@@ -101,3 +101,14 @@ def write_json(path: str, record: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1, default=float)
     os.replace(tmp, path)
+
+
+def compile_all(lowered: dict) -> dict:
+    """Compile ``{name: jax.stages.Lowered}`` concurrently (XLA compiles release the GIL; tracing, already
+    done, does not parallelize); returns ``{name: Compiled}``. Cuts the wall time of many recipe graphs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(len(lowered), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {k: pool.submit(v.compile) for k, v in lowered.items()}
+        return {k: f.result() for k, f in futures.items()}

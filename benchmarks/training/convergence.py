@@ -35,8 +35,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.training.common import (EXCLUDE, RECIPES, bar_of, bf16_params, device_info, fast_gemm, load_ids,
-                                        val_windows, write_json)
+from benchmarks.training.common import (
+    EXCLUDE,
+    RECIPES,
+    bar_of,
+    bf16_params,
+    compile_all,
+    device_info,
+    fast_gemm,
+    load_ids,
+    val_windows,
+    write_json,
+)
 from jq import recipes as R
 from jq_zoo.gpt import GPT, GPTConfig, cross_entropy
 from jq_zoo.shakespeare import random_batches
@@ -81,8 +91,8 @@ def make_chunk(apply, recipe, opt):
     return chunk
 
 
-def run_one(name, recipe, cfg, args, params0, batches, val, key):
-    """Train one run; returns its record (curves, final validation losses, timings)."""
+def prepare(name, recipe, cfg, args, params0, batches, val, key):
+    """Trace one run: the initial carry and the lowered (not yet compiled) chunk and validation functions."""
     model = GPT(cfg)
     apply = make_apply(model, recipe, args.gemm)
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 20), args.steps, args.lr / 10)
@@ -90,25 +100,26 @@ def run_one(name, recipe, cfg, args, params0, batches, val, key):
     x0 = jnp.asarray(batches[0][0][0])
     rstate = None if recipe is None else R.init_recipe_state(recipe, model.apply, bf16_params(params0), x0,
                                                               exclude=EXCLUDE)
-    chunk = make_chunk(apply, recipe, opt)
+    carry = (jax.tree.map(jnp.array, params0), opt.init(params0), rstate)
     vx, vy = (jnp.asarray(a) for a in val)
     eval_key = jax.random.key(12345)
+    chunk = make_chunk(apply, recipe, opt)
     val_loss = jax.jit(lambda p, s: cross_entropy(apply(p, vx, eval_key, s), vy))
-    val_loss_plain = jax.jit(lambda p: cross_entropy(model.apply(bf16_params(p), vx), vy))
+    lowered = {f"{name}/chunk": chunk.lower(carry, batches[0], key), f"{name}/val": val_loss.lower(carry[0], carry[2])}
+    return carry, lowered
 
-    carry = (jax.tree.map(jnp.array, params0), opt.init(params0), rstate)
+
+def execute(name, compiled, carry, args, batches, key, val_loss_plain):
+    """Train one run with its compiled functions; returns its record (curves, final losses, timings)."""
+    chunk, val_loss = compiled[f"{name}/chunk"], compiled[f"{name}/val"]
     t0 = time.time()
-    train_curve, val_curve, compile_s, train_s = [], [], None, 0.0
+    train_curve, val_curve, train_s = [], [], 0.0
     val_curve.append((0, float(val_loss(carry[0], carry[2]))))
     for c, b in enumerate(batches):
         t = time.time()
         carry, losses = chunk(carry, b, key)
         losses = np.asarray(losses)
-        dt = time.time() - t
-        if c == 0:
-            compile_s = dt
-        else:
-            train_s += dt
+        train_s += time.time() - t
         step = (c + 1) * args.chunk
         train_curve += [(step - args.chunk + j + 1, float(v)) for j, v in enumerate(losses)]
         val_curve.append((step, float(val_loss(carry[0], carry[2]))))
@@ -118,13 +129,11 @@ def run_one(name, recipe, cfg, args, params0, batches, val, key):
     total = time.time() - t0
     final = val_curve[-1][1]
     plain = float(val_loss_plain(carry[0]))
-    steps_timed = max(1, (len(batches) - 1) * args.chunk)
+    ms = 1e3 * train_s / max(1, len(train_curve))
     print(f"   {name:<13} val loss {final:.4f} (bf16 forward {plain:.4f})  train loss {train_curve[-1][1]:.4f}  "
-          f"{total:.1f} s (first chunk incl. compile {compile_s:.1f} s, {1e3 * train_s / steps_timed:.1f} ms/step)",
-          flush=True)
-    return {"recipe": repr(recipe), "val_loss": final, "val_loss_bf16_forward": plain, "train_curve": train_curve,
-            "val_curve": val_curve, "seconds": total, "first_chunk_seconds": compile_s,
-            "ms_per_step": 1e3 * train_s / steps_timed}
+          f"{total:.1f} s ({ms:.1f} ms/step)", flush=True)
+    return {"val_loss": final, "val_loss_bf16_forward": plain, "train_curve": train_curve, "val_curve": val_curve,
+            "seconds": total, "ms_per_step": ms}
 
 
 def table(record) -> str:
@@ -230,12 +239,27 @@ def main(argv=None):
     record = {"info": info, "config": {**{k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer",
                                                                          "n_head", "n_embd")},
                                         "steps": args.steps, "batch": args.batch, "lr": args.lr,
-                                        "gemm": args.gemm, "val_windows": int(len(val[0])),
+                                        "gemm": args.gemm, "val_windows": len(val[0]),
                                         "excluded_sites": list(EXCLUDE), "seed": args.seed},
               "bars_percent": {"fp8": 1.0, "nvfp4": 3.0}, "runs": {}}
     json_path = os.path.join(args.out, "convergence.json")
+    t = time.time()
+    model = GPT(cfg)
+    vx, vy = (jnp.asarray(a) for a in val)
+    lowered = {"val_plain": jax.jit(lambda p: cross_entropy(model.apply(bf16_params(p), vx), vy)).lower(params0)}
+    carries = {}
     for name in runs:
-        record["runs"][name] = run_one(name, RECIPES[name], cfg, args, params0, batches, val, key)
+        carries[name], low = prepare(name, RECIPES[name], cfg, args, params0, batches, val, key)
+        lowered.update(low)
+    t_trace = time.time() - t
+    compiled = compile_all(lowered)
+    record["trace_seconds"], record["compile_seconds"] = t_trace, time.time() - t - t_trace
+    print(f"   traced {len(runs)} runs in {t_trace:.1f} s, compiled {len(lowered)} functions concurrently in "
+          f"{record['compile_seconds']:.1f} s", flush=True)
+    for name in runs:
+        record["runs"][name] = {"recipe": repr(RECIPES[name]),
+                                **execute(name, compiled, carries.pop(name), args, batches, key,
+                                          compiled["val_plain"])}
         write_json(json_path, record)
     record["seconds"] = time.time() - t_start
     write_json(json_path, record)

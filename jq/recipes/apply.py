@@ -31,7 +31,7 @@ from jq.recipes.gemm import fake_gemm
 from jq.trace.tracer import TracedModel, signature_of, split_dynamic, trace
 from jq.transform import Evaluator
 
-__all__ = ["RecipeHandler", "recipe_apply", "init_recipe_state", "recipe_sites"]
+__all__ = ["RecipeHandler", "init_recipe_state", "recipe_apply", "recipe_sites"]
 
 
 def _selected(site, exclude: Sequence[str]) -> bool:
