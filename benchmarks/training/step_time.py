@@ -93,10 +93,11 @@ def make_step(model, recipe, opt, gemm_mode: str):
 
 
 def hlo_gemm_counts(compiled) -> dict:
-    """Counts of GEMM kinds in the optimized HLO (cuBLASLt FP8, other cuBLAS/cuBLASLt calls, dots)."""
+    """Counts of GEMM kinds in the optimized HLO: cuBLASLt FP8 calls, all cuBLAS/cuBLASLt calls, Triton GEMM
+    fusions (XLA may emit an FP8 dot as one) and plain ``dot`` ops (CPU)."""
     text = compiled.as_text()
     return {"cublaslt_f8": text.count(FP8_CUBLASLT), "cublas_calls": text.count("__cublas$"),
-            "dot_ops": text.count(" dot(")}
+            "triton_gemm": text.count("__triton_gemm"), "dot_ops": text.count(" dot(")}
 
 
 def breakdown(recipe, t: int, k: int, n: int, gemm_mode: str, reps: int) -> dict:
