@@ -161,17 +161,26 @@ def plot(record, path: str) -> None:
     except ImportError:
         print("   (matplotlib is not installed: no PNG written)")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for name, r in record["runs"].items():
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    base = dict(map(tuple, record["runs"]["bf16"]["val_curve"])) if "bf16" in record["runs"] else None
+    for i, (name, r) in enumerate(record["runs"].items()):
+        color = f"C{i % 10}"  # one colour per run in every panel
         tr = np.asarray(r["train_curve"])
         k = max(1, len(tr) // 100)  # moving average over ~1 % of the run
         smooth = np.convolve(tr[:, 1], np.ones(k) / k, mode="valid")
-        axes[0].plot(tr[k - 1:, 0], smooth, label=name, lw=1)
+        axes[0].plot(tr[k - 1:, 0], smooth, label=name, lw=1, color=color)
         va = np.asarray(r["val_curve"])
-        axes[1].plot(va[:, 0], va[:, 1], marker=".", label=name, lw=1)
+        axes[1].plot(va[:, 0], va[:, 1], marker=".", label=name, lw=1, color=color)
+        if base is not None and name != "bf16":
+            pts = [(s, 100 * (v - base[s]) / base[s]) for s, v in r["val_curve"] if s in base and s > 0]
+            if pts:
+                axes[2].plot(*zip(*pts), marker=".", label=name, lw=1, color=color)
     cfg = record["config"]
     axes[0].set(title="training loss (moving average)", xlabel="step", ylabel="cross-entropy (nats)")
     axes[1].set(title="validation loss (held-out text)", xlabel="step")
+    axes[2].set(title="validation loss gap to bf16 (%; bars: FP8 1, NVFP4 3)", xlabel="step")
+    for bar in (1.0, 3.0):
+        axes[2].axhline(bar, color="k", lw=0.6, ls="--")
     lo = min(min(v for _, v in r["val_curve"]) for r in record["runs"].values())
     axes[1].set_ylim(lo - 0.05, lo + 0.6)
     axes[0].set_ylim(lo - 0.3, lo + 1.0)
