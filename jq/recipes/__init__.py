@@ -12,7 +12,8 @@ See docs/training_recipes.md for the operand table and the state mechanism.
 """
 
 from jq.recipes.dot import recipe_dot
-from jq.recipes.gemm import fake_gemm, fp8_gemm
+from jq.recipes.apply import RecipeHandler, init_recipe_state, recipe_apply, recipe_sites
+from jq.recipes.gemm import bf16_gemm, fake_gemm, fp8_gemm
 from jq.recipes.linear import linear
 from jq.recipes.operands import (
     Float8BlockOperand,
@@ -42,8 +43,13 @@ from jq.recipes.state import (
 
 __all__ = [
     "recipe_dot",
+    "recipe_apply",
+    "init_recipe_state",
+    "recipe_sites",
+    "RecipeHandler",
     "linear",
     "fake_gemm",
+    "bf16_gemm",
     "fp8_gemm",
     "NVFP4BlockScaling",
     "Float8CurrentScaling",

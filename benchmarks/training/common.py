@@ -1,0 +1,114 @@
+"""Shared pieces of the training-recipe benchmarks: recipes by name, the Shakespeare data, bf16 compute.
+
+Every model keeps float32 master params and computes in bf16 (``bf16_params``); a recipe replaces the GEMMs of
+the linear layers (all but ``lm_head``, which TE-style training keeps in high precision) through
+:func:`jq.recipes.recipe_apply`. ``None`` as recipe is the bf16 baseline: the same bf16 model, XLA's bf16 GEMMs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jq import recipes as R
+
+# name -> recipe (None = the bf16 baseline). Order = run order.
+RECIPES = {
+    "bf16": None,
+    "fp8_current": R.Float8CurrentScaling(),
+    "fp8_delayed": R.DelayedScaling(),
+    "mxfp8": R.MXFP8BlockScaling(),
+    "fp8_block": R.Float8BlockScaling(),
+    "nvfp4": R.NVFP4BlockScaling(),
+    "nvfp4_no_rht": R.NVFP4BlockScaling(rht=False),
+    "nvfp4_no_sr": R.NVFP4BlockScaling(stochastic_rounding=False),
+    "nvfp4_no_2d": R.NVFP4BlockScaling(weight_2d=False),
+}
+EXCLUDE = ("lm_head",)  # sites left in bf16
+
+# Bars of issue 14: % above the bf16 validation loss.
+BARS = {"fp8": 1.0, "nvfp4": 3.0}
+
+SMOKE_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n"
+) * 60
+
+
+def bar_of(name: str) -> float | None:
+    """The issue's bar for a run (FP8 recipes 1 %, NVFP4 and its ablations 3 %); None for the baseline."""
+    if name.startswith("nvfp4"):
+        return BARS["nvfp4"]
+    if name.startswith(("fp8", "mxfp8")):
+        return BARS["fp8"]
+    return None
+
+
+def fast_gemm(recipe):
+    """The GPU speed path: a real FP8 GEMM for per-tensor FP8 recipes, else bf16 on the dequantized operands."""
+    if isinstance(recipe, (R.Float8CurrentScaling, R.DelayedScaling)):
+        return R.fp8_gemm
+    return R.bf16_gemm
+
+
+def bf16_params(params):
+    """The compute copy of float32 master params (gradients flow back through the cast)."""
+    return jax.tree.map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+
+
+def load_ids(smoke: bool, data_dir: str | None):
+    """``(tokenizer, train_ids, val_ids)``: the Shakespeare archive (last 5 % held out); in smoke mode a short
+    passage when the archive is not cached (never downloads in smoke mode)."""
+    from jq_zoo import shakespeare
+
+    try:
+        text = shakespeare.load_text(cache_dir=data_dir, download=not smoke)
+    except FileNotFoundError:
+        if not smoke:
+            raise
+        print("   (smoke: Shakespeare archive not cached; using a short built-in passage)")
+        text = SMOKE_TEXT
+    if smoke:
+        text = text[:200_000]
+    tok = shakespeare.CharTokenizer.fit(text)
+    train_ids, val_ids = shakespeare.train_val_split(tok.encode(text), 0.05)
+    return tok, train_ids, val_ids
+
+
+def val_windows(ids: np.ndarray, block: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` evenly spaced, non-overlapping windows of held-out text: inputs and next-token targets."""
+    last = len(ids) - block - 1
+    starts = np.linspace(0, last, min(n, max(1, last // block))).astype(int)
+    return (np.stack([ids[s:s + block] for s in starts]), np.stack([ids[s + 1:s + block + 1] for s in starts]))
+
+
+def device_info() -> dict:
+    d = jax.devices()[0]
+    return {"device": getattr(d, "device_kind", str(d)), "platform": d.platform, "jax": jax.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def write_json(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def compile_all(lowered: dict) -> dict:
+    """Compile ``{name: jax.stages.Lowered}`` concurrently (XLA compiles release the GIL; tracing, already
+    done, does not parallelize); returns ``{name: Compiled}``. Cuts the wall time of many recipe graphs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(len(lowered), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {k: pool.submit(v.compile) for k, v in lowered.items()}
+        return {k: f.result() for k, f in futures.items()}

@@ -1,0 +1,48 @@
+"""The training-recipe benchmark scripts run end to end in their --smoke mode (tiny models, CPU)."""
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("optax")
+
+
+def test_convergence_smoke_trains_every_run_on_the_same_batches(tmp_path):
+    from benchmarks.training import convergence
+
+    rec = convergence.main(["--smoke", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "convergence.json").read_text())
+    assert list(saved["runs"]) == list(convergence.SMOKE_RUNS) == list(rec["runs"])
+    steps = saved["config"]["steps"]
+    for name, r in saved["runs"].items():
+        assert [s for s, _ in r["train_curve"]] == list(range(1, steps + 1)), name
+        assert math.isfinite(r["val_loss"]) and r["val_curve"][-1][0] == steps
+    first = {name: r["train_curve"][0][1] for name, r in saved["runs"].items()}
+    # step 1 of every run sees the same init and batch: losses agree to the recipes' quantization error
+    assert max(first.values()) - min(first.values()) < 0.1
+    assert saved["runs"]["nvfp4"]["val_loss"] != saved["runs"]["bf16"]["val_loss"]  # the recipe ran
+
+
+def test_step_time_smoke_times_bf16_and_each_recipe(tmp_path):
+    from benchmarks.training import step_time
+
+    rec = step_time.main(["--smoke", "--out", str(tmp_path)])
+    runs = json.loads((tmp_path / "step_time.json").read_text())["runs"]
+    assert list(runs) == ["bf16", "fp8_delayed", "nvfp4"] == list(rec["runs"])
+    assert all(r["step_ms"] > 0 and math.isfinite(r["loss"]) for r in runs.values())
+    assert runs["nvfp4"]["breakdown_mlp_up"]["quantize_ms"] > 0 and "quantize_ms" not in runs["bf16"]["breakdown_mlp_up"]
+    assert runs["bf16"]["hlo"]["cublaslt_f8"] == 0  # no FP8 GEMM on CPU, nor in the bf16 baseline
+
+
+def test_qat_recovery_smoke_reports_every_perplexity(tmp_path):
+    from benchmarks.training import qat_recovery
+
+    rec = qat_recovery.main(["--smoke", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "qat_recovery.json").read_text())
+    for k in ("ppl_pretrained", "ppl_ptq", "ppl_float_finetune", "ppl_qat", "ppl_qat_weight_amax_refreshed"):
+        assert math.isfinite(saved[k]) and saved[k] > 1.0, k
+    assert saved["ppl_ptq"] != saved["ppl_pretrained"]  # NVFP4 PTQ changed the model
+    assert len(saved["qat_losses"]) == len(saved["float_losses"]) == saved["config"]["steps"]
+    gap = saved["ppl_ptq"] - saved["ppl_float_finetune"]
+    assert rec["recovery"] == pytest.approx((saved["ppl_ptq"] - saved["ppl_qat"]) / gap)
