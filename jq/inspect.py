@@ -55,6 +55,8 @@ def quant_summary(qm: QuantizedModel) -> str:
     n_on = sum(r[3] == "on" for r in rows)
     out.append(f"{len(rows)} quantizers, {n_on} enabled, {len(traced.sites)} sites"
                + (f", {len(traced.skipped)} matmuls/convs skipped" if traced.skipped else ""))
+    if traced.output_heads and any(p == "@output_head" for p, _ in qm.config.entries):
+        out.append(f"output head (the '@output_head' entry applies to it): {', '.join(traced.output_heads)}")
     unused = qm.config.unused_patterns(traced.quantizers)
     if unused:
         out.append(f"config patterns that matched no quantizer: {unused}")
