@@ -532,9 +532,14 @@ def as_config(cfg) -> QuantConfig:
     raise ValueError(f"expected a QuantConfig or a ModelOpt-style dict, got {type(cfg).__name__}")
 
 
-def warn_unused(cfg: QuantConfig, names: Iterable[str]) -> list[str]:
-    """Warn once for each user pattern that matched no quantizer (Qwix's ``get_unused_rules``)."""
+def warn_unused(cfg: QuantConfig, names: Iterable[str], roles_of=None) -> list[str]:
+    """Warn once for each user pattern that matched no quantizer (Qwix's ``get_unused_rules``), naming the
+    closest quantizer names and how many quantizers the default entry alone enabled (:mod:`jq.config_check`)."""
+    from jq.config_check import enabled_by_default, unused_message  # noqa: PLC0415  (it imports this module)
+
+    names = list(names)
     unused = cfg.unused_patterns(names)
+    n_default = len(enabled_by_default(cfg, names, roles_of)) if unused else 0
     for p in unused:
-        warnings.warn(f"jq: config pattern {p!r} matched no quantizer", stacklevel=3)
+        warnings.warn(unused_message(p, names, n_default), stacklevel=3)
     return unused

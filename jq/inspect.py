@@ -17,6 +17,7 @@ import numpy as np
 
 from jq.calib.max import needs_calibration
 from jq.calib.weights import apply_stage, per_layer, replay_weight
+from jq.config_check import enabled_by_default
 from jq.handlers.apply import stage_amax_key
 from jq.model import QuantizedModel
 from jq.trace.sites import ChainStep, ParamOrigin, ScanSlice
@@ -57,6 +58,9 @@ def quant_summary(qm: QuantizedModel) -> str:
                + (f", {len(traced.skipped)} matmuls/convs skipped" if traced.skipped else ""))
     if traced.output_heads and any(p == "@output_head" for p, _ in qm.config.entries):
         out.append(f"output head (the '@output_head' entry applies to it): {', '.join(traced.output_heads)}")
+    by_default = enabled_by_default(qm.config, traced.quantizers, traced.roles)
+    if by_default:
+        out.append(f"{len(by_default)} quantizers enabled by the default entry (no other config pattern matched them)")
     unused = qm.config.unused_patterns(traced.quantizers)
     if unused:
         out.append(f"config patterns that matched no quantizer: {unused}")
