@@ -34,6 +34,15 @@ def _fmt_amax(a) -> str:
     return f"[{a.min():.3g}, {a.max():.3g}] {tuple(a.shape)}"
 
 
+def _padding(spec, slot) -> str:
+    """`` padded (axis 1: 40 -> 48)`` when the quantized tensor's length along a blocked axis is not a multiple of
+    the block size (the last block is zero-padded), else ``""``."""
+    if not slot.shape:
+        return ""
+    parts = [f"axis {a}: {n} -> {-(-n // b) * b}" for a, n, b in spec.format.padding(spec, slot.shape, slot.batch)]
+    return f" padded ({', '.join(parts)})" if parts else ""
+
+
 def quant_summary(qm: QuantizedModel) -> str:
     """The per-quantizer table :func:`print_quant_summary` prints."""
     traced = qm.traced
@@ -44,7 +53,7 @@ def quant_summary(qm: QuantizedModel) -> str:
             fmt, status, amax = "-", "off", "-"
         else:
             stages = spec if isinstance(spec, tuple) else (spec,)
-            fmt = " -> ".join(s.describe() for s in stages if s.enable)
+            fmt = " -> ".join(s.describe() + _padding(s, slot) for s in stages if s.enable)
             st = qm.qstate.get(name, {})
             amax = _fmt_amax(st.get("amax"))
             status = "on" if (not needs_calibration(spec) or "amax" in st) else "uncalibrated"
