@@ -153,7 +153,8 @@ class BlockSizes:
                 k = int(k)  # JSON round trips turn axis keys into strings
             if isinstance(k, str):
                 if k not in _BLOCK_STRING_KEYS:
-                    raise ValueError(f"block_sizes: unknown key {k!r}; allowed: integer axes and {_BLOCK_STRING_KEYS}")
+                    raise ValueError(f"block_sizes: unknown key {k!r}{did_you_mean(k, _BLOCK_STRING_KEYS)}; allowed: "
+                                     f"integer axes and {_BLOCK_STRING_KEYS}")
                 continue
             if not isinstance(k, int) or isinstance(k, bool):
                 raise ValueError(f"block_sizes: axis keys must be ints, got {k!r}")
@@ -400,9 +401,15 @@ class QuantConfig:
         if "quant_cfg" in cfg or "algorithm" in cfg:
             unknown = set(cfg) - {"quant_cfg", "algorithm"}
             if unknown:
-                raise ValueError(f"unknown config keys {sorted(unknown)}; a config has 'quant_cfg' and 'algorithm'")
+                hints = "".join(did_you_mean(k, ("quant_cfg", "algorithm")) for k in sorted(unknown))
+                raise ValueError(f"unknown config keys {sorted(unknown)}{hints}; a config has 'quant_cfg' and "
+                                 f"'algorithm'")
             quant_cfg, algorithm = cfg.get("quant_cfg", {}), cfg.get("algorithm", "max")
         else:  # legacy: the dict is the quant_cfg itself
+            for k in cfg:  # a misspelled top-level key would otherwise be read as a quantizer pattern
+                hint = did_you_mean(k, ("quant_cfg", "algorithm")) if isinstance(k, str) and "*" not in k else ""
+                if hint:
+                    raise ValueError(f"unknown config key {k!r}{hint}; a config has 'quant_cfg' and 'algorithm'")
             quant_cfg, algorithm = cfg, "max"
         return cls(_parse_quant_cfg(quant_cfg), Algorithm.parse(algorithm))
 
