@@ -10,10 +10,11 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 import jq
+from jq.presets import with_output_head
 from jq.numerics import fp8_fake_quant, int_fake_quant
 from tests import _models as M
 
-INT8 = jq.INT8_DEFAULT_CFG
+INT8 = with_output_head(jq.INT8_DEFAULT_CFG)  # every layer, the output head too: these check the arithmetic
 
 
 def _fq_int8_act(x, amax):

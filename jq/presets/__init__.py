@@ -54,6 +54,7 @@ __all__ = [
     "UNAVAILABLE",
     "get_preset",
     "merge_presets",
+    "with_output_head",
 ]
 
 DEFAULT_DISABLED_QUANTIZER_CFG = {
@@ -198,4 +199,16 @@ def merge_presets(main: dict, *fragments: dict) -> dict:
         for k, v in frag["quant_cfg"].items():
             if k != "default":
                 out["quant_cfg"][k] = copy.deepcopy(v)
+    return out
+
+
+def with_output_head(preset: dict) -> dict:
+    """A copy of ``preset`` that quantizes the output head too: its ``"@output_head"`` entry removed.
+
+    Example:
+      >>> "@output_head" in with_output_head(INT8_DEFAULT_CFG)["quant_cfg"]
+      False
+    """
+    out = copy.deepcopy(preset)
+    out["quant_cfg"].pop("@output_head", None)
     return out
