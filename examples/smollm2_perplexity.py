@@ -7,6 +7,10 @@ Calibration text and evaluation text are different Shakespeare plays (jq_zoo.sha
 Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 
     python examples/smollm2_perplexity.py --presets FP8_DEFAULT INT8_WEIGHT_ONLY W4A16_NVFP4 [--kv-cache fp8]
+    python examples/smollm2_perplexity.py --presets INT4_BLOCKWISE_WEIGHT_ONLY INT4_BLOCKWISE_WEIGHT_ONLY:gptq \
+        --kv-cache none fp8 --json results.json
+
+``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...).
 
 With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
 model is also scored through a real KV cache stored in that format (prefill writes quantized k/v and attends
@@ -16,6 +20,7 @@ over the dequantized cache, as every decode step does).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 
@@ -29,7 +34,9 @@ from jq_zoo import shakespeare, smollm2
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["FP8_DEFAULT", "INT8_WEIGHT_ONLY", "W4A16_NVFP4"])
-    ap.add_argument("--kv-cache", choices=["fp8", "nvfp4"], default=None, help="merge FP8_KV / NVFP4_KV")
+    ap.add_argument("--kv-cache", nargs="+", choices=["none", "fp8", "nvfp4"], default=["none"],
+                    help="merge FP8_KV / NVFP4_KV; several values run every preset once with each")
+    ap.add_argument("--json", default=None, help="also write the results (and timings) to this JSON file")
     ap.add_argument("--n-tokens", type=int, default=4096, help="held-out tokens scored")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
@@ -48,30 +55,48 @@ def main() -> None:
           f"{args.calib_batches * args.batch_size * args.seq_len} calibration tokens")
     results = {"float": jm.evaluate(forward, params, x, y, batch_size=args.batch_size, desc="float")}
     print(f"float perplexity {results['float'].perplexity:.3f} ({time.time() - t0:.0f} s)")
-    if args.kv_cache:  # float weights, keys/values stored in the cache format and read back (jq.models.generate)
+    timings = {"float": time.time() - t0}
+
+    def save():  # after every model, so a run cut short keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "n_tokens": args.n_tokens,
+                           "results": {k: {"perplexity": r.perplexity, "kl": r.kl, "top1": r.top1,
+                                           "seconds": timings[k]} for k, r in results.items()}}, f, indent=1)
+
+    for kv_format in [k for k in args.kv_cache if k != "none"]:
+        # float weights, keys/values stored in the cache format and read back (jq.models.generate)
         t1 = time.time()
-        kv = jq.quantize(params, forward, jq.get_preset(f"{args.kv_cache}_KV"), calib_data=calib)
+        kv = jq.quantize(params, forward, jq.get_preset(f"{kv_format}_KV"), calib_data=calib)
         k_amax, v_amax = jm.kv_amax_from(kv, config)
 
-        def through_cache(p, tokens):
-            cache = jm.init_cache(config, tokens.shape[0], tokens.shape[1], kv_format=args.kv_cache,
+        def through_cache(p, tokens, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax):
+            cache = jm.init_cache(config, tokens.shape[0], tokens.shape[1], kv_format=kv_format,
                                   k_amax=k_amax, v_amax=v_amax)
             return jm.prefill(p, tokens, cache)[0]
 
-        label = f"float + {args.kv_cache.upper()} KV cache (stored)"
+        label = f"float + {kv_format.upper()} KV cache (stored)"
         results[label] = jm.evaluate(through_cache, params, x, y, batch_size=args.batch_size,
                                      reference=(forward, params), desc=label)
-        print(f"{label}: perplexity {results[label].perplexity:.3f} ({time.time() - t1:.0f} s)")
-    for name in args.presets:
-        cfg = jq.get_preset(name)
-        if args.kv_cache:
-            cfg = jq.merge_presets(cfg, jq.get_preset(f"{args.kv_cache}_KV"))
-        label = name + (f" + {args.kv_cache.upper()} KV" if args.kv_cache else "")
-        t1 = time.time()
-        qm = jq.quantize(params, forward, cfg, calib_data=calib)
-        results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
-                                     reference=(forward, params), desc=label)
-        print(f"{label}: perplexity {results[label].perplexity:.3f} ({time.time() - t1:.0f} s)")
+        timings[label] = time.time() - t1
+        print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
+        save()
+    for entry in args.presets:
+        name, _, algorithm = entry.partition(":")
+        for kv_format in args.kv_cache:
+            cfg = jq.get_preset(name)
+            if algorithm:
+                cfg = {**cfg, "algorithm": algorithm}
+            if kv_format != "none":
+                cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
+            label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
+            t1 = time.time()
+            qm = jq.quantize(params, forward, cfg, calib_data=calib)
+            results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
+                                         reference=(forward, params), desc=label)
+            timings[label] = time.time() - t1
+            print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
+            save()
     print()
     print(jm.format_table(results))
 

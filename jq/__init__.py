@@ -39,6 +39,7 @@ from jq.presets import (
     NVFP4_KV_CFG,
     NVFP4_MLP_ONLY_CFG,
     NVFP4_OMLP_ONLY_CFG,
+    NVFP4_SVDQUANT_DEFAULT_CFG,
     W4A8_AWQ_BETA_CFG,
     W4A16_NVFP4_CFG,
     get_preset,

@@ -69,10 +69,10 @@ def _lowering(platform):
 
 
 def _barrier_after(fn):
-    """``fn`` whose result XLA cannot fuse into its consumer. Fused, one model's fake-quant values could
-    differ between its ``jit`` and ``vmap`` compilations (quantization steps flipped by rounding one ulp apart
-    on an AVX2 CPU; ``tests/test_transform.py::test_small_transformer_under_jit_grad_vmap``); behind the
-    barrier every compilation computes the reference's values."""
+    """``fn`` whose result XLA cannot fuse into its consumer. On XLA CPU a small dot fused with the fake
+    quant of its operand rounded differently from the same dot on the materialised operands,
+    so ``jit(qm.apply)`` was one ulp off ``fq(x) @ fq(w)`` computed op by op (the exact comparisons in
+    ``tests/test_transform.py`` on an AVX2 machine). Behind the barrier the dot sees plain operands."""
     return lambda *a: jax.lax.optimization_barrier(fn(*a))
 
 

@@ -24,6 +24,7 @@ EXPECTED = {  # preset: (weight format, input format or None, algorithm)
     "NVFP4_AWQ_LITE_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_lite"),
     "NVFP4_AWQ_CLIP_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_clip"),
     "NVFP4_AWQ_FULL_CFG": ("nvfp4 b16", "nvfp4 b16", "awq_full"),
+    "NVFP4_SVDQUANT_DEFAULT_CFG": ("nvfp4 b16", "nvfp4 b16", "svdquant"),
     "W4A16_NVFP4_CFG": ("nvfp4 b16", None, "max"),
     "MXFP8_DEFAULT_CFG": ("mxfp8 b32", "mxfp8 b32", None),
     "MXFP4_DEFAULT_CFG": ("mxfp4 b32", "mxfp4 b32", None),

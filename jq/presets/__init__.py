@@ -39,6 +39,7 @@ __all__ = [
     "NVFP4_AWQ_LITE_CFG",
     "NVFP4_AWQ_CLIP_CFG",
     "NVFP4_AWQ_FULL_CFG",
+    "NVFP4_SVDQUANT_DEFAULT_CFG",
     "W4A16_NVFP4_CFG",
     "NVFP4_MLP_ONLY_CFG",
     "NVFP4_OMLP_ONLY_CFG",
@@ -124,6 +125,9 @@ NVFP4_DEFAULT_CFG = _preset(_NVFP4, _NVFP4, "max")
 NVFP4_AWQ_LITE_CFG = _preset(_NVFP4, _NVFP4, "awq_lite")
 NVFP4_AWQ_CLIP_CFG = _preset(_NVFP4, _NVFP4, {"method": "awq_clip"})
 NVFP4_AWQ_FULL_CFG = _preset(_NVFP4, _NVFP4, {"method": "awq_full", "alpha_step": 0.1})
+# SVDQuant (ModelOpt's NVFP4_SVDQUANT_DEFAULT_CFG): AWQ-lite smoothing, a rank-32 float branch absorbing the
+# outliers of W, NVFP4 on the residual.
+NVFP4_SVDQUANT_DEFAULT_CFG = _preset(_NVFP4, _NVFP4, {"method": "svdquant", "lowrank": 32})
 W4A16_NVFP4_CFG = _preset(_NVFP4, _OFF, "max")
 MXFP8_DEFAULT_CFG = _preset(_mx((4, 3)), _mx((4, 3)), None)
 MXFP6_DEFAULT_CFG = _preset(_mx((3, 2)), _mx((3, 2)), None)

@@ -62,11 +62,12 @@ def test_hf_checkpoint_dequantizes_to_the_model_weights(models, case, tmp_path):
     ck = jq.export.read_hf_checkpoint(jq.export.to_hf_checkpoint(qm, tmp_path / case))
     assert ck.quant_config["quantization"]["quant_algo"] == CASES[case][1]
     for site in qm.traced.sites:
-        w = canonical_weight(qm, site)  # W / pre_quant_scale when AWQ smoothed the site
+        pqs = qm.qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
+        w = canonical_weight(qm, site)  # the params' W; an AWQ-smoothed site quantizes W / pre_quant_scale
+        w = w if pqs is None else w / pqs
         ref = np.asarray(fake_quant_reference(w, qm.spec(site.weight_quantizer),
                                               qm.qstate[site.weight_quantizer]["amax"]))
         np.testing.assert_allclose(ck.dequantize(site.name), ref, rtol=2.5e-7, atol=0)
-        pqs = qm.qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
         if pqs is not None:
             np.testing.assert_array_equal(ck.tensors[f"{site.name}.pre_quant_scale"], pqs)
     assert (case == "int4-awq_full") == ("pre_quant_scale" in qm.qstate.get("w1.input_quantizer", {}))
