@@ -21,7 +21,7 @@ INT4_G16 = with_output_head(jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, 
 CASES = {
     "int4-awq_full": ({**INT4_G16, "algorithm": "awq_full"}, "W4A16_AWQ"),
     "int4-gptq": ({**INT4_G16, "algorithm": {"method": "gptq", "block_size": 16}}, "W4A16_AWQ"),
-    "nvfp4-awq_clip": (jq.NVFP4_AWQ_CLIP_CFG, "NVFP4"),
+    "nvfp4-awq_clip": (with_output_head(jq.NVFP4_AWQ_CLIP_CFG), "NVFP4"),
 }
 
 
