@@ -48,5 +48,5 @@ def calibrate(qm, calib_data: Iterable | None = None, forward_loop: Callable | N
     if not out.is_traced:
         raise ValueError("no calibration batch was seen and nothing was traced: give calib_data or example_args")
     if _warn_unused:
-        warn_unused(out.config, out.traced.quantizers)
+        warn_unused(out.config, out.traced.quantizers, out.traced.roles)
     return out

@@ -14,6 +14,11 @@ accepted verbatim::
 ``"default"`` is applied first, to every quantizer (ModelOpt's rule). An entry naming only ``enable``
 toggles the quantizer and keeps its format; any other entry sets the whole spec (fields it does not name
 take their defaults, ``enable`` defaults to True). A list of specs makes a sequential quantizer.
+
+A key ``"@<role>"`` (jq's addition) matches by what a quantizer's site does rather than by its name, once the
+model is traced. The one role is ``"@output_head"``: the layer whose result is the model's output, when it
+sits on top of other layers (a classifier or LM head, :mod:`jq.trace.output_head`). The presets disable it;
+a config without that key quantizes the head like any other layer (ModelOpt's semantics).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "as_config",
     "QUANTIZER_SLOTS",
     "DEFAULT_EXCLUSION_PATTERNS",
+    "ROLES",
 ]
 
 # Quantizer name suffixes jq creates, as ModelOpt's QuantLinear / attention modules do.
@@ -76,6 +82,11 @@ DEFAULT_EXCLUSION_PATTERNS = frozenset(
         "*visual*",
     }
 )
+
+# Role patterns: a quant_cfg key "@<role>" matches the quantizers of the sites the trace gives that role,
+# resolved after tracing (QuantizedModel.spec). "@output_head": the site whose result is the model's output
+# (jq.trace.output_head); the presets disable it.
+ROLES = ("output_head",)
 
 _FP_NAMES = {"e4m3": (4, 3), "e5m2": (5, 2), "e2m1": (2, 1), "fp8": (4, 3), "fp4": (2, 1)}
 _INT_NAMES = {f"int{b}": b for b in range(2, 9)}
@@ -142,7 +153,8 @@ class BlockSizes:
                 k = int(k)  # JSON round trips turn axis keys into strings
             if isinstance(k, str):
                 if k not in _BLOCK_STRING_KEYS:
-                    raise ValueError(f"block_sizes: unknown key {k!r}; allowed: integer axes and {_BLOCK_STRING_KEYS}")
+                    raise ValueError(f"block_sizes: unknown key {k!r}{did_you_mean(k, _BLOCK_STRING_KEYS)}; allowed: "
+                                     f"integer axes and {_BLOCK_STRING_KEYS}")
                 continue
             if not isinstance(k, int) or isinstance(k, bool):
                 raise ValueError(f"block_sizes: axis keys must be ints, got {k!r}")
@@ -389,17 +401,27 @@ class QuantConfig:
         if "quant_cfg" in cfg or "algorithm" in cfg:
             unknown = set(cfg) - {"quant_cfg", "algorithm"}
             if unknown:
-                raise ValueError(f"unknown config keys {sorted(unknown)}; a config has 'quant_cfg' and 'algorithm'")
+                hints = "".join(did_you_mean(k, ("quant_cfg", "algorithm")) for k in sorted(unknown))
+                raise ValueError(f"unknown config keys {sorted(unknown)}{hints}; a config has 'quant_cfg' and "
+                                 f"'algorithm'")
             quant_cfg, algorithm = cfg.get("quant_cfg", {}), cfg.get("algorithm", "max")
         else:  # legacy: the dict is the quant_cfg itself
+            for k in cfg:  # a misspelled top-level key would otherwise be read as a quantizer pattern
+                hint = did_you_mean(k, ("quant_cfg", "algorithm")) if isinstance(k, str) and "*" not in k else ""
+                if hint:
+                    raise ValueError(f"unknown config key {k!r}{hint}; a config has 'quant_cfg' and 'algorithm'")
             quant_cfg, algorithm = cfg, "max"
         return cls(_parse_quant_cfg(quant_cfg), Algorithm.parse(algorithm))
 
-    def resolve(self, name: str) -> QuantizerSpec | tuple[QuantizerSpec, ...]:
-        """The spec a quantizer called ``name`` ends up with (disabled specs have ``enable=False``)."""
+    def resolve(self, name: str, roles: Iterable[str] = ()) -> QuantizerSpec | tuple[QuantizerSpec, ...]:
+        """The spec a quantizer called ``name`` ends up with (disabled specs have ``enable=False``).
+
+        ``roles`` are the trace's roles of the quantizer (e.g. ``"output_head"``), matched by ``"@role"`` keys.
+        """
+        roles = frozenset(roles)
         spec: QuantizerSpec | tuple = _default_spec_for(name)
         for pattern, entry in self.entries:
-            if not fnmatch.fnmatchcase(name, pattern):
+            if not _matches(pattern, name, roles):
                 continue
             if isinstance(entry, bool):
                 spec = (tuple(s.replace(enable=entry) for s in spec) if isinstance(spec, tuple)
@@ -414,8 +436,8 @@ class QuantConfig:
     def unused_patterns(self, names: Iterable[str]) -> list[str]:
         """Patterns that match none of ``names`` (ModelOpt's standard exclusions and ``*`` not counted)."""
         names = list(names)
-        return [p for p, _ in self.entries
-                if p != "*" and p not in DEFAULT_EXCLUSION_PATTERNS and not self.matches(p, names)]
+        return [p for p, _ in self.entries if p != "*" and p not in DEFAULT_EXCLUSION_PATTERNS
+                and not p.startswith("@") and not self.matches(p, names)]
 
     def with_entries(self, *entries: tuple[str, Any]) -> QuantConfig:
         """A new config with extra entries appended (they win over the existing ones)."""
@@ -434,6 +456,11 @@ class QuantConfig:
         alg = self.algorithm
         algorithm = alg.method if not alg.options else {"method": alg.method, **alg.kwargs}
         return {"quant_cfg": out, "algorithm": algorithm}
+
+
+def _matches(pattern: str, name: str, roles: frozenset) -> bool:
+    """``"@role"`` matches by role; any other pattern is an ``fnmatch`` glob over the name."""
+    return pattern[1:] in roles if pattern.startswith("@") else fnmatch.fnmatchcase(name, pattern)
 
 
 def _parse_entry(pattern: str, value) -> Entry:
@@ -488,6 +515,9 @@ def _parse_quant_cfg(quant_cfg) -> tuple[tuple[str, Entry], ...]:
         if pattern == "default":
             default = ("*", _parse_entry(pattern, value))
             continue
+        if pattern.startswith("@") and pattern[1:] not in ROLES:
+            raise ValueError(f"quant_cfg[{pattern!r}]: unknown role{did_you_mean(pattern, ['@' + r for r in ROLES])}; "
+                             f"roles: {['@' + r for r in ROLES]}")
         if pattern.startswith("nn."):
             # ModelOpt's module-class entries (e.g. "nn.BatchNorm2d": {"*": {"enable": False}}). jq's sites are
             # matmuls and convolutions, which never sit inside these parents, so the entry has nothing to do.
@@ -509,9 +539,14 @@ def as_config(cfg) -> QuantConfig:
     raise ValueError(f"expected a QuantConfig or a ModelOpt-style dict, got {type(cfg).__name__}")
 
 
-def warn_unused(cfg: QuantConfig, names: Iterable[str]) -> list[str]:
-    """Warn once for each user pattern that matched no quantizer (Qwix's ``get_unused_rules``)."""
+def warn_unused(cfg: QuantConfig, names: Iterable[str], roles_of=None) -> list[str]:
+    """Warn once for each user pattern that matched no quantizer (Qwix's ``get_unused_rules``), naming the
+    closest quantizer names and how many quantizers the default entry alone enabled (:mod:`jq.config_check`)."""
+    from jq.config_check import enabled_by_default, unused_message  # noqa: PLC0415  (it imports this module)
+
+    names = list(names)
     unused = cfg.unused_patterns(names)
+    n_default = len(enabled_by_default(cfg, names, roles_of)) if unused else 0
     for p in unused:
-        warnings.warn(f"jq: config pattern {p!r} matched no quantizer", stacklevel=3)
+        warnings.warn(unused_message(p, names, n_default), stacklevel=3)
     return unused

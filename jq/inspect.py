@@ -17,6 +17,7 @@ import numpy as np
 
 from jq.calib.max import needs_calibration
 from jq.calib.weights import apply_stage, per_layer, replay_weight
+from jq.config_check import enabled_by_default
 from jq.handlers.apply import stage_amax_key
 from jq.model import QuantizedModel
 from jq.trace.sites import ChainStep, ParamOrigin, ScanSlice
@@ -33,6 +34,15 @@ def _fmt_amax(a) -> str:
     return f"[{a.min():.3g}, {a.max():.3g}] {tuple(a.shape)}"
 
 
+def _padding(spec, slot) -> str:
+    """`` padded (axis 1: 40 -> 48)`` when the quantized tensor's length along a blocked axis is not a multiple of
+    the block size (the last block is zero-padded), else ``""``."""
+    if not slot.shape:
+        return ""
+    parts = [f"axis {a}: {n} -> {-(-n // b) * b}" for a, n, b in spec.format.padding(spec, slot.shape, slot.batch)]
+    return f" padded ({', '.join(parts)})" if parts else ""
+
+
 def quant_summary(qm: QuantizedModel) -> str:
     """The per-quantizer table :func:`print_quant_summary` prints."""
     traced = qm.traced
@@ -43,7 +53,7 @@ def quant_summary(qm: QuantizedModel) -> str:
             fmt, status, amax = "-", "off", "-"
         else:
             stages = spec if isinstance(spec, tuple) else (spec,)
-            fmt = " -> ".join(s.describe() for s in stages if s.enable)
+            fmt = " -> ".join(s.describe() + _padding(s, slot) for s in stages if s.enable)
             st = qm.qstate.get(name, {})
             amax = _fmt_amax(st.get("amax"))
             status = "on" if (not needs_calibration(spec) or "amax" in st) else "uncalibrated"
@@ -55,6 +65,11 @@ def quant_summary(qm: QuantizedModel) -> str:
     n_on = sum(r[3] == "on" for r in rows)
     out.append(f"{len(rows)} quantizers, {n_on} enabled, {len(traced.sites)} sites"
                + (f", {len(traced.skipped)} matmuls/convs skipped" if traced.skipped else ""))
+    if traced.output_heads and any(p == "@output_head" for p, _ in qm.config.entries):
+        out.append(f"output head (the '@output_head' entry applies to it): {', '.join(traced.output_heads)}")
+    by_default = enabled_by_default(qm.config, traced.quantizers, traced.roles)
+    if by_default:
+        out.append(f"{len(by_default)} quantizers enabled by the default entry (no other config pattern matched them)")
     unused = qm.config.unused_patterns(traced.quantizers)
     if unused:
         out.append(f"config patterns that matched no quantizer: {unused}")

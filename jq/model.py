@@ -119,16 +119,20 @@ class QuantizedModel:
     def is_traced(self) -> bool:
         return self._meta.cache.first is not None
 
-    def spec(self, name: str):
-        """Resolved spec of quantizer ``name`` (a QuantizerSpec, a tuple for sequential, None when off)."""
-        spec = self.config.resolve(name)
+    def spec(self, name: str, traced: TracedModel | None = None):
+        """Resolved spec of quantizer ``name`` (a QuantizerSpec, a tuple for sequential, None when off).
+
+        ``"@role"`` config keys match by the roles ``traced`` (default: the first trace) gives the quantizer.
+        """
+        traced = traced or self._meta.cache.first
+        spec = self.config.resolve(name, () if traced is None else traced.roles(name))
         if isinstance(spec, tuple):
             return spec if any(s.enable for s in spec) else None
         return spec if spec.enable else None
 
     def specs(self, traced: TracedModel | None = None) -> dict:
         traced = traced or self.traced
-        return {n: self.spec(n) for n in traced.quantizers}
+        return {n: self.spec(n, traced) for n in traced.quantizers}
 
     @property
     def quantizer_names(self) -> list[str]:

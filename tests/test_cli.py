@@ -62,3 +62,28 @@ def test_presets_command(capsys):
 def test_missing_data_exit_code(tmp_path, capsys):
     assert main(["quantize", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path)]) == 1
     assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+# -- output hygiene (issue 11 item 9) -------------------------------------------------------------------------
+
+def test_help_lists_each_subcommand_with_its_description(capsys):
+    from jq.cli import _COMMANDS
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, description in _COMMANDS:
+        assert any(line.split() == [name] + description.split() for line in lines), name
+
+
+def test_every_option_of_every_subcommand_has_help_text():
+    import argparse
+
+    from jq.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and action.help.strip(), f"{name} {action.option_strings[0]} has no help"

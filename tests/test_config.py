@@ -180,3 +180,13 @@ def test_modelopt_recipe_spellings_of_num_bits_and_scale_bits():
 def test_format_key_of_seed_001_names_the_modelopt_spelling(fmt, right):
     with pytest.raises(ValueError, match=rf"\*weight_quantizer.*'format' is not a quantizer field.*{right}"):
         QuantConfig.from_dict({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "format": fmt}}})
+
+
+def test_misspelled_top_level_and_block_keys_suggest_the_right_one():
+    with pytest.raises(ValueError, match=r"unknown config keys \['algoritm'\] \(did you mean 'algorithm'\?\)"):
+        as_config({"quant_cfg": {}, "algoritm": "max"})
+    # alone, a misspelled quant_cfg would be read as a legacy flat dict with a pattern called "quant_cfgs"
+    with pytest.raises(ValueError, match=r"unknown config key 'quant_cfgs' \(did you mean 'quant_cfg'\?\)"):
+        as_config({"quant_cfgs": {"*weight_quantizer": {"num_bits": 8}}})
+    with pytest.raises(ValueError, match=r"block_sizes: unknown key 'typ' \(did you mean 'type'\?\)"):
+        as_config({"quant_cfg": {"*w*": {"num_bits": 4, "block_sizes": {-1: 16, "typ": "static"}}}})

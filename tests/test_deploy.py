@@ -7,6 +7,7 @@ import pytest
 
 import jq
 from jq import deploy
+from jq.presets import with_output_head
 
 
 class MLP(nn.Module):
@@ -30,7 +31,7 @@ def model():
                                       ("INT4_AWQ_CFG", "int4_w4a16")])  # pre_quant_scale: (x * s) @ q(W / s)
 def test_realize_matches_fake_quant(model, cfg, kind):
     m, params, x = model
-    qm = jq.quantize(params, m.apply, getattr(jq, cfg), calib_data=[(x,)], progress=False)
+    qm = jq.quantize(params, m.apply, with_output_head(getattr(jq, cfg)), calib_data=[(x,)], progress=False)
     rm = deploy.realize(qm)
     assert set(rm.plan.values()) == {kind}
     y_fake = qm.apply(qm.params, x)

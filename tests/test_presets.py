@@ -124,3 +124,64 @@ def test_projections_named_like_embeddings_stay_quantized():
     assert cfg.resolve("embed_proj.weight_quantizer").enable
     assert cfg.resolve("patch_embed.proj.weight_quantizer").enable
     assert cfg.resolve("normalizer_mlp.weight_quantizer").enable
+
+
+# -- the output head (issue 11 item 6) ------------------------------------------------------------------------
+
+def _sequential():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(4)])
+    x = jnp.linspace(-1.0, 1.0, 16).reshape(2, 8)
+    return model.init(jax.random.key(0), x), model.apply, x
+
+
+def _enabled(qm):
+    return sorted(n for n in qm.quantizer_names if qm.spec(n) is not None)
+
+
+def test_presets_keep_the_output_dense_of_a_linen_sequential_unquantized():
+    params, apply, x = _sequential()
+    qm = jq.quantize(params, apply, jq.INT8_DEFAULT_CFG, calib_data=[(x,)], progress=False)
+    assert _enabled(qm) == ["layers_0.input_quantizer", "layers_0.weight_quantizer"]
+    assert "output head (the '@output_head' entry applies to it): layers_2" in jq.quant_summary(qm)
+
+
+def test_presets_keep_the_output_layer_of_a_plain_function_unquantized():
+    import jax.numpy as jnp
+    params = {"w1": jnp.linspace(-1, 1, 128).reshape(16, 8), "w2": jnp.linspace(-1, 1, 64).reshape(4, 16)}
+    fn = lambda p, x: jnp.tanh(x @ p["w1"].T) @ p["w2"].T  # noqa: E731
+    x = jnp.linspace(-1.0, 1.0, 16).reshape(2, 8)
+    qm = jq.quantize(params, fn, jq.INT8_WEIGHT_ONLY_CFG, calib_data=[(x,)], progress=False)
+    assert _enabled(qm) == ["w1.weight_quantizer"]
+
+
+def test_explicit_config_without_the_role_quantizes_the_output_layer():
+    params, apply, x = _sequential()
+    cfg = {"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0}, "default": {"enable": False}},
+           "algorithm": "max"}
+    qm = jq.quantize(params, apply, cfg, calib_data=[(x,)], progress=False)
+    assert _enabled(qm) == ["layers_0.weight_quantizer", "layers_2.weight_quantizer"]
+
+
+def test_a_preset_quantizes_the_head_once_its_role_entry_is_deleted_or_overridden():
+    params, apply, x = _sequential()
+    cfg = get_preset("INT8_WEIGHT_ONLY_CFG")
+    del cfg["quant_cfg"]["@output_head"]
+    qm = jq.quantize(params, apply, cfg, calib_data=[(x,)], progress=False)
+    assert "layers_2.weight_quantizer" in _enabled(qm)
+    cfg = get_preset("INT8_WEIGHT_ONLY_CFG")
+    cfg["quant_cfg"]["layers_2.*"] = {"enable": True}  # a later entry wins; the format comes from earlier ones
+    qm = jq.quantize(params, apply, cfg, calib_data=[(x,)], progress=False)
+    assert qm.spec("layers_2.weight_quantizer").describe() == "int8 per-axis0"
+
+
+def test_every_main_preset_excludes_the_output_head():
+    fragments = {"FP8_KV_CFG", "NVFP4_KV_CFG"}
+    assert all(PRESETS[n]["quant_cfg"].get("@output_head") == {"enable": False} for n in PRESETS if n not in fragments)
+
+
+def test_unknown_role_is_rejected_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"unknown role \(did you mean '@output_head'\?\)"):
+        as_config({"quant_cfg": {"@output_haed": {"enable": False}}})

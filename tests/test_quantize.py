@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 from tests import _models as M
 
 
@@ -69,7 +70,7 @@ def test_progress_bar_over_batches(mlp, capsys):
 
 def test_summary_lists_every_quantizer(mlp):
     params, apply, x = mlp
-    qm = jq.quantize(params, apply, jq.NVFP4_DEFAULT_CFG, calib_data=[(x,)], progress=False)
+    qm = jq.quantize(params, apply, with_output_head(jq.NVFP4_DEFAULT_CFG), calib_data=[(x,)], progress=False)
     buf = io.StringIO()
     jq.print_quant_summary(qm, file=buf)
     text = buf.getvalue()
@@ -79,7 +80,7 @@ def test_summary_lists_every_quantizer(mlp):
 
 def test_enable_disable_by_glob(mlp):
     params, apply, x = mlp
-    qm = jq.quantize(params, apply, jq.INT8_DEFAULT_CFG, calib_data=[(x,)], progress=False)
+    qm = jq.quantize(params, apply, with_output_head(jq.INT8_DEFAULT_CFG), calib_data=[(x,)], progress=False)
     off = jq.disable_quantizer(qm, "fc2.*")
     assert off.spec("fc2.weight_quantizer") is None and off.spec("fc1.weight_quantizer") is not None
     none = jq.disable_quantizer(qm, "*")

@@ -10,10 +10,11 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 import jq
+from jq.presets import with_output_head
 from jq.numerics import fp8_fake_quant, int_fake_quant
 from tests import _models as M
 
-INT8 = jq.INT8_DEFAULT_CFG
+INT8 = with_output_head(jq.INT8_DEFAULT_CFG)  # every layer, the output head too: these check the arithmetic
 
 
 def _fq_int8_act(x, amax):
@@ -156,7 +157,7 @@ def test_small_transformer_under_jit_grad_vmap(cfg, tol, rng):
 def test_nnx_model_equals_the_same_weights_as_plain_jax(rng):
     state, apply = M.nnx_apply()
     x = jnp.asarray(rng.standard_normal((4, 32)), jnp.float32)[:, :8]
-    qm = jq.quantize(state, apply, jq.NVFP4_DEFAULT_CFG, calib_data=[(x,)], progress=False)
+    qm = jq.quantize(state, apply, with_output_head(jq.NVFP4_DEFAULT_CFG), calib_data=[(x,)], progress=False)
     assert set(qm.qstate) == {"l1.weight_quantizer", "l1.input_quantizer", "l2.weight_quantizer",
                               "l2.input_quantizer"}
     plain = {"l1": {"kernel": state["l1"]["kernel"][...], "bias": state["l1"]["bias"][...]},
@@ -166,7 +167,7 @@ def test_nnx_model_equals_the_same_weights_as_plain_jax(rng):
         h = jax.nn.relu(x @ p["l1"]["kernel"] + p["l1"]["bias"])
         return h @ p["l2"]["kernel"] + p["l2"]["bias"]
 
-    qp = jq.quantize(plain, fn, jq.NVFP4_DEFAULT_CFG, calib_data=[(x,)], progress=False)
+    qp = jq.quantize(plain, fn, with_output_head(jq.NVFP4_DEFAULT_CFG), calib_data=[(x,)], progress=False)
     np.testing.assert_array_equal(jax.jit(qm.apply)(qm.params, x), qp.apply(qp.params, x))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 import jq.export
 from tests.export.conftest import run_jax
 from jq_zoo import shakespeare
@@ -111,7 +112,7 @@ def test_example_scale_loading_matches_the_onnx_graph(preset, capsys):
     model = GPT(cfg)
     x = jnp.asarray(tok.encode(TEXT)[:64].reshape(4, 16))
     params = model.init(jax.random.key(2), x)
-    qm = jq.quantize(params, model.apply, getattr(jq, preset), calib_data=[(x,)], progress=False)
+    qm = jq.quantize(params, model.apply, with_output_head(getattr(jq, preset)), calib_data=[(x,)], progress=False)
     loaded = example.print_scales(qm, "h_0.")
     printed = capsys.readouterr().out
     assert "h_0.mlp.c_fc" in printed and "weight_scale" in printed

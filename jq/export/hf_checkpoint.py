@@ -144,6 +144,15 @@ def _layers(qm) -> tuple[list[_Layer], list[str]]:
             raise ValueError(f"site {site.name!r} ({site.kind}, canonical weight {site.view.shape}): the checkpoint "
                              f"layout covers 2-D linear weights")
         wspec, ispec = (wst[0] if wst else None), (ist[0] if ist else None)
+        for spec, shape, what in ((wspec, site.view.shape, "weight"), (ispec, site.shapes[0], "input")):
+            if spec is None or spec.format.hf_padded_blocks:
+                continue
+            for axis, n, block in spec.format.padding(spec, shape):
+                raise ValueError(  # ModelOpt refuses these too ("not divisible for block size")
+                    f"site {site.name!r}: axis {axis} of its {what} {tuple(shape)} has {n} elements, not a multiple "
+                    f"of the {spec.describe()} block size {block}; its checkpoint layout (and the serving stacks "
+                    f"reading it) needs whole blocks, jq would zero-pad the last one. Exclude the layer "
+                    f"(quant_cfg[{site.name + '.*'!r}] = {{'enable': False}}) or give it a multiple of {block}.")
         st_w, st_i = qm.qstate.get(wq, {}) if wq else {}, qm.qstate.get(iq, {})
         lora = (np.asarray(st_w[LORA_A], np.float32), np.asarray(st_w[LORA_B], np.float32)) if LORA_A in st_w else None
         algo, fields = _algo(site.name, wspec, ispec, low_rank=lora is not None)

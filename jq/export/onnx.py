@@ -105,7 +105,22 @@ def export_formats(qm) -> dict[str, tuple[QDQFormat, ...]]:
         stages = spec_stages(qm.spec(name))
         if stages:
             out[name] = tuple(resolve_format(name, s, is_weight=slot.is_weight) for s in stages)
+            for s, f in zip(stages, out[name]):
+                _check_whole_blocks(name, s, f, slot)
     return out
+
+
+def _check_whole_blocks(name: str, spec, form: QDQFormat, slot) -> None:
+    """Refuse a quantizer whose blocked axis is not a multiple of the block size when its ONNX form needs whole
+    blocks (TensorRT's DynamicQuantize); forms written with ``ceil(n / block)`` scales take a padded last block."""
+    if not form.form.whole_blocks or not slot.shape:
+        return
+    for axis, n, block in spec.format.padding(spec, slot.shape, slot.batch):
+        op = "/".join(form.dynamic_quantize_op or ("QuantizeLinear",))
+        raise ValueError(f"quantizer {name!r} ({spec.describe()}) cannot be exported to ONNX: axis {axis} of its "
+                         f"tensor {tuple(slot.shape)} has {n} elements, not a multiple of the {block}-element blocks "
+                         f"that {op} needs (jq zero-pads the last block, TensorRT does not). Disable it with "
+                         f"jq.disable_quantizer(qm, {name!r}) or give the layer a multiple of {block} features.")
 
 
 def _abstract_args(example_args: Sequence, dynamic_batch: bool) -> list[jax.ShapeDtypeStruct]:

@@ -64,6 +64,9 @@ class QDQForm:
         dequantized by a per-tensor scale before they scale the values. None for one-level scales.
       dynamic_quantize_op: ``(domain, op_type)`` of the node that quantizes an activation and computes its block
         scales at run time (TensorRT's ``("trt", "TRT_FP4DynamicQuantize")``); None when ``QuantizeLinear`` does.
+      whole_blocks: True when the target needs the blocked axis to be a multiple of ``block_size`` (TensorRT's
+        DynamicQuantize does); False when a zero-padded last block is written as ONNX's ``ceil(n / block_size)``
+        scales (``DequantizeLinear`` with ``block_size``).
     """
 
     format: str
@@ -74,6 +77,7 @@ class QDQForm:
     qmax: float = 0.0
     block_scale_type: str | None = None
     dynamic_quantize_op: tuple[str, str] | None = None
+    whole_blocks: bool = False  # the target needs the blocked axis to be a multiple of block_size
 
     @property
     def kind(self) -> str:
@@ -140,10 +144,14 @@ class Format:
     Attributes:
       name: short name (``"int"``, ``"fp8"``, ``"nvfp4"``, ``"mxfp8"`` ...), used in descriptions and reports.
       hf_algorithms: the ModelOpt ``quant_algo`` names this format writes in Hugging Face checkpoints.
+      hf_padded_blocks: True when its checkpoint layout takes a weight whose blocked axis is not a multiple of the
+        block size (``ceil(n / block)`` scales, the last block zero-padded); False: the export refuses such a layer
+        (ModelOpt does: "not divisible for block size").
     """
 
     name: str = ""
     hf_algorithms: tuple[str, ...] = ()
+    hf_padded_blocks: bool = False  # checkpoints store a zero-padded last block as ceil(n / block) scales
 
     # -- resolution and validation -------------------------------------------------------------------
     def claims(self, spec) -> bool:
@@ -172,8 +180,19 @@ class Format:
 
     def padded_axes(self, spec, shape: Sequence[int], batch: int = 0) -> tuple[int, ...]:
         """Axes of a tensor of ``shape`` whose length is not a multiple of the block size (zero-padded)."""
+        return tuple(a for a, _, _ in self.padding(spec, shape, batch))
+
+    def padding(self, spec, shape: Sequence[int], batch: int = 0) -> tuple[tuple[int, int, int], ...]:
+        """``(axis, length, block size)`` for each axis of a tensor of ``shape`` whose length is not a multiple of
+        its block size: the last block is zero-padded to ``ceil(length / block) * block`` elements.
+
+        Example:
+          >>> spec = QuantizerSpec(num_bits=4, block_sizes={-1: 128})
+          >>> spec.format.padding(spec, (32, 40))
+          ((1, 40, 128),)
+        """
         layout = self.blocks(spec, shape, batch)
-        return () if layout is None else tuple(a for a, b in layout.sizes if shape[a] % b)
+        return () if layout is None else tuple((a, shape[a], b) for a, b in layout.sizes if shape[a] % b)
 
     # -- reference numerics ---------------------------------------------------------------------------
     def fake_quant(self, x: jax.Array, spec, amax: jax.Array | None, *, batch: int = 0,

@@ -54,6 +54,7 @@ class IntFormat(ScaledFormat):
 
     name = "int"
     hf_algorithms = ("W4A16_AWQ", "W8A8_SQ_PER_CHANNEL", "W8A16")
+    hf_padded_blocks = True  # W4A16_AWQ: weight_scale [out, ceil(in / group)], the reader indexes it by k // group
 
     def claims(self, spec) -> bool:
         bs = spec.block_sizes

@@ -180,8 +180,9 @@ class NVFP4Format(Format):
         if static_blocks(spec) and not is_weight:
             raise UnsupportedExport("static NVFP4 block amaxes are supported for weights only (TensorRT computes "
                                     "activation block scales at run time)")
+        # TensorRT's DynamicQuantize (activations) needs the blocked axis to be a multiple of 16
         return QDQForm(self.name, "FLOAT4E2M1", "block", 23, 16, 6.0, block_scale_type="FLOAT8E4M3FN",
-                       dynamic_quantize_op=("trt", "TRT_FP4DynamicQuantize"))
+                       dynamic_quantize_op=("trt", "TRT_FP4DynamicQuantize"), whole_blocks=not is_weight)
 
     def onnx_values(self, qt, shape):
         codes = np.asarray(nx.unpack_nibbles(qt.data))[tuple(slice(0, n) for n in shape)]

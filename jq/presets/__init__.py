@@ -7,7 +7,10 @@ recipes for customising them work unchanged::
     cfg["quant_cfg"]["*lm_head*"] = {"enable": False}
 
 Every preset starts by disabling everything (``"default"``) and ends with the standard exclusions
-(lm_head, routers and MoE gates, output layers, embeddings, norms). KV-cache presets are fragments meant to
+(lm_head, routers and MoE gates, output layers, embeddings, norms). Output layers are excluded by name
+(``*output_layer*``, ``output.*``) and by role: ``"@output_head"`` disables the layer whose result is the
+model's output when it sits on top of other layers (the last ``Dense`` of an ``nn.Sequential`` classifier),
+whatever its name; delete that key to quantize it. KV-cache presets are fragments meant to
 be merged into a main preset with :func:`merge_presets`.
 
 ``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for ``INT4_AWQ_CFG`` with ModelOpt's other AWQ
@@ -52,6 +55,7 @@ __all__ = [
     "UNAVAILABLE",
     "get_preset",
     "merge_presets",
+    "with_output_head",
 ]
 
 DEFAULT_DISABLED_QUANTIZER_CFG = {
@@ -63,6 +67,9 @@ DEFAULT_DISABLED_QUANTIZER_CFG = {
     "*mlp.shared_expert_gate.*": {"enable": False},
     "*output_layer*": {"enable": False},
     "output.*": {"enable": False},
+    # The layer whose result is the model's output, whatever its name, when it sits on top of other layers
+    # (a classifier or LM head; jq.trace.output_head). jq's addition, resolved after tracing.
+    "@output_head": {"enable": False},
     # Embedding tables (ModelOpt: quantizers under nn.Embedding parents). In jq a lookup is a gather, never a
     # site; these catch a table reused as a tied output head. Projections such as "embed_proj" stay quantized.
     "embed.*": {"enable": False},
@@ -196,4 +203,16 @@ def merge_presets(main: dict, *fragments: dict) -> dict:
         for k, v in frag["quant_cfg"].items():
             if k != "default":
                 out["quant_cfg"][k] = copy.deepcopy(v)
+    return out
+
+
+def with_output_head(preset: dict) -> dict:
+    """A copy of ``preset`` that quantizes the output head too: its ``"@output_head"`` entry removed.
+
+    Example:
+      >>> "@output_head" in with_output_head(INT8_DEFAULT_CFG)["quant_cfg"]
+      False
+    """
+    out = copy.deepcopy(preset)
+    out["quant_cfg"].pop("@output_head", None)
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from jax.extend import core as jcore
 
 from jq.trace.control_flow import JaxprVisitor, bodies
 from jq.trace.naming import name_sites, weight_view
+from jq.trace.output_head import OUTPUT_HEAD_ROLE, output_heads
 from jq.trace.symbols import DimClasses
 from jq.trace.sites import (
     ACT,
@@ -111,6 +113,18 @@ class TracedModel:
     @property
     def jaxpr(self):
         return self.closed_jaxpr.jaxpr
+
+    @functools.cached_property
+    def output_heads(self) -> tuple[str, ...]:
+        """Names of the sites whose result is the model's output (:mod:`jq.trace.output_head`)."""
+        return output_heads(self)
+
+    def roles(self, quantizer: str) -> frozenset:
+        """The roles of a quantizer (``{"output_head"}`` or empty) that ``"@role"`` config keys match."""
+        slot = self.quantizers.get(quantizer)
+        if slot is None or not self.output_heads or not all(s.name in self.output_heads for s in slot.sites):
+            return frozenset()
+        return frozenset({OUTPUT_HEAD_ROLE})
 
 
 # ----------------------------------------------------------------------------------------------------

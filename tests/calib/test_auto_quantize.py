@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 from jq.calib.auto_quantize import solve
 from jq.calib.auto_quantize.scores import monotone
 
-INT4 = jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG  # 4.125 bits (blocks of 128 with a 16-bit scale)
+INT4 = with_output_head(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)  # 4.125 bits (blocks of 128 with a 16-bit scale)
 INT4_G16 = jq.merge_presets(INT4, {"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {-1: 16},
                                                                        "enable": True}}})  # 5 bits
-INT8 = jq.INT8_WEIGHT_ONLY_CFG  # 8 bits
+INT8 = with_output_head(jq.INT8_WEIGHT_ONLY_CFG)  # 8 bits
 
 
 # -- the solver ----------------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 from jq.calib.awq_clip import clip_ratios
 from jq.fake_quant import fake_quant
 from tests.calib.test_smoothquant import QKDown
 
 W4 = {"num_bits": 4, "block_sizes": {-1: 16}, "enable": True}
-INT4_G16 = jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}})
+INT4_G16 = with_output_head(jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}}))
 
 
 def linear(p, x):
@@ -68,7 +69,7 @@ def test_nvfp4_switches_to_static_block_amaxes_and_keeps_its_global_scale(rng, p
     x = jnp.asarray(x)
     m = QKDown()
     p = m.init(jax.random.key(0), x)
-    qm = jq.quantize(p, m.apply, getattr(jq, preset), calib_data=[(x[:32],), (x[32:],)], progress=False)
+    qm = jq.quantize(p, m.apply, with_output_head(getattr(jq, preset)), calib_data=[(x[:32],), (x[32:],)], progress=False)
     rtn = jq.quantize(p, m.apply, jq.NVFP4_DEFAULT_CFG, calib_data=[(x[:32],), (x[32:],)], progress=False)
     spec = qm.spec("q.weight_quantizer")
     assert spec.describe() == "nvfp4 b16 static" and qm.spec("q.input_quantizer").describe() == "nvfp4 b16"

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 import jq.export
 from jq.export.scales import canonical_weight
 from jq.quantizer import fake_quant_reference
 
 W4 = {"num_bits": 4, "block_sizes": {-1: 16}, "enable": True}
-INT4_G16 = jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}})
+INT4_G16 = with_output_head(jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}}))
 CASES = {
     "int4-awq_full": ({**INT4_G16, "algorithm": "awq_full"}, "W4A16_AWQ"),
     "int4-gptq": ({**INT4_G16, "algorithm": {"method": "gptq", "block_size": 16}}, "W4A16_AWQ"),
-    "nvfp4-awq_clip": (jq.NVFP4_AWQ_CLIP_CFG, "NVFP4"),
+    "nvfp4-awq_clip": (with_output_head(jq.NVFP4_AWQ_CLIP_CFG), "NVFP4"),
 }
 
 

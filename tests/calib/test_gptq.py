@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 from jq.calib.gptq_solve import gptq_quantize
 from jq.fake_quant import fake_quant
 from tests import _models as M
 
 W4 = {"num_bits": 4, "block_sizes": {-1: 16}, "enable": True}
-INT4_G16 = jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}})
+INT4_G16 = with_output_head(jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}}))
 W4A8 = jq.merge_presets(INT4_G16, {"quant_cfg": {"*input_quantizer": {"num_bits": 8, "axis": None}}})
 
 
@@ -33,7 +34,7 @@ def problem():
 
 def _gptq(p, x, cfg, **options):
     alg = {"method": "gptq", "block_size": 16, **options}
-    return jq.quantize(p, mlp, {**cfg, "algorithm": alg}, calib_data=[(x[:32],), (x[32:],)], progress=False)
+    return jq.quantize(p, mlp, {**with_output_head(cfg), "algorithm": alg}, calib_data=[(x[:32],), (x[32:],)], progress=False)
 
 
 @pytest.mark.parametrize("sequential", [True, False])
@@ -104,7 +105,7 @@ def test_nvfp4_weights_switch_to_static_block_amaxes(problem):
     amax = qm.qstate["w1.weight_quantizer"]["amax"]
     assert amax.shape == (48, 2) and float(jnp.max(amax)) == float(jnp.max(jnp.abs(p["w1"])))  # same global scale
     np.testing.assert_array_equal(fake_quant(qm.params["w1"].T, amax, spec=spec), qm.params["w1"].T)
-    rtn = jq.quantize(p, mlp, jq.W4A16_NVFP4_CFG, calib_data=[(x,)], progress=False)
+    rtn = jq.quantize(p, mlp, with_output_head(jq.W4A16_NVFP4_CFG), calib_data=[(x,)], progress=False)
     ref = mlp(p, x)
     err = lambda q: float(jnp.mean((jax.jit(q.apply)(q.params, x) - ref) ** 2))  # noqa: E731
     assert err(qm) < err(rtn)
@@ -147,7 +148,7 @@ def test_block_size_must_hold_whole_quantization_blocks(problem):
 def test_sites_gptq_cannot_update_keep_max_calibration_with_a_warning():
     x = jnp.ones((2, 8, 8, 3))
     params, apply = M.linen(M.CNN(), x)
-    cfg = {**jq.INT8_WEIGHT_ONLY_CFG, "algorithm": {"method": "gptq"}}
+    cfg = {**with_output_head(jq.INT8_WEIGHT_ONLY_CFG), "algorithm": {"method": "gptq"}}
     with pytest.warns(UserWarning, match=r"gptq: 2 weight-quantized site\(s\) keep max calibration.*conv1.*conv site"):
         qm = jq.quantize(params, apply, cfg, calib_data=[(x,)], progress=False)
     np.testing.assert_array_equal(qm.params["params"]["conv1"]["kernel"], params["params"]["conv1"]["kernel"])

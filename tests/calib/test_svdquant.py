@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 from jq.calib.svdquant import LORA_A, LORA_B, SVDQuant, low_rank_factors, remove_low_rank
 from tests import _models as M
 
@@ -29,7 +30,7 @@ def outlier_problem(seed=0):
 
 
 def svd_cfg(base, **opts):
-    return {**base, "algorithm": {"method": "svdquant", **opts}}
+    return {**with_output_head(base), "algorithm": {"method": "svdquant", **opts}}
 
 
 def mse(a, b):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jq
+from jq.presets import with_output_head
 import jq.export
 from tests.export.models import ExportCNN, ExportTransformer
 
@@ -56,7 +57,7 @@ class Zoo:
         key = (name, preset, share)
         if key not in self.qms:
             m, params, calib, _ = self.model(name)
-            qm = jq.quantize(params, m.apply, getattr(jq, preset), calib_data=[(c,) for c in calib], progress=False)
+            qm = jq.quantize(params, m.apply, with_output_head(getattr(jq, preset)), calib_data=[(c,) for c in calib], progress=False)
             if share:
                 qm = jq.calibrate(qm, [(c,) for c in calib], share_sibling_weight_amax=True, progress=False)
             self.qms[key] = qm

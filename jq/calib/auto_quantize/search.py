@@ -93,8 +93,9 @@ def _searched(traced, cfgs) -> list:
     for s in traced.sites:
         if s.kind == "bmm" or s.weight_operand is None:
             continue
-        if not any(cfg is not None and _stages(cfg.resolve(f"{s.name}.weight_quantizer")) for cfg in cfgs):
-            continue
+        wq = f"{s.name}.weight_quantizer"
+        if not any(cfg is not None and _stages(cfg.resolve(wq, traced.roles(wq))) for cfg in cfgs):
+            continue  # no candidate quantizes it (the presets' "@output_head" included)
         if len(traced.quantizers[f"{s.name}.weight_quantizer"].sites) > 1:
             shared.append(s.name)
             continue
