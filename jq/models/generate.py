@@ -86,13 +86,20 @@ def generate(params: dict, prompt: jax.Array, n_new: int, *, config: LlamaConfig
     """
     prompt = jnp.asarray(prompt, jnp.int32)
     b, t = prompt.shape
-    if n_new < 1:
-        raise ValueError(f"n_new must be at least 1, got {n_new}")
-    max_len = t + n_new if max_len is None else max_len
-    if max_len < t + n_new:
-        raise ValueError(f"max_len={max_len} is shorter than prompt ({t}) + n_new ({n_new})")
+    max_len = generation_length(t, n_new, max_len)
     dtype = dtype or params["model"]["embed_tokens"]["weight"].dtype
     cache = init_cache(config, b, max_len, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax, dtype=dtype,
                        storage=storage)
     tokens, cache = _greedy(params, prompt, cache, n_new)
     return (tokens, cache) if return_cache else tokens
+
+
+def generation_length(prompt_len: int, n_new: int, max_len: int | None = None) -> int:
+    """The cache length of a generation of ``n_new`` tokens after ``prompt_len`` ones (``max_len`` if given,
+    checked to hold them)."""
+    if n_new < 1:
+        raise ValueError(f"n_new must be at least 1, got {n_new}")
+    max_len = prompt_len + n_new if max_len is None else max_len
+    if max_len < prompt_len + n_new:
+        raise ValueError(f"max_len={max_len} is shorter than prompt ({prompt_len}) + n_new ({n_new})")
+    return max_len

@@ -35,7 +35,7 @@ from jq.deploy import RealQuant
 from jq.handlers.apply import FakeQuant
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
-from jq.models.generate import extend
+from jq.models.generate import extend, generation_length
 from jq.models.kv_cache import KVCache, init_cache
 from jq.models.llama import layer_scope
 
@@ -127,11 +127,7 @@ class ServedLM:
         ``(tokens [batch, n_new], logits [batch, n_new, vocab])`` (logits of the step that chose each token)."""
         prompt = jnp.asarray(prompt, jnp.int32)
         b, t = prompt.shape
-        if n_new < 1:
-            raise ValueError(f"n_new must be at least 1, got {n_new}")
-        max_len = t + n_new if max_len is None else max_len
-        if max_len < t + n_new:
-            raise ValueError(f"max_len={max_len} is shorter than prompt ({t}) + n_new ({n_new})")
+        max_len = generation_length(t, n_new, max_len)
         return _generate(self, self.weights, self.params, prompt, self.init_cache(b, max_len), n_new)
 
 
