@@ -171,7 +171,8 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, style in (("auto_quantize (gradient)", "o-"), ("auto_quantize (kl)", "s--"), ("random mix", "x:")):
         pts = sorted((r["bits"], r["ppl"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts), style, label=method)
+        if pts:  # a score not run (--scores) has no points; plot(style) alone would draw the style string
+            ax.plot(*zip(*pts), style, label=method)
     for r in rows:
         if r["method"].startswith("uniform"):
             ax.plot(r["bits"], r["ppl"], "k*", ms=11)
