@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--calib-batches", type=int, default=16)
     ap.add_argument("--eval-batches", type=int, default=24)
     ap.add_argument("--random", type=int, default=3)
+    ap.add_argument("--scores", default="gradient,kl", help="sensitivity scores to run (gradient, kl)")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "jq" / "gpt_shakespeare_3l.msgpack"))
     ap.add_argument("--out", default="/tmp/aq_gpt")
     args = ap.parse_args()
@@ -120,7 +121,7 @@ def main():
     budgets = [float(b) for b in args.budgets.split(",")]
     choice_plot = None
     groups = numel = None
-    for score in ("gradient", "kl"):
+    for score in args.scores.split(","):
         for b in budgets:
             t0 = time.time()
             qm, report = jq.auto_quantize(params, model.apply, FORMATS, b, score_data, loss_fn, score=score,
@@ -170,7 +171,8 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, style in (("auto_quantize (gradient)", "o-"), ("auto_quantize (kl)", "s--"), ("random mix", "x:")):
         pts = sorted((r["bits"], r["ppl"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts), style, label=method)
+        if pts:  # a score not run (--scores) has no points; plot(style) alone would draw the style string
+            ax.plot(*zip(*pts), style, label=method)
     for r in rows:
         if r["method"].startswith("uniform"):
             ax.plot(r["bits"], r["ppl"], "k*", ms=11)
