@@ -100,8 +100,8 @@ class IntFormat(ScaledFormat):
 
     def bits_per_element(self, spec) -> float:
         # per-block scales are stored in 16 bits (ModelOpt's INT4 AWQ layout): INT4 in blocks of 128 is 4.125
-        if spec.block_sizes is None or not spec.block_sizes.axes:
-            return float(spec.num_bits)
+        if spec.block_sizes is None or not spec.block_sizes.axes or None in spec.block_sizes.axes.values():
+            return float(spec.num_bits)  # per tensor/channel, or a whole-axis (per-token) block: scales negligible
         return spec.num_bits + 16.0 / float(np.prod(list(spec.block_sizes.axes.values())))
 
     # -- export ------------------------------------------------------------------------------------------

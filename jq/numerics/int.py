@@ -56,9 +56,8 @@ def int_quantize(
     amax = jnp.asarray(amax, jnp.float32)
     lo, hi = int_bounds(num_bits, unsigned, narrow_range)
     scale = int_quant_scale(amax, num_bits, unsigned)
-    scale_for_quant = jnp.where(amax <= TINY_AMAX, 0.0, scale)
-    q = jnp.clip(round_half_even(x.astype(jnp.float32) * scale_for_quant), lo, hi)
-    return q, scale
+    q = jnp.clip(round_half_even(x.astype(jnp.float32) * scale), lo, hi)
+    return jnp.where(amax <= TINY_AMAX, 0.0, q), scale  # zeros even for inf / NaN inputs (not inf * 0)
 
 
 def int_dequantize(q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:

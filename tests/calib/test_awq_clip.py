@@ -70,7 +70,7 @@ def test_nvfp4_switches_to_static_block_amaxes_and_keeps_its_global_scale(rng, p
     m = QKDown()
     p = m.init(jax.random.key(0), x)
     qm = jq.quantize(p, m.apply, with_output_head(getattr(jq, preset)), calib_data=[(x[:32],), (x[32:],)], progress=False)
-    rtn = jq.quantize(p, m.apply, jq.NVFP4_DEFAULT_CFG, calib_data=[(x[:32],), (x[32:],)], progress=False)
+    rtn = jq.quantize(p, m.apply, with_output_head(jq.NVFP4_DEFAULT_CFG), calib_data=[(x[:32],), (x[32:],)], progress=False)
     spec = qm.spec("q.weight_quantizer")
     assert spec.describe() == "nvfp4 b16 static" and qm.spec("q.input_quantizer").describe() == "nvfp4 b16"
     amax = qm.qstate["q.weight_quantizer"]["amax"]
