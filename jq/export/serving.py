@@ -47,13 +47,13 @@ import numpy as np
 from jq.export import hf_checkpoint as hfc
 from jq.export.formats import spec_stages
 from jq.export.scales import export_scale
+from jq.hf_shards import INDEX_FILE, write_shards
 from jq.trace.sites import keypath_parts
 
 __all__ = ["to_serving_checkpoint", "DEFAULT_MAX_SHARD_BYTES", "kv_scales"]
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2 ** 30  # transformers' default shard size (5 GB)
-INDEX_FILE, SINGLE_FILE, CONFIG_FILE, QUANT_FILE = ("model.safetensors.index.json", "model.safetensors",
-                                                    "config.json", "hf_quant_config.json")
+CONFIG_FILE, QUANT_FILE = "config.json", "hf_quant_config.json"
 # fused siblings (module names under one block) and the RMSNorm feeding them, in the Llama family's naming
 FOLD_INTO_NORM = ((("q_proj", "k_proj", "v_proj"), "input_layernorm"), (("gate_proj", "up_proj"), "post_attention_layernorm"))
 KV_SLOTS = {"k_bmm_quantizer": ("k_proj", "k_scale"), "v_bmm_quantizer": ("v_proj", "v_scale")}
@@ -127,34 +127,12 @@ def _fold_pre_quant_scales(tensors: dict[str, np.ndarray]) -> None:
                 del tensors[n]
 
 
-def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
-    """Tensors in order, a new shard whenever the next tensor would pass ``max_bytes`` (a bigger tensor
-    gets a shard of its own)."""
-    shards, current, size = [], {}, 0
-    for name, v in tensors.items():
-        if current and size + v.nbytes > max_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = v
-        size += v.nbytes
-    shards.append(current)
-    return shards
-
-
 def _write_safetensors(out: Path, tensors: dict[str, np.ndarray], max_bytes: int, metadata: dict) -> None:
     import safetensors.flax
 
-    shards = _shards(tensors, max_bytes)
     meta = {"format": "pt", "producer": "jq", **metadata}
-    if len(shards) == 1:
-        files = [SINGLE_FILE]
-    else:
-        files = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-        weight_map = {n: f for f, shard in zip(files, shards) for n in shard}
-        index = {"metadata": {"total_size": int(sum(v.nbytes for v in tensors.values()))}, "weight_map": weight_map}
-        (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    for f, shard in zip(files, shards):
-        safetensors.flax.save_file({k: jnp.asarray(v) for k, v in shard.items()}, str(out / f), metadata=meta)
+    write_shards(out, tensors, max_bytes, lambda shard, f: safetensors.flax.save_file(
+        {k: jnp.asarray(v) for k, v in shard.items()}, f, metadata=meta))
 
 
 def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,

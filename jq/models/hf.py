@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jq.hf_shards import INDEX_FILE, SINGLE_FILE, write_shards
 from jq.models.config import LlamaConfig, load_config
 from jq.models.sharding import place
 from jq.trace.sites import keypath_parts
@@ -37,8 +38,6 @@ from jq.trace.sites import keypath_parts
 __all__ = ["hf_name_of", "param_path_of", "site_to_hf_module", "flatten_params", "unflatten_params",
            "tensor_files", "expected_names", "read_safetensors", "load_hf", "save_hf"]
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 _QUANTIZER_SUFFIXES = ("input_quantizer", "weight_quantizer", "output_quantizer", "q_bmm_quantizer",
                        "k_bmm_quantizer", "v_bmm_quantizer", "softmax_quantizer")
 
@@ -191,23 +190,5 @@ def save_hf(path: str | os.PathLike, config_dict: dict, params, *, max_shard_byt
     path.mkdir(parents=True, exist_ok=True)
     flat = {n: np.asarray(v if dtype is None else jnp.asarray(v, dtype)) for n, v in flatten_params(params).items()}
     (path / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    total = sum(v.nbytes for v in flat.values())
-    if max_shard_bytes is None or total <= max_shard_bytes:
-        save_file(flat, str(path / SINGLE_FILE), metadata={"format": "pt"})
-        return path
-    shards, current, size = [], {}, 0
-    for n, v in flat.items():
-        if current and size + v.nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[n] = v
-        size += v.nbytes
-    shards.append(current)
-    weight_map = {}
-    for k, shard in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(path / fname), metadata={"format": "pt"})
-        weight_map.update({n: fname for n in shard})
-    (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                              indent=2) + "\n")
+    write_shards(path, flat, max_shard_bytes, lambda shard, f: save_file(shard, f, metadata={"format": "pt"}))
     return path
