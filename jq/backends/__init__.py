@@ -23,6 +23,7 @@ import jax
 
 from jq import formats as F
 from jq.backends.registry import PLATFORMS, Impl, KernelRegistry
+from jq.formats.base import KernelBinding
 from jq.qtensor import dequantize as reference_dequantize
 from jq.qtensor import quantize as reference_quantize
 from jq.quantizer import fake_quant_reference
@@ -54,12 +55,11 @@ def build_registry() -> KernelRegistry:
     """A registry with the references of every format on every platform and each format's kernels."""
     reg = KernelRegistry()
     refs = {"fake_quant": reference_fake_quant, "quantize": _reference_quantize, "dequantize": _reference_dequantize}
+    references = [KernelBinding(op, plat, "reference", fn, -1, None, "jq.numerics reference in jnp")
+                  for op, fn in refs.items() for plat in PLATFORMS]
     for fmt in F.FORMATS:
-        for op, fn in refs.items():
-            for plat in PLATFORMS:
-                reg.add(Impl(op, fmt.name, plat, "reference", fn, -1, None, "jq.numerics reference in jnp"))
-        for b in fmt.kernel_bindings():
-            reg.add(Impl(b.op, fmt.name, b.platform, b.name, b.fn, b.priority, b.supports, b.note))
+        for b in references + list(fmt.kernel_bindings()):
+            reg.add(Impl(fmt.name, b))
     return reg
 
 

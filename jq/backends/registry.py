@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+
+from jq.formats.base import KernelBinding
 
 __all__ = ["Impl", "KernelRegistry", "PLATFORMS"]
 
@@ -18,16 +19,27 @@ PLATFORMS = ("cpu", "gpu", "tpu")
 
 @dataclasses.dataclass(frozen=True)
 class Impl:
-    """One registered implementation of ``op`` for ``format`` (a format name) on ``platform``."""
+    """A format's :class:`~jq.formats.base.KernelBinding` registered under the format's name.
 
-    op: str
+    The binding's fields (``op``, ``platform``, ``name``, ``fn``, ``priority``, ``supports``, ``note``) read
+    through as attributes.
+
+    Example:
+      >>> impl = Impl("fp8", KernelBinding("fake_quant", "cpu", "reference", fn))
+      >>> (impl.op, impl.format, impl.platform, impl.name)
+      ('fake_quant', 'fp8', 'cpu', 'reference')
+    """
+
     format: str
-    platform: str
-    name: str
-    fn: Callable
-    priority: int = 0
-    supports: Callable[..., bool] | None = None
-    note: str = ""
+    binding: KernelBinding
+
+    op = property(lambda self: self.binding.op)
+    platform = property(lambda self: self.binding.platform)
+    name = property(lambda self: self.binding.name)
+    fn = property(lambda self: self.binding.fn)
+    priority = property(lambda self: self.binding.priority)
+    supports = property(lambda self: self.binding.supports)
+    note = property(lambda self: self.binding.note)
 
     @property
     def backend(self) -> str:
