@@ -30,10 +30,10 @@ import dataclasses
 import glob
 
 from jq.calib.base import Algorithm
-from jq.calib.calibrators import HistogramCalibrator, MseSweepCalibrator, Selection
+from jq.calib.calibrators import HistogramCalibrator, MseSweepCalibrator, MseSweepOptions, Selection
 from jq.calib.max import max_calibrate
 
-__all__ = ["PercentileCalibration", "EntropyCalibration", "MSECalibration", "calibrate_with", "to_static_blocks"]
+__all__ = ["SelectionAlgorithm", "PercentileCalibration", "EntropyCalibration", "MSECalibration", "calibrate_with", "to_static_blocks"]
 
 
 def _stages(spec) -> tuple:
@@ -74,8 +74,23 @@ def to_static_blocks(qm):
     return qm.replace(config=qm.config.with_entries(*entries)) if entries else qm
 
 
+class SelectionAlgorithm(Algorithm):
+    """Base of the algorithms that pick each quantizer's calibrator: ``max_calibrate`` with the subclass's
+    :meth:`selection` (:func:`calibrate_with`); building the selection validates the options, so it runs once at
+    construction."""
+
+    def __post_init__(self):
+        self.selection()  # validates the options
+
+    def selection(self) -> Selection:
+        raise NotImplementedError
+
+    def calibrate(self, qm, data):
+        return calibrate_with(qm, data, self.selection(), self.name)
+
+
 @dataclasses.dataclass(frozen=True)
-class PercentileCalibration(Algorithm):
+class PercentileCalibration(SelectionAlgorithm):
     """Activations at the ``percentile`` of a ``num_bins``-bin histogram of ``|x|``; weights max."""
 
     percentile: float = 99.99
@@ -83,19 +98,13 @@ class PercentileCalibration(Algorithm):
     name = "percentile"
     needs_data = True
 
-    def __post_init__(self):
-        self.selection()  # validates the options
-
     def selection(self) -> Selection:
         return Selection(activations=HistogramCalibrator("percentile", self.num_bins, self.percentile),
                          histogram_method="percentile")
 
-    def calibrate(self, qm, data):
-        return calibrate_with(qm, data, self.selection(), self.name)
-
 
 @dataclasses.dataclass(frozen=True)
-class EntropyCalibration(Algorithm):
+class EntropyCalibration(SelectionAlgorithm):
     """Activations at TensorRT's KL-divergence threshold of a histogram of ``|x|``; weights max."""
 
     num_bins: int = 2048
@@ -104,25 +113,15 @@ class EntropyCalibration(Algorithm):
     name = "entropy"
     needs_data = True
 
-    def __post_init__(self):
-        self.selection()
-
     def selection(self) -> Selection:
         return Selection(activations=HistogramCalibrator("entropy", self.num_bins, start_bin=self.start_bin,
                                                          stride=self.stride), histogram_method="entropy")
 
-    def calibrate(self, qm, data):
-        return calibrate_with(qm, data, self.selection(), self.name)
-
 
 @dataclasses.dataclass(frozen=True)
-class MSECalibration(Algorithm):
+class MSECalibration(MseSweepOptions, SelectionAlgorithm):
     """Weights by the MSE amax sweep (ModelOpt's ``mse``); activations by ``activations``."""
 
-    step_size: float = 0.1
-    start_multiplier: float = 0.25
-    stop_multiplier: float = 4.0
-    fp8_scale_sweep: bool = False
     activations: str = "histogram"
     num_bins: int = 2048
     name = "mse"
@@ -131,7 +130,7 @@ class MSECalibration(Algorithm):
         if self.activations not in ("histogram", "sweep", "max"):
             raise ValueError(f"algorithm 'mse': activations must be 'histogram', 'sweep' or 'max', "
                              f"got {self.activations!r}")
-        self.selection()
+        super().__post_init__()
 
     def selection(self) -> Selection:
         sweep = MseSweepCalibrator(self.start_multiplier, self.stop_multiplier, self.step_size)
@@ -147,4 +146,4 @@ class MSECalibration(Algorithm):
         if self.fp8_scale_sweep:
             data.trace(qm)
             qm = to_static_blocks(qm)
-        return calibrate_with(qm, data, self.selection(), self.name)
+        return super().calibrate(qm, data)

@@ -56,8 +56,8 @@ from jq.calib import histogram as H
 from jq.calib import mse
 from jq.calib.stats import Amax, Histogram, Statistic, Sum
 
-__all__ = ["Calibrator", "MaxCalibrator", "HistogramCalibrator", "MseSweepCalibrator", "Selection", "CALIBRATORS",
-           "parse", "get", "check", "names"]
+__all__ = ["Calibrator", "MaxCalibrator", "HistogramCalibrator", "MseSweepOptions", "MseSweepCalibrator", "Selection",
+           "CALIBRATORS", "parse", "get", "check", "names"]
 
 
 class Calibrator:
@@ -188,13 +188,27 @@ class HistogramCalibrator(Calibrator):
 
 
 @dataclasses.dataclass(frozen=True)
-class MseSweepCalibrator(Calibrator):
-    """``amax0 * m`` minimising the squared error per amax entry (ModelOpt's ``MseCalibrator``, :mod:`jq.calib.mse`)."""
+class MseSweepOptions:
+    """The amax sweep's options (ModelOpt's ``MseCalibConfig``), shared by :class:`MseSweepCalibrator` and the
+    ``mse`` algorithm: candidates ``amax0 * m`` for ``m`` in ``linspace(start_multiplier, stop_multiplier,
+    ceil((stop - start) / step_size) + 1)``; ``fp8_scale_sweep`` searches NVFP4 block scales over every E4M3
+    value instead.
+
+    Example:
+      >>> MseSweepCalibrator(step_size=0.25).multipliers[:3]  # a MseSweepOptions with the calibrator's methods
+      array([0.25, 0.5 , 0.75], dtype=float32)
+    """
 
     start_multiplier: float = 0.25
     stop_multiplier: float = 4.0
     step_size: float = 0.1
     fp8_scale_sweep: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MseSweepCalibrator(MseSweepOptions, Calibrator):
+    """``amax0 * m`` minimising the squared error per amax entry (ModelOpt's ``MseCalibrator``, :mod:`jq.calib.mse`)."""
+
     name: ClassVar[str] = "mse_sweep"
     passes: ClassVar[int] = 2
 

@@ -102,3 +102,21 @@ def test_an_algorithm_that_changes_nothing_is_an_error(rng):
         jq.calibrate(qm, [(x,)], algorithm="entropy", progress=False)
     with pytest.raises(ValueError, match="unknown calibration algorithm 'entropie'.*did you mean 'entropy'"):
         jq.calibrate(qm, [(x,)], algorithm="entropie", progress=False)
+
+
+def test_the_mse_algorithm_hands_its_sweep_options_to_the_sweep_calibrators():
+    from jq.calib.amax_search import MSECalibration
+    from jq.calib.calibrators import MseSweepCalibrator
+
+    sel = MSECalibration(start_multiplier=0.5, stop_multiplier=2.0, step_size=0.5, fp8_scale_sweep=True,
+                         activations="sweep").selection()
+    assert sel.weights == MseSweepCalibrator(0.5, 2.0, 0.5, fp8_scale_sweep=True)
+    assert sel.activations == MseSweepCalibrator(0.5, 2.0, 0.5)  # block-scale search is for weights only
+
+
+@pytest.mark.parametrize("method, options, field", [("percentile", {"num_bins": 1}, "num_bins"),
+                                                    ("entropy", {"stride": 0}, "stride"),
+                                                    ("mse", {"step_size": 0}, "step_size")])
+def test_bad_options_are_refused_when_the_algorithm_is_built(method, options, field):
+    with pytest.raises(ValueError, match=field):
+        algorithms.make({"method": method, **options})
