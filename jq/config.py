@@ -24,16 +24,16 @@ a config without that key quantizes the head like any other layer (ModelOpt's se
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import functools
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
 
 from jq import formats
 from jq.calib import calibrators
+from jq.config_check import warn_unused  # noqa: F401  (re-exported: jq.calibrate imports it from jq.config)
+from jq.config_keys import ROLES, check_role, check_top_level_keys, did_you_mean, format_key_error, matches
 
 __all__ = [
     "BlockSizes",
@@ -83,28 +83,10 @@ DEFAULT_EXCLUSION_PATTERNS = frozenset(
     }
 )
 
-# Role patterns: a quant_cfg key "@<role>" matches the quantizers of the sites the trace gives that role,
-# resolved after tracing (QuantizedModel.spec). "@output_head": the site whose result is the model's output
-# (jq.trace.output_head); the presets disable it.
-ROLES = ("output_head",)
-
 _FP_NAMES = {"e4m3": (4, 3), "e5m2": (5, 2), "e2m1": (2, 1), "fp8": (4, 3), "fp4": (2, 1)}
 _INT_NAMES = {f"int{b}": b for b in range(2, 9)}
 _MODELOPT_FP = {(4, 3), (5, 2), (2, 1), (1, 2), (0, 3), (3, 0), (3, 2), (2, 3)}
 _BLOCK_STRING_KEYS = ("type", "scale_bits", "scale_block_sizes")
-_FORMAT_SPELLINGS = {  # the right spelling of formats named by a "format" key
-    "fp8": "FP8 E4M3 is {'num_bits': (4, 3)} (or 'e4m3'), E5M2 {'num_bits': (5, 2)}",
-    "e4m3": "FP8 E4M3 is {'num_bits': (4, 3)} (or 'e4m3')",
-    "int8": "INT8 is {'num_bits': 8}",
-    "int4": "INT4 in blocks of 128 is {'num_bits': 4, 'block_sizes': {-1: 128}}",
-    "nvfp4": "NVFP4 is {'num_bits': (2, 1), 'block_sizes': {-1: 16, 'type': 'dynamic', 'scale_bits': (4, 3)}}",
-    "mxfp8": "MXFP8 is {'num_bits': (4, 3), 'block_sizes': {-1: 32, 'type': 'dynamic', 'scale_bits': (8, 0)}}",
-    "mxfp4": "MXFP4 is {'num_bits': (2, 1), 'block_sizes': {-1: 32, 'type': 'dynamic', 'scale_bits': (8, 0)}}",
-}
-_FORMAT_HELP = ("FP8 E4M3 is {'num_bits': (4, 3)}, INT8 {'num_bits': 8}, NVFP4 {'num_bits': (2, 1), 'block_sizes': "
-                "{-1: 16, 'type': 'dynamic', 'scale_bits': (4, 3)}} (see jq.formats.supported())")
-
-
 def _bits(value: Any, field: str) -> int | tuple[int, int]:
     """``8`` / ``(4, 3)`` / ``"e4m3"`` / ``"int4"`` / ``[4, 3]`` → int or (E, M) tuple."""
     if isinstance(value, str):
@@ -310,9 +292,8 @@ class QuantizerSpec:
                 if k == "bias" and v is not None:
                     raise ValueError(f"{where}affine 'bias' quantization is not supported by jq")
                 continue
-            if k == "format":  # not a ModelOpt field (seed 001 writes {"num_bits": 8, "format": "fp8"})
-                raise ValueError(f"{where}'format' is not a quantizer field: ModelOpt (and jq) spell the format "
-                                 f"with num_bits and block_sizes: {_FORMAT_SPELLINGS.get(str(v).lower(), _FORMAT_HELP)}")
+            if k == "format":  # not a ModelOpt field
+                raise format_key_error(v, where)
             if k not in fields:
                 raise ValueError(f"{where}unknown QuantizerSpec field {k!r}{did_you_mean(k, fields)}; "
                                  f"allowed: {sorted(fields)}")
@@ -330,12 +311,6 @@ class QuantizerSpec:
 
     def replace(self, **changes) -> QuantizerSpec:
         return dataclasses.replace(self, **changes)
-
-
-def did_you_mean(word: str, choices) -> str:
-    """``" (did you mean 'x'?)"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 Entry = Union[QuantizerSpec, tuple, bool]  # spec, sequential specs, or an enable flag
@@ -398,18 +373,9 @@ class QuantConfig:
     def from_dict(cls, cfg: Mapping) -> QuantConfig:
         """Parse ModelOpt's ``{"quant_cfg": ..., "algorithm": ...}`` or a legacy flat dict of patterns."""
         cfg = dict(cfg)
-        if "quant_cfg" in cfg or "algorithm" in cfg:
-            unknown = set(cfg) - {"quant_cfg", "algorithm"}
-            if unknown:
-                hints = "".join(did_you_mean(k, ("quant_cfg", "algorithm")) for k in sorted(unknown))
-                raise ValueError(f"unknown config keys {sorted(unknown)}{hints}; a config has 'quant_cfg' and "
-                                 f"'algorithm'")
+        if check_top_level_keys(cfg):
             quant_cfg, algorithm = cfg.get("quant_cfg", {}), cfg.get("algorithm", "max")
         else:  # legacy: the dict is the quant_cfg itself
-            for k in cfg:  # a misspelled top-level key would otherwise be read as a quantizer pattern
-                hint = did_you_mean(k, ("quant_cfg", "algorithm")) if isinstance(k, str) and "*" not in k else ""
-                if hint:
-                    raise ValueError(f"unknown config key {k!r}{hint}; a config has 'quant_cfg' and 'algorithm'")
             quant_cfg, algorithm = cfg, "max"
         return cls(_parse_quant_cfg(quant_cfg), Algorithm.parse(algorithm))
 
@@ -421,7 +387,7 @@ class QuantConfig:
         roles = frozenset(roles)
         spec: QuantizerSpec | tuple = _default_spec_for(name)
         for pattern, entry in self.entries:
-            if not _matches(pattern, name, roles):
+            if not matches(pattern, name, roles):
                 continue
             if isinstance(entry, bool):
                 spec = (tuple(s.replace(enable=entry) for s in spec) if isinstance(spec, tuple)
@@ -456,11 +422,6 @@ class QuantConfig:
         alg = self.algorithm
         algorithm = alg.method if not alg.options else {"method": alg.method, **alg.kwargs}
         return {"quant_cfg": out, "algorithm": algorithm}
-
-
-def _matches(pattern: str, name: str, roles: frozenset) -> bool:
-    """``"@role"`` matches by role; any other pattern is an ``fnmatch`` glob over the name."""
-    return pattern[1:] in roles if pattern.startswith("@") else fnmatch.fnmatchcase(name, pattern)
 
 
 def _parse_entry(pattern: str, value) -> Entry:
@@ -515,9 +476,7 @@ def _parse_quant_cfg(quant_cfg) -> tuple[tuple[str, Entry], ...]:
         if pattern == "default":
             default = ("*", _parse_entry(pattern, value))
             continue
-        if pattern.startswith("@") and pattern[1:] not in ROLES:
-            raise ValueError(f"quant_cfg[{pattern!r}]: unknown role{did_you_mean(pattern, ['@' + r for r in ROLES])}; "
-                             f"roles: {['@' + r for r in ROLES]}")
+        check_role(pattern)
         if pattern.startswith("nn."):
             # ModelOpt's module-class entries (e.g. "nn.BatchNorm2d": {"*": {"enable": False}}). jq's sites are
             # matmuls and convolutions, which never sit inside these parents, so the entry has nothing to do.
@@ -537,16 +496,3 @@ def as_config(cfg) -> QuantConfig:
     if isinstance(cfg, Mapping):
         return QuantConfig.from_dict(cfg)
     raise ValueError(f"expected a QuantConfig or a ModelOpt-style dict, got {type(cfg).__name__}")
-
-
-def warn_unused(cfg: QuantConfig, names: Iterable[str], roles_of=None) -> list[str]:
-    """Warn once for each user pattern that matched no quantizer (Qwix's ``get_unused_rules``), naming the
-    closest quantizer names and how many quantizers the default entry alone enabled (:mod:`jq.config_check`)."""
-    from jq.config_check import enabled_by_default, unused_message  # noqa: PLC0415  (it imports this module)
-
-    names = list(names)
-    unused = cfg.unused_patterns(names)
-    n_default = len(enabled_by_default(cfg, names, roles_of)) if unused else 0
-    for p in unused:
-        warnings.warn(unused_message(p, names, n_default), stacklevel=3)
-    return unused

@@ -1,5 +1,6 @@
 """What a config did to a traced model: patterns that matched nothing, the quantizer names closest to them,
-and the quantizers only the default entry reached (ModelOpt's semantics keep those enabled).
+and the quantizers only the default entry reached (ModelOpt's semantics keep those enabled); :func:`warn_unused`
+warns about them after tracing.
 
 Example:
   >>> cfg = as_config({"quant_cfg": {"*fc_1*": {"enable": False}}})
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable, Iterable
 
-__all__ = ["closest_quantizers", "enabled_by_default", "unused_message"]
+from jq.config_keys import matches
+
+__all__ = ["closest_quantizers", "enabled_by_default", "unused_message", "warn_unused"]
 
 _GLOB = re.compile(r"[*?]|\[[^\]]*\]")
 
@@ -38,14 +42,12 @@ def closest_quantizers(pattern: str, names: Iterable[str], n: int = 3, cutoff: f
 
 def enabled_by_default(cfg, names: Iterable[str], roles_of: Callable[[str], Iterable[str]] | None = None) -> list[str]:
     """Enabled quantizers that no entry other than ``"default"`` (a ``"*"`` catch-all) matched."""
-    from jq.config import _matches  # noqa: PLC0415  (jq.config imports this module lazily)
-
     out = []
     for name in names:
         roles = frozenset(roles_of(name) if roles_of else ())
         spec = cfg.resolve(name, roles)
         on = any(s.enable for s in spec) if isinstance(spec, tuple) else spec.enable
-        if on and not any(p != "*" and _matches(p, name, roles) for p, _ in cfg.entries):
+        if on and not any(p != "*" and matches(p, name, roles) for p, _ in cfg.entries):
             out.append(name)
     return out
 
@@ -57,3 +59,15 @@ def unused_message(pattern: str, names: list[str], n_default: int) -> str:
             else f"; quantizer names look like {', '.join(repr(c) for c in names[:3])}")
     tail = f"; {n_default} quantizers enabled by the default entry" if n_default else ""
     return f"jq: config pattern {pattern!r} matched no quantizer{hint}{tail}"
+
+
+def warn_unused(cfg, names: Iterable[str], roles_of: Callable[[str], Iterable[str]] | None = None) -> list[str]:
+    """Warn once for each user pattern of ``cfg`` (a :class:`~jq.config.QuantConfig`) that matched no quantizer
+    (Qwix's ``get_unused_rules``), naming the closest quantizer names and how many quantizers the default entry
+    alone enabled; returns those patterns."""
+    names = list(names)
+    unused = cfg.unused_patterns(names)
+    n_default = len(enabled_by_default(cfg, names, roles_of)) if unused else 0
+    for p in unused:
+        warnings.warn(unused_message(p, names, n_default), stacklevel=3)
+    return unused
