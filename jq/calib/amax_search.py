@@ -33,7 +33,8 @@ from jq.calib.base import Algorithm
 from jq.calib.calibrators import HistogramCalibrator, MseSweepCalibrator, MseSweepOptions, Selection
 from jq.calib.max import max_calibrate
 
-__all__ = ["SelectionAlgorithm", "PercentileCalibration", "EntropyCalibration", "MSECalibration", "calibrate_with", "to_static_blocks"]
+__all__ = ["SelectionAlgorithm", "PercentileCalibration", "EntropyCalibration", "MSECalibration", "calibrate_with",
+           "to_static_blocks"]
 
 
 def _stages(spec) -> tuple:
