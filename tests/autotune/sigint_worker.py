@@ -1,40 +1,23 @@
 """Subprocess body of the SIGINT test: the ``jq-autotune`` CLI, parked inside the tuning loop.
 
-The real benchmark is wrapped: once the state file on disk records a finished pattern, the next
-measurement prints ``PARKED`` on stdout and waits for a signal. The test sends SIGINT only after
-reading that line, so the interrupt always lands in the tuning loop (never after a fast run finished).
+The real benchmark is wrapped in :class:`fakes.ParkAfterFirstPattern`: once the state file on disk
+records a finished pattern, the next measurement prints ``PARKED`` on stdout and waits for a signal.
+The test sends SIGINT only after reading that line, so the interrupt always lands in the tuning loop
+(never after a fast run finished).
 
 Usage: python sigint_worker.py <jq-autotune arguments>  (must include --output)
 """
 
-import signal
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
+from fakes import ParkAfterFirstPattern  # noqa: E402
+
 from jq_autotune import workflow  # noqa: E402
 from jq_autotune.cli import main  # noqa: E402
-from jq_autotune.state import AutotuneState  # noqa: E402
-
-
-class ParkAfterFirstPattern:
-    """Delegates to ``bench``; parks in ``run`` once ``state_file`` holds a complete measured pattern."""
-
-    def __init__(self, bench, state_file: Path):
-        self._bench, self._state_file = bench, state_file
-
-    def __getattr__(self, name):
-        return getattr(self._bench, name)
-
-    def run(self, path):
-        if self._state_file.exists() and any(p.complete and p.results for p in AutotuneState.load(self._state_file).patterns.values()):
-            print("PARKED", flush=True)
-            while True:  # SIGINT raises KeyboardInterrupt out of pause()
-                signal.pause()
-        return self._bench.run(path)
-
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
