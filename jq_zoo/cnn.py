@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from jq_zoo._cache_files import write_bytes_atomic
 from jq_zoo.fashion_mnist import load_fashion_mnist
 
 __all__ = ["FashionCNN", "train_fashion_cnn", "load_or_train_fashion_cnn", "accuracy"]
@@ -96,8 +97,5 @@ def load_or_train_fashion_cnn(cache_dir=None, epochs: int = 3, seed: int = 0, da
         return serialization.from_bytes(template, path.read_bytes()), path
     print(f"training the Fashion-MNIST CNN once ({epochs} epochs); cached at {path}", file=log)
     params = train_fashion_cnn(epochs=epochs, seed=seed, data_dir=data_dir, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(serialization.to_bytes(params))
-    tmp.replace(path)
+    write_bytes_atomic(path, serialization.to_bytes(params))  # concurrent trainers: the last whole file wins
     return params, path

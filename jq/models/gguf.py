@@ -192,9 +192,14 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
             "gguf_file": gguf_path.name, "tensor_types": dict(types),
             "note": "weights dequantized from this GGUF file to float32; quantized tensor types "
                     "mean the float weights lie on that format's grid"}, indent=2) + "\n")
-        if out_dir.exists():
+        if out_dir.exists() and overwrite:
             shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process converted it meanwhile: keep its (identical) directory
+            if not out_dir.exists() or overwrite:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
 from pathlib import Path
 
 import onnx
 
 from jq_autotune.benchmark.base import Benchmark, BenchmarkResult
+from jq_autotune.state import AutotuneState
 
 COMPUTE = {"Conv", "MatMul", "Gemm", "ConvTranspose"}
 
@@ -74,3 +76,24 @@ class CostModelBenchmark(Benchmark):
             time.sleep(self.delay_s)
         c = model_cost(model)
         return BenchmarkResult(c, (c,), self.name)
+
+
+class ParkAfterFirstPattern:
+    """Delegates to ``bench``; parks in ``run`` once ``state_file`` holds a complete measured pattern.
+
+    Parking prints ``PARKED`` on stdout and waits for a signal (SIGINT raises KeyboardInterrupt there;
+    SIGKILL ends the process), so interrupt tests signal a run that provably saved work and has more left.
+    """
+
+    def __init__(self, bench, state_file: Path):
+        self._bench, self._state_file = bench, state_file
+
+    def __getattr__(self, name):
+        return getattr(self._bench, name)
+
+    def run(self, path):
+        if self._state_file.exists() and any(p.complete and p.results for p in AutotuneState.load(self._state_file).patterns.values()):
+            print("PARKED", flush=True)
+            while True:  # SIGINT raises KeyboardInterrupt out of pause()
+                signal.pause()
+        return self._bench.run(path)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import onnx
@@ -79,24 +78,27 @@ def test_unavailable_backend_exits_1(tmp_path, capsys):
 
 
 def test_sigint_exits_130_with_state_saved(tmp_path):
-    path = model_file(tmp_path, blocks=3, channels=16, hw=32, batch=1)
+    """SIGINT inside the tuning loop: exit 130, state saved. The worker parks the benchmark once the first
+    pattern is saved and says so on stdout; the signal is sent only then, so a fast run cannot finish first."""
+    path = model_file(tmp_path, blocks=3, channels=8, hw=16, batch=1)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jq_autotune", "--model", str(path), "--output", str(out), "--schemes-per-region", "40", "--warmup-runs", "2", "--timing-runs", "20", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "tests" / "autotune" / "sigint_worker.py"), "--model", str(path), "--output", str(out), *FAST]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state_file = out / "autotuner_state.yaml"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state_file.exists() and any(p.complete and p.results for p in AutotuneState.load(state_file).patterns.values()):
+    seen = []
+    for line in proc.stdout:  # blocks until the worker parks (or exits: then the loop ends)
+        seen.append(line)
+        if line.strip() == "PARKED":
             break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
+    assert seen and seen[-1].strip() == "PARKED", f"the run ended before the first pattern was saved:\n{''.join(seen)}"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "state saved" in err
-    st = AutotuneState.load(state_file)
+    assert "[autotune] interrupted: state saved" in rest  # raised inside the tuning loop
+    assert "interrupted (exit 130); state saved" in err
+    st = AutotuneState.load(out / "autotuner_state.yaml")
     assert st.baseline_latency_ms and any(p.complete for p in st.patterns.values())
+    assert not all(p.complete for p in st.patterns.values()), "interrupted with every pattern done"
 
 
 def test_inspect_prints_the_region_tree(tmp_path, capsys):

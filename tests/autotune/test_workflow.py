@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +59,16 @@ def test_resume_after_sigkill_does_not_remeasure_saved_regions(cnn, tmp_path):
     subprocess.run([sys.executable, str(worker), str(cnn), str(tmp_path / "ref"), str(ref_log), "0"], check=True, env=env, timeout=120)
     ref_calls = ref_log.read_text().split()
 
-    # interrupted run: SIGKILL once the first region has been saved
+    # interrupted run: SIGKILL while the worker waits in its first measurement after saving a region
     out, log1 = tmp_path / "run", tmp_path / "run1.log"
-    proc = subprocess.Popen([sys.executable, str(worker), str(cnn), str(out), str(log1), "0.15"], env=env)
+    proc = subprocess.Popen([sys.executable, str(worker), str(cnn), str(out), str(log1), "park"], env=env,
+                            stdout=subprocess.PIPE, text=True)
     state_file = out / "autotuner_state.yaml"
-    deadline = time.time() + 90
-    saved = None
-    while time.time() < deadline:
-        if state_file.exists():
-            st = AutotuneState.load(state_file)
-            if any(p.complete and p.results for p in st.patterns.values()):
-                saved = st
-                break
-        time.sleep(0.02)
+    said = proc.stdout.readline()  # blocks until the worker parks (or exits: then "")
     proc.send_signal(signal.SIGKILL)
+    proc.stdout.close()
     assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert saved is not None, "no region was saved before the deadline"
+    assert said.strip() == "PARKED", "the worker ended before saving a region"
     saved = AutotuneState.load(state_file)  # what is on disk at the kill
     done = {sig: len(p.results) for sig, p in saved.patterns.items() if p.complete}
     assert done and len(done) < sum(1 for p in AutotuneState.load(tmp_path / "ref" / "autotuner_state.yaml").patterns.values() if p.results)
