@@ -308,9 +308,11 @@ def parse(argv):
     p.add_argument("--real-tokens", type=int, default=128, help="real pass: greedy tokens compared")
     p.add_argument("--real-batches", default="1,8", help="real pass: batches of the tokens/s rows")
     a = p.parse_args(argv)
-    if a.smoke:
-        a.models, a.batches, a.prompt, a.steps, a.iters, a.budget_s = "tiny", "1,3", 8, 4, 1, 1e9
-        a.variants = "bf16,bf16_kv8,fp8,nvfp4_kv8,int4"
+    if a.smoke:  # tiny shapes; batches / variants / budget only where not given
+        a.models, a.prompt, a.steps, a.iters = "tiny", 8, 4, 1
+        a.batches = "1,3" if a.batches == p.get_default("batches") else a.batches
+        if a.variants == p.get_default("variants"):
+            a.variants = "bf16,bf16_kv8,fp8,nvfp4_kv8,int4"
     a.models = [m for m in a.models.split(",") if m]
     a.batches = [int(b) for b in a.batches.split(",")]
     a.real_batches = [int(b) for b in a.real_batches.split(",")]
