@@ -14,7 +14,8 @@ scales the f32 accumulator; ``fp8_f32`` (an f32 model) removes that rounding.
 * logits over the steps before the first mismatch (same inputs): ``max |real - fake| / max |fake|``, against
   :data:`LOGIT_RTOL` (bf16 weights and activations, f32 accumulation in a different order: a few bf16 ulps of
   the logit scale);
-* decode tokens/s of the real-quantized model and of the bf16 model (no evaluator) at ``--real-batches``.
+* generation tokens/s (prompt prefill + ``n`` greedy tokens, one jitted program) of the real-quantized model and
+  of the bf16 model (``jq.models.generate``, no evaluator) at ``--real-batches``.
 
 The model is ``jq_zoo.smollm2`` (``$JQ_MODELS_DIR``; weights dequantized GGUF Q4_1), the text
 ``jq_zoo.shakespeare`` (``$JQ_DATA_DIR``); ``--smoke`` uses the tiny random model and random tokens instead.
@@ -23,7 +24,6 @@ Run through :mod:`benchmarks.llm_decode` (``--passes real``).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 
@@ -74,35 +74,16 @@ def _load(args):
     return config, params, prompt, calib, "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), Hamlet prompt"
 
 
-class _Plain:
-    """The bf16 model without jq's evaluator, with :class:`serve.ServedLM`'s decode interface."""
-
-    def __init__(self, config, params):
-        self.config, self.params, self.weights = config, params, {}
-
-    def init_cache(self, batch, max_len):
-        return jm.init_cache(self.config, batch, max_len, dtype=self.params["model"]["embed_tokens"]["weight"].dtype)
-
-    def decode(self, weights, params, token, cache, n_steps):
-        def step(carry, _):
-            tok, c = carry
-            logits, c = jm.extend(params, tok[:, None], c)
-            nxt = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
-            return (nxt, c), nxt
-        (_, cache), toks = jax.lax.scan(step, (token, cache), None, length=n_steps)
-        return toks.T, None, cache
-
-
-def _decode_tok_s(lm, args, batch, steps):
-    """Decode tokens/s of ``lm`` at ``batch`` rows (``steps`` greedy tokens after ``args.prompt`` cached
-    positions; median of ``args.iters`` calls after a compile call)."""
-    from benchmarks.llm_decode import _median_time
-
-    fn = jax.jit(lambda w, p, tok, cache: lm.decode(w, p, tok, cache, steps)[0])
-    cache = dataclasses.replace(lm.init_cache(batch, args.prompt + steps + 1), length=jnp.int32(args.prompt))
-    tok = jnp.zeros((batch,), jnp.int32)
-    t, compile_s, _ = _median_time(fn, (lm.weights, lm.params, tok, cache), args.iters)
-    return {"tok_s": batch * steps / t, "ms_per_step": 1e3 * t / steps, "compile_s": compile_s}
+def _generate_tok_s(generate, prompt, n: int, iters: int) -> dict:
+    """Tokens/s of a compiled ``generate(prompt, n)`` (prefill of the prompt + ``n - 1`` decode steps; median of
+    ``iters`` calls, the comparison's call having compiled it)."""
+    times = []
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(generate(prompt, n))
+        times.append(time.perf_counter() - t0)
+    t = float(np.median(times))
+    return {"tok_s": prompt.shape[0] * n / t, "ms_per_token": 1e3 * t / n}
 
 
 def compare(real_lm, fake_lm, prompt, n: int) -> dict:
@@ -132,11 +113,12 @@ def real_pass(args, budget, rec, save):
     out = rec["real"] = {"source": source, "prompt_tokens": int(prompt.shape[1]), "load_s": time.time() - t0,
                          "presets": {}}
     n = 8 if args.smoke else args.real_tokens
-    steps = 4 if args.smoke else args.steps
-    plain = _Plain(config, params)
+    gen = lambda pr, k: jm.generate(params, pr, k, config=config)  # noqa: E731 - the bf16 model, no evaluator
     for b in args.real_batches:
         if budget.left() >= args.reserve_s:
-            out.setdefault("bf16_tok_s", {})[str(b)] = _decode_tok_s(plain, args, b, steps)
+            pr = jnp.tile(prompt, (b, 1))
+            jax.block_until_ready(gen(pr, n))  # compile
+            out.setdefault("bf16_tok_s", {})[str(b)] = _generate_tok_s(gen, pr, n, args.iters)
     save()
     for name in args.real_presets:
         if budget.left() < args.reserve_s:
@@ -156,7 +138,10 @@ def real_pass(args, budget, rec, save):
             row.update(compare(real_lm, serve.fake_quant_lm(qm, config), prompt, n))
             for b in args.real_batches:
                 if budget.left() >= args.reserve_s:
-                    row.setdefault("tok_s", {})[str(b)] = _decode_tok_s(real_lm, args, b, steps)
+                    pr = jnp.tile(prompt, (b, 1))
+                    if b != 1:
+                        jax.block_until_ready(real_lm.generate(pr, n))  # compile for this batch
+                    row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(real_lm.generate, pr, n, args.iters)
         except Exception as e:  # noqa: BLE001 - one preset failing must not hide the others
             traceback.print_exc()
             row["error"] = f"{type(e).__name__}: {str(e)[:1000]}"
@@ -168,7 +153,7 @@ def real_pass(args, budget, rec, save):
 def summary(real: dict) -> str:
     lines = [f"real model: {real['source']}, prompt {real['prompt_tokens']} tokens"]
     base = real.get("bf16_tok_s", {})
-    lines.append("  bf16 decode tok/s: " + ", ".join(f"B={b} {v['tok_s']:.0f}" for b, v in base.items()))
+    lines.append("  bf16 generate tok/s (prefill + greedy tokens): " + ", ".join(f"B={b} {v['tok_s']:.0f}" for b, v in base.items()))
     for name, row in real["presets"].items():
         if "error" in row or "skipped" in row:
             lines.append(f"  {name:10s} {row.get('error', row.get('skipped'))[:200]}")
@@ -182,5 +167,5 @@ def summary(real: dict) -> str:
                      f"({row['matching_tokens']}/{row['n_tokens']}, first mismatch {row['first_mismatch']}, "
                      f"fake top-2 margin there {row['fake_top2_margin_at_mismatch']}), logits rel err "
                      f"{row['logit_rel_err']:.2e} ({'within' if row['logits_within_tol'] else 'OVER'} "
-                     f"{row['logit_rtol']:g}); decode tok/s {tps}")
+                     f"{row['logit_rtol']:g}); generate tok/s {tps}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ For ``y = x @ dequant(W).T`` at N=28672, K=8192 (the 8B MLP's fused up/gate shap
 (g128): per config (:func:`benchmarks.kernel_bench.gemm_bench.parse_configs` syntax) the whole call and, at
 ``kernel_batches``, the Mosaic kernel alone; its error vs ``x @ dequant(W).T``; **GB/s of weight bytes** (codes +
 scales, ``PackedW4.nbytes``) for the call and the kernel, next to XLA's bf16 GB/s (``2 N K`` bytes) of the same round.
-Everything of a batch is compiled first, then timed in ``rounds`` interleaved rounds (each figure: the best of its
+Every config is compiled first (config-major), then each batch is timed in ``rounds`` interleaved rounds (each figure: the best of its
 rounds' medians). ``budget_s``: no config is compiled and no round started past it (listed as skipped).
 Weights are drawn on the device. On a CPU the harness runs with the XLA reference in place of the Mosaic kernel
 (``harness_only``: no timing meaning).
@@ -31,9 +31,9 @@ from jq_kernels.w4a16.plan import plan
 from jq_kernels.w4a16.schedules import mosaic_call
 
 # the default (bf16 operands, stream-K, 1 row, block_k 128, 4 stages, 3 CTAs per SM) and its neighbours
-SWEEP = ("bf16/stream_k:1,128,4;bf16/stream_k:1,128,3;bf16/stream_k:1,128,5;bf16/stream_k:2,128,3;"
-         "bf16/stream_k:1,256,3;bf16/stream_k:1,128,4,264;bf16/stream_k:1,128,4,132;bf16/stream_k:2,128,4,264;"
-         "bf16/grid:1,128,3")
+SWEEP = ("bf16/stream_k:1,128,4;bf16/stream_k:1,128,3;bf16/stream_k:2,128,3;bf16/stream_k:1,128,4,264;"
+         "bf16/stream_k:1,128,5;bf16/stream_k:1,256,3;bf16/stream_k:2,128,4,264;bf16/stream_k:1,128,4,132;"
+         "bf16/grid:1,128,3")  # most promising first: a budget cut drops the last ones
 BAR = 3.0  # issue 15: NVFP4 and INT4 >= 3.0x XLA bf16 at B = 1, 4, 16
 
 
@@ -57,15 +57,17 @@ def decode_sweep(configs=None, batches=(1, 4, 16), n=28672, k=8192, rounds=2, ke
     ref_fn = jax.jit(_xla_ref)
     timed = lambda fn, a: time_fn(fn, a, iters=iters, warmup=3)["s"] * 1e6  # noqa: E731
     xkeys = jax.random.split(k3, 2 * len(batches))
-    for bi, b in enumerate(batches):
-        x = [jax.random.normal(xkeys[2 * bi + j], (b, k), jnp.float32).astype(jnp.bfloat16) for j in range(2)]
-        base = {"B": b, "what": "xla_bf16", "us_rounds": []}
-        live = []
+    xs = {b: [jax.random.normal(xkeys[2 * bi + j], (b, k), jnp.float32).astype(jnp.bfloat16) for j in range(2)]
+          for bi, b in enumerate(batches)}
+    refs = {(kind, b): ref_fn(xs[b][0], qts[kind][0]) for kind in qts for b in batches}
+    live = {b: [] for b in batches}
+    # compile phase, config-major: a budget cut loses whole configs (the last ones), not the last batch size
+    for dc in configs:
+        dtype, cfg = dc
         for kind in qts:
-            ref = ref_fn(x[0], qts[kind][0])
-            for dc in configs:
-                dtype, cfg = dc
-                pw = packs[(kind, dtype)]
+            pw = packs[(kind, dtype)]
+            for b in batches:
+                x = xs[b]
                 row = {"B": b, "kind": kind, "config": cfg_name(dc), "weight_bytes": int(pw[0].nbytes)}
                 rec["rows"].append(row)
                 if time.time() - t0 > budget_s:
@@ -79,7 +81,7 @@ def decode_sweep(configs=None, batches=(1, 4, 16), n=28672, k=8192, rounds=2, ke
                     else:  # harness test: the reference on the QTensor
                         fn, args = ref_fn, [(x[0], qts[kind][0]), (x[1], qts[kind][1])]
                     y = jax.block_until_ready(fn(*args[0]))
-                    row["rel_err"] = _rel(y, ref)
+                    row["rel_err"] = _rel(y, refs[(kind, b)])
                     row["finite"] = bool(np.all(np.isfinite(np.asarray(y, np.float32))))
                     p = plan(pw[0], b, cfg)
                     row["plan"] = {kk: p[kk] for kk in ("rows", "bk", "stages", "slots", "split", "ctas", "per")
@@ -90,18 +92,24 @@ def decode_sweep(configs=None, batches=(1, 4, 16), n=28672, k=8192, rounds=2, ke
                         kfn = jax.jit(lambda xs_, pw_, cfg=cfg, b=b: mosaic_call(xs_, pw_, cfg, b))
                         kargs = [(xp[0], pw[0]), (xp[1], pw[1])]
                         jax.block_until_ready(kfn(*kargs[0]))
-                    live.append((row, fn, args, kfn, kargs))
+                    live[b].append((row, fn, args, kfn, kargs))
                 except Exception as e:  # noqa: BLE001 - a config that fails is recorded, the others run
                     row["error"] = f"{type(e).__name__}: {str(e)[:1500]}"
                     print(f"B={b:3d} {kind} {row['config']}: ERROR {str(e)[:400]}", flush=True)
                 faulthandler.cancel_dump_traceback_later()
+        save(out_name, rec)
+    rec["compile_phase_s"] = time.time() - t0
+    # timing phase: per batch, XLA bf16 and every compiled config in interleaved rounds
+    for b in batches:
+        x = xs[b]
+        base = {"B": b, "what": "xla_bf16", "us_rounds": []}
         for rnd in range(rounds):
-            if rnd and time.time() - t0 > budget_s:
+            if rnd and time.time() - t0 > budget_s + 10:
                 base["rounds_cut"] = rnd
                 break
             base["us_rounds"].append(min(timed(bf16_nk, [(x[0], w), (x[1], w2)]),
                                          timed(bf16_kn, [(x[0], wkn), (x[1], wkn)])))
-            for row, fn, args, kfn, kargs in live:
+            for row, fn, args, kfn, kargs in live[b]:
                 faulthandler.dump_traceback_later(120, exit=True)
                 try:
                     row.setdefault("us_rounds", []).append(timed(fn, args))
@@ -113,7 +121,7 @@ def decode_sweep(configs=None, batches=(1, 4, 16), n=28672, k=8192, rounds=2, ke
         base["us"] = min(base["us_rounds"])
         base["GBps"] = 2 * n * k / base["us"] / 1e3
         rec["rows"].append(base)
-        for row, *_ in live:
+        for row, *_ in live[b]:
             if "us_rounds" not in row:
                 continue
             row["us"] = min(row["us_rounds"])
