@@ -188,7 +188,15 @@ def stack_realized(qm1, top, layers, *, backend=None):
     fn = jax.jit(realize_layer)
     per = []
     for i in range(n):
-        per.append(fn(top, jax.tree_util.tree_map(lambda a, i=i: a[i], layers)))
+        layer = jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
+        try:
+            per.append(fn(top, layer))
+        except Exception as e:  # noqa: BLE001 - insurance: a realize step that cannot be traced runs eagerly
+            if fn is realize_layer:
+                raise
+            print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
+            fn = realize_layer
+            per.append(fn(top, layer))
     weights = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per)
     del per
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend
