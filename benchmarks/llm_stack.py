@@ -5,7 +5,7 @@ The unrolled :func:`jq.models.extend` (one traced copy per layer) makes every (v
 weights stacked along a leading layer axis, so a 32-layer program compiles as fast as a 1-layer one and measures
 the real full-depth cost (no extrapolation from a reduced depth).
 
-* weights: generated on the device (:func:`init_stacked`, one ``vmap`` of the per-layer init over keys);
+* weights: generated on the device (:func:`init_stacked`, one ``lax.map`` of the per-layer init over keys);
 * quantized variants: the layer function evaluated by jq's evaluator with a :class:`jq.deploy.RealQuant` handler
   on the stored weights of each layer (``jq.deploy.realize`` of a 1-layer ``qm`` whose params are that layer's,
   weight amax recomputed per layer; activation / KV amax are the 1-layer calibration's, the same for every layer:
@@ -38,7 +38,7 @@ __all__ = ["init_stacked", "layer_step", "StackedLM", "stack_realized"]
 
 def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: float = 0.02):
     """``(top, layers)``: the params of the 1-layer ``config1`` model (embedding, norm, head, layer 0) and the
-    ``n_layers`` layers' params stacked on a leading axis, all drawn on the device (normal, std ``scale``)."""
+    ``n_layers`` layers' params stacked on a leading axis, all drawn on the device (normal, std ``scale``; one jitted ``lax.map`` over the layers' keys)."""
     k_top, k_layers = jax.random.split(key)
 
     @jax.jit
@@ -47,7 +47,9 @@ def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: floa
 
     @jax.jit
     def layers_init(keys):
-        return jax.vmap(lambda k: llama.init_params(config1, k, dtype=dtype, scale=scale)["model"]["layers"][0])(keys)
+        # lax.map: one layer's draws live at a time (no f32 transient of the whole stack)
+        return jax.lax.map(lambda k: llama.init_params(config1, k, dtype=dtype, scale=scale)["model"]["layers"][0],
+                           keys)
 
     return top_init(k_top), layers_init(jax.random.split(k_layers, n_layers))
 
