@@ -1,0 +1,171 @@
+"""Real-quantized serving of the real SmolLM2-135M against its fake-quant model: greedy tokens, logits, tokens/s.
+
+For each format of :data:`PRESETS` (calibrated on Shakespeare text, max calibration or the preset's algorithm):
+``jq.models.serve.real_quant_lm(jq.deploy.realize(qm))`` (stored FP8 / NVFP4 / INT4 weights, the kernels; FP8 KV
+cache where the preset has one) and ``serve.fake_quant_lm(qm)`` (the fake-quant model ``qm.apply`` computes) each
+generate ``n`` greedy tokens from the same prompt (one jitted prefill + ``lax.scan`` decode each). Reported:
+
+Why bf16 real and fake logits differ by more than accumulation order: the bf16 fake-quant model rounds every
+dequantized operand ``q / s`` to bf16 (relative error up to 2^-9, the same for every element with the same
+mantissa pattern, so it does not average out in a dot product), while the real GEMM multiplies the exact codes and
+scales the f32 accumulator; ``fp8_f32`` (an f32 model) removes that rounding.
+
+* ``tokens_equal`` (all ``n`` tokens identical), ``first_mismatch``, the fake model's top-2 logit margin there;
+* logits over the steps before the first mismatch (same inputs): ``max |real - fake| / max |fake|``, against
+  :data:`LOGIT_RTOL` (bf16 weights and activations, f32 accumulation in a different order: a few bf16 ulps of
+  the logit scale);
+* generation tokens/s (prompt prefill + ``n`` greedy tokens, one jitted program) of the real-quantized model and
+  of the bf16 model (``jq.models.generate``, no evaluator) at ``--real-batches``.
+
+The model is ``jq_zoo.smollm2`` (``$JQ_MODELS_DIR``; weights dequantized GGUF Q4_1), the text
+``jq_zoo.shakespeare`` (``$JQ_DATA_DIR``); ``--smoke`` uses the tiny random model and random tokens instead.
+Run through :mod:`benchmarks.llm_decode` (``--passes real``).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jq
+import jq.models as jm
+from jq import deploy
+from jq.models import serve
+
+__all__ = ["PRESETS", "LOGIT_RTOL", "real_pass", "summary"]
+
+# name: (presets merged, KV cache stored in the k/v quantizers' format, params dtype)
+PRESETS = {
+    "fp8_kv8": (("FP8_DEFAULT_CFG", "FP8_KV_CFG"), True, "bfloat16"),
+    "fp8": (("FP8_DEFAULT_CFG",), False, "bfloat16"),
+    # f32 model: the fake quant's dequantized operands q / s are exact (in bf16 they are rounded to 8 bits, a
+    # rounding the real GEMM, which scales the f32 accumulator, does not have)
+    "fp8_f32": (("FP8_DEFAULT_CFG",), False, "float32"),
+    "nvfp4": (("W4A16_NVFP4_CFG",), False, "bfloat16"),
+    "nvfp4_kv8": (("W4A16_NVFP4_CFG", "FP8_KV_CFG"), True, "bfloat16"),
+    "int4_awq": (("INT4_AWQ_CFG",), False, "bfloat16"),
+    "int4": (("INT4_BLOCKWISE_WEIGHT_ONLY_CFG",), False, "bfloat16"),
+}
+LOGIT_RTOL = 2e-2  # max |real - fake| / max |fake| over the compared steps
+
+
+def _load(args):
+    """``(config, params, prompt [1, t], calib batches, source)``."""
+    if args.smoke:
+        from benchmarks.llm_decode import config_of
+
+        config = config_of("tiny", 2)
+        params = jm.init_params(config, jax.random.key(3), dtype=jnp.bfloat16, scale=0.1)
+        rng = np.random.default_rng(3)
+        prompt = jnp.asarray(rng.integers(0, config.vocab_size, (1, 8)), jnp.int32)
+        calib = [(jnp.asarray(rng.integers(0, config.vocab_size, (2, 16)), jnp.int32),)]
+        return config, params, prompt, calib, "tiny random model"
+    from jq_zoo import shakespeare, smollm2
+
+    config, params, tok = smollm2.load(dtype=jnp.bfloat16)
+    ids = jm.encode(shakespeare.eval_text(), tok)
+    prompt = jnp.asarray(np.asarray(ids[:32])[None], jnp.int32)
+    calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=2, batch_size=2,
+                                   seq_len=256)
+    return config, params, prompt, calib, "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), Hamlet prompt"
+
+
+def _generate_tok_s(generate, prompt, n: int, iters: int) -> dict:
+    """Tokens/s of a compiled ``generate(prompt, n)`` (prefill of the prompt + ``n - 1`` decode steps; median of
+    ``iters`` calls, the comparison's call having compiled it)."""
+    times = []
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(generate(prompt, n))
+        times.append(time.perf_counter() - t0)
+    t = float(np.median(times))
+    return {"tok_s": prompt.shape[0] * n / t, "ms_per_token": 1e3 * t / n}
+
+
+def compare(real_lm, fake_lm, prompt, n: int) -> dict:
+    """Greedy ``n`` tokens of both models from ``prompt``; token equality and the logit error before the first
+    mismatch."""
+    rt, rl = real_lm.generate(prompt, n)
+    ft, fl = fake_lm.generate(prompt, n)
+    rt, ft = np.asarray(rt), np.asarray(ft)
+    rl, fl = np.asarray(rl, np.float32), np.asarray(fl, np.float32)
+    same = rt[0] == ft[0]
+    first = None if same.all() else int(np.argmin(same))
+    upto = n if first is None else first + 1  # the first mismatching step still had the same inputs
+    err = float(np.max(np.abs(rl[0, :upto] - fl[0, :upto])) / max(np.max(np.abs(fl[0, :upto])), 1e-30))
+    top2 = np.sort(fl[0], axis=-1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    return {"n_tokens": n, "tokens_equal": first is None, "matching_tokens": int(same.sum()),
+            "first_mismatch": first, "logit_rel_err": err, "logit_rtol": LOGIT_RTOL,
+            "logits_within_tol": err <= LOGIT_RTOL, "logit_scale": float(np.max(np.abs(fl[0, :upto]))),
+            "fake_top2_margin_at_mismatch": None if first is None else float(margin[first]),
+            "min_fake_top2_margin": float(margin[:upto].min())}
+
+
+def real_pass(args, budget, rec, save):
+    """``rec["real"]``: per preset the comparison and tokens/s; bf16 tokens/s once."""
+    t0 = time.time()
+    config, params, prompt, calib, source = _load(args)
+    out = rec["real"] = {"source": source, "prompt_tokens": int(prompt.shape[1]), "load_s": time.time() - t0,
+                         "presets": {}}
+    n = 8 if args.smoke else args.real_tokens
+    gen = lambda pr, k: jm.generate(params, pr, k, config=config)  # noqa: E731 - the bf16 model, no evaluator
+    for b in args.real_batches:
+        if budget.left() >= args.reserve_s:
+            pr = jnp.tile(prompt, (b, 1))
+            jax.block_until_ready(gen(pr, n))  # compile
+            out.setdefault("bf16_tok_s", {})[str(b)] = _generate_tok_s(gen, pr, n, args.iters)
+    save()
+    for name in args.real_presets:
+        if budget.left() < args.reserve_s:
+            out["presets"][name] = {"skipped": "budget"}
+            continue
+        presets, kv, dtype = PRESETS[name]
+        row = out["presets"][name] = {"presets": list(presets), "kv_cache": kv, "dtype": dtype}
+        p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        try:
+            t1 = time.time()
+            cfg = jq.merge_presets(*(getattr(jq, p) for p in presets))
+            qm = jq.quantize(p, jm.make_forward(config), cfg, calib_data=calib, progress=False)
+            rm = deploy.realize(qm)
+            row["quantize_s"] = time.time() - t1
+            row["plan"] = sorted(set(rm.plan.values()))
+            real_lm = serve.real_quant_lm(rm, config, kv_cache=kv)
+            row.update(compare(real_lm, serve.fake_quant_lm(qm, config), prompt, n))
+            for b in args.real_batches:
+                if budget.left() >= args.reserve_s:
+                    pr = jnp.tile(prompt, (b, 1))
+                    if b != 1:
+                        jax.block_until_ready(real_lm.generate(pr, n))  # compile for this batch
+                    row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(real_lm.generate, pr, n, args.iters)
+        except Exception as e:  # noqa: BLE001 - one preset failing must not hide the others
+            traceback.print_exc()
+            row["error"] = f"{type(e).__name__}: {str(e)[:1000]}"
+        print("real", name, {k: v for k, v in row.items() if k != "plan"}, flush=True)
+        save()
+    out["wall_s"] = time.time() - t0
+
+
+def summary(real: dict) -> str:
+    lines = [f"real model: {real['source']}, prompt {real['prompt_tokens']} tokens"]
+    base = real.get("bf16_tok_s", {})
+    lines.append("  bf16 generate tok/s (prefill + greedy tokens): " + ", ".join(f"B={b} {v['tok_s']:.0f}" for b, v in base.items()))
+    for name, row in real["presets"].items():
+        if "error" in row or "skipped" in row:
+            lines.append(f"  {name:10s} {row.get('error', row.get('skipped'))[:200]}")
+            continue
+        if "tokens_equal" not in row:
+            lines.append(f"  {name:10s} incomplete")
+            continue
+        tps = ", ".join(f"B={b} {v['tok_s']:.0f} ({v['tok_s'] / base[b]['tok_s']:.2f}x bf16)"
+                        for b, v in row.get("tok_s", {}).items() if b in base)
+        lines.append(f"  {name:10s} tokens {'EXACT' if row['tokens_equal'] else 'DIFFER'} "
+                     f"({row['matching_tokens']}/{row['n_tokens']}, first mismatch {row['first_mismatch']}, "
+                     f"fake top-2 margin there {row['fake_top2_margin_at_mismatch']}), logits rel err "
+                     f"{row['logit_rel_err']:.2e} ({'within' if row['logits_within_tol'] else 'OVER'} "
+                     f"{row['logit_rtol']:g}); generate tok/s {tps}")
+    return "\n".join(lines)

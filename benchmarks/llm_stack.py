@@ -1,0 +1,229 @@
+"""A Llama-family decoder at full depth with its layers stacked and run by one ``lax.scan``: fast to build and compile.
+
+The unrolled :func:`jq.models.extend` (one traced copy per layer) makes every (variant, batch) program of an
+8B-shaped model a 32-layer compilation; here one layer is traced and compiled once and ``lax.scan`` runs it over
+weights stacked along a leading layer axis, so a 32-layer program compiles as fast as a 1-layer one and measures
+the real full-depth cost (no extrapolation from a reduced depth).
+
+* weights: generated on the device (:func:`init_stacked`, one ``lax.map`` of the per-layer init over keys);
+* quantized variants: the layer function evaluated by jq's evaluator with a :class:`jq.deploy.RealQuant` handler
+  on the stored weights of each layer (``jq.deploy.realize`` of a 1-layer ``qm`` whose params are that layer's,
+  weight amax recomputed per layer; activation / KV amax are the 1-layer calibration's, the same for every layer:
+  random weights, a speed model);
+* the step is :func:`jq.models.extend`'s loop body (``layer_step``), so a stacked model with the same weights and
+  calibration generates the same tokens as the unrolled served model (``tests/benchmarks/test_llm_stack.py``).
+
+Example::
+
+    top, layers = init_stacked(cfg, 32, jax.random.key(0))
+    lm = StackedLM.plain(cfg, top, layers)
+    logits, cache = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, prompt, lm.init_cache(1, 64))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jq import deploy
+from jq.model import QuantizedModel
+from jq.models import llama
+from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
+from jq.models.rope import rope_tables
+
+__all__ = ["init_stacked", "layer_step", "StackedLM", "stack_realized"]
+
+
+def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: float = 0.02):
+    """``(top, layers)``: the params of the 1-layer ``config1`` model (embedding, norm, head, layer 0) and the
+    ``n_layers`` layers' params stacked on a leading axis, all drawn on the device (normal, std ``scale``; one jitted ``lax.map`` over the layers' keys)."""
+    k_top, k_layers = jax.random.split(key)
+
+    @jax.jit
+    def top_init(k):
+        return llama.init_params(config1, k, dtype=dtype, scale=scale)
+
+    @jax.jit
+    def layers_init(keys):
+        # lax.map: one layer's draws live at a time (no f32 transient of the whole stack)
+        return jax.lax.map(lambda k: llama.init_params(config1, k, dtype=dtype, scale=scale)["model"]["layers"][0],
+                           keys)
+
+    return top_init(k_top), layers_init(jax.random.split(k_layers, n_layers))
+
+
+def _with_layer(top, layer):
+    """``top`` (the 1-layer model's params) with layer 0 replaced by ``layer``."""
+    model = dict(top["model"], layers=[layer])
+    return dict(top, model=model)
+
+
+def layer_step(params, h, cache: KVCache, cos, sin, mask):
+    """Layer 0 of ``params`` on ``h [b, t, hidden]`` with the 1-layer ``cache``: :func:`jq.models.extend`'s loop
+    body (its names: the sites are those of a 1-layer model). Returns ``(h, cache)`` (``length`` not advanced)."""
+    config = cache.config
+    layer = params["model"]["layers"][0]
+    x = llama.rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
+    q, k, v = llama.project_qkv(layer["self_attn"], x, cos, sin, config)
+    cache = write_layer(cache, 0, k, v)
+    keys, values = read_layer(cache, 0)
+    with jax.named_scope(llama.layer_scope(0)):
+        o = llama.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
+    h = h + llama.linear(o, layer["self_attn"]["o_proj"])
+    h = h + llama.mlp(layer["mlp"], llama.rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+    return h, cache
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StackedLM:
+    """A decoder of ``n_layers`` identical-shaped layers run by ``lax.scan``.
+
+    Attributes:
+      config1: the 1-layer model config (``num_hidden_layers=1``); n_layers: the depth.
+      top: the 1-layer model's params (embedding, final norm, ``lm_head``; its layer 0 is replaced per step).
+      layers: per-layer params stacked on axis 0.
+      weights: ``{site name: stored weight}`` of the 1-layer model's sites, stacked on axis 0 (``{}``: bf16).
+      step_model: a :class:`jq.QuantizedModel` of :func:`layer_step` (None: plain bf16, no evaluator).
+      handler: ``weights -> jq handler`` (None for plain).
+      kv_spec, k_amax, v_amax: the KV storage spec and per-layer amax ``[n_layers]`` (None: float cache).
+    """
+
+    config1: object
+    n_layers: int
+    top: dict
+    layers: dict
+    weights: dict = dataclasses.field(default_factory=dict)
+    step_model: object = None
+    handler: object = None
+    kv_spec: object = None
+    k_amax: object = None
+    v_amax: object = None
+
+    @classmethod
+    def plain(cls, config1, top, layers, *, kv_spec=None, k_amax=None, v_amax=None):
+        """The unquantized model (no jq evaluator), with a float or quantized KV cache."""
+        n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+        return cls(config1, n, top, layers, kv_spec=kv_spec, k_amax=k_amax, v_amax=v_amax)
+
+    @property
+    def params(self):
+        return self.top
+
+    @property
+    def dtype(self):
+        """The compute dtype (the embedding table's)."""
+        return self.top["model"]["embed_tokens"]["weight"].dtype
+
+    def init_cache(self, batch: int, max_len: int):
+        """``(keys, values, length)``: per-layer storage stacked on axis 0 (arrays or QTensors), int32 length."""
+        def one(i):
+            ka = None if self.k_amax is None else self.k_amax[i]
+            va = None if self.v_amax is None else self.v_amax[i]
+            c = init_cache(self.config1, batch, max_len, kv_format=self.kv_spec, k_amax=ka, v_amax=va,
+                           dtype=self.dtype)
+            return c.keys[0], c.values[0]
+        if self.kv_spec is None:  # zeros: one array per cache side, no per-layer work
+            k0, _ = one(0)
+            z = jnp.zeros((self.n_layers,) + k0.shape, k0.dtype)
+            return z, z, jnp.zeros((), jnp.int32)
+        per = [one(i) for i in range(self.n_layers)]
+        stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+        return stack([k for k, _ in per]), stack([v for _, v in per]), jnp.zeros((), jnp.int32)
+
+    def extend(self, weights, layers, top, tokens, cache):
+        """Logits ``[b, t, vocab]`` of ``tokens [b, t]`` after the cached positions, and the updated cache."""
+        keys, values, length = cache
+        b, t = tokens.shape
+        max_len = jax.tree_util.tree_leaves(keys)[0].shape[2]
+        positions = length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        cos, sin = rope_tables(self.config1, positions)
+        slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+        mask = llama.attention_mask(positions, slots, self.config1, k_valid=slots < length + t)
+        h = top["model"]["embed_tokens"]["weight"][tokens]
+        k_amax = jnp.zeros((self.n_layers,), jnp.float32) if self.k_amax is None else self.k_amax
+        v_amax = jnp.zeros((self.n_layers,), jnp.float32) if self.v_amax is None else self.v_amax
+
+        def body(h, xs):
+            layer, w, k_i, v_i, ka, va = xs
+            c1 = KVCache((k_i,), (v_i,), None if self.k_amax is None else ka[None],
+                         None if self.v_amax is None else va[None], length, self.config1, self.kv_spec,
+                         "quantized", jnp.dtype(self.dtype).name)
+            p = _with_layer(top, layer)
+            if self.step_model is None:
+                h, c1 = layer_step(p, h, c1, cos, sin, mask)
+            else:
+                h, c1 = self.step_model.evaluate(self.handler(w), p, h, c1, cos, sin, mask)
+            return h, (c1.keys[0], c1.values[0])
+
+        h, (keys, values) = jax.lax.scan(body, h, (layers, weights, keys, values, k_amax, v_amax))
+        return llama.lm_head(top, h, self.config1), (keys, values, length + t)
+
+
+def _weight_amax_of_layer(qm1, params):
+    """``qm1.qstate`` with every weight quantizer's amax recalibrated on ``params``' weights (jq's weight
+    calibration, :func:`jq.calib.weights.calibrate_weights`, each quantizer's own calibrator)."""
+    from jq.calib.weights import calibrate_weights
+
+    qstate = {k: dict(v) for k, v in qm1.qstate.items()}
+    traced = qm1.traced
+    for name, entry in calibrate_weights(traced, qm1.specs(traced), jax.tree_util.tree_leaves(params),
+                                         qstate).items():
+        qstate.setdefault(name, {}).update(entry)
+    return qstate
+
+
+def stack_realized(qm1, top, layers, *, backend=None):
+    """``(weights, kernels, plan, backend)``: the stored weights of every layer stacked on axis 0 --
+    ``jq.deploy.realize`` of ``qm1`` on each layer's params with its weight amax recalibrated on that layer, one
+    jitted program called per layer (no host round trip) -- and the 1-layer model's kernels, plan and backend."""
+    from jq import backends
+
+    backend = backend or ("gpu" if backends.platform() == "gpu" else "xla")
+    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+
+    def realize_layer(top, layer):
+        p = _with_layer(top, layer)
+        return deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
+
+    fn = jax.jit(realize_layer)
+    per = []
+    for i in range(n):
+        layer = jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
+        try:
+            per.append(fn(top, layer))
+        except Exception as e:  # noqa: BLE001 - insurance: a realize step that cannot be traced runs eagerly
+            if fn is realize_layer:
+                raise
+            print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
+            fn = realize_layer
+            per.append(fn(top, layer))
+    weights = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per)
+    del per
+    return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend
+
+
+def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=None, kernels=None):
+    """A :class:`StackedLM` on real-quantized weights.
+
+    ``qm1``: a calibrated 1-layer model of :func:`jq.models.forward` (its config, activation and KV amax serve
+    every layer); ``realized``: :func:`stack_realized`'s result, reused across variants (computed if None);
+    ``kernels``: optional replacement of the realized kernels (e.g. another FP8 GEMM policy); ``kv_cache``: store
+    k/v in the format of ``qm1``'s k/v ``bmm`` quantizers (else they stay as configured, at attention).
+    """
+    from jq.models import serve
+
+    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+    weights, rkernels, _, backend = realized or stack_realized(qm1, top, layers)
+    spec = serve.kv_cache_spec(qm1, config1) if kv_cache else None
+    cfg = qm1.config
+    if spec is not None:  # the cache stores k/v in the quantizers' format: they are off at attention
+        cfg = cfg.with_entries(*((f"*.{s}", False) for s in ("k_bmm_quantizer", "v_bmm_quantizer")))
+    step = QuantizedModel.create(qm1.params, layer_step, cfg, qm1.qstate)
+    handler = serve._RealHandler(kernels or rkernels, "gpu" if backend == "gpu" else "cpu")
+    k_amax = v_amax = None
+    if spec is not None:
+        k_amax = jnp.broadcast_to(serve._kv_amax(qm1, config1, "k_bmm_quantizer"), (n,))
+        v_amax = jnp.broadcast_to(serve._kv_amax(qm1, config1, "v_bmm_quantizer"), (n,))
+    return StackedLM(config1, n, top, layers, weights, step, handler, spec, k_amax, v_amax)

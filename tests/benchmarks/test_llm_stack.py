@@ -1,0 +1,74 @@
+"""benchmarks/llm_stack.py: the layer-scanned decoder computes what the unrolled jq.models decoder computes.
+
+Reference values: the unrolled model on the same weights (``jq.models.extend`` for bf16/f32, ``jq.models.serve``'s
+real-quantized model for INT4 W4A16, whose stored weights do not depend on calibration data): the same ops in the
+same order, only the layer loop differs, so they agree to f32 rounding (XLA fuses a scan body and an unrolled
+program differently; the served INT4 comparison, both jitted, is bit-exact on CPU).
+"""
+
+import jax
+import pytest
+import jax.numpy as jnp
+import numpy as np
+
+import jq
+import jq.models as jm
+from benchmarks import llm_stack as S
+from benchmarks.kernel_bench import quant_kernels as Q
+from benchmarks.llm_decode import config_of
+from jq import deploy
+from jq.models import serve
+
+
+def _models(n_layers=2):
+    c1, cn = config_of("tiny", 1), config_of("tiny", n_layers)
+    top, layers = S.init_stacked(c1, n_layers, jax.random.key(0), dtype=jnp.float32)
+    full = dict(top, model=dict(top["model"], layers=[jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
+                                                      for i in range(n_layers)]))
+    prompt = jnp.asarray(np.random.default_rng(0).integers(0, c1.vocab_size, (2, 5)), jnp.int32)
+    return c1, cn, top, layers, full, prompt
+
+
+def test_init_stacked_draws_distinct_layers_on_a_leading_axis():
+    c1, _, top, layers, _, _ = _models(3)
+    q = layers["self_attn"]["q_proj"]["weight"]
+    assert q.shape == (3,) + top["model"]["layers"][0]["self_attn"]["q_proj"]["weight"].shape
+    assert not np.array_equal(np.asarray(q[0]), np.asarray(q[1]))
+
+
+def test_plain_stacked_equals_unrolled_extend_and_advances_the_cache():
+    c1, cn, top, layers, full, prompt = _models()
+    lm = S.StackedLM.plain(c1, top, layers)
+    logits, cache = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, prompt, lm.init_cache(2, 8))
+    ref, rc = jax.jit(jm.extend)(full, prompt, jm.init_cache(cn, 2, 8))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    assert int(cache[2]) == 5
+    np.testing.assert_allclose(np.asarray(cache[0][1]), np.asarray(rc.keys[1]), rtol=1e-5, atol=1e-6)  # layer 1
+    # one decode step on the filled cache
+    tok = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)[:, None]
+    l2, _ = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, tok, cache)
+    r2, _ = jax.jit(jm.extend)(full, tok, rc)
+    np.testing.assert_allclose(np.asarray(l2), np.asarray(r2), rtol=1e-5, atol=1e-6)
+
+
+def test_int4_real_quant_stacked_equals_unrolled_served_model():
+    c1, cn, top, layers, full, prompt = _models()
+    calib = [(jnp.asarray(np.random.default_rng(1).integers(0, c1.vocab_size, (2, 8)), jnp.int32),)]
+    cfg = jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG
+    qm1 = jq.quantize(top, jm.make_forward(c1), cfg, calib_data=calib, progress=False)
+    qmn = jq.quantize(full, jm.make_forward(cn), cfg, calib_data=calib, progress=False)
+    slm = S.real_quant_stacked(qm1, c1, top, layers, kv_cache=False)
+    ulm = serve.real_quant_lm(deploy.realize(qmn), cn, kv_cache=False)
+    a, _ = jax.jit(slm.extend)(slm.weights, slm.layers, slm.top, prompt, slm.init_cache(2, 8))
+    b, _ = jax.jit(ulm.extend)(ulm.weights, ulm.params, prompt, ulm.init_cache(2, 8))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert set(slm.weights) == {f"model.layers.0.{m}" for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+        "mlp.up_proj", "mlp.down_proj")}
+
+
+def test_quant_sweep_spec_parses_and_rejects_unknown_kernels():
+    assert Q.parse_quant_sweep("mxfp8:512,8,3;nvfp4@markstein:256,4,2") == [
+        ("mxfp8", None, 512, 8, 3), ("nvfp4", "markstein", 256, 4, 2)]
+    with pytest.raises(ValueError, match="unknown kernel 'fp8'"):
+        Q.parse_quant_sweep("fp8:256,4,2")
