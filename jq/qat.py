@@ -26,8 +26,15 @@ import jax.numpy as jnp
 from jq.calib.weights import calibrate_weights
 from jq.qat_amax import LearnableAmax, LearnableAmaxFakeQuant
 
-__all__ = ["ste_gradient", "make_train_step", "recalibrate_weights", "LearnableAmax", "trainable",
-           "with_trainable", "trainable_apply"]
+__all__ = [
+    "LearnableAmax",
+    "make_train_step",
+    "recalibrate_weights",
+    "ste_gradient",
+    "trainable",
+    "trainable_apply",
+    "with_trainable",
+]
 
 
 def ste_gradient(x: jax.Array, amax: jax.Array | None, pass_through: bool = False) -> jax.Array:

@@ -88,10 +88,10 @@ def _model():
     w2 = jnp.asarray(rng.standard_normal((16, 1)) * 0.5, jnp.float32)
     x = jnp.asarray(rng.standard_normal((64, 8)), jnp.float32)
     y = jnp.sin(x[:, :1]) + 0.3 * x[:, 1:2]
-    f = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]  # noqa: E731
+    f = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
     qm = jq.quantize({"w1": w1, "w2": w2}, f, jq.INT8_DEFAULT_CFG,
                      calib_data=[(x,)], progress=False)
-    loss = lambda apply, p, b: jnp.mean((apply(p, b[0]) - b[1]) ** 2)  # noqa: E731
+    loss = lambda apply, p, b: jnp.mean((apply(p, b[0]) - b[1]) ** 2)
     return qm, loss, (x, y)
 
 

@@ -42,7 +42,7 @@ import optax
 
 import jq
 import jq.qat
-from benchmarks.training.common import device_info, load_ids, write_json
+from benchmarks.training.common import Budget, device_info, load_ids, write_json
 from jq_zoo.gpt import GPT, GPTConfig, cross_entropy, evaluate, train
 from jq_zoo.shakespeare import random_batches
 
@@ -98,6 +98,8 @@ def main(argv=None):
     ap.add_argument("--eval-batches", type=int, default=None, help="held-out batches of 32 windows (default 16; smoke 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock budget: a QAT mode starts only if the time the last fine-tune took still fits")
     ap.add_argument("--amax", default="fixed,learnable", help="QAT amax modes to run: fixed, learnable or both")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.amax.split(",")]
@@ -110,6 +112,7 @@ def main(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     os.makedirs(args.out, exist_ok=True)
+    budget = Budget(args.budget_s)
     t_start = time.time()
     tok, train_ids, val_ids = load_ids(args.smoke, args.data_dir)
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block, n_layer=args.layers, n_head=4,
@@ -139,7 +142,7 @@ def main(argv=None):
     ppl_float = ppl(model.apply, p_float)
     print(f"   float fine-tune perplexity {ppl_float:.4f}  ({time.time() - t:.0f} s)", flush=True)
     gap = ppl_ptq - ppl_float
-    rec_of = lambda p: (ppl_ptq - p) / gap if gap > 0 else float("nan")  # noqa: E731
+    rec_of = lambda p: (ppl_ptq - p) / gap if gap > 0 else float("nan")
     record = {"info": info, "config": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
                                         "vocab_size": cfg.vocab_size, "pretrain_steps": args.pretrain_steps,
                                         "steps": args.steps, "batch": args.batch, "lr": args.lr,
@@ -149,7 +152,13 @@ def main(argv=None):
               "float_losses": float_losses, "qat": {}}
     json_path = os.path.join(args.out, "qat_recovery.json")
     rows = [("pre-trained float", ppl_pre), ("float fine-tune", ppl_float), ("NVFP4 PTQ", ppl_ptq)]
+    last_s = time.time() - t  # the float fine-tune: the estimate of a QAT run
     for mode in modes:
+        if not budget.allows(1.5 * last_s):
+            record["qat"][mode] = {"skipped": f"budget: {budget.left():.0f} s left"}
+            write_json(json_path, record)
+            print(f"   QAT ({mode} amax) skipped: {budget.left():.0f} s left", flush=True)
+            continue
         t = time.time()
         if mode == "fixed":
             p_qat, losses = fine_tune(qm.apply, qm.params, batches, args.lr)
@@ -179,6 +188,7 @@ def main(argv=None):
         if moved:
             print(f"      amax relative change: median {np.median(list(moved.values())):.4f}, "
                   f"max {max(moved.values()):.4f} over {len(moved)} quantizers", flush=True)
+        last_s = entry["seconds"]
         rows += [(f"NVFP4 QAT ({mode} amax)", ppl_qat), (f"NVFP4 QAT ({mode} amax), weight amax refreshed", ppl_recal)]
     if "fixed" in record["qat"]:  # the keys of the earlier record format
         record["ppl_qat"], record["recovery"] = record["qat"]["fixed"]["ppl"], record["qat"]["fixed"]["recovery"]
