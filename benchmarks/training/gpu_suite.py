@@ -55,7 +55,8 @@ def probe_flags(flags: str) -> tuple[str | None, str]:
            "print(jax.default_backend())"
     env = dict(os.environ, XLA_FLAGS=flags)
     try:
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                           check=False)
     except subprocess.TimeoutExpired:
         return None, "probe timed out"
     if r.returncode != 0:
@@ -126,7 +127,7 @@ def main(argv=None):
             record["sections"][name] = {"skipped": f"budget: {left:.0f} s left"}
             print(f"==== {name}: skipped ({left:.0f} s left)", flush=True)
         else:
-            share, full, smoke = SECTIONS[name]
+            _, full, smoke = SECTIONS[name]
             try:
                 record["sections"][name] = run_section(name, smoke if args.smoke else full, args.out, budget, env)
             except Exception as e:  # noqa: BLE001 - a section's failure is recorded, the next one runs
