@@ -92,6 +92,16 @@ def hlo_gemm_counts(compiled) -> dict:
             "triton_gemm": text.count("__triton_gemm"), "dot_ops": text.count(" dot(")}
 
 
+def cost_summary(compiled) -> dict:
+    """XLA's own estimate of the step (``cost_analysis``): FLOPs, bytes accessed, transcendentals; {} if absent."""
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        return {k: float(ca[k]) for k in ("flops", "bytes accessed", "transcendentals") if k in ca}
+    except Exception:  # noqa: BLE001 - an estimate only; some backends do not provide it
+        return {}
+
+
 def breakdown(recipe, t: int, k: int, n: int, gemm_mode: str, reps: int) -> dict:
     """Milliseconds of one ``[t, k] x [n, k]`` linear: six quantizations, three GEMMs, fwd+bwd (or bf16)."""
     kx, kw, kd = jax.random.split(jax.random.key(7), 3)
@@ -215,6 +225,7 @@ def main(argv=None):
             loss = float(compiled(params, opt_state, rstate, x, y, key)[3])
             rec = {"recipe": repr(recipe), "step_ms": med * 1e3, "step_ms_min": best * 1e3,
                    "loss": loss, "model_tflops": flops / med / 1e12, "hlo": hlo_gemm_counts(compiled),
+                   "xla_cost": cost_summary(compiled),
                    "group_trace_s": t_trace, "group_compile_s": t_compile}
             record["runs"][name] = rec
             write_json(json_path, record)
