@@ -114,7 +114,8 @@ def _bwd(spec, view, grad_scale, res, ct):
     a = jnp.asarray(amax, f32)
     a_b, pull = jax.vjp(lambda t: jnp.broadcast_to(broadcastable_amax(t, c.ndim), c.shape), a)
     # unsaturated region [Q_n s, Q_p s]: |x| <= |fq(+-2a)|, the saturation value on x's side (INT8: -128 s .. 127 s)
-    sat = fake_quant(jnp.where(c < 0, -2.0 * a_b, 2.0 * a_b), amax, spec=spec, view=CanonicalView.identity(c.shape))
+    canonical = CanonicalView(tuple(range(c.ndim)), tuple(c.shape), view.batch)  # c is already canonical
+    sat = fake_quant(jnp.where(c < 0, -2.0 * a_b, 2.0 * a_b), amax, spec=spec, view=canonical)
     inside = jnp.abs(c) <= jnp.abs(sat)
     dyda = jnp.where(a_b > 0, (yc - jnp.where(inside, c, 0.0)) / jnp.where(a_b > 0, a_b, 1.0), 0.0)
     (ga,) = pull(ctc * dyda)
