@@ -11,7 +11,9 @@ an ordinary JAX training loop over ``qm.params``::
     qm = qm.replace(params=params)
 
 The calibrated amaxes stay fixed during training (ModelOpt's behaviour); :func:`recalibrate_weights`
-refreshes the weight amaxes from the trained params.
+refreshes the weight amaxes from the trained params. With ``learnable_amax=LearnableAmax(...)``
+(:mod:`jq.qat_amax`, LSQ) the amaxes are trained too: the step then updates ``trainable(qm, learn)``,
+``{"params": ..., "amax": {quantizer: {"amax": ...}}}``, and :func:`with_trainable` puts it back into ``qm``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ import jax
 import jax.numpy as jnp
 
 from jq.calib.weights import calibrate_weights
+from jq.qat_amax import LearnableAmax, LearnableAmaxFakeQuant
 
-__all__ = ["ste_gradient", "make_train_step", "recalibrate_weights"]
+__all__ = [
+    "LearnableAmax",
+    "make_train_step",
+    "recalibrate_weights",
+    "ste_gradient",
+    "trainable",
+    "trainable_apply",
+    "with_trainable",
+]
 
 
 def ste_gradient(x: jax.Array, amax: jax.Array | None, pass_through: bool = False) -> jax.Array:
@@ -38,7 +49,41 @@ def ste_gradient(x: jax.Array, amax: jax.Array | None, pass_through: bool = Fals
     return (jnp.abs(x) <= amax).astype(jnp.float32)
 
 
-def make_train_step(qm, loss_fn: Callable, optimizer, *, jit: bool = True) -> Callable:
+def trainable(qm, learn: LearnableAmax) -> dict:
+    """The pytree QAT with learnable amaxes trains: ``{"params": qm.params, "amax": {name: {"amax": a}}}``
+    for the quantizers ``learn`` selects (weights and/or activations) that hold an amax.
+
+    Example:
+      >>> train = trainable(qm, LearnableAmax(activations=False))   # weight amaxes only
+    """
+    slots = qm.traced.quantizers
+    amax = {name: {"amax": st["amax"]} for name, st in qm.qstate.items()
+            if "amax" in st and name in slots and learn.selects(slots[name].is_weight)}
+    if not amax:
+        raise ValueError(f"{learn} selects no quantizer with a calibrated amax (calibrate the model first)")
+    return {"params": qm.params, "amax": amax}
+
+
+def with_trainable(qm, train: dict):
+    """``qm`` with the params and amaxes of a :func:`trainable` pytree."""
+    state = {k: dict(v) for k, v in qm.qstate.items()}
+    for name, entry in train["amax"].items():
+        state[name].update(entry)
+    return qm.replace(params=train["params"], qstate=state)
+
+
+def trainable_apply(qm, learn: LearnableAmax) -> Callable:
+    """``apply(train, *args)``: the quantized model on a :func:`trainable` pytree, differentiable in its amaxes."""
+    handler = LearnableAmaxFakeQuant(learn)
+
+    def apply(train, *args, **kwargs):
+        return with_trainable(qm, train).evaluate(handler, train["params"], *args, **kwargs)
+
+    return apply
+
+
+def make_train_step(qm, loss_fn: Callable, optimizer, *, jit: bool = True,
+                    learnable_amax: LearnableAmax | None = None) -> Callable:
     """A training step ``step(params, opt_state, batch) -> (params, opt_state, loss)`` for QAT.
 
     Args:
@@ -47,11 +92,15 @@ def make_train_step(qm, loss_fn: Callable, optimizer, *, jit: bool = True) -> Ca
         quantized model.
       optimizer: an ``optax.GradientTransformation``.
       jit: compile the step with ``jax.jit``.
+      learnable_amax: None (the amaxes stay fixed) or a :class:`LearnableAmax`: then ``params`` is the
+        :func:`trainable` pytree and the optimizer also updates the selected amaxes (LSQ gradient).
     """
     import optax
 
+    apply = qm.apply if learnable_amax is None else trainable_apply(qm, learnable_amax)
+
     def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(qm.apply, p, batch))(params)
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(apply, p, batch))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

@@ -112,3 +112,84 @@ def compile_all(lowered: dict) -> dict:
     with ThreadPoolExecutor(workers) as pool:
         futures = {k: pool.submit(v.compile) for k, v in lowered.items()}
         return {k: f.result() for k, f in futures.items()}
+
+
+# -- shared setup of the convergence and step-time scripts ----------------------------------------------------------
+def fill_defaults(args, smoke: dict, full: dict) -> None:
+    """Set every ``None`` argument to its smoke or full default (``args.smoke`` picks the table)."""
+    for k, v in (smoke if args.smoke else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
+def parse_runs(spec: str | None, default) -> list[str]:
+    """The comma-separated ``--runs`` (or ``default``) as a list; exits naming unknown runs."""
+    runs = [r.strip() for r in (spec or ",".join(default)).split(",") if r.strip()]
+    unknown = [r for r in runs if r not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}; choose from {list(RECIPES)}")
+    return runs
+
+
+def make_apply(model, recipe, gemm: str):
+    """``apply(params, x, key, state) -> logits`` of the bf16 model under ``recipe`` (None: plain bf16).
+    ``gemm``: ``"emulated"`` (float32 GEMM of the fake-quantized operands) or ``"fast"`` (:func:`fast_gemm`)."""
+    if recipe is None:
+        return lambda p, x, key, state: model.apply(bf16_params(p), x)
+    g = {"emulated": R.fake_gemm, "fast": fast_gemm(recipe)}[gemm]
+    fn = R.recipe_apply(recipe, model.apply, exclude=EXCLUDE, gemm=g)
+    return lambda p, x, key, state: fn(bf16_params(p), x, key=key, state=state)
+
+
+def init_state(recipe, model, params, x):
+    """The recipe state of the model (DelayedScaling's amax histories), None for stateless recipes."""
+    if recipe is None or not recipe.stateful:
+        return None
+    return R.init_recipe_state(recipe, model.apply, bf16_params(params), x, exclude=EXCLUDE)
+
+
+def make_train_step(apply, recipe, opt, loss_of):
+    """``step(params, opt_state, rstate, x, y, key) -> (params, opt_state, rstate, loss)`` (not jitted).
+
+    ``loss_of(logits, y)``; a stateful recipe's state gets this step's amax observation (its cotangent)."""
+    import optax
+
+    stateful = recipe is not None and recipe.stateful
+
+    def loss_fn(p, s, x, y, k):
+        return loss_of(apply(p, x, k, s), y)
+
+    def step(params, opt_state, rstate, x, y, key):
+        if stateful:
+            loss, (grads, obs) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, rstate, x, y, key)
+            rstate = recipe.update_state(rstate, obs)
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(params, rstate, x, y, key)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, rstate, loss
+
+    return step
+
+
+class Budget:
+    """A wall-clock budget: ``allows(estimate)`` says whether work of ``estimate`` seconds still fits.
+
+    Example:
+      >>> b = Budget(None); b.allows(1e9)
+      True
+    """
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.t0 = seconds, time.time()
+
+    def left(self) -> float:
+        return float("inf") if self.seconds is None else self.seconds - (time.time() - self.t0)
+
+    def allows(self, estimate: float) -> bool:
+        return self.left() >= estimate
+
+
+def groups(names, size: int):
+    """``names`` in consecutive groups of ``size`` (the unit of concurrent compilation and of the budget check)."""
+    names = list(names)
+    return [names[i:i + max(1, size)] for i in range(0, len(names), max(1, size))]

