@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=4, help="calibration batches of batch-size x seq-len")
+    ap.add_argument("--budget-s", type=float, default=None, help="start no new preset after this many seconds")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -90,10 +91,17 @@ def main() -> None:
             if kv_format != "none":
                 cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
             label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
+            if args.budget_s is not None and time.time() - t0 > args.budget_s:
+                print(f"{label}: skipped (budget of {args.budget_s:.0f} s spent)")
+                continue
             t1 = time.time()
-            qm = jq.quantize(params, forward, cfg, calib_data=calib)
-            results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
-                                         reference=(forward, params), desc=label)
+            try:
+                qm = jq.quantize(params, forward, cfg, calib_data=calib)
+                results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
+                                             reference=(forward, params), desc=label)
+            except Exception as e:  # noqa: BLE001 -- one failing preset must not lose the others
+                print(f"{label}: failed after {time.time() - t1:.0f} s: {type(e).__name__}: {e}")
+                continue
             timings[label] = time.time() - t1
             print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
             save()

@@ -10,7 +10,10 @@ Steps (``sequential=True``):
 3. per level, one pass over the data runs the model fake-quantized -- earlier levels with their GPTQ weights
    and amaxes -- and sums ``H = Σ xᵀx`` at the level's sites, ``x`` after the site's input quantizer as the
    model runs it (a :class:`~jq.calib.stats.Sum`, merged across batches, loops and devices; siblings such as
-   q/k/v read one input, so they get the same Hessian);
+   q/k/v read one input, so they get the same Hessian). Every level runs the same compiled pass: each target
+   site computes its Gram matrix under ``lax.cond`` on a ``gptq.active`` flag in its weight quantizer's state
+   (the level's sites 1, the others 0), and sites of different levels share the statistic they record into
+   (:func:`hessian_slots`), so the pass compiles once per input signature, not once per level;
 4. :func:`~jq.calib.gptq_solve.gptq_quantize` updates each weight; the quantized weight goes back into the
    params (through the inverse of its layout chain) and its amaxes into the quantizer state.
 
@@ -53,7 +56,7 @@ from jq.handlers.apply import FakeQuant
 from jq.progress import progress
 from jq.trace.sites import REPLAY_AS_IDENTITY, ChainStep, ParamOrigin, ScanSlice
 
-__all__ = ["GPTQ", "gptq_targets", "HessianCollect"]
+__all__ = ["GPTQ", "gptq_targets", "HessianCollect", "hessian_slots"]
 
 HESSIAN, TOKENS, ACTIVE = "gptq_hessian", "gptq_tokens", "gptq.active"
 _INVERTIBLE = frozenset({"transpose", "reshape", "squeeze", "expand_dims", "convert_element_type", "copy",
@@ -108,14 +111,45 @@ def gptq_targets(qm, traced) -> tuple[list, list[tuple[str, str]]]:
     return [s for s in targets if by_leaf[s.weight.leaf] == 1], skipped
 
 
+def hessian_slots(levels, sites) -> dict:
+    """``{site name: the name its Hessian and token count are recorded under}`` for the units of ``levels``.
+
+    A site inside a layer scan records under its own name (its Hessians are stacked over the layers and it
+    takes part in one level per layer). The other sites take part in one level each; the ``k``-th of them
+    with ``n`` input channels in its level records under ``gptq.slot.{n}.{k}``, shared with the ``k``-th such
+    site of every other level. Only the active level's sites record non-zero values, so a slot holds exactly
+    one site's sum (``x + 0 = x``), and every level's pass has the same few outputs.
+    """
+    slots = {}
+    for level in levels:
+        taken: collections.Counter = collections.Counter()
+        for name, _ in level:
+            site = sites[name]
+            if name in slots:
+                continue
+            if site.layer_axes:
+                slots[name] = name
+            else:
+                n_in = site.view.shape[1]
+                slots[name] = f"gptq.slot.{n_in}.{taken[n_in]}"
+                taken[n_in] += 1
+    return slots
+
+
 @pytree_handler
 @dataclasses.dataclass(frozen=True)
 class HessianCollect(FakeQuant):
-    """The fake-quantized model, recording ``Σ xᵀx`` and the token count at ``sites`` (inside a layer scan
-    only for the layers whose weight-quantizer state holds ``gptq.active = 1``); with ``quantize_weights``
-    False, weights stay unquantized (ModelOpt's non-layerwise GPTQ)."""
+    """The fake-quantized model, recording ``Σ xᵀx`` and the token count of each site of ``slots`` under its
+    slot name, for the sites (and the layers of a layer scan) whose weight-quantizer state holds
+    ``gptq.active = 1`` (zeros for ``0``; always when the state has no flag). With ``quantize_weights``
+    False, weights stay unquantized (ModelOpt's non-layerwise GPTQ).
 
-    sites: frozenset = frozenset()
+    Attributes:
+      slots: ``((site name, slot name), ...)``, see :func:`hessian_slots`; static, the same for every level.
+      quantize_weights: whether weight quantizers quantize.
+    """
+
+    slots: tuple = ()
     quantize_weights: bool = True
     collects = True
 
@@ -124,22 +158,24 @@ class HessianCollect(FakeQuant):
 
     def site(self, call):
         site = call.site
-        if site.name in self.sites:
+        slot = dict(self.slots).get(site.name)
+        if slot is not None:
             act = 1 - site.weight_operand
             x = call.quantize("input_quantizer", act, call.pre_scaled()[act])
             xt = tokens_by_channel(site, x).astype(jnp.float32)
 
             def gram():
-                return jnp.matmul(xt.T, xt, precision=lax.Precision.HIGHEST), jnp.float32(xt.shape[0])
+                return (Sum.of(jnp.matmul(xt.T, xt, precision=lax.Precision.HIGHEST)),
+                        Sum.of(jnp.float32(xt.shape[0])))
+
+            def inactive():
+                return (Sum(jnp.zeros((xt.shape[1],) * 2, jnp.float32), jnp.bool_(True)),
+                        Sum(jnp.float32(0), jnp.bool_(True)))
 
             active = call.qstate.get(site.weight_quantizer, {}).get(ACTIVE)
-            if active is None:
-                h, n = gram()
-            else:
-                h, n = lax.cond(active > 0, gram, lambda: (jnp.zeros((xt.shape[1],) * 2, jnp.float32),
-                                                          jnp.float32(0)))
-            call.scope.record((site.name, HESSIAN), Sum.of(h))
-            call.scope.record((site.name, TOKENS), Sum.of(n))
+            h, n = gram() if active is None else lax.cond(active > 0, gram, inactive)
+            call.scope.record((slot, HESSIAN), h)
+            call.scope.record((slot, TOKENS), n)
         return call.default()
 
 
@@ -190,19 +226,23 @@ class GPTQ(Algorithm):
         levels = (dependency_levels(traced, names) if self.sequential
                   else [list(unit_dependencies(traced, names))])
         sites = {s.name: s for s in targets}
+        slots = hessian_slots(levels, sites)
+        collect = HessianCollect(tuple(sorted(slots.items())), self.sequential)  # one handler: one compilation
         leaves, treedef = jax.tree_util.tree_flatten(qm.params)
         leaves = list(leaves)
         qstate = {k: dict(v) for k, v in qm.qstate.items()}
         n = len(levels)
         for k, level in enumerate(progress(levels, desc="jq gptq", unit="level", enabled=data.progress)):
             current = qm.replace(params=jax.tree_util.tree_unflatten(treedef, leaves), qstate=qstate)
-            stats = data.collect(current, HessianCollect(frozenset(u[0] for u in level), self.sequential),
-                                 qstate=_with_active(qstate, level, sites), desc=f"gptq level {k + 1}/{n}")
-            self._update(level, stats, sites, qm, leaves, qstate)
+            stats = data.collect(current, collect, qstate=_with_active(qstate, level, sites),
+                                 desc=f"gptq level {k + 1}/{n}")
+            self._update(level, {name: (stats.get((slot, HESSIAN)), stats.get((slot, TOKENS)))
+                                 for name, slot in slots.items()}, sites, qm, leaves, qstate)
         return qm.replace(params=jax.tree_util.tree_unflatten(treedef, leaves), qstate=qstate)
 
-    def _update(self, level, stats, sites, qm, leaves, qstate) -> None:
-        """GPTQ every unit of ``level``; writes the weights into ``leaves`` and the amaxes into ``qstate``."""
+    def _update(self, level, hessians, sites, qm, leaves, qstate) -> None:
+        """GPTQ every unit of ``level`` given ``hessians[site name] = (Σ xᵀx, token count)`` (statistics);
+        writes the weights into ``leaves`` and the amaxes into ``qstate``."""
         by_leaf = collections.defaultdict(list)
         for unit in level:
             by_leaf[sites[unit[0]].weight.leaf].append(unit)
@@ -219,7 +259,7 @@ class GPTQ(Algorithm):
             amax_all = qstate[wq]["amax"]
             pqs_all = qstate.get(f"{site.name}.input_quantizer", {}).get("pre_quant_scale")
             for name, idx in units:
-                h, tokens = stats.get((name, HESSIAN)), stats.get((name, TOKENS))
+                h, tokens = hessians[name]
                 if h is None or float(np.asarray(tokens.value)[idx]) == 0:
                     raise ValueError(f"gptq: no calibration data reached site {name!r}{_layer(idx)} (weight "
                                      f"quantizer {wq!r}), so it has no Hessian; give calibration data that runs "
@@ -252,16 +292,14 @@ def _layer(idx) -> str:
 
 
 def _with_active(qstate, level, sites) -> dict:
-    """The quantizer state with ``gptq.active`` flags marking the level's layers of its scanned sites."""
+    """The quantizer state with a ``gptq.active`` flag for every target site: 1 for the level's units (per
+    layer for a layer-scanned site), 0 elsewhere. Every level gets the same state structure, so the
+    collection pass is not recompiled."""
     out = dict(qstate)
-    for name in {u[0] for u in level}:
-        site = sites[name]
-        if not site.layer_axes:
-            continue
-        flags = np.zeros(site.layer_axes, np.float32)
-        for n, idx in level:
-            if n == name:
-                flags[idx] = 1.0
-        wq = site.weight_quantizer
-        out[wq] = {**out.get(wq, {}), ACTIVE: jnp.asarray(flags)}
+    flags = {name: np.zeros(site.layer_axes, np.float32) for name, site in sites.items()}
+    for name, idx in level:
+        flags[name][idx] = 1.0
+    for name, f in flags.items():
+        wq = sites[name].weight_quantizer
+        out[wq] = {**out.get(wq, {}), ACTIVE: jnp.asarray(f)}
     return out

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 import jq
+import jq.models as jm
 from jq.presets import with_output_head
 from jq.calib.gptq_solve import gptq_quantize
 from jq.fake_quant import fake_quant
 from tests import _models as M
+from tests.models.conftest import tiny_model
 
 W4 = {"num_bits": 4, "block_sizes": {-1: 16}, "enable": True}
 INT4_G16 = with_output_head(jq.merge_presets(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, {"quant_cfg": {"*weight_quantizer": W4}}))
@@ -122,6 +124,38 @@ def test_a_weight_no_calibration_data_reaches_is_named(problem):
                                          r"'w2.weight_quantizer'\)"):
         jq.quantize(p, branchy, {**INT4_G16, "algorithm": {"method": "gptq", "block_size": 16}},
                     calib_data=[(x, jnp.bool_(False))], progress=False)
+
+
+def _backend_compilations(fn) -> int:
+    """How many XLA compilations ``fn()`` triggers (jax.monitoring's backend-compile events)."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        count[0] += event == "/jax/core/compile/backend_compile_duration"
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return count[0]
+
+
+def test_compilations_do_not_grow_with_the_number_of_layers():
+    # 4 levels per block (q/k/v, o, gate/up, down): 8 levels for 2 layers, 16 for 4. Every level runs the same
+    # compiled collection pass and the same per-shape GPTQ solves, so 4 layers compile exactly as often as 2.
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (2, 16)), jnp.int32)
+
+    def compilations(n_layers):
+        _, config, params = tiny_model(0, num_hidden_layers=n_layers)
+        forward = jm.make_forward(config)
+        return _backend_compilations(lambda: jq.quantize(
+            params, forward, {**INT4_G16, "algorithm": {"method": "gptq", "block_size": 16}},
+            calib_data=[(tokens,)], progress=False))
+
+    compilations(1)  # first use of each weight shape and eager op compiles once for the whole process
+    two, four = compilations(2), compilations(4)
+    assert four == two, (two, four)
 
 
 @pytest.mark.parametrize("option, match", [
