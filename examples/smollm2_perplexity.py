@@ -10,7 +10,9 @@ Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
     python examples/smollm2_perplexity.py --presets INT4_BLOCKWISE_WEIGHT_ONLY INT4_BLOCKWISE_WEIGHT_ONLY:gptq \
         --kv-cache none fp8 --json results.json
 
-``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...).
+``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...);
+``NAME:ALGORITHM,key=value,...`` also sets the algorithm's fields (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``).
+``--budget-s`` stops starting new models once that many seconds have passed (the JSON keeps what finished).
 
 With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
 model is also scored through a real KV cache stored in that format (prefill writes quantized k/v and attends
@@ -31,6 +33,30 @@ import jq.models as jm
 from jq_zoo import shakespeare, smollm2
 
 
+def _value(text: str):
+    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def preset_cfg(entry: str) -> dict:
+    """``NAME[:ALGORITHM[,key=value,...]]`` -> the preset dict, its algorithm replaced (values parsed as
+    bool/int/float where they read as one): ``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``."""
+    name, _, algorithm = entry.partition(":")
+    cfg = jq.get_preset(name)
+    if algorithm:
+        method, *fields = algorithm.split(",")
+        kwargs = {k: _value(v) for k, _, v in (f.partition("=") for f in fields)}
+        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
+    return cfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["FP8_DEFAULT", "INT8_WEIGHT_ONLY", "W4A16_NVFP4"])
@@ -41,6 +67,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=4, help="calibration batches of batch-size x seq-len")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new model after this many seconds (what finished stays in --json)")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -66,6 +94,8 @@ def main() -> None:
 
     for kv_format in [k for k in args.kv_cache if k != "none"]:
         # float weights, keys/values stored in the cache format and read back (jq.models.generate)
+        if out_of_time(f"float + {kv_format.upper()} KV cache (stored)"):
+            continue
         t1 = time.time()
         kv = jq.quantize(params, forward, jq.get_preset(f"{kv_format}_KV"), calib_data=calib)
         k_amax, v_amax = jm.kv_amax_from(kv, config)
@@ -81,15 +111,20 @@ def main() -> None:
         timings[label] = time.time() - t1
         print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
         save()
+    def out_of_time(label):
+        if args.budget_s is not None and time.time() - t0 > args.budget_s:
+            print(f"{label}: skipped (--budget-s {args.budget_s:.0f} s spent)")
+            return True
+        return False
+
     for entry in args.presets:
-        name, _, algorithm = entry.partition(":")
         for kv_format in args.kv_cache:
-            cfg = jq.get_preset(name)
-            if algorithm:
-                cfg = {**cfg, "algorithm": algorithm}
+            cfg = preset_cfg(entry)
             if kv_format != "none":
                 cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
             label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
+            if out_of_time(label):
+                continue
             t1 = time.time()
             qm = jq.quantize(params, forward, cfg, calib_data=calib)
             results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
