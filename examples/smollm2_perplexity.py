@@ -85,53 +85,62 @@ def main() -> None:
     print(f"float perplexity {results['float'].perplexity:.3f} ({time.time() - t0:.0f} s)")
     timings = {"float": time.time() - t0}
 
+    errors = {}
+
     def save():  # after every model, so a run cut short keeps what it measured
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "n_tokens": args.n_tokens,
                            "results": {k: {"perplexity": r.perplexity, "kl": r.kl, "top1": r.top1,
-                                           "seconds": timings[k]} for k, r in results.items()}}, f, indent=1)
+                                           "seconds": timings[k]} for k, r in results.items()},
+                           "errors": errors}, f, indent=1)
 
-    for kv_format in [k for k in args.kv_cache if k != "none"]:
-        # float weights, keys/values stored in the cache format and read back (jq.models.generate)
-        if out_of_time(f"float + {kv_format.upper()} KV cache (stored)"):
-            continue
+    save()
+
+    def measure(label, score):
+        """``results[label] = score()`` unless the budget is spent; an exception is recorded, not raised."""
+        if args.budget_s is not None and time.time() - t0 > args.budget_s:
+            print(f"{label}: skipped (--budget-s {args.budget_s:.0f} s spent)")
+            return
         t1 = time.time()
+        try:
+            results[label] = score()
+        except Exception as e:  # one failing model must not lose the others' rows
+            errors[label] = f"{type(e).__name__}: {e}"
+            print(f"{label}: FAILED {errors[label]}")
+        else:
+            timings[label] = time.time() - t1
+            print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
+        save()
+
+    def float_through_cache(kv_format, label):
+        # float weights, keys/values stored in the cache format and read back (jq.models.generate)
         kv = jq.quantize(params, forward, jq.get_preset(f"{kv_format}_KV"), calib_data=calib)
         k_amax, v_amax = jm.kv_amax_from(kv, config)
 
-        def through_cache(p, tokens, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax):
+        def through_cache(p, tokens):
             cache = jm.init_cache(config, tokens.shape[0], tokens.shape[1], kv_format=kv_format,
                                   k_amax=k_amax, v_amax=v_amax)
             return jm.prefill(p, tokens, cache)[0]
 
-        label = f"float + {kv_format.upper()} KV cache (stored)"
-        results[label] = jm.evaluate(through_cache, params, x, y, batch_size=args.batch_size,
-                                     reference=(forward, params), desc=label)
-        timings[label] = time.time() - t1
-        print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
-        save()
-    def out_of_time(label):
-        if args.budget_s is not None and time.time() - t0 > args.budget_s:
-            print(f"{label}: skipped (--budget-s {args.budget_s:.0f} s spent)")
-            return True
-        return False
+        return jm.evaluate(through_cache, params, x, y, batch_size=args.batch_size,
+                           reference=(forward, params), desc=label)
 
+    def quantized(entry, kv_format, label):
+        cfg = preset_cfg(entry)
+        if kv_format != "none":
+            cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
+        qm = jq.quantize(params, forward, cfg, calib_data=calib)
+        return jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
+                           reference=(forward, params), desc=label)
+
+    for kv_format in [k for k in args.kv_cache if k != "none"]:
+        label = f"float + {kv_format.upper()} KV cache (stored)"
+        measure(label, lambda kv_format=kv_format, label=label: float_through_cache(kv_format, label))
     for entry in args.presets:
         for kv_format in args.kv_cache:
-            cfg = preset_cfg(entry)
-            if kv_format != "none":
-                cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
             label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
-            if out_of_time(label):
-                continue
-            t1 = time.time()
-            qm = jq.quantize(params, forward, cfg, calib_data=calib)
-            results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
-                                         reference=(forward, params), desc=label)
-            timings[label] = time.time() - t1
-            print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
-            save()
+            measure(label, lambda entry=entry, kv_format=kv_format, label=label: quantized(entry, kv_format, label))
     print()
     print(jm.format_table(results))
 

@@ -39,10 +39,12 @@ def _value(text: str):
 
 
 def preset_cfg(entry: str) -> dict:
-    """``NAME[:ALGORITHM[,key=value,...]]`` -> the preset dict with its algorithm replaced
-    (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``), as in ``examples/smollm2_perplexity.py``."""
+    """``NAME[:ALGORITHM[,key=value,...]][+KV_PRESET]`` -> the preset dict with its algorithm replaced
+    (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``, as in ``examples/smollm2_perplexity.py``) and a KV preset
+    merged (``FP8_DEFAULT+FP8_KV``)."""
+    entry, *fragments = entry.split("+")
     name, _, algorithm = entry.partition(":")
-    cfg = jq.get_preset(name)
+    cfg = jq.merge_presets(jq.get_preset(name), *(jq.get_preset(f) for f in fragments))
     if algorithm:
         method, *fields = algorithm.split(",")
         kwargs = {k: _value(v) for k, _, v in (f.partition("=") for f in fields)}
