@@ -14,7 +14,7 @@ whatever its name; delete that key to quantize it. KV-cache presets are fragment
 be merged into a main preset with :func:`merge_presets`.
 
 ``INT8_SMOOTHQUANT_PER_TOKEN_CFG`` (SmoothQuant, alpha 0.5, per-token dynamic INT8 activations: TensorRT-LLM's
-per-token SmoothQuant mode) is jq's addition. ``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for
+SmoothQuant with ``--per_token --per_channel``) is jq's addition. ``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for
 ``INT4_AWQ_CFG`` with ModelOpt's other AWQ algorithms (ModelOpt swaps the algorithm of ``INT4_AWQ_CFG`` and has no preset for them). ModelOpt presets jq
 cannot honour are listed in :data:`UNAVAILABLE` with the reason; :func:`get_preset` raises it.
 """
@@ -107,7 +107,7 @@ _OFF = {"enable": False}
 INT8_DEFAULT_CFG = _preset({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "max")
 INT8_SMOOTHQUANT_CFG = _preset({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "smoothquant")
 # jq's addition (no ModelOpt preset): SmoothQuant with per-token dynamic INT8 activations, TensorRT-LLM's
-# SmoothQuant "per_token + per_channel" mode; alpha 0.5 (the paper's default). Per-token scales keep an
+# SmoothQuant with --per_token --per_channel (the paper's O1); alpha 0.5 (the paper's default). Per-token scales keep an
 # attention-sink token's massive activations from setting every other token's step (docs/models.md, SmolLM2).
 INT8_SMOOTHQUANT_PER_TOKEN_CFG = _preset({"num_bits": 8, "axis": 0},
                                          {"num_bits": 8, "type": "dynamic", "block_sizes": {-1: None}},
