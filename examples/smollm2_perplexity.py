@@ -105,7 +105,7 @@ def main() -> None:
         t1 = time.time()
         try:
             results[label] = score()
-        except Exception as e:  # one failing model must not lose the others' rows
+        except Exception as e:  # noqa: BLE001  (one failing model must not lose the others' rows)
             errors[label] = f"{type(e).__name__}: {e}"
             print(f"{label}: FAILED {errors[label]}")
         else:

@@ -4,7 +4,6 @@ import copy
 
 import jax.numpy as jnp
 import numpy as np
-
 import pytest
 
 import jq
