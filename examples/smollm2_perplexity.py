@@ -10,7 +10,9 @@ Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
     python examples/smollm2_perplexity.py --presets INT4_BLOCKWISE_WEIGHT_ONLY INT4_BLOCKWISE_WEIGHT_ONLY:gptq \
         --kv-cache none fp8 --json results.json
 
-``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...).
+``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...);
+``NAME:ALGORITHM,key=value,...`` also sets the algorithm's fields (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``).
+``--budget-s`` stops starting new models once that many seconds have passed (the JSON keeps what finished).
 
 With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
 model is also scored through a real KV cache stored in that format (prefill writes quantized k/v and attends
@@ -31,6 +33,30 @@ import jq.models as jm
 from jq_zoo import shakespeare, smollm2
 
 
+def _value(text: str):
+    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def preset_cfg(entry: str) -> dict:
+    """``NAME[:ALGORITHM[,key=value,...]]`` -> the preset dict, its algorithm replaced (values parsed as
+    bool/int/float where they read as one): ``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``."""
+    name, _, algorithm = entry.partition(":")
+    cfg = jq.get_preset(name)
+    if algorithm:
+        method, *fields = algorithm.split(",")
+        kwargs = {k: _value(v) for k, _, v in (f.partition("=") for f in fields)}
+        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
+    return cfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["FP8_DEFAULT", "INT8_WEIGHT_ONLY", "W4A16_NVFP4"])
@@ -41,7 +67,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=4, help="calibration batches of batch-size x seq-len")
-    ap.add_argument("--budget-s", type=float, default=None, help="start no new preset after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new model after this many seconds (what finished stays in --json)")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -58,53 +85,62 @@ def main() -> None:
     print(f"float perplexity {results['float'].perplexity:.3f} ({time.time() - t0:.0f} s)")
     timings = {"float": time.time() - t0}
 
+    errors = {}
+
     def save():  # after every model, so a run cut short keeps what it measured
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "n_tokens": args.n_tokens,
                            "results": {k: {"perplexity": r.perplexity, "kl": r.kl, "top1": r.top1,
-                                           "seconds": timings[k]} for k, r in results.items()}}, f, indent=1)
+                                           "seconds": timings[k]} for k, r in results.items()},
+                           "errors": errors}, f, indent=1)
 
-    for kv_format in [k for k in args.kv_cache if k != "none"]:
-        # float weights, keys/values stored in the cache format and read back (jq.models.generate)
+    save()
+
+    def measure(label, score):
+        """``results[label] = score()`` unless the budget is spent; an exception is recorded, not raised."""
+        if args.budget_s is not None and time.time() - t0 > args.budget_s:
+            print(f"{label}: skipped (--budget-s {args.budget_s:.0f} s spent)")
+            return
         t1 = time.time()
+        try:
+            results[label] = score()
+        except Exception as e:  # noqa: BLE001  (one failing model must not lose the others' rows)
+            errors[label] = f"{type(e).__name__}: {e}"
+            print(f"{label}: FAILED {errors[label]}")
+        else:
+            timings[label] = time.time() - t1
+            print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
+        save()
+
+    def float_through_cache(kv_format, label):
+        # float weights, keys/values stored in the cache format and read back (jq.models.generate)
         kv = jq.quantize(params, forward, jq.get_preset(f"{kv_format}_KV"), calib_data=calib)
         k_amax, v_amax = jm.kv_amax_from(kv, config)
 
-        def through_cache(p, tokens, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax):
+        def through_cache(p, tokens):
             cache = jm.init_cache(config, tokens.shape[0], tokens.shape[1], kv_format=kv_format,
                                   k_amax=k_amax, v_amax=v_amax)
             return jm.prefill(p, tokens, cache)[0]
 
+        return jm.evaluate(through_cache, params, x, y, batch_size=args.batch_size,
+                           reference=(forward, params), desc=label)
+
+    def quantized(entry, kv_format, label):
+        cfg = preset_cfg(entry)
+        if kv_format != "none":
+            cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
+        qm = jq.quantize(params, forward, cfg, calib_data=calib)
+        return jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
+                           reference=(forward, params), desc=label)
+
+    for kv_format in [k for k in args.kv_cache if k != "none"]:
         label = f"float + {kv_format.upper()} KV cache (stored)"
-        results[label] = jm.evaluate(through_cache, params, x, y, batch_size=args.batch_size,
-                                     reference=(forward, params), desc=label)
-        timings[label] = time.time() - t1
-        print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
-        save()
+        measure(label, lambda kv_format=kv_format, label=label: float_through_cache(kv_format, label))
     for entry in args.presets:
-        name, _, algorithm = entry.partition(":")
         for kv_format in args.kv_cache:
-            cfg = jq.get_preset(name)
-            if algorithm:
-                cfg = {**cfg, "algorithm": algorithm}
-            if kv_format != "none":
-                cfg = jq.merge_presets(cfg, jq.get_preset(f"{kv_format}_KV"))
             label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
-            if args.budget_s is not None and time.time() - t0 > args.budget_s:
-                print(f"{label}: skipped (budget of {args.budget_s:.0f} s spent)")
-                continue
-            t1 = time.time()
-            try:
-                qm = jq.quantize(params, forward, cfg, calib_data=calib)
-                results[label] = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size,
-                                             reference=(forward, params), desc=label)
-            except Exception as e:  # noqa: BLE001 -- one failing preset must not lose the others
-                print(f"{label}: failed after {time.time() - t1:.0f} s: {type(e).__name__}: {e}")
-                continue
-            timings[label] = time.time() - t1
-            print(f"{label}: perplexity {results[label].perplexity:.3f} ({timings[label]:.0f} s)")
-            save()
+            measure(label, lambda entry=entry, kv_format=kv_format, label=label: quantized(entry, kv_format, label))
     print()
     print(jm.format_table(results))
 

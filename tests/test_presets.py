@@ -2,6 +2,8 @@
 
 import copy
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jq
@@ -11,6 +13,7 @@ from jq.presets import PRESETS, get_preset
 EXPECTED = {  # preset: (weight format, input format or None, algorithm)
     "INT8_DEFAULT_CFG": ("int8 per-axis0", "int8 per-tensor", "max"),
     "INT8_SMOOTHQUANT_CFG": ("int8 per-axis0", "int8 per-tensor", "smoothquant"),
+    "INT8_SMOOTHQUANT_PER_TOKEN_CFG": ("int8 per-axis0", "int8 per-token dyn", "smoothquant"),
     "INT8_WEIGHT_ONLY_CFG": ("int8 per-axis0", None, "max"),
     "FP8_DEFAULT_CFG": ("e4m3 per-tensor", "e4m3 per-tensor", "max"),
     "FP8_PER_CHANNEL_PER_TOKEN_CFG": ("e4m3 per-axis0", "e4m3 per-token dyn", "max"),
@@ -185,3 +188,18 @@ def test_every_main_preset_excludes_the_output_head():
 def test_unknown_role_is_rejected_with_a_suggestion():
     with pytest.raises(ValueError, match=r"unknown role \(did you mean '@output_head'\?\)"):
         as_config({"quant_cfg": {"@output_haed": {"enable": False}}})
+
+
+def test_int8_smoothquant_per_token_smooths_with_alpha_half_and_keeps_dynamic_activations(rng):
+    # SmoothQuant's scale sqrt(max_i |W_ji|) / sqrt(max_t |x_tj|) (alpha 0.5) on a site whose input quantizer is
+    # per-token dynamic: the input gets the pre_quant_scale but no calibrated amax (its scale is per token).
+    w = jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((32, 16)) * np.linspace(0.5, 20, 16), jnp.float32)
+    qm = jq.quantize({"w": w}, lambda p, x: x @ p["w"], get_preset("INT8_SMOOTHQUANT_PER_TOKEN"), calib_data=[(x,)],
+                     progress=False)
+    want = jnp.sqrt(jnp.max(jnp.abs(w), axis=1)) / jnp.sqrt(jnp.max(jnp.abs(x), axis=0))
+    np.testing.assert_allclose(qm.qstate["w.input_quantizer"]["pre_quant_scale"], want, rtol=1e-6)
+    assert "amax" not in qm.qstate["w.input_quantizer"]
+    y = qm.apply(qm.params, x)
+    rel = float(jnp.linalg.norm(y - x @ w) / jnp.linalg.norm(x @ w))
+    assert 0 < rel < 0.02  # W8A8 error of a well-scaled 16-wide dot

@@ -13,8 +13,9 @@ model's output when it sits on top of other layers (the last ``Dense`` of an ``n
 whatever its name; delete that key to quantize it. KV-cache presets are fragments meant to
 be merged into a main preset with :func:`merge_presets`.
 
-``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for ``INT4_AWQ_CFG`` with ModelOpt's other AWQ
-algorithms (ModelOpt swaps the algorithm of ``INT4_AWQ_CFG`` and has no preset for them). ModelOpt presets jq
+``INT8_SMOOTHQUANT_PER_TOKEN_CFG`` (SmoothQuant, alpha 0.5, per-token dynamic INT8 activations: TensorRT-LLM's
+SmoothQuant with ``--per_token --per_channel``) is jq's addition. ``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for
+``INT4_AWQ_CFG`` with ModelOpt's other AWQ algorithms (ModelOpt swaps the algorithm of ``INT4_AWQ_CFG`` and has no preset for them). ModelOpt presets jq
 cannot honour are listed in :data:`UNAVAILABLE` with the reason; :func:`get_preset` raises it.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_DISABLED_QUANTIZER_CFG",
     "INT8_DEFAULT_CFG",
     "INT8_SMOOTHQUANT_CFG",
+    "INT8_SMOOTHQUANT_PER_TOKEN_CFG",
     "INT8_WEIGHT_ONLY_CFG",
     "FP8_DEFAULT_CFG",
     "FP8_PER_CHANNEL_PER_TOKEN_CFG",
@@ -104,6 +106,12 @@ def _preset(weight, inp, algorithm):
 _OFF = {"enable": False}
 INT8_DEFAULT_CFG = _preset({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "max")
 INT8_SMOOTHQUANT_CFG = _preset({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "smoothquant")
+# jq's addition (no ModelOpt preset): SmoothQuant with per-token dynamic INT8 activations, TensorRT-LLM's
+# SmoothQuant with --per_token --per_channel (the paper's O1); alpha 0.5 (the paper's default). Per-token scales keep an
+# attention-sink token's massive activations from setting every other token's step (docs/models.md, SmolLM2).
+INT8_SMOOTHQUANT_PER_TOKEN_CFG = _preset({"num_bits": 8, "axis": 0},
+                                         {"num_bits": 8, "type": "dynamic", "block_sizes": {-1: None}},
+                                         {"method": "smoothquant", "alpha": 0.5})
 INT8_WEIGHT_ONLY_CFG = _preset({"num_bits": 8, "axis": 0}, _OFF, "max")
 FP8_DEFAULT_CFG = _preset({"num_bits": (4, 3), "axis": None}, {"num_bits": (4, 3), "axis": None}, "max")
 FP8_PER_CHANNEL_PER_TOKEN_CFG = _preset(

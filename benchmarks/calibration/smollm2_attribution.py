@@ -1,0 +1,100 @@
+"""Where SmolLM2-135M's FP8 / INT8 perplexity loss comes from: one calibration per preset, then the same
+quantized model with groups of quantizers switched off (``jq.inspect.disable_quantizer``).
+
+Each variant is ``PRESET[:ALGORITHM]`` followed by ``-PATTERN`` (switch those quantizers off) or ``+PATTERN``
+(after ``-*``: switch only those on), e.g.::
+
+    python -m benchmarks.calibration.smollm2_attribution --n-tokens 1024 --variants \
+        "FP8_DEFAULT" "FP8_DEFAULT -*input_quantizer" "FP8_DEFAULT -*weight_quantizer" \
+        "FP8_DEFAULT -* +*down_proj.input_quantizer" --json attribution.json
+
+Same data as ``examples/smollm2_perplexity.py`` (held-out Hamlet windows; 4 x 2 x 512 calibration tokens
+from the calibration plays); ``--n-tokens`` scores the first N held-out tokens. Results: docs/models.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+
+import jq
+import jq.models as jm
+from jq.inspect import disable_quantizer, enable_quantizer
+from jq_zoo import shakespeare, smollm2
+
+
+def _value(text: str):
+    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def preset_cfg(entry: str) -> dict:
+    """``NAME[:ALGORITHM[,key=value,...]][+KV_PRESET]`` -> the preset dict with its algorithm replaced
+    (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``, as in ``examples/smollm2_perplexity.py``) and a KV preset
+    merged (``FP8_DEFAULT+FP8_KV``)."""
+    entry, *fragments = entry.split("+")
+    name, _, algorithm = entry.partition(":")
+    cfg = jq.merge_presets(jq.get_preset(name), *(jq.get_preset(f) for f in fragments))
+    if algorithm:
+        method, *fields = algorithm.split(",")
+        kwargs = {k: _value(v) for k, _, v in (f.partition("=") for f in fields)}
+        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
+    return cfg
+
+
+def toggled(qm, edits: list[str]):
+    """``qm`` with each ``-PATTERN`` disabled and ``+PATTERN`` enabled, in order."""
+    for e in edits:
+        qm = (disable_quantizer if e[0] == "-" else enable_quantizer)(qm, e[1:])
+    return qm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", required=True)
+    ap.add_argument("--n-tokens", type=int, default=1024)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--calib-batches", type=int, default=4)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    config, params, tok = smollm2.load()
+    forward = jm.make_forward(config)
+    x, y = jm.token_windows(jm.encode(shakespeare.eval_text(), tok), args.seq_len, args.n_tokens)
+    calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=args.calib_batches,
+                                   batch_size=args.batch_size, seq_len=args.seq_len)
+    t0 = time.time()
+    base = jm.evaluate(forward, params, x, y, batch_size=args.batch_size, progress=False)
+    rows = {"float": {"perplexity": base.perplexity, "seconds": time.time() - t0}}
+    print(f"float ({args.n_tokens} tokens): {base.perplexity:.3f}", flush=True)
+    calibrated = {}
+    for variant in args.variants:
+        t0 = time.time()
+        entry, *edits = variant.split()
+        if entry not in calibrated:
+            calibrated = {entry: jq.quantize(params, forward, preset_cfg(entry), calib_data=calib)}
+        qm = toggled(calibrated[entry], edits)
+        r = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size, reference=(forward, params),
+                        progress=False)
+        rows[variant] = {"perplexity": r.perplexity, "vs_float": r.perplexity / base.perplexity - 1, "kl": r.kl,
+                         "top1": r.top1, "seconds": time.time() - t0}
+        print(f"{variant}: {r.perplexity:.3f} ({100 * (r.perplexity / base.perplexity - 1):+.2f} %) "
+              f"KL {r.kl:.4f} top-1 {100 * r.top1:.2f} % ({time.time() - t0:.0f} s)", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"jax": jax.__version__, "n_tokens": args.n_tokens, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
