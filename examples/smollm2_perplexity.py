@@ -31,30 +31,7 @@ import jax
 import jq
 import jq.models as jm
 from jq_zoo import shakespeare, smollm2
-
-
-def _value(text: str):
-    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def preset_cfg(entry: str) -> dict:
-    """``NAME[:ALGORITHM[,key=value,...]]`` -> the preset dict, its algorithm replaced (values parsed as
-    bool/int/float where they read as one): ``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``."""
-    name, _, algorithm = entry.partition(":")
-    cfg = jq.get_preset(name)
-    if algorithm:
-        method, *fields = algorithm.split(",")
-        kwargs = {k: _value(v) for k, _, v in (f.partition("=") for f in fields)}
-        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
-    return cfg
+from jq_zoo.preset_entry import preset_cfg
 
 
 def main() -> None:

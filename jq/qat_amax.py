@@ -35,8 +35,8 @@ import numpy as np
 
 from jq.fake_quant import fake_quant
 from jq.formats.base import broadcastable_amax
-from jq.handlers.apply import stage_amax_key
-from jq.handlers.base import Handler, QuantizerCall
+from jq.handlers.apply import FakeQuant
+from jq.handlers.base import QuantizerCall
 from jq.quantizer import CanonicalView, clip_mask
 
 __all__ = ["LearnableAmax", "LearnableAmaxFakeQuant", "lsq_fake_quant", "lsq_grad_scale"]
@@ -126,27 +126,18 @@ def _bwd(spec, view, grad_scale, res, ct):
 lsq_fake_quant.defvjp(_fwd, _bwd)
 
 
-class LearnableAmaxFakeQuant(Handler):
+class LearnableAmaxFakeQuant(FakeQuant):
     """The quantized model with trainable amaxes: :class:`jq.handlers.apply.FakeQuant`'s forward, with
     :func:`lsq_fake_quant` on the quantizers ``learn`` selects (their first-stage ``amax``)."""
 
     def __init__(self, learn: LearnableAmax):
         self.learn = learn
 
-    def quantizer(self, q: QuantizerCall, x):
-        for i, s in enumerate(q.stages):
-            if not s.enable:
-                continue
-            amax = q.state.get(stage_amax_key(i))
-            if amax is None and s.format.needs_amax(s):
-                raise ValueError(f"quantizer {q.name!r} ({s.describe()}) has no calibrated amax: run jq.calibrate")
-            if amax is not None and i == 0 and self.learn.selects(q.is_weight):
-                check_learnable(q.name, s, amax)
-                amax = jnp.maximum(amax, self.learn.min_amax)
-                x = lsq_fake_quant(x, amax, s, q.view, self.learn.grad_scale)
-            else:
-                x = fake_quant(x, amax, spec=s, view=q.view)
-        return x
+    def stage(self, q: QuantizerCall, i: int, spec, x, amax):
+        if amax is not None and i == 0 and self.learn.selects(q.is_weight):
+            check_learnable(q.name, spec, amax)
+            return lsq_fake_quant(x, jnp.maximum(amax, self.learn.min_amax), spec, q.view, self.learn.grad_scale)
+        return super().stage(q, i, spec, x, amax)
 
 
 def check_learnable(name: str, spec, amax) -> None:

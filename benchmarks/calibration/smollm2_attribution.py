@@ -24,32 +24,7 @@ import jq
 import jq.models as jm
 from jq.inspect import disable_quantizer, enable_quantizer
 from jq_zoo import shakespeare, smollm2
-
-
-def _value(text: str):
-    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def preset_cfg(entry: str) -> dict:
-    """``NAME[:ALGORITHM[,key=value,...]][+KV_PRESET]`` -> the preset dict with its algorithm replaced
-    (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``, as in ``examples/smollm2_perplexity.py``) and a KV preset
-    merged (``FP8_DEFAULT+FP8_KV``)."""
-    entry, *fragments = entry.split("+")
-    name, _, algorithm = entry.partition(":")
-    cfg = jq.merge_presets(jq.get_preset(name), *(jq.get_preset(f) for f in fragments))
-    if algorithm:
-        method, *fields = algorithm.split(",")
-        kwargs = {k: _value(v) for k, _, v in (f.partition("=") for f in fields)}
-        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
-    return cfg
+from jq_zoo.preset_entry import preset_cfg
 
 
 def toggled(qm, edits: list[str]):

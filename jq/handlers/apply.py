@@ -32,5 +32,10 @@ class FakeQuant(Handler):
             if amax is None and s.format.needs_amax(s):
                 raise ValueError(f"quantizer {q.name!r} ({s.describe()}) has no calibrated amax: run jq.calibrate "
                                  f"(or disable it with jq.disable_quantizer)")
-            x = fake_quant(x, amax, spec=s, view=q.view)
+            x = self.stage(q, i, s, x, amax)
         return x
+
+    def stage(self, q: QuantizerCall, i: int, spec, x, amax):
+        """Stage ``i`` of quantizer ``q`` applied to ``x`` with its amax (subclasses change how it is applied)."""
+        del i
+        return fake_quant(x, amax, spec=spec, view=q.view)

@@ -1,0 +1,41 @@
+"""Preset entries written on a command line: ``NAME[:ALGORITHM[,key=value,...]][+OTHER_PRESET...]``.
+
+The experiment scripts (``examples/smollm2_perplexity.py``, ``benchmarks/calibration/smollm2_attribution.py``)
+take presets in this form: ``INT8_SMOOTHQUANT:smoothquant,alpha=0.5`` replaces the preset's algorithm by
+``{"method": "smoothquant", "alpha": 0.5}``; ``FP8_DEFAULT+FP8_KV`` merges a second preset in.
+
+Example:
+  >>> preset_cfg("INT8_SMOOTHQUANT:smoothquant,alpha=0.5")["algorithm"]
+  {'method': 'smoothquant', 'alpha': 0.5}
+"""
+
+from __future__ import annotations
+
+import jq
+
+__all__ = ["parse_value", "preset_cfg"]
+
+
+def parse_value(text: str):
+    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def preset_cfg(entry: str) -> dict:
+    """The preset dict of ``entry``: its algorithm replaced (values parsed by :func:`parse_value`) and any
+    ``+PRESET`` merged with :func:`jq.merge_presets`."""
+    entry, *fragments = entry.split("+")
+    name, _, algorithm = entry.partition(":")
+    cfg = jq.merge_presets(jq.get_preset(name), *(jq.get_preset(f) for f in fragments))
+    if algorithm:
+        method, *fields = algorithm.split(",")
+        kwargs = {k: parse_value(v) for k, _, v in (f.partition("=") for f in fields)}
+        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
+    return cfg
