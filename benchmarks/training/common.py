@@ -189,6 +189,14 @@ class Budget:
         return self.left() >= estimate
 
 
+def skip_group(record: dict, group, reason: str, json_path: str) -> None:
+    """Record every run of ``group`` as skipped for ``reason``, say so, and rewrite the JSON record."""
+    for name in group:
+        record["skipped"][name] = reason
+    print(f"   skipped {group}: {reason}", flush=True)
+    write_json(json_path, record)
+
+
 def groups(names, size: int):
     """``names`` in consecutive groups of ``size`` (the unit of concurrent compilation and of the budget check)."""
     names = list(names)

@@ -51,6 +51,7 @@ from benchmarks.training.common import (
     make_apply,
     make_train_step,
     parse_runs,
+    skip_group,
     val_windows,
     write_json,
 )
@@ -243,10 +244,8 @@ def main(argv=None):
     last_group_s = 0.0
     for group in groups(runs, args.parallel):
         if not budget.allows(1.2 * last_group_s):
-            for name in group:
-                record["skipped"][name] = f"budget: {budget.left():.0f} s left, the last group took {last_group_s:.0f} s"
-            print(f"   skipped {group}: {record['skipped'][group[0]]}", flush=True)
-            write_json(json_path, record)
+            reason = f"budget: {budget.left():.0f} s left, the last group took {last_group_s:.0f} s"
+            skip_group(record, group, reason, json_path)
             continue
         t = time.time()
         lowered, carries = {}, {}

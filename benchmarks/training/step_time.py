@@ -56,6 +56,7 @@ from benchmarks.training.common import (
     make_apply,
     make_train_step,
     parse_runs,
+    skip_group,
     write_json,
 )
 from jq import recipes as R
@@ -204,10 +205,7 @@ def main(argv=None):
         after_bf16 = list(record["runs"]) == ["bf16"] and last_n == 1
         estimate = 3.0 * last_build_s if after_bf16 else 1.2 * last_build_s * len(group) / last_n
         if not budget.allows(estimate):
-            for name in group:
-                record["skipped"][name] = f"budget: {budget.left():.0f} s left, estimate {estimate:.0f} s"
-            print(f"   skipped {group}: {record['skipped'][group[0]]}", flush=True)
-            write_json(json_path, record)
+            skip_group(record, group, f"budget: {budget.left():.0f} s left, estimate {estimate:.0f} s", json_path)
             continue
         t0 = time.time()
         lowered, rstates = {}, {}

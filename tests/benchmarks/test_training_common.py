@@ -39,3 +39,15 @@ def test_gpu_suite_skips_a_section_that_its_budget_cannot_hold(tmp_path):
     assert saved["sections"]["qat_recovery"]["skipped"].startswith("budget")
     with pytest.raises(SystemExit):
         gpu_suite.main(["--sections", "nope", "--out", str(tmp_path)])
+
+
+def test_skip_group_records_every_run_and_rewrites_the_json(tmp_path):
+    import json
+
+    from benchmarks.training.common import skip_group
+
+    path = str(tmp_path / "r.json")
+    record = {"runs": {"bf16": {}}, "skipped": {}}
+    skip_group(record, ["nvfp4", "mxfp8"], "budget: 3 s left", path)
+    assert record["skipped"] == {"nvfp4": "budget: 3 s left", "mxfp8": "budget: 3 s left"}
+    assert json.loads(open(path).read())["skipped"] == record["skipped"]
