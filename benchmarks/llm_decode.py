@@ -337,13 +337,15 @@ def main(argv=None):
     budget = Budget(args.budget_s)
     t0 = time.time()
 
-    def guarded(name, fn, *a):  # a failing pass is recorded; the record and the table are still written
+    def guarded(name, fn, *a):  # a failing pass is recorded (None returned); the record is still written
+        result = None
         try:
-            fn(*a)
+            result = fn(*a)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rec.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:1000]}"
         _save(args, rec)
+        return result
 
     if "fp8_gemm" in args.passes:
         guarded("fp8_gemm", fp8_gemm_pass, args, budget, rec)
@@ -355,18 +357,16 @@ def main(argv=None):
             break
         layers = args.layer_map[shape]
         rec["layers"][shape] = layers
-        holder = {}
-        guarded(f"{shape}/init", lambda s=shape, n=layers: holder.__setitem__("m", Model(s, n, args)))
-        if "m" not in holder:
+        model = guarded(f"{shape}/init", Model, shape, layers, args)
+        if model is None:
             continue
-        model = holder["m"]
         rec.setdefault("init_s", {})[shape] = model.init_s
         for phase in ("decode", "prefill"):
             if phase in args.passes:
                 guarded(f"{shape}/{phase}", _phase_pass, model, args, budget, rec, phase)
         rec.setdefault("realize_s", {})[shape] = model.realize_s
         rec.setdefault("plans", {})[shape] = {f: sorted(set(r[2].values())) for f, r in model.realized.items()}
-        del model, holder
+        del model
         jax.clear_caches()
     rec["wall_s"] = time.time() - t0
     text = summary(rec, args) + "".join(f"\nERROR in {k}: {v[:300]}" for k, v in rec.get("errors", {}).items())
