@@ -28,6 +28,7 @@ from jq.qat_amax import LearnableAmax, LearnableAmaxFakeQuant
 
 __all__ = [
     "LearnableAmax",
+    "distillation_loss",
     "make_train_step",
     "recalibrate_weights",
     "ste_gradient",
@@ -47,6 +48,32 @@ def ste_gradient(x: jax.Array, amax: jax.Array | None, pass_through: bool = Fals
     if pass_through or amax is None:
         return jnp.ones_like(x, dtype=jnp.float32)
     return (jnp.abs(x) <= amax).astype(jnp.float32)
+
+
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+    """Knowledge-distillation loss for quantization-aware distillation (QAD): the mean over positions of
+    ``T² KL(p_t || p_s)``, ``p = softmax(logits / T)`` over the last axis (Hinton et al. 2015), with the teacher
+    (usually the float model) held constant.
+
+    QAD trains the fake-quantized student to reproduce the float model's output distribution instead of the
+    labels, which is ModelOpt's recommended recovery for 4-bit formats; use it as the ``loss_fn`` of
+    :func:`make_train_step` with the teacher's logits computed on the same batch.
+
+    Example:
+      >>> s, t = jnp.array([[0.0, 1.0]]), jnp.array([[0.0, 1.0]])
+      >>> float(distillation_loss(s, t))
+      0.0
+    """
+    if temperature <= 0:
+        raise ValueError(f"distillation_loss: temperature must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"distillation_loss: student logits {student_logits.shape} and teacher logits "
+                         f"{teacher_logits.shape} differ in shape")
+    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
+    s = student_logits.astype(jnp.float32) / temperature
+    log_pt = jax.nn.log_softmax(t, axis=-1)
+    kl = jnp.sum(jnp.exp(log_pt) * (log_pt - jax.nn.log_softmax(s, axis=-1)), axis=-1)
+    return temperature**2 * jnp.mean(kl)
 
 
 def trainable(qm, learn: LearnableAmax) -> dict:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import jq
 from jq.numerics import int_fake_quant
@@ -69,3 +70,37 @@ def test_nvfp4_qat_loss_goes_down(rng):
     refreshed = jq.qat.recalibrate_weights(qm.replace(params=p))
     assert not np.array_equal(refreshed.qstate["layers_0.weight_quantizer"]["amax"],
                               qm.qstate["layers_0.weight_quantizer"]["amax"])
+
+
+# --- distillation_loss (QAD) -------------------------------------------------------------------------------------
+
+def test_distillation_loss_is_zero_for_identical_logits():
+    logits = jnp.array([[1.0, -2.0, 0.5], [3.0, 3.0, -1.0]])
+    assert float(jq.qat.distillation_loss(logits, logits)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_distillation_loss_reference_value():
+    # teacher p = (0.75, 0.25), student q = (0.5, 0.5): KL(p || q) = 0.75 ln 1.5 + 0.25 ln 0.5 (hand computed)
+    teacher = jnp.log(jnp.array([[0.75, 0.25]]))
+    student = jnp.zeros((1, 2))
+    want = 0.75 * np.log(1.5) + 0.25 * np.log(0.5)
+    assert float(jq.qat.distillation_loss(student, teacher)) == pytest.approx(want, rel=1e-6)
+
+
+def test_distillation_loss_gradient_is_temperature_times_probability_difference():
+    # d/ds [T^2 KL(softmax(t/T) || softmax(s/T))] averaged over N rows = T (softmax(s/T) - softmax(t/T)) / N;
+    # no gradient reaches the teacher
+    s = jnp.array([[0.3, -1.0, 2.0], [0.0, 1.0, -0.5]])
+    t = jnp.array([[1.0, 0.5, -0.5], [2.0, -1.0, 0.0]])
+    temp = 2.0
+    gs, gt = jax.grad(lambda a, b: jq.qat.distillation_loss(a, b, temperature=temp), argnums=(0, 1))(s, t)
+    want = temp * (jax.nn.softmax(s / temp) - jax.nn.softmax(t / temp)) / s.shape[0]
+    np.testing.assert_allclose(np.asarray(gs), np.asarray(want), rtol=1e-5, atol=1e-7)
+    assert not np.any(np.asarray(gt))
+
+
+def test_distillation_loss_rejects_bad_input():
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        jq.qat.distillation_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), temperature=0.0)
+    with pytest.raises(ValueError, match=r"\(1, 3\).*\(1, 2\)"):
+        jq.qat.distillation_loss(jnp.zeros((1, 3)), jnp.zeros((1, 2)))

@@ -12,7 +12,10 @@ Recovery (issue 14 bar: >= 70 %) is the share of the PTQ gap to the float fine-t
 
     recovery = (ppl_ptq - ppl_qat) / (ppl_ptq - ppl_float)
 
-5. QAT with learnable amax (``--amax learnable``, :class:`jq.qat.LearnableAmax`, LSQ gradient with LSQ's
+5. QAD (``--amax qad``): QAT with fixed amaxes whose loss is the KL divergence to the pre-trained float
+   model's output distribution on the same batches (:func:`jq.qat.distillation_loss`; ModelOpt's
+   quantization-aware distillation) instead of the cross-entropy on the labels -> ``ppl_qad``.
+6. QAT with learnable amax (``--amax learnable``, :class:`jq.qat.LearnableAmax`, LSQ gradient with LSQ's
    gradient scale): the same steps and batches, the calibrated amaxes of every weight and input quantizer
    trained with the params (no weight decay on them) -> ``ppl_qat_learnable``. For NVFP4 the amax is the
    per-tensor global amax (``amax / 2688`` is the FP32 global scale; the 1x16 block scales come from the data),
@@ -47,6 +50,10 @@ from jq_zoo.gpt import GPT, GPTConfig, cross_entropy, evaluate, train
 from jq_zoo.shakespeare import random_batches
 
 
+LABELS = {"fixed": "NVFP4 QAT (fixed amax)", "learnable": "NVFP4 QAT (learnable amax)",
+          "qad": "NVFP4 QAD (fixed amax, distilled from the float model)"}
+
+
 def pretrain(cfg, train_ids, args):
     """Float params: loaded from ``--params`` (an .npz of the flattened leaves) when it matches, else trained."""
     model = GPT(cfg)
@@ -64,14 +71,20 @@ def pretrain(cfg, train_ids, args):
     return params
 
 
-def fine_tune(apply, params, batches, lr: float, decay_mask=None):
+def fine_tune(apply, params, batches, lr: float, decay_mask=None, teacher=None):
     """AdamW (constant ``lr``, clip 1.0) over ``batches`` through ``apply``; returns params and the losses.
-    ``decay_mask``: a pytree of bools like ``params`` (where weight decay applies; None: everywhere)."""
+    ``decay_mask``: a pytree of bools like ``params`` (where weight decay applies; None: everywhere).
+    ``teacher``: None (cross-entropy on the labels) or ``x -> logits`` of the float model (QAD: the loss is
+    :func:`jq.qat.distillation_loss` to the teacher's logits on the same batch)."""
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=0.01, mask=decay_mask))
+
+    def loss_of(q, x, y):
+        logits = apply(q, x)
+        return cross_entropy(logits, y) if teacher is None else jq.qat.distillation_loss(logits, teacher(x))
 
     @jax.jit
     def one(p, s, x, y):
-        loss, g = jax.value_and_grad(lambda q: cross_entropy(apply(q, x), y))(p)
+        loss, g = jax.value_and_grad(lambda q: loss_of(q, x, y))(p)
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
@@ -100,11 +113,13 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--budget-s", type=float, default=None,
                     help="wall-clock budget: a QAT mode starts only if the time the last fine-tune took still fits")
-    ap.add_argument("--amax", default="fixed,learnable", help="QAT amax modes to run: fixed, learnable or both")
+    ap.add_argument("--amax", default="fixed,learnable,qad",
+                    help="QAT runs: fixed (labels, calibrated amaxes), learnable (LSQ amaxes), qad (fixed amaxes, "
+                         "distillation from the pre-trained float model)")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.amax.split(",")]
-    if not modes or set(modes) - {"fixed", "learnable"}:
-        ap.error(f"--amax takes fixed and/or learnable, got {args.amax!r}")
+    if not modes or set(modes) - {"fixed", "learnable", "qad"}:
+        ap.error(f"--amax takes fixed, learnable and/or qad, got {args.amax!r}")
     d = dict(pretrain_steps=20, steps=3, width=32, layers=1, block=16, batch=4, calib_batches=2, eval_batches=1) \
         if args.smoke else dict(pretrain_steps=2000, steps=300, width=128, layers=4, block=64, batch=32,
                                 calib_batches=16, eval_batches=16)
@@ -157,11 +172,12 @@ def main(argv=None):
         if not budget.allows(1.5 * last_s):
             record["qat"][mode] = {"skipped": f"budget: {budget.left():.0f} s left"}
             write_json(json_path, record)
-            print(f"   QAT ({mode} amax) skipped: {budget.left():.0f} s left", flush=True)
+            print(f"   {LABELS[mode]} skipped: {budget.left():.0f} s left", flush=True)
             continue
         t = time.time()
-        if mode == "fixed":
-            p_qat, losses = fine_tune(qm.apply, qm.params, batches, args.lr)
+        if mode in ("fixed", "qad"):
+            teacher = jax.jit(lambda x: model.apply(params, x)) if mode == "qad" else None
+            p_qat, losses = fine_tune(qm.apply, qm.params, batches, args.lr, teacher=teacher)
             qm_qat = qm.replace(params=p_qat)
             moved = None
         else:
@@ -183,13 +199,13 @@ def main(argv=None):
             entry["learnable"] = repr(jq.qat.LearnableAmax())
         record["qat"][mode] = entry
         write_json(json_path, record)
-        print(f"   NVFP4 QAT ({mode} amax) perplexity {ppl_qat:.4f} (weight amaxes refreshed: {ppl_recal:.4f}), "
+        print(f"   {LABELS[mode]} perplexity {ppl_qat:.4f} (weight amaxes refreshed: {ppl_recal:.4f}), "
               f"recovery {100 * entry['recovery']:.1f} %  ({entry['seconds']:.0f} s)", flush=True)
         if moved:
             print(f"      amax relative change: median {np.median(list(moved.values())):.4f}, "
                   f"max {max(moved.values()):.4f} over {len(moved)} quantizers", flush=True)
         last_s = entry["seconds"]
-        rows += [(f"NVFP4 QAT ({mode} amax)", ppl_qat), (f"NVFP4 QAT ({mode} amax), weight amax refreshed", ppl_recal)]
+        rows += [(LABELS[mode], ppl_qat), (f"{LABELS[mode]}, weight amax refreshed", ppl_recal)]
     if "fixed" in record["qat"]:  # the keys of the earlier record format
         record["ppl_qat"], record["recovery"] = record["qat"]["fixed"]["ppl"], record["qat"]["fixed"]["recovery"]
     record["seconds"] = time.time() - t_start
@@ -198,7 +214,7 @@ def main(argv=None):
     print("| model | perplexity | gap to float fine-tune | recovery of the PTQ gap |")
     print("|---|---|---|---|")
     for name, v in rows:
-        r = "-" if "QAT" not in name else f"{100 * rec_of(v):.1f} %"
+        r = "-" if not name.startswith(("NVFP4 QAT", "NVFP4 QAD")) else f"{100 * rec_of(v):.1f} %"
         print(f"| {name} | {v:.4f} | {v - ppl_float:+.4f} | {r} |")
     print(f"   bar: recovery >= 70 %; wrote {json_path}")
     return record

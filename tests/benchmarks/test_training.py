@@ -43,7 +43,7 @@ def test_qat_recovery_smoke_reports_fixed_and_learnable_amax(tmp_path):
     for k in ("ppl_pretrained", "ppl_ptq", "ppl_float_finetune", "ppl_qat"):
         assert math.isfinite(saved[k]) and saved[k] > 1.0, k
     assert saved["ppl_ptq"] != saved["ppl_pretrained"]  # NVFP4 PTQ changed the model
-    assert list(saved["qat"]) == ["fixed", "learnable"]
+    assert list(saved["qat"]) == ["fixed", "learnable", "qad"]
     gap = saved["ppl_ptq"] - saved["ppl_float_finetune"]
     for mode, r in saved["qat"].items():
         assert len(r["losses"]) == len(saved["float_losses"]) == saved["config"]["steps"], mode
@@ -51,3 +51,6 @@ def test_qat_recovery_smoke_reports_fixed_and_learnable_amax(tmp_path):
     assert rec["recovery"] == saved["qat"]["fixed"]["recovery"]
     assert max(saved["qat"]["learnable"]["amax_relative_change_max"].values()) > 0  # the amaxes were trained
     assert saved["qat"]["learnable"]["ppl"] != saved["qat"]["fixed"]["ppl"]
+    # QAD trains on the KL to the float model (>= 0, unlike the label cross-entropy it replaces)
+    assert all(v >= -1e-6 for v in saved["qat"]["qad"]["losses"])
+    assert saved["qat"]["qad"]["losses"] != saved["qat"]["fixed"]["losses"]
