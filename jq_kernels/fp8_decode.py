@@ -1,0 +1,198 @@
+"""FP8 decode GEMM (Pallas-Triton): E4M3 weights read once at 1 byte per element, for a few tokens.
+
+Computes ``y[B, N] = (x_q[B, K] @ w_q[N, K]^T) * (1/s_x) (1/s_w)`` for ``B <= MAX_TOKENS`` with both operands
+E4M3 (the activation quantized by the caller, as on the W8A8 path). Every E4M3 x E4M3 product is exact in float32
+(4 + 4 significant bits), so the result equals the cuBLASLt fp8 GEMM (:func:`jq_kernels.fp8_linear.fp8_linear`)
+up to the order of the float32 additions.
+
+Schedule (swap-AB, split-K):
+
+* the weight tile ``w_q[bn, bk]`` is the MMA's M side and the tokens, padded to ``max(16, 2^ceil(log2 B))``
+  (the smallest N of Triton's MMA), its N side: the tile product is ``w_tile @ x_tile^T -> [bn, B_pad]``;
+* grid ``(N / bn, split)``: program ``(j, s)`` owns rows ``j*bn ...`` of the weight and the K range
+  ``s*K/split ...``, walking it ``bk`` columns at a time (Triton pipelines the loop ``num_stages`` deep) and
+  writes its float32 partial sum ``[bn, B_pad]``; XLA adds the ``split`` partials, transposes, scales and casts
+  (one small fusion; the partials are ``split * N * B_pad * 4`` bytes against the weight's ``N * K``);
+* ``operand="fp8"`` feeds the E4M3 tiles to the MMA directly (Hopper's fp8 wgmma), ``operand="bf16"`` upcasts
+  both tiles to bf16 in registers first (exact: every E4M3 value is a bf16 value).
+
+The weight is the stored :func:`jq_kernels.fp8_linear.prepare_fp8_weight` layout (``[N, K]``, K-major), read in
+place: blocks are powers of two dividing ``N`` and ``K`` where such blocks exist (every Llama/SmolLM2 shape), else
+the weight is zero-padded per call (correct, slow: a ragged shape should be padded once when stored).
+Measurements and the selection rule: ``docs/kernels.md`` (FP8 decode GEMM).
+
+Example:
+  >>> w = jnp.ones((64, 128), jnp.float8_e4m3fn); x = jnp.ones((3, 128), jnp.float8_e4m3fn)
+  >>> fp8_decode_matmul(x, w, jnp.float32(0.5), interpret=True)[0, :2].tolist()
+  [64.0, 64.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from jq_kernels import _common as C
+
+__all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "fp8_decode_partials", "fp8_decode_matmul",
+           "parse_configs"]
+
+MAX_TOKENS = 64  # the token tile is the MMA's N side: [bn, 64] float32 accumulators are 32 registers per thread
+MIN_TOKEN_TILE = 16  # Triton's dot needs every dimension >= 16
+OPERANDS = ("fp8", "bf16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FP8DecodeConfig:
+    """Launch parameters of the FP8 decode GEMM.
+
+    Attributes:
+      block_n: weight rows per program (the MMA's M side; a power of two >= 16).
+      block_k: K columns per loop step (a power of two >= 32).
+      split_k: K ranges per weight tile (a divisor of the K steps is used: the largest <= this); 0 picks the
+        smallest one giving ``target_programs`` programs.
+      target_programs: programs to aim for with ``split_k=0`` (about 2 per SM on an H100/H200).
+      num_warps, num_stages: Triton compiler parameters (stages: loads in flight in the K loop).
+      operand: ``"fp8"`` (E4M3 MMA) or ``"bf16"`` (tiles upcast in registers, bf16 MMA).
+
+    Example:
+      >>> FP8DecodeConfig(block_n=64, operand="bf16").name
+      'bf16/n64k256s0w4p4'
+    """
+
+    block_n: int = 128
+    block_k: int = 256
+    split_k: int = 0
+    target_programs: int = 264
+    num_warps: int = 4
+    num_stages: int = 4
+    operand: str = "fp8"
+
+    def __post_init__(self):
+        for field, lo in (("block_n", 16), ("block_k", 32)):
+            v = getattr(self, field)
+            if v < lo or v & (v - 1):
+                raise ValueError(f"FP8DecodeConfig.{field} must be a power of two >= {lo}, got {v}")
+        if self.split_k < 0 or self.target_programs < 1 or self.num_warps < 1 or self.num_stages < 1:
+            raise ValueError(f"FP8DecodeConfig: split_k >= 0, target_programs/num_warps/num_stages >= 1, got {self}")
+        if self.operand not in OPERANDS:
+            raise ValueError(f"FP8DecodeConfig.operand must be one of {OPERANDS}, got {self.operand!r}")
+
+    @property
+    def name(self) -> str:
+        return (f"{self.operand}/n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}"
+                f"p{self.num_stages}")
+
+
+# candidates for the GPU sweep, the default first (benchmarks/kernel_bench/fp8_decode_sweep.py)
+CONFIGS = (FP8DecodeConfig(), FP8DecodeConfig(operand="bf16"), FP8DecodeConfig(block_n=64, block_k=512),
+           FP8DecodeConfig(block_k=512, num_stages=3), FP8DecodeConfig(block_n=64, block_k=256, num_warps=2),
+           FP8DecodeConfig(block_n=256, block_k=128, num_warps=8, num_stages=4))
+
+
+def parse_configs(spec: str) -> tuple[FP8DecodeConfig, ...]:
+    """Configs from ``"operand:block_n,block_k,split_k,num_warps,num_stages;..."`` (e.g. ``"fp8:128,256,0,4,4"``).
+
+    Example:
+      >>> parse_configs("bf16:64,512,2,4,3")[0].name
+      'bf16/n64k512s2w4p3'
+    """
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        operand, _, nums = part.partition(":")
+        vals = [int(v) for v in nums.split(",")]
+        if len(vals) != 5:
+            raise ValueError(f"fp8_decode config {part!r}: want operand:block_n,block_k,split_k,num_warps,num_stages")
+        bn, bk, sk, nw, ns = vals
+        out.append(FP8DecodeConfig(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=operand))
+    return tuple(out)
+
+
+def _token_tile(b: int) -> int:
+    return max(MIN_TOKEN_TILE, 1 << max(0, (b - 1).bit_length()))
+
+
+def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig = FP8DecodeConfig()) -> dict:
+    """Blocks, padding and split of one call: ``bn, n_pad, bk, k_pad, split, steps`` (K steps per program),
+    ``tile`` (padded tokens) and ``programs``.
+
+    Example:
+      >>> p = decode_plan(28672, 8192, 8); (p["bn"], p["bk"], p["split"], p["steps"], p["tile"], p["programs"])
+      (128, 256, 2, 16, 16, 448)
+    """
+    if not 1 <= tokens <= MAX_TOKENS:
+        raise ValueError(f"fp8_decode: tokens must be in 1..{MAX_TOKENS}, got {tokens}")
+    bn, n_pad = C.pick_block(n, cfg.block_n, min_block=16)
+    bk, k_pad = C.pick_block(k, cfg.block_k, min_block=32)
+    bn, bk = max(bn, 16), max(bk, 32)  # tiny operands: pad up to the MMA's minimum
+    n_pad, k_pad = -(-n_pad // bn) * bn, -(-k_pad // bk) * bk
+    n_steps, n_blocks = k_pad // bk, n_pad // bn
+    divisors = [d for d in range(1, n_steps + 1) if n_steps % d == 0]
+    if cfg.split_k:
+        split = max(d for d in divisors if d <= cfg.split_k)
+    else:  # the fewest K ranges that fill the GPU (each keeps >= 2 steps so the loop can pipeline)
+        ok = [d for d in divisors if n_steps // d >= min(2, n_steps)]
+        split = next((d for d in ok if n_blocks * d >= cfg.target_programs), ok[-1])
+    return {"bn": bn, "n_pad": n_pad, "bk": bk, "k_pad": k_pad, "split": split, "steps": n_steps // split,
+            "tile": _token_tile(tokens), "programs": n_blocks * split}
+
+
+def _kernel(w_ref, x_ref, o_ref, *, steps: int, bk: int, operand: str):
+    """One ``[bn, tile]`` float32 partial: ``sum_k w[bn, k] x[tile, k]`` over this program's K range."""
+    bn, tile = o_ref.shape
+
+    def step(i, acc):
+        k0 = pl.multiple_of(i * bk, bk)
+        w = w_ref[:, pl.ds(k0, bk)]
+        x = x_ref[:, pl.ds(k0, bk)]
+        if operand == "bf16":
+            w, x = w.astype(jnp.bfloat16), x.astype(jnp.bfloat16)
+        return acc + pl.dot(w, x, trans_b=True)  # [bn, bk] @ [tile, bk]^T, exact products, f32 sums
+
+    o_ref[...] = lax.fori_loop(0, steps, step, jnp.zeros((bn, tile), jnp.float32))
+
+
+def fp8_decode_partials(x_q, w_q, *, cfg: FP8DecodeConfig = FP8DecodeConfig(), interpret: bool | None = None):
+    """The kernel alone: float32 partial sums ``[split, N_pad, tile]`` of ``w_q @ x_q^T`` (padded shapes).
+
+    ``x_q``: ``[B, K]`` float8_e4m3fn, ``w_q``: ``[N, K]`` float8_e4m3fn. ``y^T = partials.sum(0)[:N, :B]``.
+    """
+    if x_q.dtype != jnp.float8_e4m3fn or w_q.dtype != jnp.float8_e4m3fn:
+        raise ValueError(f"fp8_decode: operands must be float8_e4m3fn, got x {x_q.dtype}, w {w_q.dtype}")
+    if x_q.ndim != 2 or w_q.ndim != 2 or x_q.shape[1] != w_q.shape[1]:
+        raise ValueError(f"fp8_decode: want x [B, K] and w [N, K], got {x_q.shape} and {w_q.shape}")
+    (b, k), n = x_q.shape, w_q.shape[0]
+    p = decode_plan(n, k, b, cfg)
+    w = C.pad_rows(C.pad_rows(w_q, p["n_pad"], 0), p["k_pad"], 1)
+    x = C.pad_rows(C.pad_rows(x_q, p["tile"], 0), p["k_pad"], 1)
+    bn, tile, split = p["bn"], p["tile"], p["split"]
+    k_range = p["k_pad"] // split
+    kern = functools.partial(_kernel, steps=p["steps"], bk=p["bk"], operand=cfg.operand)
+    return pl.pallas_call(
+        kern, grid=(p["n_pad"] // bn, split),
+        in_specs=[pl.BlockSpec((bn, k_range), lambda j, s: (j, s)),
+                  pl.BlockSpec((tile, k_range), lambda j, s: (0, s))],
+        out_specs=pl.BlockSpec((None, bn, tile), lambda j, s: (s, j, 0)),
+        out_shape=jax.ShapeDtypeStruct((split, p["n_pad"], tile), jnp.float32),
+        interpret=C.resolve_interpret(interpret), compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages),
+        name=f"jq_fp8_decode_{cfg.operand}")(w, x)
+
+
+def fp8_decode_matmul(x_q, w_q, scale, *, out_dtype=jnp.float32, cfg: FP8DecodeConfig = FP8DecodeConfig(),
+                      interpret: bool | None = None):
+    """``y[B, N] = (x_q @ w_q^T) * scale`` (``scale = (1/s_x)(1/s_w)``, a float32 scalar), in ``out_dtype``.
+
+    Example:
+      >>> w = jnp.full((32, 64), 2.0, jnp.float8_e4m3fn); x = jnp.ones((1, 64), jnp.float8_e4m3fn)
+      >>> fp8_decode_matmul(x, w, jnp.float32(0.25), interpret=True).shape
+      (1, 32)
+    """
+    b, n = x_q.shape[0], w_q.shape[0]
+    part = fp8_decode_partials(x_q, w_q, cfg=cfg, interpret=interpret)
+    acc = jnp.sum(part, axis=0)[:n, :b].T  # XLA: one fusion reading the partials
+    return (acc * jnp.asarray(scale, jnp.float32)).astype(out_dtype)
