@@ -1,0 +1,129 @@
+"""The FP8 decode GEMM (swap-AB, split-K Pallas-Triton) equals the W8A8 GEMM up to float32 summation order.
+
+Reference values: E4M3 x E4M3 products are exact, so the float64 sum of the products is the exact dot; every
+float32 ordering of it lies within ``K * 2^-24 * sum |products|`` of it. Interpret mode on CPU; the Triton
+lowering (Python half) is checked for CUDA; the Triton compile and the timings need a GPU
+(``benchmarks/kernel_bench/fp8_decode_sweep.py``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jq import numerics as nx
+from jq_kernels import fp8_decode as D
+from jq_kernels.fp8_linear import fp8_linear, prepare_fp8_weight
+
+SMALL = D.FP8DecodeConfig(block_n=32, block_k=64)  # small tiles: interpret grids stay tiny
+
+
+def _operands(b, n, k, seed=0):
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = (jax.random.normal(kx, (b, k)) * 3).astype(jnp.float8_e4m3fn)
+    w = (jax.random.normal(kw, (n, k)) * 3).astype(jnp.float8_e4m3fn)
+    return x, w
+
+
+def _exact(x, w):
+    """float64 dot of the E4M3 values and the bound on any float32 summation order's error."""
+    xf, wf = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    return xf @ wf.T, np.abs(xf) @ np.abs(wf).T * (xf.shape[1] * 2.0**-24)
+
+
+def _check(y, x, w, scale):
+    ref, tol = _exact(x, w)
+    err = np.abs(np.asarray(y, np.float64) - ref * scale)
+    assert np.all(err <= tol * scale + 1e-30), float(np.max(err - tol * scale))
+
+
+@pytest.mark.parametrize("b,n,k", [(1, 64, 256), (3, 96, 320), (16, 64, 128), (33, 32, 64)])
+@pytest.mark.parametrize("operand", ["fp8", "bf16"])
+def test_equals_the_exact_dot_up_to_float32_order(b, n, k, operand):
+    x, w = _operands(b, n, k)
+    cfg = D.FP8DecodeConfig(block_n=32, block_k=64, operand=operand)
+    y = D.fp8_decode_matmul(x, w, jnp.float32(0.25), cfg=cfg, interpret=True)
+    assert y.shape == (b, n) and y.dtype == jnp.float32
+    _check(y, x, w, 0.25)
+
+
+def test_ragged_n_and_k_are_padded():
+    """N = 40 and K = 200 have no power-of-two block >= 16 / 32: the operands are zero-padded to the blocks."""
+    x, w = _operands(3, 40, 200, seed=1)
+    p = D.decode_plan(40, 200, 3, SMALL)
+    assert (p["n_pad"], p["k_pad"], p["tile"]) == (64, 256, 16)
+    _check(D.fp8_decode_matmul(x, w, jnp.float32(1.0), cfg=SMALL, interpret=True), x, w, 1.0)
+
+
+@pytest.mark.parametrize("split", [2, 4])
+def test_split_k_partials_are_the_dots_of_their_k_ranges(split):
+    x, w = _operands(2, 32, 256, seed=2)
+    cfg = D.FP8DecodeConfig(block_n=32, block_k=32, split_k=split)
+    part = np.asarray(D.fp8_decode_partials(x, w, cfg=cfg, interpret=True))
+    assert part.shape == (split, 32, 16)
+    assert np.all(part[:, :, 2:] == 0)  # padded token columns stay zero
+    r = 256 // split
+    for s in range(split):
+        _check(part[s, :, :2].T, x[:, s * r:(s + 1) * r], w[:, s * r:(s + 1) * r], 1.0)
+    _check(D.fp8_decode_matmul(x, w, jnp.float32(1.0), cfg=cfg, interpret=True), x, w, 1.0)
+
+
+def test_equals_the_w8a8_linear_layer():
+    """Through the layer's numerics: x quantized with its amax, the weight stored by prepare_fp8_weight."""
+    rng = np.random.default_rng(3)
+    w = jnp.asarray(rng.standard_normal((64, 192)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((5, 192)), jnp.float32)
+    w_q, w_inv = prepare_fp8_weight(w, jnp.max(jnp.abs(w)))
+    amax = jnp.float32(2.0)
+    q, s_x = nx.fp8_quantize(x, amax, "e4m3")
+    y = D.fp8_decode_matmul(q.astype(jnp.float8_e4m3fn), w_q, nx.fp8_dequant_scale(s_x) * w_inv, cfg=SMALL,
+                            interpret=True)
+    ref = fp8_linear(x, w_q, w_inv, amax, out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_plan_auto_split_fills_the_gpu_and_keeps_two_steps():
+    p = D.decode_plan(28672, 8192, 1)  # 224 tiles of 128 rows: 2 K ranges reach 264 programs
+    assert (p["bn"], p["bk"], p["split"], p["steps"], p["tile"]) == (128, 256, 2, 16, 16)
+    p = D.decode_plan(1024, 4096, 32)  # 8 tiles: the K loop is cut to 2-step ranges (16 of them)
+    assert (p["split"], p["steps"], p["tile"], p["programs"]) == (8, 2, 32, 64)
+    p = D.decode_plan(4096, 14336, 8)  # 56 steps of 256: splits are divisors of 56
+    assert p["split"] == 14 and p["steps"] == 4
+    assert D.decode_plan(4096, 4096, 8, D.FP8DecodeConfig(split_k=3))["split"] == 2  # largest divisor <= 3
+
+
+def test_token_tile_is_a_power_of_two_of_at_least_16():
+    assert [D.decode_plan(64, 64, b)["tile"] for b in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
+
+
+def test_bad_inputs_name_the_value():
+    x, w = _operands(2, 32, 64)
+    with pytest.raises(ValueError, match="tokens must be in 1..64"):
+        D.decode_plan(32, 64, 65)
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        D.fp8_decode_partials(x.astype(jnp.bfloat16), w, interpret=True)
+    with pytest.raises(ValueError, match=r"\[B, K\]"):
+        D.fp8_decode_partials(x[:, :32], w, interpret=True)
+    with pytest.raises(ValueError, match="block_n"):
+        D.FP8DecodeConfig(block_n=48)
+    with pytest.raises(ValueError, match="operand"):
+        D.FP8DecodeConfig(operand="int8")
+
+
+def test_parse_configs_round_trips_the_names():
+    cfgs = D.parse_configs("fp8:128,256,0,4,4; bf16:64,512,2,8,3")
+    assert [c.name for c in cfgs] == ["fp8/n128k256s0w4p4", "bf16/n64k512s2w8p3"]
+    assert cfgs[0] == D.FP8DecodeConfig()
+    with pytest.raises(ValueError, match="want operand"):
+        D.parse_configs("fp8:128,256")
+
+
+@pytest.mark.parametrize("operand", ["fp8", "bf16"])
+@pytest.mark.parametrize("b,n,k", [(1, 28672, 8192), (32, 1024, 4096), (8, 1536, 576)])
+def test_triton_lowering_for_cuda(operand, b, n, k):
+    """The Python half of the Triton lowering (fp8 loads, the fp8 or upcast dot, a K range of 192 columns)."""
+    cfg = D.FP8DecodeConfig(operand=operand)
+    fn = jax.jit(lambda x, w: D.fp8_decode_matmul(x, w, jnp.float32(1.0), cfg=cfg, interpret=False))
+    txt = fn.trace(jax.ShapeDtypeStruct((b, k), jnp.float8_e4m3fn),
+                   jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn)).lower(lowering_platforms=("cuda",)).as_text()
+    assert "triton" in txt and "jq_fp8_decode" in txt
