@@ -45,6 +45,7 @@ __all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "fp8_decod
 MAX_TOKENS = 64  # the token tile is the MMA's N side: [bn, 64] float32 accumulators are 32 registers per thread
 MIN_TOKEN_TILE = 16  # Triton's dot needs every dimension >= 16
 OPERANDS = ("fp8", "bf16")
+_NT = (((1,), (1,)), ((), ()))  # contract the K (last) dims of both tiles
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,7 +118,7 @@ def _token_tile(b: int) -> int:
     return max(MIN_TOKEN_TILE, 1 << max(0, (b - 1).bit_length()))
 
 
-def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig = FP8DecodeConfig()) -> dict:
+def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig | None = None) -> dict:
     """Blocks, padding and split of one call: ``bn, n_pad, bk, k_pad, split, steps`` (K steps per program),
     ``tile`` (padded tokens) and ``programs``.
 
@@ -125,6 +126,7 @@ def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig = FP8DecodeCon
       >>> p = decode_plan(28672, 8192, 8); (p["bn"], p["bk"], p["split"], p["steps"], p["tile"], p["programs"])
       (128, 256, 2, 16, 16, 448)
     """
+    cfg = cfg or FP8DecodeConfig()
     if not 1 <= tokens <= MAX_TOKENS:
         raise ValueError(f"fp8_decode: tokens must be in 1..{MAX_TOKENS}, got {tokens}")
     bn, n_pad = C.pick_block(n, cfg.block_n, min_block=16)
@@ -152,16 +154,19 @@ def _kernel(w_ref, x_ref, o_ref, *, steps: int, bk: int, operand: str):
         x = x_ref[:, pl.ds(k0, bk)]
         if operand == "bf16":
             w, x = w.astype(jnp.bfloat16), x.astype(jnp.bfloat16)
-        return acc + pl.dot(w, x, trans_b=True)  # [bn, bk] @ [tile, bk]^T, exact products, f32 sums
+        # [bn, bk] @ [tile, bk]^T: exact products, float32 sums (lax.dot_general: pl.dot moved across versions)
+        return acc + lax.dot_general(w, x, _NT, preferred_element_type=jnp.float32)
 
     o_ref[...] = lax.fori_loop(0, steps, step, jnp.zeros((bn, tile), jnp.float32))
 
 
-def fp8_decode_partials(x_q, w_q, *, cfg: FP8DecodeConfig = FP8DecodeConfig(), interpret: bool | None = None):
+def fp8_decode_partials(x_q, w_q, *, cfg: FP8DecodeConfig | None = None, interpret: bool | None = None):
     """The kernel alone: float32 partial sums ``[split, N_pad, tile]`` of ``w_q @ x_q^T`` (padded shapes).
 
-    ``x_q``: ``[B, K]`` float8_e4m3fn, ``w_q``: ``[N, K]`` float8_e4m3fn. ``y^T = partials.sum(0)[:N, :B]``.
+    ``x_q``: ``[B, K]`` float8_e4m3fn, ``w_q``: ``[N, K]`` float8_e4m3fn, ``cfg`` None: the default config.
+    ``y^T = partials.sum(0)[:N, :B]``.
     """
+    cfg = cfg or FP8DecodeConfig()
     if x_q.dtype != jnp.float8_e4m3fn or w_q.dtype != jnp.float8_e4m3fn:
         raise ValueError(f"fp8_decode: operands must be float8_e4m3fn, got x {x_q.dtype}, w {w_q.dtype}")
     if x_q.ndim != 2 or w_q.ndim != 2 or x_q.shape[1] != w_q.shape[1]:
@@ -183,7 +188,7 @@ def fp8_decode_partials(x_q, w_q, *, cfg: FP8DecodeConfig = FP8DecodeConfig(), i
         name=f"jq_fp8_decode_{cfg.operand}")(w, x)
 
 
-def fp8_decode_matmul(x_q, w_q, scale, *, out_dtype=jnp.float32, cfg: FP8DecodeConfig = FP8DecodeConfig(),
+def fp8_decode_matmul(x_q, w_q, scale, *, out_dtype=jnp.float32, cfg: FP8DecodeConfig | None = None,
                       interpret: bool | None = None):
     """``y[B, N] = (x_q @ w_q^T) * scale`` (``scale = (1/s_x)(1/s_w)``, a float32 scalar), in ``out_dtype``.
 
