@@ -66,11 +66,21 @@ DEFAULT_VARIANTS = ("bf16", "fp8", "nvfp4", "int4", "nvfp4_kv8", "bf16_kv8", "fp
 
 
 def _decode_cfg():
-    """The ``fp8_kernel`` variant's decode-kernel config: ``JQ_FP8_DECODE_CFG`` (one
-    :func:`jq_kernels.fp8_decode.parse_configs` entry, e.g. the ``fp8_decode`` sweep's best) or the default."""
+    """The ``fp8_kernel`` variant's decode-kernel config from ``JQ_FP8_DECODE_CFG``: one
+    :func:`jq_kernels.fp8_decode.parse_configs` entry; ``sweep``: the config the ``fp8_decode`` section of the
+    same run (``$OUT/section_fp8_decode.json``) found fastest at the most batch sizes (the default if it has none);
+    unset: the kernel's default."""
     from jq_kernels import fp8_decode
-    spec = os.environ.get("JQ_FP8_DECODE_CFG")
-    return fp8_decode.parse_configs(spec)[0] if spec else None
+    spec = os.environ.get("JQ_FP8_DECODE_CFG", "")
+    if spec != "sweep":
+        return fp8_decode.parse_configs(spec)[0] if spec else None
+    from benchmarks.kernel_bench.common import OUT
+    path = os.path.join(OUT, "section_fp8_decode.json")
+    best = json.load(open(path)).get("best", {}) if os.path.exists(path) else {}
+    names = [v["config"] for v in best.values()]
+    cfg = fp8_decode.FP8DecodeConfig.from_name(max(names, key=names.count)) if names else None
+    print(f"fp8_kernel: decode config {cfg.name if cfg else 'default'} (from {path})", flush=True)
+    return cfg
 
 
 def config_of(shape: str, layers: int) -> jm.LlamaConfig:

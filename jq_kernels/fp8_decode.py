@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,21 @@ class FP8DecodeConfig:
     def name(self) -> str:
         return (f"{self.operand}/n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}"
                 f"p{self.num_stages}")
+
+    @classmethod
+    def from_name(cls, name: str) -> "FP8DecodeConfig":
+        """The config whose :attr:`name` is ``name`` (``target_programs`` default).
+
+        Example:
+          >>> FP8DecodeConfig.from_name("bf16/n64k512s2w8p3") == FP8DecodeConfig(
+          ...     block_n=64, block_k=512, split_k=2, num_warps=8, num_stages=3, operand="bf16")
+          True
+        """
+        m = re.fullmatch(r"(\w+)/n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", name)
+        if m is None:
+            raise ValueError(f"FP8DecodeConfig.from_name: {name!r} is not a config name like 'fp8/n128k256s0w4p4'")
+        bn, bk, sk, nw, ns = (int(v) for v in m.groups()[1:])
+        return cls(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=m.group(1))
 
 
 # candidates for the GPU sweep, the default first (benchmarks/kernel_bench/fp8_decode_sweep.py); shared memory per

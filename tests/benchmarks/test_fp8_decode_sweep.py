@@ -40,3 +40,26 @@ def test_budget_skips_cells_instead_of_starting_them(tmp_path, monkeypatch):
 def test_bad_sweep_configs_fail_before_any_work(spec):
     with pytest.raises(ValueError):
         D.parse_configs(spec)
+
+
+def test_llm_fp8_kernel_variant_takes_the_sweeps_most_frequent_best_config(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import llm_decode
+
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    monkeypatch.setenv("JQ_FP8_DECODE_CFG", "sweep")
+    assert llm_decode._decode_cfg() is None  # no sweep record: the kernel's default
+    best = {"1": {"config": "bf16/n64k512s2w8p3"}, "8": {"config": "bf16/n64k512s2w8p3"},
+            "32": {"config": "fp8/n128k256s0w4p4"}}
+    (tmp_path / "section_fp8_decode.json").write_text(json.dumps({"best": best}))
+    assert llm_decode._decode_cfg() == D.FP8DecodeConfig.from_name("bf16/n64k512s2w8p3")
+    monkeypatch.setenv("JQ_FP8_DECODE_CFG", "fp8:64,256,4,2,3")
+    assert llm_decode._decode_cfg().name == "fp8/n64k256s4w2p3"
+
+
+def test_config_names_round_trip():
+    for c in D.CONFIGS:
+        assert D.FP8DecodeConfig.from_name(c.name) == c
+    with pytest.raises(ValueError, match="not a config name"):
+        D.FP8DecodeConfig.from_name("fp8-128-256")
