@@ -1,9 +1,11 @@
 """FP8 decode GEMM (Pallas-Triton): E4M3 weights read once at 1 byte per element, for a few tokens.
 
 Computes ``y[B, N] = (x_q[B, K] @ w_q[N, K]^T) * (1/s_x) (1/s_w)`` for ``B <= MAX_TOKENS`` with both operands
-E4M3 (the activation quantized by the caller, as on the W8A8 path). Every E4M3 x E4M3 product is exact in float32
-(4 + 4 significant bits), so the result equals the cuBLASLt fp8 GEMM (:func:`jq_kernels.fp8_linear.fp8_linear`)
-up to the order of the float32 additions.
+E4M3: the activation either quantized by the caller (``x`` float8_e4m3fn, as on the W8A8 path) or, given its scale
+``x_scale = s_x``, quantized in the kernel as each tile is loaded, ``x_q = e4m3(clip(x * s_x, +-448))`` (round to
+nearest even: :func:`jq.numerics.fp8_quantize`'s values; one launch instead of a quantize kernel, a pad and the
+GEMM). Every E4M3 x E4M3 product is exact in float32 (4 + 4 significant bits), so the result equals the cuBLASLt
+fp8 GEMM (:func:`jq_kernels.fp8_linear.fp8_linear`) up to the order of the float32 additions.
 
 Schedule (swap-AB, split-K):
 
@@ -43,6 +45,8 @@ from jq_kernels import _common as C
 __all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "fp8_decode_partials", "fp8_decode_matmul",
            "parse_configs"]
 
+E4M3_MAX = 448.0
+
 MAX_TOKENS = 64  # the token tile is the MMA's N side: [bn, 64] float32 accumulators are 32 registers per thread
 MIN_TOKEN_TILE = 16  # Triton's dot needs every dimension >= 16
 OPERANDS = ("fp8", "bf16")
@@ -61,10 +65,14 @@ class FP8DecodeConfig:
       target_programs: programs to aim for with ``split_k=0`` (about 2 per SM on an H100/H200).
       num_warps, num_stages: Triton compiler parameters (stages: loads in flight in the K loop).
       operand: ``"fp8"`` (E4M3 MMA) or ``"bf16"`` (tiles upcast in registers, bf16 MMA).
+      x_in_kernel: callers that own the activation quantization (``FP8Linear``) quantize it in the kernel (True)
+        or with a separate kernel before it (False, name suffix ``-xq``).
 
     Example:
       >>> FP8DecodeConfig(block_n=64, operand="bf16").name
       'bf16/n64k256s0w4p4'
+      >>> FP8DecodeConfig(x_in_kernel=False).name
+      'fp8/n128k256s0w4p4-xq'
     """
 
     block_n: int = 128
@@ -74,6 +82,7 @@ class FP8DecodeConfig:
     num_warps: int = 4
     num_stages: int = 4
     operand: str = "fp8"
+    x_in_kernel: bool = True
 
     def __post_init__(self):
         for field, lo in (("block_n", 16), ("block_k", 32)):
@@ -88,7 +97,7 @@ class FP8DecodeConfig:
     @property
     def name(self) -> str:
         return (f"{self.operand}/n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}"
-                f"p{self.num_stages}")
+                f"p{self.num_stages}" + ("" if self.x_in_kernel else "-xq"))
 
     @classmethod
     def from_name(cls, name: str) -> "FP8DecodeConfig":
@@ -99,22 +108,24 @@ class FP8DecodeConfig:
           ...     block_n=64, block_k=512, split_k=2, num_warps=8, num_stages=3, operand="bf16")
           True
         """
-        m = re.fullmatch(r"(\w+)/n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", name)
+        m = re.fullmatch(r"(\w+)/n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(-xq)?", name)
         if m is None:
             raise ValueError(f"FP8DecodeConfig.from_name: {name!r} is not a config name like 'fp8/n128k256s0w4p4'")
-        bn, bk, sk, nw, ns = (int(v) for v in m.groups()[1:])
-        return cls(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=m.group(1))
+        bn, bk, sk, nw, ns = (int(v) for v in m.groups()[1:6])
+        return cls(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=m.group(1),
+                   x_in_kernel=m.group(7) is None)
 
 
 # candidates for the GPU sweep, the default first (benchmarks/kernel_bench/fp8_decode_sweep.py); shared memory per
 # stage is (bn + tile) * bk bytes: <= 192 KB per block at 32 tokens for all, at 64 for the default (Hopper: 227 KB)
 CONFIGS = (FP8DecodeConfig(), FP8DecodeConfig(operand="bf16"), FP8DecodeConfig(block_n=64, block_k=512),
-           FP8DecodeConfig(block_k=512, num_stages=2), FP8DecodeConfig(block_n=64, block_k=256, num_warps=2),
-           FP8DecodeConfig(block_n=256, block_k=128, num_warps=8, num_stages=4))
+           FP8DecodeConfig(block_k=512, num_stages=2), FP8DecodeConfig(block_n=256, block_k=128, num_warps=8),
+           FP8DecodeConfig(x_in_kernel=False))
 
 
 def parse_configs(spec: str) -> tuple[FP8DecodeConfig, ...]:
-    """Configs from ``"operand:block_n,block_k,split_k,num_warps,num_stages;..."`` (e.g. ``"fp8:128,256,0,4,4"``).
+    """Configs from ``"operand:block_n,block_k,split_k,num_warps,num_stages;..."`` (e.g. ``"fp8:128,256,0,4,4"``;
+    ``"fp8-xq:..."``: ``x_in_kernel=False``).
 
     Example:
       >>> parse_configs("bf16:64,512,2,4,3")[0].name
@@ -127,7 +138,9 @@ def parse_configs(spec: str) -> tuple[FP8DecodeConfig, ...]:
         if len(vals) != 5:
             raise ValueError(f"fp8_decode config {part!r}: want operand:block_n,block_k,split_k,num_warps,num_stages")
         bn, bk, sk, nw, ns = vals
-        out.append(FP8DecodeConfig(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=operand))
+        xq = operand.endswith("-xq")
+        out.append(FP8DecodeConfig(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns,
+                                   operand=operand[:-3] if xq else operand, x_in_kernel=not xq))
     return tuple(out)
 
 
@@ -161,14 +174,18 @@ def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig | None = None)
             "tile": _token_tile(tokens), "programs": n_blocks * split}
 
 
-def _kernel(w_ref, x_ref, o_ref, *, steps: int, bk: int, operand: str):
-    """One ``[bn, tile]`` float32 partial: ``sum_k w[bn, k] x[tile, k]`` over this program's K range."""
+def _kernel(w_ref, x_ref, *refs, steps: int, bk: int, operand: str, quantize: bool):
+    """One ``[bn, tile]`` float32 partial: ``sum_k w[bn, k] q(x)[tile, k]`` over this program's K range."""
+    s_ref, o_ref = refs if quantize else (None, refs[0])
     bn, tile = o_ref.shape
+    s_x = s_ref[0] if quantize else None
 
     def step(i, acc):
         k0 = pl.multiple_of(i * bk, bk)
         w = w_ref[:, pl.ds(k0, bk)]
         x = x_ref[:, pl.ds(k0, bk)]
+        if quantize:  # e4m3(clip(x * s_x)): round to nearest even, as jq.numerics.fp8_quantize
+            x = jnp.clip(x.astype(jnp.float32) * s_x, -E4M3_MAX, E4M3_MAX).astype(jnp.float8_e4m3fn)
         if operand == "bf16":
             w, x = w.astype(jnp.bfloat16), x.astype(jnp.bfloat16)
         # [bn, bk] @ [tile, bk]^T: exact products, float32 sums (lax.dot_general: pl.dot moved across versions)
@@ -177,15 +194,22 @@ def _kernel(w_ref, x_ref, o_ref, *, steps: int, bk: int, operand: str):
     o_ref[...] = lax.fori_loop(0, steps, step, jnp.zeros((bn, tile), jnp.float32))
 
 
-def fp8_decode_partials(x_q, w_q, *, cfg: FP8DecodeConfig | None = None, interpret: bool | None = None):
-    """The kernel alone: float32 partial sums ``[split, N_pad, tile]`` of ``w_q @ x_q^T`` (padded shapes).
+def fp8_decode_partials(x_q, w_q, *, x_scale=None, cfg: FP8DecodeConfig | None = None,
+                        interpret: bool | None = None):
+    """The kernel alone: float32 partial sums ``[split, N_pad, tile]`` of ``w_q @ q(x)^T`` (padded shapes).
 
-    ``x_q``: ``[B, K]`` float8_e4m3fn, ``w_q``: ``[N, K]`` float8_e4m3fn, ``cfg`` None: the default config.
+    ``x_q``: ``[B, K]`` float8_e4m3fn, or a float activation quantized in the kernel with ``x_scale`` (``s_x``,
+    a float32 scalar); ``w_q``: ``[N, K]`` float8_e4m3fn; ``cfg`` None: the default config.
     ``y^T = partials.sum(0)[:N, :B]``.
     """
     cfg = cfg or FP8DecodeConfig()
-    if x_q.dtype != jnp.float8_e4m3fn or w_q.dtype != jnp.float8_e4m3fn:
-        raise ValueError(f"fp8_decode: operands must be float8_e4m3fn, got x {x_q.dtype}, w {w_q.dtype}")
+    quantize = x_q.dtype != jnp.float8_e4m3fn
+    if w_q.dtype != jnp.float8_e4m3fn or (quantize and not jnp.issubdtype(x_q.dtype, jnp.floating)):
+        raise ValueError(f"fp8_decode: w must be float8_e4m3fn and x float8_e4m3fn or a float activation, got x "
+                         f"{x_q.dtype}, w {w_q.dtype}")
+    if quantize != (x_scale is not None):
+        raise ValueError(f"fp8_decode: x_scale is needed exactly when x is not float8_e4m3fn (x {x_q.dtype}, "
+                         f"x_scale {'given' if x_scale is not None else 'None'})")
     if x_q.ndim != 2 or w_q.ndim != 2 or x_q.shape[1] != w_q.shape[1]:
         raise ValueError(f"fp8_decode: want x [B, K] and w [N, K], got {x_q.shape} and {w_q.shape}")
     (b, k), n = x_q.shape, w_q.shape[0]
@@ -194,20 +218,24 @@ def fp8_decode_partials(x_q, w_q, *, cfg: FP8DecodeConfig | None = None, interpr
     x = C.pad_rows(C.pad_rows(x_q, p["tile"], 0), p["k_pad"], 1)
     bn, tile, split = p["bn"], p["tile"], p["split"]
     k_range = p["k_pad"] // split
-    kern = functools.partial(_kernel, steps=p["steps"], bk=p["bk"], operand=cfg.operand)
+    kern = functools.partial(_kernel, steps=p["steps"], bk=p["bk"], operand=cfg.operand, quantize=quantize)
+    in_specs = [pl.BlockSpec((bn, k_range), lambda j, s: (j, s)), pl.BlockSpec((tile, k_range), lambda j, s: (0, s))]
+    args = [w, x]
+    if quantize:  # the scalar rides in a 4-element block (Triton loads need power-of-two sizes)
+        in_specs.append(pl.BlockSpec((4,), lambda j, s: (0,)))
+        args.append(jnp.zeros((4,), jnp.float32).at[0].set(jnp.reshape(x_scale, ()).astype(jnp.float32)))
     return pl.pallas_call(
-        kern, grid=(p["n_pad"] // bn, split),
-        in_specs=[pl.BlockSpec((bn, k_range), lambda j, s: (j, s)),
-                  pl.BlockSpec((tile, k_range), lambda j, s: (0, s))],
+        kern, grid=(p["n_pad"] // bn, split), in_specs=in_specs,
         out_specs=pl.BlockSpec((None, bn, tile), lambda j, s: (s, j, 0)),
         out_shape=jax.ShapeDtypeStruct((split, p["n_pad"], tile), jnp.float32),
         interpret=C.resolve_interpret(interpret), compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages),
-        name=f"jq_fp8_decode_{cfg.operand}")(w, x)
+        name=f"jq_fp8_decode_{cfg.operand}" + ("_qx" if quantize else ""))(*args)
 
 
-def fp8_decode_matmul(x_q, w_q, scale, *, out_dtype=jnp.float32, cfg: FP8DecodeConfig | None = None,
+def fp8_decode_matmul(x_q, w_q, scale, *, x_scale=None, out_dtype=jnp.float32, cfg: FP8DecodeConfig | None = None,
                       interpret: bool | None = None):
-    """``y[B, N] = (x_q @ w_q^T) * scale`` (``scale = (1/s_x)(1/s_w)``, a float32 scalar), in ``out_dtype``.
+    """``y[B, N] = (q(x) @ w_q^T) * scale`` (``scale = (1/s_x)(1/s_w)``, a float32 scalar), in ``out_dtype``;
+    ``x_q`` float8_e4m3fn, or a float activation with ``x_scale = s_x`` (quantized in the kernel).
 
     Example:
       >>> w = jnp.full((32, 64), 2.0, jnp.float8_e4m3fn); x = jnp.ones((1, 64), jnp.float8_e4m3fn)
@@ -215,6 +243,6 @@ def fp8_decode_matmul(x_q, w_q, scale, *, out_dtype=jnp.float32, cfg: FP8DecodeC
       (1, 32)
     """
     b, n = x_q.shape[0], w_q.shape[0]
-    part = fp8_decode_partials(x_q, w_q, cfg=cfg, interpret=interpret)
+    part = fp8_decode_partials(x_q, w_q, x_scale=x_scale, cfg=cfg, interpret=interpret)
     acc = jnp.sum(part, axis=0)[:n, :b].T  # XLA: one fusion reading the partials
     return (acc * jnp.asarray(scale, jnp.float32)).astype(out_dtype)

@@ -75,13 +75,18 @@ class FP8Linear:
         gemm = self.gemm(int(x2.shape[0]), stored)
         amax = jnp.reshape(input_amax, ())
         if gemm == "decode_kernel" and (on_gpu or self.kernel_interpret):
-            if quantize_x is not None:
+            cfg = self.decode_cfg or fp8_decode.FP8DecodeConfig()
+            x_scale = None
+            if cfg.x_in_kernel:  # the kernel quantizes each activation tile it loads (one launch)
+                xq, s_x = x2, nx.fp8_quant_scale(amax, "e4m3")
+                x_scale = s_x
+            elif quantize_x is not None:
                 xq, s_x = quantize_x(x2, amax)
             else:
                 q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
                 xq = q.astype(jnp.float8_e4m3fn)
-            return fp8_decode.fp8_decode_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, out_dtype=jnp.float32,
-                                                cfg=self.decode_cfg, interpret=not on_gpu)
+            return fp8_decode.fp8_decode_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, x_scale=x_scale,
+                                                out_dtype=jnp.float32, cfg=cfg, interpret=not on_gpu)
         return fp8_linear.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=quantize_x,
                                      operand_dtype=jnp.bfloat16 if gemm == "dequant" else None)
 

@@ -83,15 +83,17 @@ def test_auto_small_batch_gemm_is_one_class_constant(monkeypatch):
     assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 32, 33)] == ["decode_kernel", "decode_kernel", "w8a8"]
 
 
+@pytest.mark.parametrize("x_in_kernel", [True, False])
 @pytest.mark.parametrize("tokens", [1, 3])
-def test_decode_kernel_equals_the_fp8_gemm(tokens):
+def test_decode_kernel_equals_the_fp8_gemm(tokens, x_in_kernel):
     kx, kw = jax.random.split(jax.random.key(4))
     x = jax.random.normal(kx, (tokens, 192))
     w = jax.random.normal(kw, (96, 192))
     q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
     stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
     amax = jnp.max(jnp.abs(x))
-    kern = FP8Linear(policy=FP8GemmPolicy(mode="decode_kernel"), decode_cfg=SMALL, kernel_interpret=True)
+    cfg = dataclasses.replace(SMALL, x_in_kernel=x_in_kernel)
+    kern = FP8Linear(policy=FP8GemmPolicy(mode="decode_kernel"), decode_cfg=cfg, kernel_interpret=True)
     assert kern.gemm(tokens, stored) == "decode_kernel"
     y = kern.apply(x, stored, input_amax=amax, platform="cpu")
     y8 = FP8Linear(policy=FP8GemmPolicy(mode="w8a8")).apply(x, stored, input_amax=amax, platform="cpu")

@@ -82,6 +82,25 @@ def test_equals_the_w8a8_linear_layer():
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("operand", ["fp8", "bf16"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_in_kernel_activation_quantization_equals_the_prequantized_call(operand, dtype):
+    """x quantized tile by tile in the kernel (e4m3(clip(x s_x))) gives the partials of the caller-quantized x, bit
+    for bit (ragged K = 200 and 5 tokens: the zero padding quantizes to zero), and the w8a8 layer's output."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((5, 200)) * 2, dtype)
+    w_q, w_inv = prepare_fp8_weight(jnp.asarray(rng.standard_normal((48, 200)), jnp.float32), jnp.float32(3.0))
+    amax = jnp.float32(2.5)  # clips some of x: saturation is part of the contract
+    q, s_x = nx.fp8_quantize(x, amax, "e4m3")
+    cfg = D.FP8DecodeConfig(block_n=32, block_k=64, split_k=2, operand=operand)
+    fused = D.fp8_decode_partials(x, w_q, x_scale=s_x, cfg=cfg, interpret=True)
+    pre = D.fp8_decode_partials(q.astype(jnp.float8_e4m3fn), w_q, cfg=cfg, interpret=True)
+    np.testing.assert_array_equal(np.asarray(fused), np.asarray(pre))
+    y = D.fp8_decode_matmul(x, w_q, nx.fp8_dequant_scale(s_x) * w_inv, x_scale=s_x, cfg=cfg, interpret=True)
+    ref = fp8_linear(x, w_q, w_inv, amax, out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
 def test_plan_auto_split_fills_the_gpu_and_keeps_two_steps():
     p = D.decode_plan(28672, 8192, 1)  # 224 tiles of 128 rows: 2 K ranges reach 264 programs
     assert (p["bn"], p["bk"], p["split"], p["steps"], p["tile"]) == (128, 256, 2, 16, 16)
@@ -100,8 +119,12 @@ def test_bad_inputs_name_the_value():
     x, w = _operands(2, 32, 64)
     with pytest.raises(ValueError, match="tokens must be in 1..64"):
         D.decode_plan(32, 64, 65)
-    with pytest.raises(ValueError, match="float8_e4m3fn"):
+    with pytest.raises(ValueError, match="x_scale is needed"):
         D.fp8_decode_partials(x.astype(jnp.bfloat16), w, interpret=True)
+    with pytest.raises(ValueError, match="x_scale is needed"):
+        D.fp8_decode_partials(x, w, x_scale=jnp.float32(1.0), interpret=True)
+    with pytest.raises(ValueError, match="w must be float8_e4m3fn"):
+        D.fp8_decode_partials(x, w.astype(jnp.bfloat16), interpret=True)
     with pytest.raises(ValueError, match=r"\[B, K\]"):
         D.fp8_decode_partials(x[:, :32], w, interpret=True)
     with pytest.raises(ValueError, match="block_n"):
@@ -111,19 +134,23 @@ def test_bad_inputs_name_the_value():
 
 
 def test_parse_configs_round_trips_the_names():
-    cfgs = D.parse_configs("fp8:128,256,0,4,4; bf16:64,512,2,8,3")
-    assert [c.name for c in cfgs] == ["fp8/n128k256s0w4p4", "bf16/n64k512s2w8p3"]
-    assert cfgs[0] == D.FP8DecodeConfig()
+    cfgs = D.parse_configs("fp8:128,256,0,4,4; bf16:64,512,2,8,3; fp8-xq:64,256,0,2,3")
+    assert [c.name for c in cfgs] == ["fp8/n128k256s0w4p4", "bf16/n64k512s2w8p3", "fp8/n64k256s0w2p3-xq"]
+    assert cfgs[0] == D.FP8DecodeConfig() and not cfgs[2].x_in_kernel
+    assert [D.FP8DecodeConfig.from_name(c.name) for c in cfgs] == list(cfgs)
     with pytest.raises(ValueError, match="want operand"):
         D.parse_configs("fp8:128,256")
 
 
+@pytest.mark.parametrize("x_dtype", [jnp.float8_e4m3fn, jnp.bfloat16])
 @pytest.mark.parametrize("operand", ["fp8", "bf16"])
 @pytest.mark.parametrize("b,n,k", [(1, 28672, 8192), (32, 1024, 4096), (8, 1536, 576)])
-def test_triton_lowering_for_cuda(operand, b, n, k):
-    """The Python half of the Triton lowering (fp8 loads, the fp8 or upcast dot, a K range of 192 columns)."""
+def test_triton_lowering_for_cuda(operand, b, n, k, x_dtype):
+    """The Python half of the Triton lowering (fp8 loads, in-kernel quantization to fp8, the fp8 or upcast dot, a
+    K range of 192 columns)."""
     cfg = D.FP8DecodeConfig(operand=operand)
-    fn = jax.jit(lambda x, w: D.fp8_decode_matmul(x, w, jnp.float32(1.0), cfg=cfg, interpret=False))
-    txt = fn.trace(jax.ShapeDtypeStruct((b, k), jnp.float8_e4m3fn),
+    s_x = None if x_dtype == jnp.float8_e4m3fn else jnp.float32(3.0)
+    fn = jax.jit(lambda x, w: D.fp8_decode_matmul(x, w, jnp.float32(1.0), x_scale=s_x, cfg=cfg, interpret=False))
+    txt = fn.trace(jax.ShapeDtypeStruct((b, k), x_dtype),
                    jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn)).lower(lowering_platforms=("cuda",)).as_text()
     assert "triton" in txt and "jq_fp8_decode" in txt
