@@ -7,8 +7,9 @@ k/v 1024x4096, gate/up 14336x4096, down 4096x14336), B = 1, 8, 32, every method 
 * ``w8a8`` / ``dequant`` / ``kernel:<config>``: :class:`jq.formats.linear.FP8Linear` with the GEMM forced
   (activation quantization included, as the model runs it).
 
-Each timed program runs the method on ``copies`` distinct weights (enough to spill the 50 MB L2) inside one
-``jit`` and sums the results, so launch overhead is the device's, not Python's; the figure is the time per GEMM.
+Each timed program runs the method on ``copies`` distinct weights (enough to spill the 50 MB L2) and as many
+distinct activations (no quantize kernel shared by common-subexpression elimination) inside one ``jit`` and sums
+the results, so launch overhead is the device's, not Python's; the figure is the time per GEMM.
 **Weight GB/s** counts the stored weight bytes (``N K`` for FP8, ``2 N K`` for bf16). Correctness: each FP8
 program's output against the ``w8a8`` program's and the ``dequant`` program's (same weights, same quantized
 activations, exact products: equal up to f32 summation order; cuBLASLt's fp8 GEMM may accumulate with fewer bits,
@@ -48,7 +49,7 @@ def _weights(n, k, copies, seed):
 
 
 def _program(method, cfg, interpret):
-    """``f(x, amax, weights) = sum_c GEMM(x, weights[c])`` (float32 ``[B, N]``) for one method."""
+    """``f(xs, amax, weights) = sum_c GEMM(xs[c], weights[c])`` (float32 ``[B, N]``) for one method."""
     if method == "bf16":
         def one(x, amax, w):
             return jnp.dot(x, w.T, preferred_element_type=jnp.float32)
@@ -60,9 +61,9 @@ def _program(method, cfg, interpret):
         def one(x, amax, w):
             return lin.apply(x, w, input_amax=amax, platform=platform)
 
-    def run(x, amax, ws):
-        acc = one(x, amax, ws[0])
-        for w in ws[1:]:
+    def run(xs, amax, ws):
+        acc = one(xs[0], amax, ws[0])
+        for x, w in zip(xs[1:], ws[1:]):
             acc = acc + one(x, amax, w)
         return acc
     return jax.jit(run)
@@ -85,8 +86,9 @@ def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE
             return
         ws, stored = _weights(n, k, copies, seed=n + k)
         for b in batches:
-            x = jax.random.normal(jax.random.key(b), (b, k), jnp.float32).astype(jnp.bfloat16)
-            amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
+            x = tuple(jax.random.normal(kk, (b, k), jnp.float32).astype(jnp.bfloat16)
+                      for kk in jax.random.split(jax.random.key(b), copies))
+            amax = jnp.max(jnp.abs(jnp.stack(x))).astype(jnp.float32)
             refs = {}
             base_us = None
             for method, cfg in methods(b):
