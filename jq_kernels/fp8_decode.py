@@ -42,7 +42,7 @@ from jax.experimental import pallas as pl
 
 from jq_kernels import _common as C
 
-__all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "fp8_decode_partials", "fp8_decode_matmul",
+__all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "grid_cost", "fp8_decode_partials", "fp8_decode_matmul",
            "parse_configs"]
 
 E4M3_MAX = 448.0
@@ -60,9 +60,10 @@ class FP8DecodeConfig:
     Attributes:
       block_n: weight rows per program (the MMA's M side; a power of two >= 16).
       block_k: K columns per loop step (a power of two >= 32).
-      split_k: K ranges per weight tile (a divisor of the K steps is used: the largest <= this); 0 picks the
-        smallest one giving ``target_programs`` programs.
-      target_programs: programs to aim for with ``split_k=0`` (about 2 per SM on an H100/H200).
+      split_k: K ranges per weight tile (a divisor of the K steps is used: the largest <= this); 0 picks the split
+        and the block rows (``block_n`` halved down to ``min_block_n``) minimizing :func:`grid_cost`.
+      target_programs: programs that fill the GPU in :func:`grid_cost` (about 2 per SM on an H100/H200).
+      min_block_n: the smallest block rows ``split_k=0`` may choose (64: one Hopper warpgroup MMA).
       num_warps, num_stages: Triton compiler parameters (stages: loads in flight in the K loop).
       operand: ``"fp8"`` (E4M3 MMA) or ``"bf16"`` (tiles upcast in registers, bf16 MMA).
       x_in_kernel: callers that own the activation quantization (``FP8Linear``) quantize it in the kernel (True)
@@ -79,13 +80,14 @@ class FP8DecodeConfig:
     block_k: int = 256
     split_k: int = 0
     target_programs: int = 264
+    min_block_n: int = 64
     num_warps: int = 4
     num_stages: int = 4
     operand: str = "fp8"
     x_in_kernel: bool = True
 
     def __post_init__(self):
-        for field, lo in (("block_n", 16), ("block_k", 32)):
+        for field, lo in (("block_n", 16), ("block_k", 32), ("min_block_n", 16)):
             v = getattr(self, field)
             if v < lo or v & (v - 1):
                 raise ValueError(f"FP8DecodeConfig.{field} must be a power of two >= {lo}, got {v}")
@@ -148,13 +150,26 @@ def _token_tile(b: int) -> int:
     return max(MIN_TOKEN_TILE, 1 << max(0, (b - 1).bit_length()))
 
 
+def grid_cost(n_pad: int, k_pad: int, bn: int, split: int, tile: int, target_programs: int) -> float:
+    """Relative time of a grid: bytes moved over the share of the GPU it fills,
+    ``(N K + 8 split N tile) / min(1, programs / target_programs)`` (the E4M3 weight once, the f32 partials written
+    and read once; ``programs = N / bn * split``).
+
+    Example:
+      >>> grid_cost(4096, 4096, 128, 8, 32, 264) > grid_cost(4096, 4096, 64, 4, 32, 264)
+      True
+    """
+    programs = (n_pad // bn) * split
+    return (n_pad * k_pad + 8 * split * n_pad * tile) / min(1.0, programs / target_programs)
+
+
 def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig | None = None) -> dict:
     """Blocks, padding and split of one call: ``bn, n_pad, bk, k_pad, split, steps`` (K steps per program),
     ``tile`` (padded tokens) and ``programs``.
 
     Example:
       >>> p = decode_plan(28672, 8192, 8); (p["bn"], p["bk"], p["split"], p["steps"], p["tile"], p["programs"])
-      (128, 256, 2, 16, 16, 448)
+      (64, 256, 1, 32, 16, 448)
     """
     cfg = cfg or FP8DecodeConfig()
     if not 1 <= tokens <= MAX_TOKENS:
@@ -163,15 +178,23 @@ def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig | None = None)
     bk, k_pad = C.pick_block(k, cfg.block_k, min_block=32)
     bn, bk = max(bn, 16), max(bk, 32)  # tiny operands: pad up to the MMA's minimum
     n_pad, k_pad = -(-n_pad // bn) * bn, -(-k_pad // bk) * bk
-    n_steps, n_blocks = k_pad // bk, n_pad // bn
+    n_steps, tile = k_pad // bk, _token_tile(tokens)
     divisors = [d for d in range(1, n_steps + 1) if n_steps % d == 0]
     if cfg.split_k:
         split = max(d for d in divisors if d <= cfg.split_k)
-    else:  # the fewest K ranges that fill the GPU (each keeps >= 2 steps so the loop can pipeline)
+    else:  # least grid_cost; K ranges keep >= 2 steps (the loop pipelines); a smaller bn must win by > 1 %
         ok = [d for d in divisors if n_steps // d >= min(2, n_steps)]
-        split = next((d for d in ok if n_blocks * d >= cfg.target_programs), ok[-1])
+        best = None
+        b = bn
+        while b >= max(16, min(cfg.min_block_n, bn)):
+            for d in ok:
+                c = grid_cost(n_pad, k_pad, b, d, tile, cfg.target_programs)
+                if best is None or c < best[0] * 0.99:
+                    best = (c, b, d)
+            b //= 2
+        _, bn, split = best
     return {"bn": bn, "n_pad": n_pad, "bk": bk, "k_pad": k_pad, "split": split, "steps": n_steps // split,
-            "tile": _token_tile(tokens), "programs": n_blocks * split}
+            "tile": tile, "programs": (n_pad // bn) * split}
 
 
 def _kernel(w_ref, x_ref, *refs, steps: int, bk: int, operand: str, quantize: bool):

@@ -101,14 +101,28 @@ def test_in_kernel_activation_quantization_equals_the_prequantized_call(operand,
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_plan_auto_split_fills_the_gpu_and_keeps_two_steps():
-    p = D.decode_plan(28672, 8192, 1)  # 224 tiles of 128 rows: 2 K ranges reach 264 programs
-    assert (p["bn"], p["bk"], p["split"], p["steps"], p["tile"]) == (128, 256, 2, 16, 16)
-    p = D.decode_plan(1024, 4096, 32)  # 8 tiles: the K loop is cut to 2-step ranges (16 of them)
-    assert (p["split"], p["steps"], p["tile"], p["programs"]) == (8, 2, 32, 64)
+def test_plan_auto_split_minimizes_the_grid_cost():
+    p = D.decode_plan(28672, 8192, 1)  # 448 tiles of 64 rows fill the GPU: no split, no partial traffic to add
+    assert (p["bn"], p["bk"], p["split"], p["steps"], p["tile"], p["programs"]) == (64, 256, 1, 32, 16, 448)
+    p = D.decode_plan(1024, 4096, 32)  # 16 tiles: the K loop is cut to 2-step ranges (8 of them)
+    assert (p["bn"], p["split"], p["steps"], p["tile"], p["programs"]) == (64, 8, 2, 32, 128)
     p = D.decode_plan(4096, 14336, 8)  # 56 steps of 256: splits are divisors of 56
-    assert p["split"] == 14 and p["steps"] == 4
-    assert D.decode_plan(4096, 4096, 8, D.FP8DecodeConfig(split_k=3))["split"] == 2  # largest divisor <= 3
+    assert (p["split"], p["steps"]) == (4, 14)
+    # every candidate (bn, split) costs at least the chosen one
+    n, k, t = 4096, 4096, 32
+    p = D.decode_plan(n, k, t)
+    chosen = D.grid_cost(n, k, p["bn"], p["split"], p["tile"], 264)
+    assert all(D.grid_cost(n, k, bn, d, p["tile"], 264) >= chosen * 0.99 for bn in (64, 128) for d in (1, 2, 4, 8))
+
+
+def test_explicit_split_keeps_block_n():
+    p = D.decode_plan(4096, 4096, 8, D.FP8DecodeConfig(split_k=3))
+    assert (p["bn"], p["split"]) == (128, 2)  # the largest divisor of 16 steps <= 3
+
+
+def test_grid_cost_counts_partials_and_an_unfilled_gpu():
+    assert D.grid_cost(1024, 1024, 64, 1, 16, 16) == 1024 * 1024 + 8 * 1024 * 16  # 16 programs fill it
+    assert D.grid_cost(1024, 1024, 64, 1, 16, 32) == 2 * D.grid_cost(1024, 1024, 64, 1, 16, 16)  # half filled
 
 
 def test_token_tile_is_a_power_of_two_of_at_least_16():
