@@ -42,8 +42,8 @@ from jax.experimental import pallas as pl
 
 from jq_kernels import _common as C
 
-__all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "grid_cost", "fp8_decode_partials", "fp8_decode_matmul",
-           "parse_configs"]
+__all__ = ["FP8DecodeConfig", "CONFIGS", "MAX_TOKENS", "decode_plan", "grid_cost", "fp8_decode_partials",
+           "fp8_decode_matmul", "parse_configs"]
 
 E4M3_MAX = 448.0
 

@@ -43,9 +43,10 @@ class FP8Linear:
     (fp8 ``"w8a8"``, bf16 ``"dequant"`` or the Pallas ``"decode_kernel"``) from the call's token count and weight
     shape.
 
-    ``decode_cfg``: the decode kernel's launch parameters (None: its default); the kernel runs compiled on a GPU with kernels enabled, in
-    Pallas interpret mode where ``kernel_interpret`` (CPU tests of the kernel path), else as the ``"w8a8"``
-    reference (same numbers up to summation order).
+    ``decode_cfg``: the decode kernel's launch parameters (None: its default; ``x_in_kernel`` decides whether the
+    kernel quantizes the activation itself). The kernel runs compiled on a GPU with kernels enabled, in Pallas
+    interpret mode where ``kernel_interpret`` (CPU tests of the kernel path), else as the ``"w8a8"`` reference
+    (same numbers up to summation order).
     """
 
     name: str = "fp8"
