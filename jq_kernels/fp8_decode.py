@@ -247,12 +247,14 @@ def fp8_decode_partials(x_q, w_q, *, x_scale=None, cfg: FP8DecodeConfig | None =
     if quantize:  # the scalar rides in a 4-element block (Triton loads need power-of-two sizes)
         in_specs.append(pl.BlockSpec((4,), lambda j, s: (0,)))
         args.append(jnp.zeros((4,), jnp.float32).at[0].set(jnp.reshape(x_scale, ()).astype(jnp.float32)))
-    return pl.pallas_call(
-        kern, grid=(p["n_pad"] // bn, split), in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, bn, tile), lambda j, s: (s, j, 0)),
-        out_shape=jax.ShapeDtypeStruct((split, p["n_pad"], tile), jnp.float32),
+    nb = p["n_pad"] // bn
+    out = pl.pallas_call(  # partials stacked as 2D rows [split * N_pad, tile]: plain 2D blocks, no squeezed dim
+        kern, grid=(nb, split), in_specs=in_specs,
+        out_specs=pl.BlockSpec((bn, tile), lambda j, s: (s * nb + j, 0)),
+        out_shape=jax.ShapeDtypeStruct((split * p["n_pad"], tile), jnp.float32),
         interpret=C.resolve_interpret(interpret), compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages),
         name=f"jq_fp8_decode_{cfg.operand}" + ("_qx" if quantize else ""))(*args)
+    return out.reshape(split, p["n_pad"], tile)
 
 
 def fp8_decode_matmul(x_q, w_q, scale, *, x_scale=None, out_dtype=jnp.float32, cfg: FP8DecodeConfig | None = None,
