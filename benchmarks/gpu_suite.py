@@ -15,6 +15,9 @@ Sections (issue 15):
                   ``quant_kernels.QUANT_SWEEP``);
   ``llm``         Llama-3-8B shape at full depth, bf16 vs FP8 / NVFP4 / INT4 W4A16 (+FP8 KV), B = 1, 8, 32,
                   decode and prefill (:mod:`benchmarks.llm_decode`; extra arguments from ``JQ_LLM_ARGS``);
+  ``fp8_decode``  FP8 decode-GEMM kernel configs vs XLA bf16 / w8a8 / dequant at the decode and 8B layer shapes,
+                  B = 1, 8, 32, weight GB/s, correctness vs w8a8 (:mod:`benchmarks.kernel_bench.fp8_decode_sweep`;
+                  configs from ``JQ_FP8_DECODE_SWEEP``, default ``jq_kernels.fp8_decode.CONFIGS``);
   ``llm_real``    the real SmolLM2-135M: real-quantized serving vs fake quant, greedy tokens and logits, tok/s
                   (``JQ_LLM_REAL_ARGS``);
 older ones: quant_smoke quant_bench gemm_smoke gemm_bench gemm_schedules gemm_schedule_smoke e2e.
@@ -31,10 +34,11 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("gemm_sweep", "quant_sweep", "llm", "llm_real")
+SECTIONS = ("gemm_sweep", "quant_sweep", "llm", "llm_real", "fp8_decode")
 OLD_SECTIONS = ("quant_smoke", "quant_bench", "gemm_smoke", "gemm_bench", "gemm_schedules", "gemm_schedule_smoke",
                 "e2e")
-CAPS = {"gemm_sweep": 90, "quant_sweep": 50, "llm": 170, "llm_real": 125}  # seconds, sum 435 (+ start-up margin)
+CAPS = {"gemm_sweep": 90, "quant_sweep": 50, "llm": 170, "llm_real": 125,  # seconds, sum 525 (+ start-up margin)
+        "fp8_decode": 90}
 MIN_START_S = 25.0
 SECTION_TAIL_S = 12.0  # a section's own budget ends this long before its cap (final prints and JSON)
 
@@ -77,6 +81,18 @@ def run_section(sec: str, budget_s: float, small: bool) -> dict:
                                           else row.get("error", row.get("skipped", ""))[:120])
                for row in r["rows"]]
             + [f"best {k}: {v}" for k, v in r.items() if k.startswith("best_")])
+    elif sec == "fp8_decode":
+        from benchmarks.kernel_bench import fp8_decode_sweep as f
+        from jq_kernels import fp8_decode as D
+        spec = os.environ.get("JQ_FP8_DECODE_SWEEP")
+        configs = D.parse_configs(spec) if spec else None
+        if small:
+            configs = configs or D.parse_configs("fp8:32,64,0,4,2;bf16:32,64,2,4,2")
+            r = f.fp8_decode_sweep(configs, batches=(1, 3), decode_shape=("decode", 256, 512),
+                                   layer_shapes=(("gate_up", 128, 256),), budget_s=budget_s, iters=2, max_copies=2,
+                                   out_name="section_fp8_decode.json")
+        else:
+            r = f.fp8_decode_sweep(configs, budget_s=budget_s, out_name="section_fp8_decode.json")
     elif sec in ("llm", "llm_real"):
         from benchmarks import llm_decode
         path = os.path.join(_out(), f"section_{sec}_cells.json")

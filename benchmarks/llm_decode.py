@@ -7,7 +7,8 @@ their full depth (``--layers`` overrides it), run by :mod:`benchmarks.llm_stack`
 Variants (``--variants``; default :data:`DEFAULT_VARIANTS`): ``bf16`` (no evaluator), ``bf16_kv8`` (same, FP8 KV
 cache), ``fp8_w8a8`` (FP8 weights and activations, the fp8 GEMM forced at every shape), ``fp8`` (the default
 :class:`jq.formats.fp8_gemm.FP8GemmPolicy`: bf16 GEMM on upcast E4M3 operands for <= 32 tokens, fp8 GEMM above),
-``fp8_dequant`` (the bf16-GEMM path forced), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
+``fp8_dequant`` (the bf16-GEMM path forced), ``fp8_kernel`` (the Pallas FP8 decode GEMM forced up to 64 tokens, fp8
+GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
 of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8`` suffix stores the KV
 cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``). Quantized variants: ``jq.deploy.realize`` per layer
 (a jitted program on the device) and jq's evaluator with the ``RealQuant`` handler in the scanned step.
@@ -57,11 +58,29 @@ SHAPES = {
 }
 PRESETS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "W4A16_NVFP4_CFG", "int4": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
 FP8_POLICIES = {"fp8": FP8GemmPolicy(), "fp8_w8a8": FP8GemmPolicy(mode="w8a8"),
-                "fp8_dequant": FP8GemmPolicy(mode="dequant")}
-VARIANTS = ("bf16", "bf16_kv8", "fp8_w8a8", "fp8", "fp8_kv8", "fp8_dequant", "nvfp4", "nvfp4_kv8", "int4",
-            "int4_kv8")
+                "fp8_dequant": FP8GemmPolicy(mode="dequant"), "fp8_kernel": FP8GemmPolicy(mode="decode_kernel")}
+VARIANTS = ("bf16", "bf16_kv8", "fp8_w8a8", "fp8", "fp8_kv8", "fp8_dequant", "fp8_kernel", "nvfp4", "nvfp4_kv8",
+            "int4", "int4_kv8")
 # every weight format once, FP8 KV on/off for bf16 and NVFP4 (each variant x batch x phase is one compilation)
 DEFAULT_VARIANTS = ("bf16", "fp8", "nvfp4", "int4", "nvfp4_kv8", "bf16_kv8", "fp8_w8a8")
+
+
+def _decode_cfg():
+    """The ``fp8_kernel`` variant's decode-kernel config from ``JQ_FP8_DECODE_CFG``: one
+    :func:`jq_kernels.fp8_decode.parse_configs` entry; ``sweep``: the config the ``fp8_decode`` section of the
+    same run (``$OUT/section_fp8_decode.json``) found fastest at the most batch sizes (the default if it has none);
+    unset: the kernel's default."""
+    from jq_kernels import fp8_decode
+    spec = os.environ.get("JQ_FP8_DECODE_CFG", "")
+    if spec != "sweep":
+        return fp8_decode.parse_configs(spec)[0] if spec else None
+    from benchmarks.kernel_bench.common import OUT
+    path = os.path.join(OUT, "section_fp8_decode.json")
+    best = json.load(open(path)).get("best", {}) if os.path.exists(path) else {}
+    names = [v["config"] for v in best.values()]
+    cfg = fp8_decode.FP8DecodeConfig.from_name(max(names, key=names.count)) if names else None
+    print(f"fp8_kernel: decode config {cfg.name if cfg else 'default'} (from {path})", flush=True)
+    return cfg
 
 
 def config_of(shape: str, layers: int) -> jm.LlamaConfig:
@@ -165,7 +184,10 @@ class Model:
             realized = self.realized[fmt]
             kernels = realized[1]
             if base in FP8_POLICIES:
-                kernels = {k: dataclasses.replace(v, policy=FP8_POLICIES[base]) for k, v in kernels.items()}
+                extra = {}
+                if base == "fp8_kernel":  # off a GPU the kernel runs in interpret mode (the CPU smoke runs it)
+                    extra = {"decode_cfg": _decode_cfg(), "kernel_interpret": jax.default_backend() != "gpu"}
+                kernels = {k: dataclasses.replace(v, policy=FP8_POLICIES[base], **extra) for k, v in kernels.items()}
             lm = llm_stack.real_quant_stacked(qm, self.config1, self.top, self.stack, kv_cache=kv8,
                                               realized=realized, kernels=kernels)
         self.lms[variant] = lm

@@ -1,32 +1,41 @@
-"""Which GEMM serves a real-quantized FP8 linear layer, chosen by shape: the fp8 GEMM or the weight-dequant GEMM.
+"""Which GEMM serves a real-quantized FP8 linear layer, chosen by shape: the fp8 GEMM, the weight-dequant GEMM or
+the FP8 decode kernel.
 
-Two ways to compute ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)`` on E4M3 operands (:func:`jq_kernels.fp8_linear.fp8_linear`):
+Three ways to compute ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)`` on E4M3 operands:
 
-* ``"w8a8"``: one fp8 ``dot_general`` (cuBLASLt's fp8 GEMM on Hopper): compute-efficient, the choice for many
-  tokens;
+* ``"w8a8"``: one fp8 ``dot_general`` (cuBLASLt's fp8 GEMM on Hopper, :func:`jq_kernels.fp8_linear.fp8_linear`):
+  compute-efficient, the choice for many tokens;
 * ``"dequant"``: the E4M3 weight (stored, 1 byte per element) and the E4M3 activation upcast to bf16 as the
-  operands of a bf16 GEMM. Every E4M3 value is a bf16 value and bf16 products are exact in the f32 accumulator,
-  so both give the same number up to accumulation order; at a few tokens the GEMM is bound by reading the
-  weight, which stays 1 byte per element.
+  operands of an XLA bf16 GEMM. Every E4M3 value is a bf16 value and bf16 products are exact in the f32
+  accumulator, so both give the same number up to accumulation order;
+* ``"decode_kernel"``: the Pallas-Triton decode GEMM :mod:`jq_kernels.fp8_decode` (swap-AB, split-K), which reads
+  the stored E4M3 weight once at 1 byte per element; same numbers up to accumulation order; at most
+  :data:`jq_kernels.fp8_decode.MAX_TOKENS` rows (above, the policy answers ``"w8a8"``).
 
-:class:`FP8GemmPolicy` picks ``"dequant"`` for at most ``dequant_max_tokens`` rows (tokens in the call) and
-``"w8a8"`` above. The default threshold (32, the decode batch sizes of issue 15) is to be set from the
-``fp8_gemm`` rows of ``benchmarks/llm_decode.py`` on the target GPU; ``mode`` forces one path.
+:class:`FP8GemmPolicy` ``auto`` picks :attr:`FP8GemmPolicy.small_batch_gemm` for at most ``dequant_max_tokens`` rows
+(tokens in the call) and ``"w8a8"`` above. The threshold (32, the decode batch sizes of issue 15) and the
+small-batch GEMM are to be set from the ``fp8_decode`` GPU sweep (``benchmarks/gpu_suite.py``); ``mode`` forces
+one path.
 
 Example:
   >>> FP8GemmPolicy().choose(tokens=8, n=4096, k=4096)
   'dequant'
   >>> FP8GemmPolicy(mode="w8a8").choose(tokens=8, n=4096, k=4096)
   'w8a8'
+  >>> FP8GemmPolicy(mode="decode_kernel").choose(tokens=128, n=4096, k=4096)
+  'w8a8'
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
+
+from jq_kernels import fp8_decode  # attributes read at call time: jq_kernels imports jq.numerics (jq's __init__)
 
 __all__ = ["FP8GemmPolicy", "FP8_GEMMS"]
 
-FP8_GEMMS = ("w8a8", "dequant")
+FP8_GEMMS = ("w8a8", "dequant", "decode_kernel")
 _MODES = ("auto",) + FP8_GEMMS
 
 
@@ -35,11 +44,17 @@ class FP8GemmPolicy:
     """Shape rule for the FP8 linear layer's GEMM.
 
     Attributes:
-      mode: ``"auto"`` (by shape), or ``"w8a8"`` / ``"dequant"`` to force one path.
-      dequant_max_tokens: ``auto`` uses ``"dequant"`` for ``tokens <= dequant_max_tokens`` (0 disables it).
+      mode: ``"auto"`` (by shape), or ``"w8a8"`` / ``"dequant"`` / ``"decode_kernel"`` to force one path (the
+        decode kernel only up to :data:`jq_kernels.fp8_decode.MAX_TOKENS` rows, ``"w8a8"`` above).
+      dequant_max_tokens: ``auto`` uses :attr:`small_batch_gemm` for ``tokens <= dequant_max_tokens`` (0 disables
+        it).
       dequant_min_weight: ``auto`` keeps ``"w8a8"`` for weights of fewer than this many elements ``n * k``
         (small weights are not bandwidth-bound; 0 means every weight qualifies).
+      small_batch_gemm (class attribute): the GEMM ``auto`` uses at few tokens (``"dequant"`` until the decode
+        kernel is measured faster on the target GPU; then ``"decode_kernel"``).
     """
+
+    small_batch_gemm: ClassVar[str] = "dequant"
 
     mode: str = "auto"
     dequant_max_tokens: int = 32
@@ -53,11 +68,13 @@ class FP8GemmPolicy:
                              f"{self.dequant_max_tokens}, dequant_min_weight={self.dequant_min_weight}")
 
     def choose(self, *, tokens: int, n: int, k: int) -> str:
-        """``"w8a8"`` or ``"dequant"`` for a GEMM of ``tokens`` rows and a weight ``[n, k]``."""
+        """``"w8a8"``, ``"dequant"`` or ``"decode_kernel"`` for a GEMM of ``tokens`` rows and a weight ``[n, k]``."""
         if tokens < 1 or n < 1 or k < 1:
             raise ValueError(f"FP8GemmPolicy.choose: tokens, n, k must be positive, got {tokens}, {n}, {k}")
         if self.mode != "auto":
-            return self.mode
-        if tokens <= self.dequant_max_tokens and n * k >= self.dequant_min_weight:
-            return "dequant"
-        return "w8a8"
+            gemm = self.mode
+        elif tokens <= self.dequant_max_tokens and n * k >= self.dequant_min_weight:
+            gemm = self.small_batch_gemm
+        else:
+            gemm = "w8a8"
+        return "w8a8" if gemm == "decode_kernel" and tokens > fp8_decode.MAX_TOKENS else gemm

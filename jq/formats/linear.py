@@ -8,8 +8,9 @@ input_amax, platform)`` computing ``x2 [B, K] @ W.T`` in float32.
 
 * :class:`FP8Linear`: E4M3 weight (K-major) and the activation quantized per tensor with its calibrated amax;
   one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper, or, for a few tokens, a bf16 GEMM on
-  the upcast E4M3 operands (same numbers; :class:`~jq.formats.fp8_gemm.FP8GemmPolicy` chooses by shape;
-  ``quantizes_input``: the kernel quantizes the activation itself).
+  the upcast E4M3 operands or the Pallas-Triton decode GEMM :mod:`jq_kernels.fp8_decode` (same numbers;
+  :class:`~jq.formats.fp8_gemm.FP8GemmPolicy` chooses by shape; ``quantizes_input``: the kernel quantizes the
+  activation itself).
 * :class:`W4A16Linear`: 4-bit weights (NVFP4 or INT4 in groups of 128) with 16-bit activations; on a GPU the
   Mosaic decode GEMM of :mod:`jq_kernels.w4a16` (weights packed once), elsewhere ``x @ dequantize(W).T``. An
   enabled input quantizer (NVFP4 W4A4 on Hopper, which has no FP4 MMA) runs as fake quant before it.
@@ -26,7 +27,7 @@ from jax import lax
 from jq import numerics as nx
 from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq_kernels import fp8 as fp8_kernels
-from jq_kernels import fp8_linear, w4a16
+from jq_kernels import fp8_decode, fp8_linear, w4a16
 
 __all__ = ["FP8Linear", "W4A16Linear", "kernels_enabled"]
 
@@ -39,30 +40,56 @@ def kernels_enabled() -> bool:
 @dataclasses.dataclass(frozen=True)
 class FP8Linear:
     """``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)``: E4M3 operands, float32 accumulation; ``policy`` picks the GEMM
-    (fp8 ``"w8a8"`` or bf16 ``"dequant"``) from the call's token count and weight shape."""
+    (fp8 ``"w8a8"``, bf16 ``"dequant"`` or the Pallas ``"decode_kernel"``) from the call's token count and weight
+    shape.
+
+    ``decode_cfg``: the decode kernel's launch parameters (None: its default; ``x_in_kernel`` decides whether the
+    kernel quantizes the activation itself). The kernel runs compiled on a GPU with kernels enabled, in Pallas
+    interpret mode where ``kernel_interpret`` (CPU tests of the kernel path), else as the ``"w8a8"`` reference
+    (same numbers up to summation order).
+    """
 
     name: str = "fp8"
     quantizes_input: bool = True
     policy: FP8GemmPolicy = FP8GemmPolicy()
+    decode_cfg: fp8_decode.FP8DecodeConfig | None = None  # None: the kernel's default
+    kernel_interpret: bool = False
 
     def gemm(self, tokens: int, stored) -> str:
-        """The GEMM ``apply`` runs for ``tokens`` rows on this stored weight (``"w8a8"`` or ``"dequant"``)."""
+        """The GEMM ``apply`` runs for ``tokens`` rows on this stored weight (``"w8a8"``, ``"dequant"`` or
+        ``"decode_kernel"``)."""
         n, k = stored[0].shape
         return self.policy.choose(tokens=tokens, n=int(n), k=int(k))
 
     def prepare(self, qt, platform: str):
-        """``(w_q float8_e4m3fn [N, K], 1/s_w)`` from an FP8 per-tensor QTensor (``qt.scale`` is ``s_w``)."""
+        """``(w_q float8_e4m3fn [N, K], 1/s_w)`` from an FP8 per-tensor QTensor (``qt.scale`` is ``s_w``); every
+        GEMM (the decode kernel included) reads this layout."""
         return qt.data.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(jnp.reshape(qt.scale, ()))
 
     def apply(self, x2, stored, *, input_amax, platform: str):
         w_q, w_inv = stored
+        on_gpu = platform == "gpu" and kernels_enabled()
         quantize_x = None
-        if platform == "gpu" and kernels_enabled():
+        if on_gpu:
             def quantize_x(v, a):
                 return fp8_kernels.fp8_quantize(v, a, interpret=False)
-        dequant = self.gemm(int(x2.shape[0]), stored) == "dequant"
-        return fp8_linear.fp8_linear(x2, w_q, w_inv, jnp.reshape(input_amax, ()), out_dtype=jnp.float32,
-                                     quantize_x=quantize_x, operand_dtype=jnp.bfloat16 if dequant else None)
+        gemm = self.gemm(int(x2.shape[0]), stored)
+        amax = jnp.reshape(input_amax, ())
+        if gemm == "decode_kernel" and (on_gpu or self.kernel_interpret):
+            cfg = self.decode_cfg or fp8_decode.FP8DecodeConfig()
+            x_scale = None
+            if cfg.x_in_kernel:  # the kernel quantizes each activation tile it loads (one launch)
+                xq, s_x = x2, nx.fp8_quant_scale(amax, "e4m3")
+                x_scale = s_x
+            elif quantize_x is not None:
+                xq, s_x = quantize_x(x2, amax)
+            else:
+                q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
+                xq = q.astype(jnp.float8_e4m3fn)
+            return fp8_decode.fp8_decode_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, x_scale=x_scale,
+                                                out_dtype=jnp.float32, cfg=cfg, interpret=not on_gpu)
+        return fp8_linear.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=quantize_x,
+                                     operand_dtype=jnp.bfloat16 if gemm == "dequant" else None)
 
 
 @dataclasses.dataclass(frozen=True)

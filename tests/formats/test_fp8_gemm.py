@@ -1,13 +1,22 @@
-"""FP8GemmPolicy: the shape rule choosing the FP8 linear layer's GEMM, and the two GEMMs' equality on CPU."""
+"""FP8GemmPolicy: the shape rule choosing the FP8 linear layer's GEMM, and the three GEMMs' equality on CPU (the
+decode kernel in Pallas interpret mode)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jq
+from jq import deploy
 from jq import numerics as nx
 from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq.formats.linear import FP8Linear
+from jq.presets import with_output_head
+from jq_kernels.fp8_decode import FP8DecodeConfig
+
+SMALL = FP8DecodeConfig(block_n=32, block_k=64, target_programs=8)  # interpret grids of a few steps
 
 
 def test_auto_uses_dequant_up_to_the_token_threshold():
@@ -59,3 +68,63 @@ def test_dequant_gemm_equals_the_fp8_gemm(tokens):
     ref = nx.fp8_fake_quant(x, amax, "e4m3") @ nx.fp8_fake_quant(w, jnp.max(jnp.abs(w)), "e4m3").T
     np.testing.assert_allclose(np.asarray(y["dequant"]), np.asarray(y["w8a8"]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(y["dequant"]), np.asarray(ref), rtol=1e-4, atol=1e-3)
+
+
+def test_decode_kernel_mode_is_forced_up_to_the_kernel_token_limit():
+    p = FP8GemmPolicy(mode="decode_kernel")
+    assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 32, 64, 65, 2048)] == \
+        ["decode_kernel"] * 3 + ["w8a8"] * 2
+
+
+def test_auto_small_batch_gemm_is_one_class_constant(monkeypatch):
+    assert FP8GemmPolicy.small_batch_gemm == "dequant"
+    monkeypatch.setattr(FP8GemmPolicy, "small_batch_gemm", "decode_kernel")
+    p = FP8GemmPolicy()
+    assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 32, 33)] == ["decode_kernel", "decode_kernel", "w8a8"]
+
+
+@pytest.mark.parametrize("x_in_kernel", [True, False])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_decode_kernel_equals_the_fp8_gemm(tokens, x_in_kernel):
+    kx, kw = jax.random.split(jax.random.key(4))
+    x = jax.random.normal(kx, (tokens, 192))
+    w = jax.random.normal(kw, (96, 192))
+    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
+    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
+    amax = jnp.max(jnp.abs(x))
+    cfg = dataclasses.replace(SMALL, x_in_kernel=x_in_kernel)
+    kern = FP8Linear(policy=FP8GemmPolicy(mode="decode_kernel"), decode_cfg=cfg, kernel_interpret=True)
+    assert kern.gemm(tokens, stored) == "decode_kernel"
+    y = kern.apply(x, stored, input_amax=amax, platform="cpu")
+    y8 = FP8Linear(policy=FP8GemmPolicy(mode="w8a8")).apply(x, stored, input_amax=amax, platform="cpu")
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y8), rtol=1e-5, atol=1e-5)
+    # without kernel_interpret, off the GPU the mode runs the w8a8 reference
+    ref = FP8Linear(policy=FP8GemmPolicy(mode="decode_kernel")).apply(x, stored, input_amax=amax, platform="cpu")
+    np.testing.assert_array_equal(np.asarray(ref), np.asarray(y8))
+
+
+def test_decode_kernel_through_deploy_equals_the_w8a8_model():
+    """A tiny MLP served by jq.deploy with every FP8 site forced onto the decode kernel (interpret mode)."""
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(128, name="fc2")(nn.relu(nn.Dense(256, name="fc1")(x)))
+
+    m, x = MLP(), jax.random.normal(jax.random.key(0), (5, 192))
+    qm = jq.quantize(m.init(jax.random.key(1), x), m.apply, with_output_head(jq.FP8_DEFAULT_CFG),
+                     calib_data=[(x,)], progress=False)
+    rm = deploy.realize(qm)
+    assert set(rm.plan.values()) == {"fp8"}
+
+    def served(**kw):
+        kernels = {k: dataclasses.replace(v, **kw) for k, v in rm.kernels.items()}
+        r = dataclasses.replace(rm, kernels=kernels)
+        return np.asarray(jax.jit(r.apply)(r.weights, r.params, x))
+
+    y_kernel = served(policy=FP8GemmPolicy(mode="decode_kernel"), decode_cfg=SMALL, kernel_interpret=True)
+    y_w8a8 = served(policy=FP8GemmPolicy(mode="w8a8"))
+    np.testing.assert_allclose(y_kernel, y_w8a8, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(y_w8a8))))
+    y_fake = np.asarray(qm.apply(qm.params, x))
+    assert np.linalg.norm(y_kernel - y_fake) / np.linalg.norm(y_fake) < 1e-5

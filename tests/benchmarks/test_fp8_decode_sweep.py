@@ -1,0 +1,65 @@
+"""The fp8_decode GPU section's harness end to end on CPU (kernel in interpret mode; timings have no meaning)."""
+
+import pytest
+
+from jq_kernels import fp8_decode as D
+
+
+def test_sweep_checks_every_method_against_w8a8_and_picks_a_best_config(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    from benchmarks.kernel_bench import fp8_decode_sweep as S
+
+    cfgs = D.parse_configs("fp8:32,64,0,4,2;bf16:32,64,2,4,2")
+    rec = S.fp8_decode_sweep(cfgs, batches=(3,), decode_shape=("decode", 64, 128),
+                             layer_shapes=(("k_v", 32, 128),), iters=1, max_copies=2)
+    rows = {(r["shape"], r["method"]): r for r in rec["rows"]}
+    assert rec["harness_only"] and (tmp_path / "fp8_decode_sweep.json").exists()
+    for c in cfgs:
+        r = rows[("decode", f"kernel:{c.name}")]
+        assert r["rel_err_vs_w8a8"] < 1e-6 and r["rel_err_vs_dequant"] < 1e-6
+        assert r["finite"] and r["copies"] == 2 and "GBps" in r
+    assert rows[("decode", "dequant")]["rel_err_vs_w8a8"] < 1e-6
+    best = rec["best"][3]["config"]
+    assert best in [c.name for c in cfgs]
+    # the layer shape runs the decode shape's best config
+    assert {m for s, m in rows if s == "k_v"} == {"bf16", "w8a8", "dequant", f"kernel:{best}"}
+    assert "best kernel config at the decode shape, B=3" in rec["summary"]
+
+
+def test_budget_skips_cells_instead_of_starting_them(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    from benchmarks.kernel_bench import fp8_decode_sweep as S
+
+    rec = S.fp8_decode_sweep(D.parse_configs("fp8:32,64,0,4,2"), batches=(1,), decode_shape=("decode", 64, 128),
+                             layer_shapes=(("k_v", 32, 128),), budget_s=-1, iters=1, max_copies=2)
+    assert rec["rows"] and all("skipped" in r for r in rec["rows"])
+    assert rec["best"] == {}
+
+
+@pytest.mark.parametrize("spec", ["fp8:128,256", "fp8:48,256,0,4,4"])
+def test_bad_sweep_configs_fail_before_any_work(spec):
+    with pytest.raises(ValueError):
+        D.parse_configs(spec)
+
+
+def test_llm_fp8_kernel_variant_takes_the_sweeps_most_frequent_best_config(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import llm_decode
+
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    monkeypatch.setenv("JQ_FP8_DECODE_CFG", "sweep")
+    assert llm_decode._decode_cfg() is None  # no sweep record: the kernel's default
+    best = {"1": {"config": "bf16/n64k512s2w8p3"}, "8": {"config": "bf16/n64k512s2w8p3"},
+            "32": {"config": "fp8/n128k256s0w4p4"}}
+    (tmp_path / "section_fp8_decode.json").write_text(json.dumps({"best": best}))
+    assert llm_decode._decode_cfg() == D.FP8DecodeConfig.from_name("bf16/n64k512s2w8p3")
+    monkeypatch.setenv("JQ_FP8_DECODE_CFG", "fp8:64,256,4,2,3")
+    assert llm_decode._decode_cfg().name == "fp8/n64k256s4w2p3"
+
+
+def test_config_names_round_trip():
+    for c in D.CONFIGS:
+        assert D.FP8DecodeConfig.from_name(c.name) == c
+    with pytest.raises(ValueError, match="not a config name"):
+        D.FP8DecodeConfig.from_name("fp8-128-256")
