@@ -50,7 +50,7 @@ class RunSpec:
         (0 without a tail), at most all but one chunk."""
         if self.tail_fraction <= 0:
             return 0
-        chunks = min(max(1, int(round(self.tail_fraction * steps / chunk))), steps // chunk - 1)
+        chunks = min(max(1, round(self.tail_fraction * steps / chunk)), steps // chunk - 1)
         return max(0, chunks) * chunk
 
 
@@ -161,7 +161,7 @@ def compile_all(lowered: dict, errors: dict | None = None) -> dict:
         for k, f in futures.items():
             try:
                 out[k] = f.result()
-            except Exception as e:  # noqa: BLE001 - reported per function when the caller asks
+            except Exception as e:  # reported per function when the caller asks
                 if errors is None:
                     raise
                 errors[k] = f"{type(e).__name__}: {e}"

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jq.recipes.operands import OperandContext, QOperand
 
-__all__ = ["GEMM_SLOTS", "HighPrecisionOperand", "HighPrecisionGemms"]
+__all__ = ["GEMM_SLOTS", "HighPrecisionGemms", "HighPrecisionOperand"]
 
 # GEMM name -> its two operand slots of GemmPlan
 GEMM_SLOTS = {"fprop": ("fprop_x", "fprop_w"), "dgrad": ("dgrad_dy", "dgrad_w"), "wgrad": ("wgrad_dy", "wgrad_x")}

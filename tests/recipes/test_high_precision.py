@@ -1,6 +1,5 @@
 """HighPrecisionGemms: the named GEMMs multiply the unquantized operands, the others stay as the recipe says."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -15,7 +14,7 @@ RTN = NVFP4BlockScaling(stochastic_rounding=False)
 
 
 def test_fprop_in_high_precision_backward_still_nvfp4():
-    y, dx, dw, ops = vjp_operands(HighPrecisionGemms(recipe=RTN, gemms=("fprop",)), X, W, DY)
+    y, _, _, ops = vjp_operands(HighPrecisionGemms(recipe=RTN, gemms=("fprop",)), X, W, DY)
     xq, wq = ops["fprop"]
     np.testing.assert_array_equal(xq, np.asarray(X, np.float32))  # unquantized
     np.testing.assert_array_equal(wq, np.asarray(W, np.float32))
@@ -26,7 +25,7 @@ def test_fprop_in_high_precision_backward_still_nvfp4():
 
 
 def test_all_gemms_in_high_precision_is_the_plain_product():
-    _, dx, dw, ops = vjp_operands(HighPrecisionGemms(recipe=RTN, gemms=("fprop", "dgrad", "wgrad")), X, W, DY)
+    _, dx, dw, _ = vjp_operands(HighPrecisionGemms(recipe=RTN, gemms=("fprop", "dgrad", "wgrad")), X, W, DY)
     np.testing.assert_allclose(dx, np.asarray(DY) @ np.asarray(W), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(dw, np.asarray(DY).T @ np.asarray(X), rtol=1e-6, atol=1e-9)
 
