@@ -71,6 +71,7 @@ RUNS = {
     "nvfp4_fprop_tail": RunSpec(recipe=_NVFP4, tail_fraction=0.2,
                                 tail_recipe=R.HighPrecisionGemms(recipe=_NVFP4, gemms=("fprop",))),
     "nvfp4_bf16_last_block": RunSpec(recipe=_NVFP4, bf16_last_blocks=1),
+    "nvfp4_bf16_last_block_tail": RunSpec(recipe=_NVFP4, bf16_last_blocks=1, tail_fraction=0.2),
     # diagnostics: where the gap comes from (NVFP4 in the forward GEMM only / in the backward GEMMs only)
     "nvfp4_fprop_only": RunSpec(recipe=R.HighPrecisionGemms(recipe=_NVFP4, gemms=("dgrad", "wgrad"))),
     "nvfp4_backward_only": RunSpec(recipe=R.HighPrecisionGemms(recipe=_NVFP4, gemms=("fprop",))),
