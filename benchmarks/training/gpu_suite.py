@@ -38,7 +38,9 @@ SECTIONS = {
     # the bar runs first (a budget cut drops the ablations); 2 blocks: compile time grows with the blocks
     "convergence": (0.35, ["--width", "512", "--layers", "2", "--heads", "8", "--block", "256", "--batch", "32",
                            "--steps", "1000", "--chunk", "100", "--val-windows", "256",
-                           "--runs", "bf16,fp8_current,fp8_delayed,nvfp4,mxfp8,nvfp4_no_rht,nvfp4_no_sr,nvfp4_no_2d",
+                           "--runs", ("bf16,nvfp4,nvfp4_bf16_last_block_tail,mxfp8,nvfp4_no_rht,nvfp4_no_sr,nvfp4_no_2d,"
+                                      "nvfp4_bf16_tail,nvfp4_bf16_last_block,nvfp4_fprop_only,nvfp4_backward_only,"
+                                      "nvfp4_fprop_tail"),
                            "--parallel", "4"],
                     ["--smoke", "--parallel", "2"]),
     "qat_recovery": (0.25, ["--width", "256", "--layers", "4", "--block", "128", "--batch", "32",

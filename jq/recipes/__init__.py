@@ -14,6 +14,7 @@ See docs/training_recipes.md for the operand table and the state mechanism.
 from jq.recipes.dot import recipe_dot
 from jq.recipes.apply import RecipeHandler, init_recipe_state, recipe_apply, recipe_sites
 from jq.recipes.gemm import bf16_gemm, fake_gemm, fp8_gemm
+from jq.recipes.high_precision import GEMM_SLOTS, HighPrecisionGemms, HighPrecisionOperand
 from jq.recipes.linear import linear
 from jq.recipes.operands import (
     Float8BlockOperand,
@@ -56,6 +57,9 @@ __all__ = [
     "DelayedScaling",
     "Float8BlockScaling",
     "MXFP8BlockScaling",
+    "HighPrecisionGemms",
+    "HighPrecisionOperand",
+    "GEMM_SLOTS",
     "GemmPlan",
     "QOperand",
     "OperandContext",

@@ -22,6 +22,12 @@ def test_convergence_smoke_trains_every_run_on_the_same_batches(tmp_path):
     # step 1 of every run sees the same init and batch: losses agree to the recipes' quantization error
     assert max(first.values()) - min(first.values()) < 0.1
     assert saved["runs"]["nvfp4"]["val_loss"] != saved["runs"]["bf16"]["val_loss"]  # the recipe ran
+    # the precision-switch run is the nvfp4 run up to its switch (same key and batches), then bf16
+    tail, plain = saved["runs"]["nvfp4_bf16_tail"], saved["runs"]["nvfp4"]
+    switch = tail["tail_from_step"]
+    assert 0 < switch < steps and switch == steps - saved["run_specs"]["nvfp4_bf16_tail"]["tail_steps"]
+    assert [v for s, v in tail["val_curve"] if s <= switch] == [v for s, v in plain["val_curve"] if s <= switch]
+    assert tail["val_loss"] != plain["val_loss"] and tail["val_loss"] == tail["val_loss_bf16_forward"]
 
 
 def test_step_time_smoke_times_bf16_and_each_recipe(tmp_path):

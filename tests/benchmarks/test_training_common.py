@@ -51,3 +51,28 @@ def test_skip_group_records_every_run_and_rewrites_the_json(tmp_path):
     skip_group(record, ["nvfp4", "mxfp8"], "budget: 3 s left", path)
     assert record["skipped"] == {"nvfp4": "budget: 3 s left", "mxfp8": "budget: 3 s left"}
     assert json.loads(open(path).read())["skipped"] == record["skipped"]
+
+
+def test_run_spec_excludes_the_last_blocks_and_lm_head():
+    run = common.RunSpec(recipe=None, bf16_last_blocks=1)
+    assert run.exclude(2) == ("lm_head", "h_1.*")
+    assert common.RunSpec(recipe=None, bf16_last_blocks=3).exclude(2) == ("lm_head", "h_0.*", "h_1.*")
+    assert common.RUNS["nvfp4"].exclude(4) == common.EXCLUDE
+
+
+def test_run_spec_tail_is_whole_chunks_at_least_one_never_all():
+    tail = common.RunSpec(recipe=None, tail_fraction=0.2)
+    assert tail.tail_steps(1000, 100) == 200  # the paper's last ~18-20 % of the tokens
+    assert tail.tail_steps(4, 2) == 2  # at least one chunk (smoke sizes)
+    assert common.RunSpec(recipe=None, tail_fraction=0.99).tail_steps(300, 100) == 200  # one chunk before
+    assert common.RunSpec(recipe=None).tail_steps(1000, 100) == 0
+
+
+def test_lever_runs_keep_te_defaults_and_bars_name_them_nvfp4():
+    from jq import recipes as R
+
+    for name in ("nvfp4_bf16_tail", "nvfp4_fprop_tail", "nvfp4_bf16_last_block"):
+        assert common.RUNS[name].recipe == R.NVFP4BlockScaling() and common.bar_of(name) == 3.0
+    assert common.RUNS["nvfp4_bf16_tail"].tail_recipe is None
+    assert common.RUNS["nvfp4_fprop_tail"].tail_recipe.gemms == ("fprop",)
+    assert list(common.RECIPES) == list(common.RUNS)
