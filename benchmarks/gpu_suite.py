@@ -158,6 +158,7 @@ def main(argv):
     if bad:
         ap.error(f"unknown sections {bad}; sections: {SECTIONS + OLD_SECTIONS}")
     from benchmarks.kernel_bench.common import save
+    from benchmarks.sections import Section, run_sections
     t_start = time.time()
     rec = {"command": " ".join(argv), "budget_s": a.budget_s, "sections": {}}
     try:
@@ -165,51 +166,45 @@ def main(argv):
                                             "--format=csv"], capture_output=True, text=True, timeout=20).stdout
     except Exception:  # noqa: BLE001 - no GPU tools here
         pass
-    for sec in wanted:
-        left = a.budget_s - (time.time() - t_start)
-        if left < MIN_START_S:
-            rec["sections"][sec] = {"skipped": f"budget ({left:.0f} s left)"}
-            save("suite.json", rec)
-            continue
+
+    def plan(sec, left):  # cap: min(its cap, what is left); its own budget ends before the cap (prints, JSON)
         cap = min(float(os.environ.get(f"JQ_CAP_{sec.upper()}", CAPS.get(sec, 600))), left)
-        print(f"==== {sec} (cap {cap:.0f} s, {left:.0f} s of the budget left)", flush=True)
-        t0 = time.time()
         cmd = [sys.executable, "-m", "benchmarks.gpu_suite", "--one", sec,
                "--section-budget", str(max(5.0, cap - SECTION_TAIL_S - 10.0))] + (["--small"] if a.small else [])
-        path = os.path.join(_out(), f"section_{sec}.json")
-        if os.path.exists(path):
-            os.remove(path)
-        try:
-            rc = subprocess.run(cmd, timeout=cap).returncode
-            status = {"rc": rc}
-        except subprocess.TimeoutExpired:
-            status = {"rc": None, "timed_out": True}
-        r = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                r = json.load(f)
-        elif status.get("timed_out"):
-            r = {"error": f"killed at its {cap:.0f} s cap before it finished (partial JSON under $OUT: "
-                          f"section_{sec}*.json)", "summary": _partial_cells(sec)}
-        else:
-            r = {"error": f"process ended with rc {status['rc']} without a record"}
-        r.update(status, wall_s=time.time() - t0)
-        rec["sections"][sec] = r
+        return Section(name=sec, cmd=cmd, cap_s=cap, record=os.path.join(_out(), f"section_{sec}.json"))
+
+    def merge(results):  # suite.json after every section; a killed LLM section lists its finished cells
+        for sec, r in results.items():
+            if r.get("timed_out") and "summary" not in r:
+                r.setdefault("error", "killed at its cap")
+                try:
+                    r["summary"] = _partial_cells(sec)
+                except Exception as e:  # noqa: BLE001 - a torn partial record must not stop the suite
+                    r["summary"] = f"  (partial record unreadable: {type(e).__name__}: {e})"
+        rec["sections"] = results
         save("suite.json", rec)
+
+    run_sections(wanted, plan, budget_s=a.budget_s, save=merge, min_start_s=MIN_START_S)
     rec["wall_s"] = time.time() - t_start
     print(save("suite.json", rec))
     print(summary(rec))
+    return rec
 
 
 def _partial_cells(sec) -> str:
-    """The finished cells of a killed LLM section (its incremental record), one line each."""
+    """What a killed section finished, from its incremental record ``section_<sec>_cells.json``: the LLM cells one
+    line each, the real-model presets as :func:`benchmarks.llm_exactness.summary` gives them."""
     path = os.path.join(_out(), f"section_{sec}_cells.json")
     if not os.path.exists(path):
         return "  (no partial record)"
     with open(path) as f:
-        cells = json.load(f).get("cells", {})
-    return "\n".join(f"  {k}: " + (f"{c['tok_s']:.0f} tok/s" if "tok_s" in c else str(c)[:120])
-                     for k, c in cells.items())
+        partial = json.load(f)
+    lines = [f"  {k}: " + (f"{c['tok_s']:.0f} tok/s" if "tok_s" in c else str(c)[:120])
+             for k, c in partial.get("cells", {}).items()]
+    if "real" in partial:
+        from benchmarks import llm_exactness
+        lines.append(llm_exactness.summary(partial["real"]))
+    return "\n".join(lines) + f"\n  (partial record: {path})"
 
 
 def summary(rec) -> str:
