@@ -17,8 +17,10 @@ scales the f32 accumulator; ``fp8_f32`` (an f32 model) removes that rounding.
   the logit scale);
 * generation tokens/s (prompt prefill + ``n`` greedy tokens, one jitted program) of the real-quantized model and
   of the bf16 model (:func:`jq.models.serve.float_lm`, no evaluator, layers scanned too) at ``--real-batches``;
-* per preset ``phases_s``: quantize (trace + calibration), realize, build_served, real / fake first call (trace +
-  compile + one generation), compare, tokens/s timing, so a run says where its time went.
+* per preset, for each phase -- quantize (trace + calibration), realize, build_served, real / fake first call
+  (trace + compile + one generation), compare, tokens/s timing -- its wall seconds (``phases_s``), the XLA
+  compile seconds (``compile_s``) and jaxpr trace + lowering seconds (``trace_s``) spent in it (``jax.monitoring``
+  events), so a run says where its time went.
 
 The model is ``jq_zoo.smollm2`` (``$JQ_MODELS_DIR``; weights dequantized GGUF Q4_1), the text
 ``jq_zoo.shakespeare`` (``$JQ_DATA_DIR``); ``--smoke`` uses the tiny random model and random tokens instead.
@@ -27,6 +29,7 @@ Run through :mod:`benchmarks.llm_decode` (``--passes real``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 
@@ -110,41 +113,81 @@ def compare(real_out, fake_out, n: int) -> dict:
             "min_fake_top2_margin": float(margin[:upto].min())}
 
 
+_EVENTS = {"compile": "/jax/core/compile/backend_compile_duration",
+           "trace": ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")}
+_TOTALS = {"compile": 0.0, "trace": 0.0}
+_LISTENING = []
+
+
+def _listen():
+    """Accumulate JAX's compile-duration events (``jax.monitoring``) into ``_TOTALS``, once per process."""
+    if _LISTENING:
+        return
+    from jax import monitoring
+
+    def on(event, seconds, **_):
+        if event == _EVENTS["compile"]:
+            _TOTALS["compile"] += seconds
+        elif event in _EVENTS["trace"]:
+            _TOTALS["trace"] += seconds
+
+    monitoring.register_event_duration_secs_listener(on)
+    _LISTENING.append(on)
+
+
+class _Phases:
+    """Per phase: wall seconds (``phases_s``), XLA backend compile seconds (``compile_s``) and jaxpr trace +
+    lowering seconds (``trace_s``) of the programs compiled in it (eager ops included)."""
+
+    def __init__(self, row):
+        _listen()
+        self.wall, self.compile, self.trace = row["phases_s"], row["compile_s"], row["trace_s"]
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        c0, t0, w0 = _TOTALS["compile"], _TOTALS["trace"], time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall[name] = time.perf_counter() - w0
+            self.compile[name] = _TOTALS["compile"] - c0
+            self.trace[name] = _TOTALS["trace"] - t0
+
+
 def _preset(name, params, config, calib, prompt, n, args, budget) -> dict:
     """One preset's row: quantize, realize, build both served models, generate, compare, tokens/s; every phase's
-    seconds in ``row["phases_s"]`` (``*_first_call``: trace + compile + one generation)."""
+    wall / compile / trace seconds (:class:`_Phases`; ``*_first_call``: trace + compile + one generation)."""
     presets, kv, dtype = PRESETS[name]
-    row = {"presets": list(presets), "kv_cache": kv, "dtype": dtype, "phases_s": {}}
-    ph = row["phases_s"]
-    t = time.perf_counter()
-    p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-    cfg = jq.merge_presets(*(getattr(jq, x) for x in presets))
-    qm = jq.quantize(p, jm.make_forward(config), cfg, calib_data=calib, progress=False)
-    jax.block_until_ready(qm.qstate)
-    ph["quantize"] = time.perf_counter() - t
-    rm, ph["realize"] = _timed(deploy.realize, qm)
+    row = {"presets": list(presets), "kv_cache": kv, "dtype": dtype, "phases_s": {}, "compile_s": {}, "trace_s": {}}
+    phase = _Phases(row)
+    with phase("quantize"):  # trace, calibration passes (AWQ: its search), max calibration
+        p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        cfg = jq.merge_presets(*(getattr(jq, x) for x in presets))
+        qm = jq.quantize(p, jm.make_forward(config), cfg, calib_data=calib, progress=False)
+        jax.block_until_ready(qm.qstate)
+    with phase("realize"):
+        rm = jax.block_until_ready(deploy.realize(qm))
     row["plan"] = sorted(set(rm.plan.values()))
-    t = time.perf_counter()
-    # layers in one lax.scan: one layer traced and compiled (unrolled, SmolLM2's 30 layers compiled for 37 s
-    # (real) and 105 s (fake quant) on CPU at 8 tokens, against ~7 s each scanned)
-    real_lm = serve.real_quant_lm(rm, config, kv_cache=kv, scan_layers=True)
-    fake_lm = serve.fake_quant_lm(qm, config, scan_layers=True)
-    ph["build_served"] = time.perf_counter() - t
-    real_out, ph["real_first_call"] = _timed(real_lm.generate, prompt, n)
-    fake_out, ph["fake_first_call"] = _timed(fake_lm.generate, prompt, n)
-    t = time.perf_counter()
-    row.update(compare(real_out, fake_out, n))
-    ph["compare"] = time.perf_counter() - t
+    with phase("build_served"):
+        # layers in one lax.scan: one layer traced and compiled (unrolled, SmolLM2's 30 layers compiled for 37 s
+        # (real) and 105 s (fake quant) on CPU at 8 tokens, against ~7 s each scanned)
+        real_lm = serve.real_quant_lm(rm, config, kv_cache=kv, scan_layers=True)
+        fake_lm = serve.fake_quant_lm(qm, config, scan_layers=True)
+    with phase("real_first_call"):
+        real_out = jax.block_until_ready(real_lm.generate(prompt, n))
+    with phase("fake_first_call"):
+        fake_out = jax.block_until_ready(fake_lm.generate(prompt, n))
+    with phase("compare"):
+        row.update(compare(real_out, fake_out, n))
     for b in args.real_batches:
         if budget.left() < args.reserve_s:
             row.setdefault("tok_s_skipped", []).append(b)
             continue
-        t = time.perf_counter()
-        pr = jnp.tile(prompt, (b, 1))
-        if b != 1:
-            jax.block_until_ready(real_lm.generate(pr, n))  # compile for this batch
-        row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(real_lm.generate, pr, n, args.iters)
-        ph[f"tok_s_B{b}"] = time.perf_counter() - t
+        with phase(f"tok_s_B{b}"):
+            pr = jnp.tile(prompt, (b, 1))
+            if b != 1:
+                jax.block_until_ready(real_lm.generate(pr, n))  # compile for this batch
+            row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(real_lm.generate, pr, n, args.iters)
     return row
 
 
@@ -184,10 +227,17 @@ def real_pass(args, budget, rec, save):
         longest = max(longest, row["wall_s"])
         out["presets"][name] = row
         print("real", name, {k: v for k, v in row.items() if k not in ("plan", "phases_s")}, flush=True)
-        print(f"real {name} phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in row.get("phases_s", {}).items())
-              + f"; wall {row['wall_s']:.1f}", flush=True)
+        print(f"real {name} {_phase_line(row)}", flush=True)
         save()
     out["wall_s"] = time.time() - t0
+
+
+def _phase_line(row) -> str:
+    """``wall W s: phase wall (compile C, trace T), ...``."""
+    comp, trace = row.get("compile_s", {}), row.get("trace_s", {})
+    return f"wall {row.get('wall_s', 0):.1f} s: " + ", ".join(
+        f"{k} {v:.1f} (compile {comp.get(k, 0):.1f}, trace {trace.get(k, 0):.1f})"
+        for k, v in row.get("phases_s", {}).items())
 
 
 def summary(real: dict) -> str:
@@ -208,6 +258,5 @@ def summary(real: dict) -> str:
                      f"fake top-2 margin there {row['fake_top2_margin_at_mismatch']}), logits rel err "
                      f"{row['logit_rel_err']:.2e} ({'within' if row['logits_within_tol'] else 'OVER'} "
                      f"{row['logit_rtol']:g}); generate tok/s {tps}")
-        lines.append(f"  {'':10s} {row.get('wall_s', 0):.0f} s: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in row.get("phases_s", {}).items()))
+        lines.append(f"  {'':10s} {_phase_line(row)}")
     return "\n".join(lines)
