@@ -2,8 +2,9 @@
 
 ``PYTHONUNBUFFERED=1 XLA_FLAGS=--xla_allow_excess_precision=false PYTHONPATH=. python -m benchmarks.gpu_suite
 [--budget-s S] [--small] [sections...]``. Every section runs in its own Python process (a crash, a hang or an
-out-of-memory ends that section only; its process is killed at its time cap) and writes ``$OUT/section_<name>.json``
-as it goes; the suite merges them into ``$OUT/suite.json`` after each section and prints a summary table at the end.
+out-of-memory ends that section only; its process is killed at its time cap; :mod:`benchmarks.sections`) and writes
+``$OUT/section_<name>.json`` as it goes; the suite merges them into ``$OUT/suite.json`` after each section (a killed
+section lists what its incremental record finished) and prints a summary table at the end.
 ``--budget-s``: the whole command's wall-clock budget; a section starts only with >= 25 s left and gets
 ``min(its cap, what is left)`` (caps: :data:`CAPS`, ``JQ_CAP_<SECTION>=seconds`` overrides); inside a section the
 budget guard stops starting new work before the cap. ``--small``: tiny shapes, for a CPU end-to-end test.
@@ -15,8 +16,8 @@ Sections (issue 15):
                   ``quant_kernels.QUANT_SWEEP``);
   ``llm``         Llama-3-8B shape at full depth, bf16 vs FP8 / NVFP4 / INT4 W4A16 (+FP8 KV), B = 1, 8, 32,
                   decode and prefill (:mod:`benchmarks.llm_decode`; extra arguments from ``JQ_LLM_ARGS``);
-  ``llm_real``    the real SmolLM2-135M: real-quantized serving vs fake quant, greedy tokens and logits, tok/s
-                  (``JQ_LLM_REAL_ARGS``);
+  ``llm_real``    the real SmolLM2-135M: real-quantized serving vs fake quant, greedy tokens and logits, tok/s,
+                  per preset the wall / compile / trace seconds of each phase (``JQ_LLM_REAL_ARGS``);
 older ones: quant_smoke quant_bench gemm_smoke gemm_bench gemm_schedules gemm_schedule_smoke e2e.
 """
 

@@ -234,7 +234,7 @@ def _stack_layers(per_layer: dict, n: int, what: str) -> dict:
             raise ValueError(f"scan_layers: layer {i}'s {what} differs from layer 0's in "
                              f"{sorted(set(g) ^ set(groups[0]))[:3]}; serve this model unrolled")
     try:
-        return jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *groups)
+        return _stack(groups)
     except (ValueError, TypeError) as e:
         raise ValueError(f"scan_layers: the layers' {what} cannot be stacked ({e}); serve this model unrolled") from e
 
@@ -345,8 +345,7 @@ class ScannedLM(_Generation):
         per = [one(i) for i in range(1 if self.kv_spec is None else self.n_layers)]
         if self.kv_spec is None:  # zeros: the same for every layer
             per = per * self.n_layers
-        stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-        return StackedCache(stack([k for k, _ in per]), stack([v for _, v in per]), jnp.zeros((), jnp.int32))
+        return StackedCache(_stack([k for k, _ in per]), _stack([v for _, v in per]), jnp.zeros((), jnp.int32))
 
     def extend(self, weights, params, tokens, cache: StackedCache):
         """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned."""
@@ -391,7 +390,13 @@ def _split_params(params: dict, n: int) -> dict:
     if len(layers) != n:
         raise ValueError(f"scan_layers: params have {len(layers)} layers, the config {n}")
     top = dict(params, model=dict(params["model"], layers=[]))
-    return {"top": top, "layers": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)}
+    return {"top": top, "layers": _stack(list(layers))}
+
+
+@jax.jit
+def _stack(trees: list):
+    """The trees' leaves stacked on a new axis 0, in one program (not one eager compile per leaf shape)."""
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
 
 
 def float_lm(params: dict, config: LlamaConfig) -> ScannedLM:
