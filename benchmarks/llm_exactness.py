@@ -43,7 +43,7 @@ import jq.models as jm
 from jq import deploy
 from jq.models import layer_scan, serve
 
-__all__ = ["PRESETS", "LOGIT_RTOL", "real_pass", "summary"]
+__all__ = ["LOGIT_RTOL", "PRESETS", "real_pass", "summary"]
 
 # name: (presets merged, KV cache stored in the k/v quantizers' format, params dtype)
 PRESETS = {

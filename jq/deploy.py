@@ -44,7 +44,7 @@ from jq.handlers.apply import FakeQuant
 from jq.trace import geometry
 from jq.trace.sites import ParamOrigin
 
-__all__ = ["RealizedModel", "RealQuant", "realize", "site_plan", "site_kernels"]
+__all__ = ["RealQuant", "RealizedModel", "realize", "site_kernels", "site_plan"]
 
 
 def _single(qm, name):

@@ -23,11 +23,20 @@ import jax.numpy as jnp
 
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
-from jq.models.llama import attention, attention_mask, layer_scope, linear, lm_head, make_forward, mlp, \
-    project_qkv, rms_norm
+from jq.models.llama import (
+    attention,
+    attention_mask,
+    layer_scope,
+    linear,
+    lm_head,
+    make_forward,
+    mlp,
+    project_qkv,
+    rms_norm,
+)
 from jq.models.rope import rope_tables
 
-__all__ = ["stack_layers", "scanned_forward", "unstack_qstate", "quantize_scanned"]
+__all__ = ["quantize_scanned", "scanned_forward", "stack_layers", "unstack_qstate"]
 
 _LAYER0 = "model.layers.0."
 

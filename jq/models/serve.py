@@ -37,10 +37,19 @@ from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
 from jq.models.generate import extend, generation_length
 from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
-from jq.models.llama import attention, attention_mask, layer_scope, linear, lm_head, mlp, project_qkv, rms_norm
+from jq.models.llama import (
+    attention,
+    attention_mask,
+    layer_scope,
+    linear,
+    lm_head,
+    mlp,
+    project_qkv,
+    rms_norm,
+)
 from jq.models.rope import rope_tables
 
-__all__ = ["ServedLM", "ScannedLM", "StackedCache", "fake_quant_lm", "real_quant_lm", "float_lm", "kv_cache_spec"]
+__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
 
 _KV_SLOTS = ("k_bmm_quantizer", "v_bmm_quantizer")
 
@@ -63,7 +72,7 @@ def kv_cache_spec(qm, config: LlamaConfig):
 
 
 def _kv_amax(qm, config: LlamaConfig, slot: str):
-    name = lambda i: f"{layer_scope(i)}.{slot}"  # noqa: E731
+    name = lambda i: f"{layer_scope(i)}.{slot}"
     missing = [name(i) for i in range(config.num_hidden_layers) if "amax" not in qm.qstate.get(name(i), {})]
     if missing:
         raise ValueError(f"{missing[0]} has no calibrated amax: calibrate qm with data before serving its KV cache")

@@ -7,7 +7,8 @@ from benchmarks.llm_decode import Budget
 
 
 def _args(**kw):
-    base = dict(smoke=True, real_tokens=8, real_batches=[1], iters=1, reserve_s=0.0, real_presets=["fp8_f32"])
+    base = {"smoke": True, "real_tokens": 8, "real_batches": [1], "iters": 1, "reserve_s": 0.0,
+            "real_presets": ["fp8_f32"]}
     return argparse.Namespace(**{**base, **kw})
 
 

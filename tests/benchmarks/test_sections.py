@@ -16,6 +16,15 @@ def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (Linux ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_finished_section_merges_its_record_and_keeps_its_log_tail(tmp_path):
     record = tmp_path / "rec.json"
     record.write_text('{"stale": true}')  # an earlier run's record is removed before the section starts
@@ -47,7 +56,7 @@ def test_a_hanging_section_and_its_child_are_killed_at_the_cap(tmp_path):
     assert r["error"].startswith("killed at its 3 s cap")
     grandchild = int(pid_file.read_text())
     for _ in range(50):  # reaped by init shortly after the kill
-        if not os.path.exists(f"/proc/{grandchild}") or "Z" in open(f"/proc/{grandchild}/stat").read().split()[2]:
+        if not _running(grandchild):
             break
         time.sleep(0.1)
     else:

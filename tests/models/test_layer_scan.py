@@ -4,7 +4,6 @@ Reference: ``jq.quantize`` of the unrolled ``jq.models.forward`` on the same dat
 AWQ's losses are f32 sums whose order differs, so the chosen scales agree to f32 rounding (rtol 1e-5).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
