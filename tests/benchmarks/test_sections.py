@@ -5,7 +5,6 @@ one that hangs (with a grandchild) and is killed at its cap.
 """
 
 import json
-import os
 import sys
 import time
 
