@@ -18,8 +18,8 @@ scales the f32 accumulator; ``fp8_f32`` (an f32 model) removes that rounding.
   the logit scale);
 * generation tokens/s (prompt prefill + ``n`` greedy tokens, one jitted program) of the real-quantized model and
   of the bf16 model (:func:`jq.models.serve.float_lm`, no evaluator, layers scanned too) at ``--real-batches``;
-* per preset, for each phase -- quantize (trace + calibration), realize, build_served, real / fake first call
-  (trace + compile + one generation), compare, tokens/s timing -- its wall seconds (``phases_s``), the XLA
+* per preset, for each phase -- quantize (trace + calibration), realize, build_served, first_calls (real and
+  fake traced, compiled and run once, in two threads), compare, tokens/s timing -- its wall seconds (``phases_s``), the XLA
   compile seconds (``compile_s``) and jaxpr trace + lowering seconds (``trace_s``) spent in it (``jax.monitoring``
   events), so a run says where its time went.
 
@@ -30,6 +30,7 @@ Run through :mod:`benchmarks.llm_decode` (``--passes real``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import time
 import traceback
@@ -138,7 +139,8 @@ def _listen():
 
 class _Phases:
     """Per phase: wall seconds (``phases_s``), XLA backend compile seconds (``compile_s``) and jaxpr trace +
-    lowering seconds (``trace_s``) of the programs compiled in it (eager ops included)."""
+    lowering seconds (``trace_s``) of the programs compiled in it (eager ops included; summed over threads, so
+    a phase that compiles in parallel can show more compile than wall seconds)."""
 
     def __init__(self, row):
         _listen()
@@ -157,7 +159,7 @@ class _Phases:
 
 def _preset(name, params, config, calib, prompt, n, args, budget) -> dict:
     """One preset's row: quantize, realize, build both served models, generate, compare, tokens/s; every phase's
-    wall / compile / trace seconds (:class:`_Phases`; ``*_first_call``: trace + compile + one generation)."""
+    wall / compile / trace seconds (:class:`_Phases`; ``first_calls``: trace + compile + one generation of both)."""
     presets, kv, dtype = PRESETS[name]
     row = {"presets": list(presets), "kv_cache": kv, "dtype": dtype, "phases_s": {}, "compile_s": {}, "trace_s": {}}
     phase = _Phases(row)
@@ -176,10 +178,11 @@ def _preset(name, params, config, calib, prompt, n, args, budget) -> dict:
         # (real) and 105 s (fake quant) on CPU at 8 tokens, against ~7 s each scanned)
         real_lm = serve.real_quant_lm(rm, config, kv_cache=kv, scan_layers=True)
         fake_lm = serve.fake_quant_lm(qm, config, scan_layers=True)
-    with phase("real_first_call"):
-        real_out = jax.block_until_ready(real_lm.generate(prompt, n))
-    with phase("fake_first_call"):
-        fake_out = jax.block_until_ready(fake_lm.generate(prompt, n))
+    with phase("first_calls"):  # real and fake traced and compiled in two threads (XLA compiles without the GIL)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            real_f, fake_f = (pool.submit(lambda lm: jax.block_until_ready(lm.generate(prompt, n)), lm)
+                              for lm in (real_lm, fake_lm))
+            real_out, fake_out = real_f.result(), fake_f.result()
     with phase("compare"):
         row.update(compare(real_out, fake_out, n))
     for b in args.real_batches:

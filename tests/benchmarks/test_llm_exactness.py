@@ -20,10 +20,11 @@ def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases():
     assert row["tokens_equal"] and row["matching_tokens"] == 8 and row["first_mismatch"] is None
     assert row["logit_rel_err"] < 1e-5
     assert row["plan"] == ["fake", "fp8"]  # lm_head stays fake quant (off), every projection on the fp8 GEMM
-    phases = ["quantize", "realize", "build_served", "real_first_call", "fake_first_call", "compare", "tok_s_B1"]
+    phases = ["quantize", "realize", "build_served", "first_calls", "compare", "tok_s_B1"]
     assert list(row["phases_s"]) == list(row["compile_s"]) == list(row["trace_s"]) == phases
-    assert all(row["phases_s"][k] >= row["compile_s"][k] >= 0 for k in phases)
-    assert row["compile_s"]["real_first_call"] > 0 and row["trace_s"]["fake_first_call"] > 0  # jitted generate
+    serial = [k for k in phases if k != "first_calls"]  # first_calls compiles in two threads
+    assert all(row["phases_s"][k] >= row["compile_s"][k] >= 0 for k in serial)
+    assert row["compile_s"]["first_calls"] > 0 and row["trace_s"]["first_calls"] > 0  # the jitted generates
     assert row["compile_s"]["compare"] == 0  # numpy only
     assert row["tok_s"]["1"]["tok_s"] > 0 and rec["real"]["bf16_tok_s"]["1"]["tok_s"] > 0
     assert len(saves) == 2  # after the float baseline and after the preset
