@@ -142,9 +142,10 @@ class _Phases:
     lowering seconds (``trace_s``) of the programs compiled in it (eager ops included; summed over threads, so
     a phase that compiles in parallel can show more compile than wall seconds)."""
 
-    def __init__(self, row):
+    def __init__(self, row, save=lambda: None):
         _listen()
         self.wall, self.compile, self.trace = row["phases_s"], row["compile_s"], row["trace_s"]
+        self.save = save  # after every phase: a section killed mid-preset keeps the phases that finished
 
     @contextlib.contextmanager
     def __call__(self, name):
@@ -155,14 +156,16 @@ class _Phases:
             self.wall[name] = time.perf_counter() - w0
             self.compile[name] = _TOTALS["compile"] - c0
             self.trace[name] = _TOTALS["trace"] - t0
+            self.save()
 
 
-def _preset(name, params, config, calib, prompt, n, args, budget) -> dict:
-    """One preset's row: quantize, realize, build both served models, generate, compare, tokens/s; every phase's
-    wall / compile / trace seconds (:class:`_Phases`; ``first_calls``: trace + compile + one generation of both)."""
+def _preset(name, row, params, config, calib, prompt, n, args, budget, save) -> None:
+    """Fill one preset's ``row``: quantize, realize, build both served models, generate, compare, tokens/s; every
+    phase's wall / compile / trace seconds (:class:`_Phases`; ``first_calls``: trace + compile + one generation of
+    both), ``save()`` after each."""
     presets, kv, dtype = PRESETS[name]
-    row = {"presets": list(presets), "kv_cache": kv, "dtype": dtype, "phases_s": {}, "compile_s": {}, "trace_s": {}}
-    phase = _Phases(row)
+    row.update(presets=list(presets), kv_cache=kv, dtype=dtype, phases_s={}, compile_s={}, trace_s={})
+    phase = _Phases(row, save)
     with phase("quantize"):  # trace, calibration passes (AWQ: its search), max calibration
         p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
         cfg = jq.merge_presets(*(getattr(jq, x) for x in presets))
@@ -178,11 +181,11 @@ def _preset(name, params, config, calib, prompt, n, args, budget) -> dict:
         # (real) and 105 s (fake quant) on CPU at 8 tokens, against ~7 s each scanned)
         real_lm = serve.real_quant_lm(rm, config, kv_cache=kv, scan_layers=True)
         fake_lm = serve.fake_quant_lm(qm, config, scan_layers=True)
-    with phase("first_calls"):  # real and fake traced and compiled in two threads (XLA compiles without the GIL)
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            real_f, fake_f = (pool.submit(lambda lm: jax.block_until_ready(lm.generate(prompt, n)), lm)
-                              for lm in (real_lm, fake_lm))
-            real_out, fake_out = real_f.result(), fake_f.result()
+    # real and fake traced and compiled in two threads (XLA compiles without the GIL)
+    with phase("first_calls"), concurrent.futures.ThreadPoolExecutor(2) as pool:
+        real_f, fake_f = (pool.submit(lambda lm: jax.block_until_ready(lm.generate(prompt, n)), lm)
+                          for lm in (real_lm, fake_lm))
+        real_out, fake_out = real_f.result(), fake_f.result()
     with phase("compare"):
         row.update(compare(real_out, fake_out, n))
     for b in args.real_batches:
@@ -194,7 +197,6 @@ def _preset(name, params, config, calib, prompt, n, args, budget) -> dict:
             if b != 1:
                 jax.block_until_ready(real_lm.generate(pr, n))  # compile for this batch
             row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(real_lm.generate, pr, n, args.iters)
-    return row
 
 
 def real_pass(args, budget, rec, save):
@@ -224,14 +226,14 @@ def real_pass(args, budget, rec, save):
             save()
             continue
         t1 = time.time()
+        row = out["presets"][name] = {}  # in the record from its start: a killed section shows its phases
         try:
-            row = _preset(name, params, config, calib, prompt, n, args, budget)
+            _preset(name, row, params, config, calib, prompt, n, args, budget, save)
         except Exception as e:  # noqa: BLE001 - one preset failing must not hide the others
             traceback.print_exc()
-            row = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
+            row["error"] = f"{type(e).__name__}: {str(e)[:1000]}"
         row["wall_s"] = time.time() - t1
         longest = max(longest, row["wall_s"])
-        out["presets"][name] = row
         print("real", name, {k: v for k, v in row.items() if k not in ("plan", "phases_s")}, flush=True)
         print(f"real {name} {_phase_line(row)}", flush=True)
         save()
@@ -255,7 +257,7 @@ def summary(real: dict) -> str:
             lines.append(f"  {name:10s} {row.get('error', row.get('skipped'))[:200]}")
             continue
         if "tokens_equal" not in row:
-            lines.append(f"  {name:10s} incomplete")
+            lines.append(f"  {name:10s} incomplete; {_phase_line(row)}")
             continue
         tps = ", ".join(f"B={b} {v['tok_s']:.0f} ({v['tok_s'] / base[b]['tok_s']:.2f}x bf16)"
                         for b, v in row.get("tok_s", {}).items() if b in base)

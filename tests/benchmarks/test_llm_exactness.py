@@ -27,7 +27,7 @@ def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases():
     assert row["compile_s"]["first_calls"] > 0 and row["trace_s"]["first_calls"] > 0  # the jitted generates
     assert row["compile_s"]["compare"] == 0  # numpy only
     assert row["tok_s"]["1"]["tok_s"] > 0 and rec["real"]["bf16_tok_s"]["1"]["tok_s"] > 0
-    assert len(saves) == 2  # after the float baseline and after the preset
+    assert len(saves) == 2 + len(phases)  # after the float baseline, each phase and the preset
     assert "fp8_f32    tokens EXACT (8/8" in llm_exactness.summary(rec["real"])
 
 
