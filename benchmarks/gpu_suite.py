@@ -2,8 +2,9 @@
 
 ``PYTHONUNBUFFERED=1 XLA_FLAGS=--xla_allow_excess_precision=false PYTHONPATH=. python -m benchmarks.gpu_suite
 [--budget-s S] [--small] [sections...]``. Every section runs in its own Python process (a crash, a hang or an
-out-of-memory ends that section only; its process is killed at its time cap) and writes ``$OUT/section_<name>.json``
-as it goes; the suite merges them into ``$OUT/suite.json`` after each section and prints a summary table at the end.
+out-of-memory ends that section only; its process is killed at its time cap; :mod:`benchmarks.sections`) and writes
+``$OUT/section_<name>.json`` as it goes; the suite merges them into ``$OUT/suite.json`` after each section (a killed
+section lists what its incremental record finished) and prints a summary table at the end.
 ``--budget-s``: the whole command's wall-clock budget; a section starts only with >= 25 s left and gets
 ``min(its cap, what is left)`` (caps: :data:`CAPS`, ``JQ_CAP_<SECTION>=seconds`` overrides); inside a section the
 budget guard stops starting new work before the cap. ``--small``: tiny shapes, for a CPU end-to-end test.
@@ -18,8 +19,8 @@ Sections (issue 15):
   ``fp8_decode``  FP8 decode-GEMM kernel configs vs XLA bf16 / w8a8 / dequant at the decode and 8B layer shapes,
                   B = 1, 8, 32, weight GB/s, correctness vs w8a8 (:mod:`benchmarks.kernel_bench.fp8_decode_sweep`;
                   configs from ``JQ_FP8_DECODE_SWEEP``, default ``jq_kernels.fp8_decode.CONFIGS``);
-  ``llm_real``    the real SmolLM2-135M: real-quantized serving vs fake quant, greedy tokens and logits, tok/s
-                  (``JQ_LLM_REAL_ARGS``);
+  ``llm_real``    the real SmolLM2-135M: real-quantized serving vs fake quant, greedy tokens and logits, tok/s,
+                  per preset the wall / compile / trace seconds of each phase (``JQ_LLM_REAL_ARGS``);
 older ones: quant_smoke quant_bench gemm_smoke gemm_bench gemm_schedules gemm_schedule_smoke e2e.
 """
 
@@ -37,7 +38,7 @@ import traceback
 SECTIONS = ("gemm_sweep", "quant_sweep", "llm", "llm_real", "fp8_decode")
 OLD_SECTIONS = ("quant_smoke", "quant_bench", "gemm_smoke", "gemm_bench", "gemm_schedules", "gemm_schedule_smoke",
                 "e2e")
-CAPS = {"gemm_sweep": 90, "quant_sweep": 50, "llm": 170, "llm_real": 125,  # seconds, sum 525 (+ start-up margin)
+CAPS = {"gemm_sweep": 90, "quant_sweep": 50, "llm": 170, "llm_real": 170,  # seconds, sum 570 (+ start-up margin)
         "fp8_decode": 90}
 MIN_START_S = 25.0
 SECTION_TAIL_S = 12.0  # a section's own budget ends this long before its cap (final prints and JSON)
@@ -174,6 +175,7 @@ def main(argv):
     if bad:
         ap.error(f"unknown sections {bad}; sections: {SECTIONS + OLD_SECTIONS}")
     from benchmarks.kernel_bench.common import save
+    from benchmarks.sections import Section, run_sections
     t_start = time.time()
     rec = {"command": " ".join(argv), "budget_s": a.budget_s, "sections": {}}
     try:
@@ -181,51 +183,45 @@ def main(argv):
                                             "--format=csv"], capture_output=True, text=True, timeout=20).stdout
     except Exception:  # noqa: BLE001 - no GPU tools here
         pass
-    for sec in wanted:
-        left = a.budget_s - (time.time() - t_start)
-        if left < MIN_START_S:
-            rec["sections"][sec] = {"skipped": f"budget ({left:.0f} s left)"}
-            save("suite.json", rec)
-            continue
+
+    def plan(sec, left):  # cap: min(its cap, what is left); its own budget ends before the cap (prints, JSON)
         cap = min(float(os.environ.get(f"JQ_CAP_{sec.upper()}", CAPS.get(sec, 600))), left)
-        print(f"==== {sec} (cap {cap:.0f} s, {left:.0f} s of the budget left)", flush=True)
-        t0 = time.time()
         cmd = [sys.executable, "-m", "benchmarks.gpu_suite", "--one", sec,
                "--section-budget", str(max(5.0, cap - SECTION_TAIL_S - 10.0))] + (["--small"] if a.small else [])
-        path = os.path.join(_out(), f"section_{sec}.json")
-        if os.path.exists(path):
-            os.remove(path)
-        try:
-            rc = subprocess.run(cmd, timeout=cap).returncode
-            status = {"rc": rc}
-        except subprocess.TimeoutExpired:
-            status = {"rc": None, "timed_out": True}
-        r = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                r = json.load(f)
-        elif status.get("timed_out"):
-            r = {"error": f"killed at its {cap:.0f} s cap before it finished (partial JSON under $OUT: "
-                          f"section_{sec}*.json)", "summary": _partial_cells(sec)}
-        else:
-            r = {"error": f"process ended with rc {status['rc']} without a record"}
-        r.update(status, wall_s=time.time() - t0)
-        rec["sections"][sec] = r
+        return Section(name=sec, cmd=cmd, cap_s=cap, record=os.path.join(_out(), f"section_{sec}.json"))
+
+    def merge(results):  # suite.json after every section; a killed LLM section lists its finished cells
+        for sec, r in results.items():
+            if r.get("timed_out") and "summary" not in r:
+                r.setdefault("error", "killed at its cap")
+                try:
+                    r["summary"] = _partial_cells(sec)
+                except Exception as e:  # noqa: BLE001 - a torn partial record must not stop the suite
+                    r["summary"] = f"  (partial record unreadable: {type(e).__name__}: {e})"
+        rec["sections"] = results
         save("suite.json", rec)
+
+    run_sections(wanted, plan, budget_s=a.budget_s, save=merge, min_start_s=MIN_START_S)
     rec["wall_s"] = time.time() - t_start
     print(save("suite.json", rec))
     print(summary(rec))
+    return rec
 
 
 def _partial_cells(sec) -> str:
-    """The finished cells of a killed LLM section (its incremental record), one line each."""
+    """What a killed section finished, from its incremental record ``section_<sec>_cells.json``: the LLM cells one
+    line each, the real-model presets as :func:`benchmarks.llm_exactness.summary` gives them."""
     path = os.path.join(_out(), f"section_{sec}_cells.json")
     if not os.path.exists(path):
         return "  (no partial record)"
     with open(path) as f:
-        cells = json.load(f).get("cells", {})
-    return "\n".join(f"  {k}: " + (f"{c['tok_s']:.0f} tok/s" if "tok_s" in c else str(c)[:120])
-                     for k, c in cells.items())
+        partial = json.load(f)
+    lines = [f"  {k}: " + (f"{c['tok_s']:.0f} tok/s" if "tok_s" in c else str(c)[:120])
+             for k, c in partial.get("cells", {}).items()]
+    if "real" in partial:
+        from benchmarks import llm_exactness
+        lines.append(llm_exactness.summary(partial["real"]))
+    return "\n".join(lines) + f"\n  (partial record: {path})"
 
 
 def summary(rec) -> str:

@@ -44,7 +44,7 @@ from jq.handlers.apply import FakeQuant
 from jq.trace import geometry
 from jq.trace.sites import ParamOrigin
 
-__all__ = ["RealizedModel", "RealQuant", "realize", "site_plan", "site_kernels"]
+__all__ = ["RealQuant", "RealizedModel", "realize", "site_kernels", "site_plan"]
 
 
 def _single(qm, name):
@@ -195,7 +195,7 @@ def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> 
         if v == "fake":
             kernels.pop(k, None)
     leaves = jax.tree_util.tree_leaves(qm.params)
-    weights = {}
+    weights, stores = {}, {}
     for site in traced.sites:
         kernel = kernels.get(site.name)
         if kernel is None:
@@ -209,6 +209,15 @@ def realize(qm, *, backend: str | None = None, sites: Mapping | None = None) -> 
         wc = site.view.to_canonical(w).reshape(-1, k)  # [N, K]: out features first, contracting dims last
         wspec = _single(qm, f"{site.name}.weight_quantizer")
         amax = qm.qstate.get(f"{site.name}.weight_quantizer", {}).get("amax")
-        qt = backends.quantize(wc, wspec, amax, platform)
-        weights[site.name] = kernel.prepare(qt, platform)
+        # sites of one kernel and spec share one jitted store: a compile per weight shape, not per eager op
+        key = (repr(kernel), repr(wspec))
+        store = stores.get(key)
+        if store is None:
+            store = stores[key] = _jitted_store(kernel, wspec, platform)
+        weights[site.name] = store(wc, amax)
     return RealizedModel(qm, weights, plan, backend, kernels)
+
+
+def _jitted_store(kernel, wspec, platform: str):
+    """``(w [N, K], amax) -> kernel.prepare(quantize(w))`` as one jitted program."""
+    return jax.jit(lambda w, amax: kernel.prepare(backends.quantize(w, wspec, amax, platform), platform))

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.sections import Section, run_sections
+
 # section -> (share of the budget, arguments at the real size, arguments of the CPU smoke run)
 SECTIONS = {
     "step_time": (0.40, ["--width", "4096", "--layers", "1", "--batch", "8", "--seq", "1024", "--steps", "10",
@@ -79,26 +81,12 @@ def xla_flags(keep: bool) -> tuple[str, dict]:
     return flags, {"xla_flags": flags, "how": f"unchanged (backend {backend}; {err[-200:]})"}
 
 
-def run_section(name: str, args: list[str], out: str, budget_s: float, env: dict) -> dict:
-    """Run one section as a child process with ``--budget-s`` and a hard timeout; its log goes to a file."""
+def section(name: str, args: list[str], out: str, budget_s: float, env: dict) -> Section:
+    """The child process of one section: ``--budget-s`` its budget, killed at ``budget_s + GRACE_S``; its log
+    goes to ``out/<name>.log``."""
     cmd = [sys.executable, "-m", f"benchmarks.training.{name}", "--out", os.path.join(out, name),
            "--budget-s", f"{budget_s:.0f}", *args]
-    log = os.path.join(out, f"{name}.log")
-    t0 = time.time()
-    print(f"==== {name}: budget {budget_s:.0f} s; {' '.join(cmd[2:])}", flush=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        try:
-            rc = proc.wait(timeout=budget_s + GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = "timeout (killed)"
-    with open(log) as f:
-        tail = f.read()[-3000:]
-    print(tail[-1500:], flush=True)
-    return {"cmd": cmd, "returncode": rc, "wall_s": time.time() - t0, "budget_s": budget_s, "log": log,
-            "log_tail": tail}
+    return Section(name=name, cmd=cmd, cap_s=budget_s + GRACE_S, log=os.path.join(out, f"{name}.log"), env=env)
 
 
 def main(argv=None):
@@ -122,24 +110,31 @@ def main(argv=None):
     path = os.path.join(args.out, "training_suite.json")
     print(f"== training suite: budget {args.budget_s:.0f} s, sections {wanted}, XLA_FLAGS {flags!r} ({note['how']})",
           flush=True)
-    for i, name in enumerate(wanted):
-        left = args.budget_s - (time.time() - t_start)
-        shares = [SECTIONS[s][0] for s in wanted[i:]]
-        budget = left * shares[0] / sum(shares) - GRACE_S  # its hard timeout is budget + GRACE_S
+
+    def plan(name, left):  # the budget left, split over the sections still to run by their shares
+        rest = wanted[wanted.index(name):]
+        budget = left * SECTIONS[name][0] / sum(SECTIONS[s][0] for s in rest) - GRACE_S
         if budget < 20:
-            record["sections"][name] = {"skipped": f"budget: {left:.0f} s left"}
-            print(f"==== {name}: skipped ({left:.0f} s left)", flush=True)
-        else:
-            _, full, smoke = SECTIONS[name]
-            try:
-                record["sections"][name] = run_section(name, smoke if args.smoke else full, args.out, budget, env)
-            except Exception as e:  # noqa: BLE001 - a section's failure is recorded, the next one runs
-                record["sections"][name] = {"error": f"{type(e).__name__}: {e}"}
+            return None
+        _, full, smoke = SECTIONS[name]
+        return section(name, smoke if args.smoke else full, args.out, budget, env)
+
+    shown = set()
+
+    def save(results):
+        record["sections"] = results
         record["seconds"] = time.time() - t_start
         with open(path, "w") as f:
             json.dump(record, f, indent=1, default=str)
+        for name, r in results.items():  # the finished section's log tail, once
+            if "log_tail" in r and name not in shown:
+                print(r["log_tail"][-1500:], flush=True)
+                shown.add(name)
+
+    run_sections(wanted, plan, budget_s=args.budget_s, save=save)
     print(f"== training suite done in {record['seconds']:.0f} s; "
-          + ", ".join(f"{k}: {v.get('returncode', v.get('skipped', v.get('error')))}"
+          + ", ".join(f"{k}: " + (f"rc {v['rc']}" + (" (killed at its cap)" if v["timed_out"] else "") if "rc" in v
+                                  else v.get("skipped", v.get("error", "")))
                       for k, v in record["sections"].items()), flush=True)
     print(f"   wrote {path}")
     return record

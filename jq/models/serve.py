@@ -36,10 +36,20 @@ from jq.handlers.apply import FakeQuant
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
 from jq.models.generate import extend, generation_length
-from jq.models.kv_cache import KVCache, init_cache
-from jq.models.llama import layer_scope
+from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
+from jq.models.llama import (
+    attention,
+    attention_mask,
+    layer_scope,
+    linear,
+    lm_head,
+    mlp,
+    project_qkv,
+    rms_norm,
+)
+from jq.models.rope import rope_tables
 
-__all__ = ["ServedLM", "fake_quant_lm", "real_quant_lm", "kv_cache_spec"]
+__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
 
 _KV_SLOTS = ("k_bmm_quantizer", "v_bmm_quantizer")
 
@@ -62,7 +72,7 @@ def kv_cache_spec(qm, config: LlamaConfig):
 
 
 def _kv_amax(qm, config: LlamaConfig, slot: str):
-    name = lambda i: f"{layer_scope(i)}.{slot}"  # noqa: E731
+    name = lambda i: f"{layer_scope(i)}.{slot}"
     missing = [name(i) for i in range(config.num_hidden_layers) if "amax" not in qm.qstate.get(name(i), {})]
     if missing:
         raise ValueError(f"{missing[0]} has no calibrated amax: calibrate qm with data before serving its KV cache")
@@ -70,8 +80,37 @@ def _kv_amax(qm, config: LlamaConfig, slot: str):
                       for i in range(config.num_hidden_layers)])
 
 
+class _Generation:
+    """Prefill, greedy decode and generation on top of ``extend(weights, params, tokens, cache)``."""
+
+    def prefill(self, weights, params, prompt, cache):
+        """Prompt ``[batch, t]`` into the cache: ``(logits [batch, t, vocab], cache)``."""
+        return self.extend(weights, params, prompt, cache)
+
+    def decode(self, weights, params, token, cache, n_steps: int):
+        """``n_steps`` greedy tokens after ``token[batch]``: ``(tokens [batch, n], logits [batch, n, V], cache)``,
+        one ``lax.scan`` of single-token steps."""
+        def step(carry, _):
+            tok, c = carry
+            logits, c = self.extend(weights, params, tok[:, None], c)
+            logits = logits[:, 0]
+            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return (nxt, c), (nxt, logits)
+
+        (_, cache), (toks, logits) = jax.lax.scan(step, (token, cache), None, length=n_steps)
+        return toks.T, jnp.swapaxes(logits, 0, 1), cache
+
+    def generate(self, prompt, n_new: int, *, max_len: int | None = None):
+        """Greedy ``n_new`` tokens after ``prompt[batch, t]`` in one jitted program:
+        ``(tokens [batch, n_new], logits [batch, n_new, vocab])`` (logits of the step that chose each token)."""
+        prompt = jnp.asarray(prompt, jnp.int32)
+        b, t = prompt.shape
+        max_len = generation_length(t, n_new, max_len)
+        return _generate(self, self.weights, self.params, prompt, self.init_cache(b, max_len), n_new)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: a static jit argument (fields hold arrays)
-class ServedLM:
+class ServedLM(_Generation):
     """A Llama-family model evaluated by jq with one handler per call; pure, jit-able steps.
 
     Attributes:
@@ -105,31 +144,6 @@ class ServedLM:
         """``(logits [batch, t, vocab], cache)`` of :func:`jq.models.extend` under this model's handler."""
         return self.step_model.evaluate(self.make_handler(weights), params, tokens, cache)
 
-    def prefill(self, weights, params, prompt, cache: KVCache):
-        """Prompt ``[batch, t]`` into the cache: ``(logits [batch, t, vocab], cache)``."""
-        return self.extend(weights, params, prompt, cache)
-
-    def decode(self, weights, params, token, cache: KVCache, n_steps: int):
-        """``n_steps`` greedy tokens after ``token[batch]``: ``(tokens [batch, n], logits [batch, n, V], cache)``,
-        one ``lax.scan`` of single-token steps."""
-        def step(carry, _):
-            tok, c = carry
-            logits, c = self.extend(weights, params, tok[:, None], c)
-            logits = logits[:, 0]
-            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            return (nxt, c), (nxt, logits)
-
-        (_, cache), (toks, logits) = jax.lax.scan(step, (token, cache), None, length=n_steps)
-        return toks.T, jnp.swapaxes(logits, 0, 1), cache
-
-    def generate(self, prompt, n_new: int, *, max_len: int | None = None):
-        """Greedy ``n_new`` tokens after ``prompt[batch, t]`` in one jitted program:
-        ``(tokens [batch, n_new], logits [batch, n_new, vocab])`` (logits of the step that chose each token)."""
-        prompt = jnp.asarray(prompt, jnp.int32)
-        b, t = prompt.shape
-        max_len = generation_length(t, n_new, max_len)
-        return _generate(self, self.weights, self.params, prompt, self.init_cache(b, max_len), n_new)
-
 
 @functools.partial(jax.jit, static_argnames=("lm", "n_new"))
 def _generate(lm, weights, params, prompt, cache, n_new):
@@ -150,8 +164,11 @@ def _step_model(qm, config=None, *, kv_off: bool = False) -> QuantizedModel:
     return QuantizedModel.create(qm.params, extend, cfg, qm.qstate)
 
 
-def fake_quant_lm(qm, config: LlamaConfig) -> ServedLM:
-    """The fake-quant model ``qm`` (of :func:`jq.models.forward`) as a :class:`ServedLM` with a float cache."""
+def fake_quant_lm(qm, config: LlamaConfig, *, scan_layers: bool = False):
+    """The fake-quant model ``qm`` (of :func:`jq.models.forward`) as a :class:`ServedLM` with a float cache
+    (``scan_layers``: a :class:`ScannedLM`, the same model with its layers run by one ``lax.scan``)."""
+    if scan_layers:
+        return _scanned(qm, config, {}, _fake_handler)
     return ServedLM(_step_model(qm), config, {}, _fake_handler)
 
 
@@ -170,17 +187,248 @@ class _RealHandler:
         return RealQuant(self.kernels, weights, self.platform)
 
 
-def real_quant_lm(rm, config: LlamaConfig, *, kv_cache: bool = True) -> ServedLM:
+def real_quant_lm(rm, config: LlamaConfig, *, kv_cache: bool = True, scan_layers: bool = False):
     """The realized model ``rm`` (:func:`jq.deploy.realize` of a ``qm`` of :func:`jq.models.forward`) as a
     :class:`ServedLM` on its stored weights.
 
     ``kv_cache=True`` stores keys/values in the format of ``qm``'s k/v ``bmm`` quantizers when they are on
     (their calibrated per-layer amax); ``False`` keeps a float cache and those quantizers at attention.
+    ``scan_layers``: a :class:`ScannedLM` (layers run by one ``lax.scan`` on the layers' stored weights stacked).
     """
     qm = rm.qm
     spec = kv_cache_spec(qm, config) if kv_cache else None
     platform = "gpu" if rm.backend == "gpu" else "cpu"
+    if scan_layers:
+        _check_uniform_plan(rm.plan, config.num_hidden_layers)
+        kernels = {k: v for k, v in rm.kernels.items() if _layer_of(k) in (None, 0)}
+        return _scanned(qm, config, rm.weights, _RealHandler(kernels, platform), spec)
     if spec is None:
         return ServedLM(_step_model(qm), config, rm.weights, _RealHandler(rm.kernels, platform))
     return ServedLM(_step_model(qm, kv_off=True), config, rm.weights, _RealHandler(rm.kernels, platform), spec,
                     _kv_amax(qm, config, "k_bmm_quantizer"), _kv_amax(qm, config, "v_bmm_quantizer"))
+
+
+# ---- layer-scanned serving -------------------------------------------------------------------------------
+# The unrolled step traces and compiles one copy of every layer (twice: prefill and the decode body), which is
+# where a 30-layer model's build time goes; here one layer is traced and compiled and ``lax.scan`` runs it over
+# the layers' params, quantizer state and stored weights stacked on a leading axis.
+
+_LAYERS = "model.layers."
+
+
+def _layer_of(name: str) -> int | None:
+    """``i`` of ``model.layers.{i}.*`` (None for a name outside the layers)."""
+    if not name.startswith(_LAYERS):
+        return None
+    head = name[len(_LAYERS):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _as_layer0(name: str) -> str:
+    """``model.layers.{i}.rest`` -> ``model.layers.0.rest`` (the 1-layer step model's name)."""
+    i = _layer_of(name)
+    return name if i is None else f"{_LAYERS}0{name[len(_LAYERS) + len(str(i)):]}"
+
+
+def _stack_layers(per_layer: dict, n: int, what: str) -> dict:
+    """``{layer-0 name: leaves stacked on axis 0}`` of ``{full name: value}``; every layer must have the same
+    names and shapes."""
+    groups = [{} for _ in range(n)]
+    for name, v in per_layer.items():
+        i = _layer_of(name)
+        if i is not None:
+            groups[i][_as_layer0(name)] = v
+    for i, g in enumerate(groups[1:], 1):
+        if set(g) != set(groups[0]):
+            raise ValueError(f"scan_layers: layer {i}'s {what} differs from layer 0's in "
+                             f"{sorted(set(g) ^ set(groups[0]))[:3]}; serve this model unrolled")
+    try:
+        return _stack(groups)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"scan_layers: the layers' {what} cannot be stacked ({e}); serve this model unrolled") from e
+
+
+def _check_uniform_specs(qm, n: int) -> None:
+    """Every layer's quantizers resolve to layer 0's specs (the scan body has one config)."""
+    for name in qm.traced.quantizers:
+        i = _layer_of(name)
+        if i and qm.spec(name) != qm.spec(_as_layer0(name)):
+            raise ValueError(f"scan_layers: {name} is {qm.spec(name)} but layer 0's is {qm.spec(_as_layer0(name))}; "
+                             f"one scanned layer has one config: serve this model unrolled")
+
+
+def _check_uniform_plan(plan: dict, n: int) -> None:
+    """Every layer's sites are served by layer 0's kernels."""
+    for name, kernel in plan.items():
+        if _layer_of(name) and plan.get(_as_layer0(name)) != kernel:
+            raise ValueError(f"scan_layers: site {name} is served by {kernel!r}, layer 0's by "
+                             f"{plan.get(_as_layer0(name))!r}; serve this model unrolled")
+
+
+def _layer_step(params, h, cache: KVCache, cos, sin, mask):
+    """Layer 0 of ``params`` on ``h [b, t, hidden]`` with a 1-layer ``cache``: :func:`jq.models.extend`'s loop
+    body, so its sites carry layer 0's names. Returns ``(h, cache)`` (``length`` not advanced)."""
+    config = cache.config
+    layer = params["model"]["layers"][0]
+    x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
+    q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
+    cache = write_layer(cache, 0, k, v)
+    keys, values = read_layer(cache, 0)
+    with jax.named_scope(layer_scope(0)):
+        o = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
+    h = h + linear(o, layer["self_attn"]["o_proj"])
+    h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+    return h, cache
+
+
+def _head(params, h, *, config):
+    return lm_head(params, h, config)
+
+
+def _with_layer(top: dict, layer: dict) -> dict:
+    return dict(top, model=dict(top["model"], layers=[layer]))
+
+
+class StackedCache(tuple):
+    """``(keys, values, length)``: every layer's cache storage stacked on axis 0 (arrays or QTensors)."""
+
+    __slots__ = ()
+
+    def __new__(cls, keys, values, length):
+        return super().__new__(cls, (keys, values, length))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(self[:2])))
+
+
+jax.tree_util.register_pytree_node(StackedCache, lambda c: (tuple(c), None), lambda _, ch: StackedCache(*ch))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: a static jit argument
+class ScannedLM(_Generation):
+    """A :class:`ServedLM` whose layers run in one ``lax.scan``: one layer is traced and compiled, whatever the
+    depth. Same tokens and logits as the unrolled model (same per-layer math, params and quantizer state).
+
+    ``params`` is ``{"top": the params without layers, "layers": the layers' params stacked on axis 0}``;
+    ``weights`` is ``{"top": stored weights of sites outside the layers, "layers": the layers' stacked}``.
+    Attributes ``layer_model`` / ``head_model`` (None: no quantization, :func:`float_lm`) evaluate layer 0's
+    step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan).
+
+    Example:
+      >>> lm = fake_quant_lm(qm, cfg, scan_layers=True)
+      >>> tokens, logits = lm.generate(prompt, 128)
+    """
+
+    config: LlamaConfig
+    params: dict
+    weights: dict
+    layer_model: QuantizedModel | None = None
+    head_model: QuantizedModel | None = None
+    layer_qstate: dict = dataclasses.field(default_factory=dict)
+    make_handler: object = None
+    kv_spec: object = None
+    k_amax: jax.Array | None = None
+    v_amax: jax.Array | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def config1(self) -> LlamaConfig:
+        return dataclasses.replace(self.config, num_hidden_layers=1)
+
+    @property
+    def dtype(self):
+        return self.params["top"]["model"]["embed_tokens"]["weight"].dtype
+
+    def init_cache(self, batch: int, max_len: int) -> StackedCache:
+        """An empty cache in this model's storage format, every layer's stacked on axis 0."""
+        def one(i):
+            ka = None if self.k_amax is None else self.k_amax[i]
+            va = None if self.v_amax is None else self.v_amax[i]
+            c = init_cache(self.config1, batch, max_len, kv_format=self.kv_spec, k_amax=ka, v_amax=va,
+                           dtype=self.dtype)
+            return c.keys[0], c.values[0]
+        per = [one(i) for i in range(1 if self.kv_spec is None else self.n_layers)]
+        if self.kv_spec is None:  # zeros: the same for every layer
+            per = per * self.n_layers
+        return StackedCache(_stack([k for k, _ in per]), _stack([v for _, v in per]), jnp.zeros((), jnp.int32))
+
+    def extend(self, weights, params, tokens, cache: StackedCache):
+        """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned."""
+        keys, values, length = cache
+        b, t = tokens.shape
+        max_len = jax.tree_util.tree_leaves(keys)[0].shape[2]
+        positions = length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        cos, sin = rope_tables(self.config, positions)
+        slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+        mask = attention_mask(positions, slots, self.config, k_valid=slots < length + t)
+        top = params["top"]
+        h = top["model"]["embed_tokens"]["weight"][tokens]
+        zeros = jnp.zeros((self.n_layers,), jnp.float32)
+        k_amax = zeros if self.k_amax is None else self.k_amax
+        v_amax = zeros if self.v_amax is None else self.v_amax
+        config1, dtype = self.config1, jnp.dtype(self.dtype).name
+
+        def body(h, xs):
+            layer, w, qstate, k_i, v_i, ka, va = xs
+            c1 = KVCache((k_i,), (v_i,), None if self.k_amax is None else ka[None],
+                         None if self.v_amax is None else va[None], length, config1, self.kv_spec, "quantized", dtype)
+            p = _with_layer(top, layer)
+            if self.layer_model is None:
+                h, c1 = _layer_step(p, h, c1, cos, sin, mask)
+            else:
+                h, c1 = self.layer_model.replace(qstate=qstate).evaluate(self.make_handler(w), p, h, c1, cos, sin,
+                                                                         mask)
+            return h, (c1.keys[0], c1.values[0])
+
+        xs = (params["layers"], weights.get("layers", {}), self.layer_qstate, keys, values, k_amax, v_amax)
+        h, (keys, values) = jax.lax.scan(body, h, xs)
+        if self.head_model is None:
+            logits = lm_head(top, h, self.config)
+        else:
+            logits = self.head_model.evaluate(self.make_handler(weights.get("top", {})), top, h)
+        return logits, StackedCache(keys, values, length + t)
+
+
+def _split_params(params: dict, n: int) -> dict:
+    """``{"top": params without layers, "layers": the layers' params stacked on axis 0}``."""
+    layers = params["model"]["layers"]
+    if len(layers) != n:
+        raise ValueError(f"scan_layers: params have {len(layers)} layers, the config {n}")
+    top = dict(params, model=dict(params["model"], layers=[]))
+    return {"top": top, "layers": _stack(list(layers))}
+
+
+@jax.jit
+def _stack(trees: list):
+    """The trees' leaves stacked on a new axis 0, in one program (not one eager compile per leaf shape)."""
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+
+
+def float_lm(params: dict, config: LlamaConfig) -> ScannedLM:
+    """The float model (no jq evaluator) as a :class:`ScannedLM`: the baseline of a scanned quantized model."""
+    return ScannedLM(config, _split_params(params, config.num_hidden_layers), {})
+
+
+def _scanned(qm, config: LlamaConfig, weights: dict, make_handler, spec=None) -> ScannedLM:
+    """``qm`` (of :func:`jq.models.forward`) as a :class:`ScannedLM` with ``weights`` ``{site: stored}``."""
+    n = config.num_hidden_layers
+    _check_uniform_specs(qm, n)
+    cfg = qm.config
+    if spec is not None:  # the cache stores k/v in the quantizers' format: they are off at attention
+        cfg = cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+    params = _split_params(qm.params, n)
+    layer0 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
+    layer_qstate = _stack_layers(qm.qstate, n, "quantizer state")
+    top_qstate = {k: v for k, v in qm.qstate.items() if _layer_of(k) is None}
+    layer_model = QuantizedModel.create(_with_layer(params["top"], layer0), _layer_step, cfg,
+                                        jax.tree_util.tree_map(lambda a: a[0], layer_qstate))
+    head_model = QuantizedModel.create(params["top"], functools.partial(_head, config=config), cfg, top_qstate)
+    stacked = {"top": {k: v for k, v in weights.items() if _layer_of(k) is None},
+               "layers": _stack_layers(weights, n, "stored weights")}
+    kv = {} if spec is None else {"kv_spec": spec, "k_amax": _kv_amax(qm, config, "k_bmm_quantizer"),
+                                  "v_amax": _kv_amax(qm, config, "v_bmm_quantizer")}
+    return ScannedLM(config, params, stacked, layer_model, head_model, layer_qstate, make_handler, **kv)

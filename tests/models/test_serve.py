@@ -85,3 +85,47 @@ def test_kv_cache_needs_one_format_for_k_and_v():
     with pytest.raises(ValueError, match="one storage format"):
         serve.kv_cache_spec(qm_k_only, config)
     assert serve.kv_cache_spec(qm.replace(config=qm.config.with_entries(("*bmm_quantizer", False))), config) is None
+
+
+# ---- scan_layers: the layers run by one lax.scan (one layer traced and compiled) ----------------------------
+
+@pytest.mark.parametrize("presets", [("FP8_DEFAULT_CFG", "FP8_KV_CFG"), ("W4A16_NVFP4_CFG",), ("INT4_AWQ_CFG",)])
+def test_scanned_real_and_fake_generation_match_fake_quant_forward(presets):
+    # two layers: layer 1's params, quantizer state and stored weights come from the stacks' slice 1
+    config, qm = _quantize(jq.merge_presets(*(getattr(jq, p) for p in presets)))
+    rm = deploy.realize(qm)
+    ref_tokens, ref_logits = greedy_forward(qm, PROMPT, N_NEW)
+    lms = [serve.real_quant_lm(rm, config, scan_layers=True)]
+    if "FP8_KV_CFG" in presets:  # the fake-quant scan is one code path for every format: checked once
+        lms.append(serve.fake_quant_lm(qm, config, scan_layers=True))
+    for lm in lms:
+        assert isinstance(lm, serve.ScannedLM)
+        tokens, logits = lm.generate(PROMPT, N_NEW)
+        np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref_tokens))
+        err = float(jnp.max(jnp.abs(logits - ref_logits)) / jnp.max(jnp.abs(ref_logits)))
+        assert err < TOL, (presets, err)
+
+
+def test_scanned_real_cache_is_fp8_per_layer_amax():
+    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    lm = serve.real_quant_lm(deploy.realize(qm), config, scan_layers=True)
+    keys, _, length = lm.init_cache(2, 16)
+    assert keys.data.dtype == jnp.float8_e4m3fn and keys.data.shape[0] == config.num_hidden_layers
+    np.testing.assert_array_equal(np.asarray(lm.k_amax), np.asarray(serve._kv_amax(qm, config, "k_bmm_quantizer")))
+    assert int(length) == 0
+
+
+def test_float_lm_generates_what_jm_generate_does():
+    _, config, params = tiny_model()
+    tokens, _ = serve.float_lm(params, config).generate(PROMPT, N_NEW)
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(jm.generate(params, PROMPT, N_NEW, config=config)))
+
+
+def test_scan_layers_refuses_layers_with_different_configs():
+    config, qm = _quantize(jq.FP8_DEFAULT_CFG)
+    mixed = qm.replace(config=qm.config.with_entries(("model.layers.1.mlp.up_proj.input_quantizer", False)))
+    with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.input_quantizer"):
+        serve.fake_quant_lm(mixed, config, scan_layers=True)
+    with pytest.raises(ValueError, match="serve this model unrolled"):
+        serve.real_quant_lm(deploy.realize(qm, sites={"model.layers.1.mlp.up_proj": "fake"}), config,
+                            scan_layers=True)

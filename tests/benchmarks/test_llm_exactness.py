@@ -1,0 +1,40 @@
+"""benchmarks.llm_exactness on the tiny model (``--smoke``): the real pass's record, phases and budget guard."""
+
+import argparse
+
+from benchmarks import llm_exactness
+from benchmarks.llm_decode import Budget
+
+
+def _args(**kw):
+    base = {"smoke": True, "real_tokens": 8, "real_batches": [1], "iters": 1, "reserve_s": 0.0,
+            "real_presets": ["fp8_f32"]}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases():
+    rec, saves = {}, []
+    llm_exactness.real_pass(_args(), Budget(1e6), rec, lambda: saves.append(1))
+    row = rec["real"]["presets"]["fp8_f32"]
+    # f32 model: the fake quant's dequantized operands are exact, real and fake differ by accumulation order only
+    assert row["tokens_equal"] and row["matching_tokens"] == 8 and row["first_mismatch"] is None
+    assert row["logit_rel_err"] < 1e-5
+    assert row["plan"] == ["fake", "fp8"]  # lm_head stays fake quant (off), every projection on the fp8 GEMM
+    phases = ["quantize", "realize", "build_served", "first_calls", "compare", "tok_s_B1"]
+    assert list(row["phases_s"]) == list(row["compile_s"]) == list(row["trace_s"]) == phases
+    serial = [k for k in phases if k != "first_calls"]  # first_calls compiles in two threads
+    assert all(row["phases_s"][k] >= row["compile_s"][k] >= 0 for k in serial)
+    assert row["compile_s"]["first_calls"] > 0 and row["trace_s"]["first_calls"] > 0  # the jitted generates
+    assert row["compile_s"]["compare"] == 0  # numpy only
+    assert row["tok_s"]["1"]["tok_s"] > 0 and rec["real"]["bf16_tok_s"]["1"]["tok_s"] > 0
+    assert len(saves) == 2 + len(phases)  # after the float baseline, each phase and the preset
+    assert "fp8_f32    tokens EXACT (8/8" in llm_exactness.summary(rec["real"])
+
+
+def test_real_pass_starts_no_preset_past_its_budget():
+    rec = {}
+    llm_exactness.real_pass(_args(reserve_s=50.0, real_presets=["nvfp4", "int4"]), Budget(10.0), rec, lambda: None)
+    presets = rec["real"]["presets"]
+    assert list(presets) == ["nvfp4", "int4"]
+    assert all(list(r) == ["skipped"] and r["skipped"].startswith("budget (") for r in presets.values())
+    assert "bf16_tok_s" not in rec["real"]  # the baseline, too, needs reserve_s left
