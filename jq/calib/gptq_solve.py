@@ -49,6 +49,7 @@ from jq.formats.base import broadcastable_amax
 __all__ = ["gptq_quantize", "inverse_hessian_factor", "hessian_error", "shrink_grid", "search_block_amax"]
 
 HIGHEST = lax.Precision.HIGHEST
+_CHUNK = 16  # scale-search candidates quantized at once (memory: 16 copies of the block slab)
 
 
 def inverse_hessian_factor(h: jax.Array, damp: jax.Array) -> jax.Array:
@@ -80,23 +81,30 @@ def search_block_amax(x: jax.Array, amax: jax.Array, keep: jax.Array, *, spec, s
     over the block's elements (the first minimum; ``d_j = col_weight[j]`` per column, else 1); blocks where
     ``keep`` is True keep ``amax``.
 
-    All blocks are quantized together with the candidate amaxes (``keep`` blocks unshrunk), so a format whose
-    tensor-level scale comes from the largest block amax (NVFP4) sees the scale it is stored with, when the
-    largest block is kept.
+    Candidates are evaluated 16 at a time as one stacked tensor (``keep`` blocks unshrunk in every copy), so a
+    format whose tensor-level scale comes from the largest block amax (NVFP4) sees the scale it is stored
+    with when the largest block is kept (the factors are <= 1).
 
     Example:
       >>> a = search_block_amax(w, amax, pin_mask(amax), spec=spec, shrink=shrink_grid(0.5, 0.05))
     """
     amax = jnp.asarray(amax, jnp.float32)
     xf = jnp.asarray(x, jnp.float32)
+    rows = xf.shape[0]
+    n = len(shrink)
+    chunk = min(n, _CHUNK)
+    padded = list(shrink) + [shrink[-1]] * (-n % chunk)  # repeats lose to their first copy in the argmin
+    ms = jnp.asarray(padded, jnp.float32)
 
-    def loss(m):
-        y = fake_quant(xf, jnp.where(keep, amax, amax * m), spec=spec).astype(jnp.float32)
-        err = jnp.abs(y - xf) ** norm
-        return reduce_to_amax(err if col_weight is None else err * col_weight[None, :], amax, spec)
+    def losses(mc):  # `chunk` stacked copies of x, one candidate each; no vmap (static NVFP4 rejects batches)
+        a = jnp.where(keep[None], amax[None], amax[None] * mc[:, None, None]).reshape(chunk * rows, -1)
+        xs = jnp.tile(xf, (chunk, 1))
+        err = jnp.abs(fake_quant(xs, a, spec=spec).astype(jnp.float32) - xs) ** norm
+        err = err if col_weight is None else err * col_weight[None, :]
+        return reduce_to_amax(err, a, spec).reshape((chunk,) + amax.shape)
 
-    ms = jnp.asarray(shrink, jnp.float32)
-    best = jnp.argmin(lax.map(loss, ms), axis=0)
+    loss = lax.map(losses, ms.reshape(-1, chunk)).reshape((-1,) + amax.shape)
+    best = jnp.argmin(loss, axis=0)
     return jnp.where(keep, amax, amax * ms[best])
 
 
