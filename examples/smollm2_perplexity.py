@@ -13,7 +13,8 @@ Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 ``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...);
 ``NAME:ALGORITHM,key=value,...`` also sets the algorithm's fields (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``).
 ``--budget-s`` stops starting new models once that many seconds have passed, and skips a model when less time is
-left than the longest finished model with the same algorithm and options took (the JSON keeps what finished, written after
+left than the longest finished model of the same kind took (same algorithm method and ``sequential`` option:
+a sequential GPTQ reads the data once per layer level, a non-sequential one twice) (the JSON keeps what finished, written after
 every model). Calibration windows may differ from the evaluation's: ``--calib-seq-len``, ``--calib-batch-size``.
 
 With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
@@ -34,6 +35,13 @@ import jq
 import jq.models as jm
 from jq_zoo import shakespeare, smollm2
 from jq_zoo.preset_entry import preset_cfg
+
+
+def _cost_kind(entry: str) -> tuple:
+    """What a model's calibration time depends on most: the algorithm's method and its ``sequential`` option."""
+    alg = preset_cfg(entry).get("algorithm") or "max"
+    alg = alg if isinstance(alg, dict) else {"method": alg}
+    return alg.get("method"), alg.get("sequential", True)
 
 
 def main() -> None:
@@ -134,7 +142,7 @@ def main() -> None:
         for kv_format in args.kv_cache:
             label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
             measure(label, lambda entry=entry, kv_format=kv_format, label=label: quantized(entry, kv_format, label),
-                    kind=entry.partition(":")[2])
+                    kind=_cost_kind(entry))
     print()
     print(jm.format_table(results))
 
