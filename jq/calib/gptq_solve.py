@@ -71,7 +71,7 @@ def hessian_error(q: jax.Array, w: jax.Array, h: jax.Array) -> jax.Array:
 
 def shrink_grid(min_shrink: float, step: float) -> tuple[float, ...]:
     """The shrink factors ``1, 1 - step, ...`` down to ``min_shrink`` (AutoGPTQ: ``step=0.01, min_shrink=0.21``)."""
-    n = int(math.floor((1.0 - min_shrink) / step + 1e-6)) + 1
+    n = math.floor((1.0 - min_shrink) / step + 1e-6) + 1
     return tuple(round(1.0 - k * step, 6) for k in range(n))
 
 

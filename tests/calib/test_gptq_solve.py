@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jq.calib.gptq_solve import gptq_quantize, hessian_error, inverse_hessian_factor, search_block_amax, shrink_grid
+from jq.calib.gptq_solve import (gptq_quantize, hessian_error, inverse_hessian_factor, search_block_amax,
+                                 shrink_grid)
 from jq.calib.static_amax import static_block_variant
 from jq.config import QuantizerSpec
 from jq.fake_quant import fake_quant
