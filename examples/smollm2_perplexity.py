@@ -14,8 +14,8 @@ Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 ``NAME:ALGORITHM,key=value,...`` also sets the algorithm's fields (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``).
 ``--budget-s`` stops starting new models once that many seconds have passed, and skips a model when less time is
 left than the longest finished model of the same kind took (same algorithm method and ``sequential`` option:
-a sequential GPTQ reads the data once per layer level, a non-sequential one twice) (the JSON keeps what finished, written after
-every model). Calibration windows may differ from the evaluation's: ``--calib-seq-len``, ``--calib-batch-size``.
+a sequential GPTQ reads the data once per layer level, a non-sequential one twice); the JSON keeps what finished,
+written after every model. Calibration windows may differ from the evaluation's: ``--calib-seq-len``, ``--calib-batch-size``.
 
 With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
 model is also scored through a real KV cache stored in that format (prefill writes quantized k/v and attends

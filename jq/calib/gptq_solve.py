@@ -18,15 +18,16 @@ per-block amax (INT groups, NVFP4 16-blocks) is computed from the updated weight
 block's first column (the reference GPTQ's groups), capped at the weight's original largest block amax
 ``G``; the block that holds ``G`` keeps it (:func:`jq.calib.static_amax.pin_mask`). With ``act_order`` the
 per-block amaxes are fixed up front from the original weight (GPTQ's "static groups"), as columns of one block
-are no longer quantized together.
-
-Scale search (``shrink``, AutoGPTQ's ``mse=True``): each block amax ``a`` (computed as above, from the updated
-weights or up front) becomes ``a * m`` for the shrink factor ``m`` of the grid minimising the block's rounding
-error ``Σ |fq(w; a m) - w|^norm`` over its elements (AutoGPTQ: ``m = 1, 0.99, ..., 0.21``, ``norm = 2.4``); the
-first minimum wins, so ``m = 1`` (max) is kept on ties. The pinned block keeps ``G``. Each column is quantized by the spec's own fake quantization, as the first
+are no longer quantized together. Each column is quantized by the spec's own fake quantization, as the first
 block of a two-block tensor whose second block (zeros) carries ``G``: formats whose tensor-level scale derives
 from the block amaxes (NVFP4: ``max / 2688``) see the weight's own, and the returned per-block amaxes
 reproduce the quantized weight exactly (``fake_quant(Q, amax) == Q``).
+
+Scale search (``shrink``, AutoGPTQ's ``mse=True``): each block amax ``a`` (computed as above, from the updated
+weights or up front) becomes ``a * m`` for the shrink factor ``m`` of the grid minimising the block's rounding
+error ``Σ d_j |fq(w; a m) - w|^norm`` over its elements (AutoGPTQ: ``m = 1, 0.99, ..., 0.21``, ``norm = 2.4``,
+``d_j = 1``; ``hessian_weighted``: ``d_j = H_jj``); the first minimum wins, so ``m = 1`` (max) is kept on
+ties. The pinned block keeps ``G``.
 
 Example:
   >>> q, amax, err = gptq_quantize(w, h, amax0, spec=spec, block_size=128)
