@@ -12,7 +12,10 @@ Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 
 ``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...);
 ``NAME:ALGORITHM,key=value,...`` also sets the algorithm's fields (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``).
-``--budget-s`` stops starting new models once that many seconds have passed (the JSON keeps what finished).
+``--budget-s`` stops starting new models once that many seconds have passed, and skips a model when less time is
+left than the longest finished model of the same kind took (same algorithm method and ``sequential`` option:
+a sequential GPTQ reads the data once per layer level, a non-sequential one twice); the JSON keeps what finished,
+written after every model. Calibration windows may differ from the evaluation's: ``--calib-seq-len``, ``--calib-batch-size``.
 
 With ``--kv-cache``, each preset gets the KV preset merged in (k/v bmm inputs fake-quantized), and the float
 model is also scored through a real KV cache stored in that format (prefill writes quantized k/v and attends
@@ -30,8 +33,15 @@ import jax
 
 import jq
 import jq.models as jm
-from jq_zoo import smollm2
+from jq_zoo import shakespeare, smollm2
 from jq_zoo.preset_entry import preset_cfg
+
+
+def _cost_kind(entry: str) -> tuple:
+    """What a model's calibration time depends on most: the algorithm's method and its ``sequential`` option."""
+    alg = preset_cfg(entry).get("algorithm") or "max"
+    alg = alg if isinstance(alg, dict) else {"method": alg}
+    return alg.get("method"), alg.get("sequential", True)
 
 
 def main() -> None:
@@ -43,18 +53,27 @@ def main() -> None:
     ap.add_argument("--n-tokens", type=int, default=4096, help="held-out tokens scored")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--calib-batches", type=int, default=4, help="calibration batches of batch-size x seq-len")
+    ap.add_argument("--calib-batches", type=int, default=4,
+                    help="calibration batches of calib-batch-size x calib-seq-len")
+    ap.add_argument("--calib-seq-len", type=int, default=None, help="calibration window (default: --seq-len)")
+    ap.add_argument("--calib-batch-size", type=int, default=None, help="calibration batch (default: --batch-size)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new model after this many seconds (what finished stays in --json)")
     args = ap.parse_args()
 
     t0 = time.time()
+    calib_seq = args.calib_seq_len or args.seq_len
+    calib_bs = args.calib_batch_size or args.batch_size
     config, params, forward, (x, y), calib = smollm2.shakespeare_setup(
         seq_len=args.seq_len, n_tokens=args.n_tokens, calib_batches=args.calib_batches, batch_size=args.batch_size)
+    if (calib_seq, calib_bs) != (args.seq_len, args.batch_size):  # the same plays, other windows
+        calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), smollm2.load_tokenizer()),
+                                       n_batches=args.calib_batches, batch_size=calib_bs, seq_len=calib_seq)
+    calib_tokens = args.calib_batches * calib_bs * calib_seq
     print(f"SmolLM2-135M-Instruct (weights dequantized from GGUF Q4_1); jax {jax.__version__} on "
           f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}); "
-          f"{args.n_tokens} held-out tokens ({len(x)} x {args.seq_len}, Hamlet), "
-          f"{args.calib_batches * args.batch_size * args.seq_len} calibration tokens")
+          f"{args.n_tokens} held-out tokens ({len(x)} x {args.seq_len}, Hamlet), {calib_tokens} calibration "
+          f"tokens ({args.calib_batches} x {calib_bs} x {calib_seq})")
     results = {"float": jm.evaluate(forward, params, x, y, batch_size=args.batch_size, desc="float")}
     print(f"float perplexity {results['float'].perplexity:.3f} ({time.time() - t0:.0f} s)")
     timings = {"float": time.time() - t0}
@@ -65,17 +84,25 @@ def main() -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "n_tokens": args.n_tokens,
+                           "calibration_tokens": calib_tokens, "calibration": [args.calib_batches, calib_bs, calib_seq],
                            "results": {k: {"perplexity": r.perplexity, "kl": r.kl, "top1": r.top1,
                                            "seconds": timings[k]} for k, r in results.items()},
                            "errors": errors}, f, indent=1)
 
     save()
 
-    def measure(label, score):
-        """``results[label] = score()`` unless the budget is spent; an exception is recorded, not raised."""
-        if args.budget_s is not None and time.time() - t0 > args.budget_s:
-            print(f"{label}: skipped (--budget-s {args.budget_s:.0f} s spent)")
-            return
+    kinds = {}  # label -> the algorithm part of its entry, for the time estimate
+
+    def measure(label, score, kind=""):
+        """``results[label] = score()`` unless the budget is spent or too short for the longest finished model
+        of the same ``kind``; an exception is recorded, not raised."""
+        kinds[label] = kind
+        if args.budget_s is not None:
+            left = args.budget_s - (time.time() - t0)
+            need = max((timings[k] for k in timings if kinds.get(k) == kind), default=0.0)
+            if left <= need:
+                print(f"{label}: skipped ({left:.0f} s of --budget-s {args.budget_s:.0f} left, {need:.0f} s needed)")
+                return
         t1 = time.time()
         try:
             results[label] = score()
@@ -114,7 +141,8 @@ def main() -> None:
     for entry in args.presets:
         for kv_format in args.kv_cache:
             label = entry + (f" + {kv_format.upper()} KV" if kv_format != "none" else "")
-            measure(label, lambda entry=entry, kv_format=kv_format, label=label: quantized(entry, kv_format, label))
+            measure(label, lambda entry=entry, kv_format=kv_format, label=label: quantized(entry, kv_format, label),
+                    kind=_cost_kind(entry))
     print()
     print(jm.format_table(results))
 

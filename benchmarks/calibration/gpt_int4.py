@@ -38,8 +38,15 @@ ALGORITHMS = {
     "awq_lite": {"method": "awq_lite", "alpha_step": 0.1},
     "awq_clip": {"method": "awq_clip"},
     "awq_full": {"method": "awq_full", "alpha_step": 0.1},
-    "gptq": {"method": "gptq", "perc_damp": 0.01, "block_size": 128},
-    "gptq_act_order": {"method": "gptq", "act_order": True},
+    # without the block scale search (the default before wave 6), as in the first table of RESULTS.md
+    "gptq": {"method": "gptq", "perc_damp": 0.01, "block_size": 128, "scale_search": False},
+    "gptq_act_order": {"method": "gptq", "act_order": True, "scale_search": False},
+    # the block scale search (AutoGPTQ's mse=True: shrink 1..0.21 step 0.01, |err|^2.4), H_jj-weighted or plain
+    "gptq_search": {"method": "gptq", "scale_search": True},
+    "gptq_search_plain": {"method": "gptq", "scale_search": True, "search_hessian": False},
+    "gptq_act_order_search": {"method": "gptq", "act_order": True, "scale_search": True},
+    "gptq_damp0.1": {"method": "gptq", "perc_damp": 0.1, "scale_search": False},
+    "gptq_act_order_damp0.1": {"method": "gptq", "act_order": True, "perc_damp": 0.1, "scale_search": False},
 }
 
 

@@ -51,26 +51,27 @@ _NV = jq.NVFP4_DEFAULT_CFG
 _I4 = jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG
 _MSE_W = {"calibrator": "mse_sweep"}  # weights: amax x m, m in 0.25..4 (NVFP4 static blocks: every E4M3 scale)
 _FP8_BLOCK_SEARCH = {"method": "mse", "fp8_scale_sweep": True, "activations": "max"}
+_GPTQ = {"method": "gptq", "scale_search": False}  # the rows of RESULTS.md predate GPTQ's scale search (wave 6)
 
 # (group, recipe name, config); the first row of a group is its round-to-nearest baseline
 RECIPES = [
     ("nvfp4", "max (round to nearest), NVFP4_DEFAULT_CFG", _NV),
     ("nvfp4", "awq_lite (NVFP4_AWQ_LITE_CFG)", jq.NVFP4_AWQ_LITE_CFG),
-    ("nvfp4", "gptq on block-scale-searched weights", with_(_NV, "gptq", weight=_MSE_W)),
+    ("nvfp4", "gptq on block-scale-searched weights", with_(_NV, _GPTQ, weight=_MSE_W)),
     ("nvfp4", "svdquant (rank 32)", with_(_NV, "svdquant")),
     ("nvfp4", "awq_full (NVFP4_AWQ_FULL_CFG)", jq.NVFP4_AWQ_FULL_CFG),
-    ("nvfp4", "gptq", with_(_NV, "gptq")),
+    ("nvfp4", "gptq", with_(_NV, _GPTQ)),
     ("nvfp4", "awq_clip (NVFP4_AWQ_CLIP_CFG)", jq.NVFP4_AWQ_CLIP_CFG),
     ("nvfp4", "mse, E4M3 block-scale search (fp8_scale_sweep)", with_(_NV, _FP8_BLOCK_SEARCH)),
     ("nvfp4", "mse (weights: global amax sweep; acts: max)", with_(_NV, {"method": "mse", "activations": "max"})),
     ("int4", "max (round to nearest), INT4_BLOCKWISE_WEIGHT_ONLY_CFG", _I4),
     ("int4", "awq_lite (INT4_AWQ_CFG)", jq.INT4_AWQ_CFG),
-    ("int4", "gptq", with_(_I4, "gptq")),
-    ("int4", "gptq on mse-swept group amaxes", with_(_I4, "gptq", weight=_MSE_W)),
+    ("int4", "gptq", with_(_I4, _GPTQ)),
+    ("int4", "gptq on mse-swept group amaxes", with_(_I4, _GPTQ, weight=_MSE_W)),
     ("int4", "awq_full (INT4_AWQ_FULL_CFG)", jq.INT4_AWQ_FULL_CFG),
     ("int4", "awq_clip (INT4_AWQ_CLIP_CFG)", jq.INT4_AWQ_CLIP_CFG),
     ("int4", "mse (per-group amax sweep)", with_(_I4, {"method": "mse", "activations": "max"})),
-    ("int4", "gptq act_order on mse-swept group amaxes", with_(_I4, {"method": "gptq", "act_order": True},
+    ("int4", "gptq act_order on mse-swept group amaxes", with_(_I4, {**_GPTQ, "act_order": True},
                                                                weight=_MSE_W)),
     ("int4", "svdquant (rank 32)", with_(_I4, "svdquant")),
     ("8bit", "INT8_DEFAULT_CFG (static per-tensor acts)", jq.INT8_DEFAULT_CFG),

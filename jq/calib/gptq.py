@@ -46,7 +46,7 @@ from jax import lax
 
 from jq.calib.base import Algorithm
 from jq.calib.collect import pytree_handler
-from jq.calib.gptq_solve import gptq_quantize
+from jq.calib.gptq_solve import gptq_quantize, shrink_grid
 from jq.calib.max import max_calibrate
 from jq.calib.site_order import dependency_levels, unit_dependencies
 from jq.calib.static_amax import first_stage, static_block_variant, tokens_by_channel, with_static_blocks
@@ -184,19 +184,41 @@ def _check_options(alg) -> None:
         raise ValueError(f"algorithm 'gptq': block_size must be a positive int, got {alg.block_size!r}")
     if isinstance(alg.perc_damp, bool) or not isinstance(alg.perc_damp, (int, float)) or not 0 < alg.perc_damp <= 1:
         raise ValueError(f"algorithm 'gptq': perc_damp must be a number in (0, 1], got {alg.perc_damp!r}")
-    for k in ("act_order", "sequential"):
+    for k in ("act_order", "sequential", "scale_search", "search_hessian"):
         if not isinstance(getattr(alg, k), bool):
             raise ValueError(f"algorithm 'gptq': {k} must be a bool, got {getattr(alg, k)!r}")
+    for k, low, high in (("min_shrink", 0.0, 1.0), ("shrink_step", 0.0, 1.0), ("search_norm", 0.0, 16.0)):
+        v = getattr(alg, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v <= high:
+            raise ValueError(f"algorithm 'gptq': {k} must be a number in ({low:g}, {high:g}], got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class GPTQ(Algorithm):
-    """GPTQ (ModelOpt's ``gptq``: ``perc_damp``, ``block_size``; plus ``act_order`` and ``sequential``)."""
+    """GPTQ (ModelOpt's ``gptq``: ``perc_damp``, ``block_size``; plus ``act_order``, ``sequential`` and the block
+    scale search).
+
+    Attributes:
+      perc_damp: dampening ``H + perc_damp * mean(diag H) I``.
+      block_size: columns per lazy-batch update (a multiple of the quantization block).
+      act_order: columns by decreasing ``H_jj``, with block amaxes fixed up front (static groups).
+      sequential: Hessians level by level on the quantized model (else one pass, unquantized weights).
+      scale_search: per-block amaxes (INT groups, NVFP4 blocks) shrink to ``amax * m``, ``m`` in
+        ``1, 1 - shrink_step, ..., >= min_shrink``, minimising ``Σ d_j |fq(w; amax m) - w|^search_norm`` over
+        the block (AutoGPTQ's ``mse=True``: step 0.01 to 0.21, norm 2.4); per-tensor and per-channel amaxes
+        are unaffected (use the ``mse_sweep`` weight calibrator for those).
+      search_hessian: ``d_j = H_jj`` (the input channel's energy) in the search, else ``d_j = 1`` (AutoGPTQ).
+    """
 
     perc_damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
     sequential: bool = True
+    scale_search: bool = True  # small Shakespeare GPT INT4-g128: gap closed 67.7 -> 72.5 %, act_order 76.4 -> 78.5 %
+    min_shrink: float = 0.21
+    shrink_step: float = 0.01
+    search_norm: float = 2.4
+    search_hessian: bool = True
     name = "gptq"
     passes = 2
     needs_data = True
@@ -240,6 +262,9 @@ class GPTQ(Algorithm):
                                  for name, slot in slots.items()}, sites, qm, leaves, qstate)
         return qm.replace(params=jax.tree_util.tree_unflatten(treedef, leaves), qstate=qstate)
 
+    def _shrink(self) -> tuple[float, ...] | None:
+        return shrink_grid(float(self.min_shrink), float(self.shrink_step)) if self.scale_search else None
+
     def _update(self, level, hessians, sites, qm, leaves, qstate) -> None:
         """GPTQ every unit of ``level`` given ``hessians[site name] = (Σ xᵀx, token count)`` (statistics);
         writes the weights into ``leaves`` and the amaxes into ``qstate``."""
@@ -270,7 +295,8 @@ class GPTQ(Algorithm):
                     w = w / pqs[None, :]  # the weight the model quantizes: W / pre_quant_scale
                 q, amax, _ = gptq_quantize(w, h.value[idx], jnp.asarray(amax_all)[idx], spec=spec,
                                            block_size=self.block_size, perc_damp=float(self.perc_damp),
-                                           act_order=self.act_order)
+                                           act_order=self.act_order, shrink=self._shrink(),
+                                           norm=float(self.search_norm), hessian_weighted=self.search_hessian)
                 if not bool(jnp.all(jnp.isfinite(q))):
                     raise ValueError(f"gptq: the damped Hessian of site {name!r}{_layer(idx)} is not positive "
                                      f"definite; raise perc_damp (now {self.perc_damp})")

@@ -23,6 +23,12 @@ block of a two-block tensor whose second block (zeros) carries ``G``: formats wh
 from the block amaxes (NVFP4: ``max / 2688``) see the weight's own, and the returned per-block amaxes
 reproduce the quantized weight exactly (``fake_quant(Q, amax) == Q``).
 
+Scale search (``shrink``, AutoGPTQ's ``mse=True``): each block amax ``a`` (computed as above, from the updated
+weights or up front) becomes ``a * m`` for the shrink factor ``m`` of the grid minimising the block's rounding
+error ``Σ d_j |fq(w; a m) - w|^norm`` over its elements (AutoGPTQ: ``m = 1, 0.99, ..., 0.21``, ``norm = 2.4``,
+``d_j = 1``; ``hessian_weighted``: ``d_j = H_jj``); the first minimum wins, so ``m = 1`` (max) is kept on
+ties. The pinned block keeps ``G``.
+
 Example:
   >>> q, amax, err = gptq_quantize(w, h, amax0, spec=spec, block_size=128)
 """
@@ -36,13 +42,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jq.calib.mse import reduce_to_amax
 from jq.calib.static_amax import pin_mask
 from jq.fake_quant import fake_quant
 from jq.formats.base import broadcastable_amax
 
-__all__ = ["gptq_quantize", "inverse_hessian_factor", "hessian_error"]
+__all__ = ["gptq_quantize", "inverse_hessian_factor", "hessian_error", "shrink_grid", "search_block_amax"]
 
 HIGHEST = lax.Precision.HIGHEST
+_CHUNK = 16  # scale-search candidates quantized at once (memory: 16 copies of the block slab)
 
 
 def inverse_hessian_factor(h: jax.Array, damp: jax.Array) -> jax.Array:
@@ -62,6 +70,45 @@ def hessian_error(q: jax.Array, w: jax.Array, h: jax.Array) -> jax.Array:
     return num / jnp.maximum(den, 1e-30)
 
 
+def shrink_grid(min_shrink: float, step: float) -> tuple[float, ...]:
+    """The shrink factors ``1, 1 - step, ...`` down to ``min_shrink`` (AutoGPTQ: ``step=0.01, min_shrink=0.21``)."""
+    n = math.floor((1.0 - min_shrink) / step + 1e-6) + 1
+    return tuple(round(1.0 - k * step, 6) for k in range(n))
+
+
+def search_block_amax(x: jax.Array, amax: jax.Array, keep: jax.Array, *, spec, shrink: tuple[float, ...],
+                      norm: float = 2.4, col_weight: jax.Array | None = None) -> jax.Array:
+    """Per block amax ``amax * m``, ``m`` in ``shrink``, minimising ``Σ d_j |fake_quant(x; amax m) - x|^norm``
+    over the block's elements (the first minimum; ``d_j = col_weight[j]`` per column, else 1); blocks where
+    ``keep`` is True keep ``amax``.
+
+    Candidates are evaluated 16 at a time as one stacked tensor (``keep`` blocks unshrunk in every copy), so a
+    format whose tensor-level scale comes from the largest block amax (NVFP4) sees the scale it is stored
+    with when the largest block is kept (the factors are <= 1).
+
+    Example:
+      >>> a = search_block_amax(w, amax, pin_mask(amax), spec=spec, shrink=shrink_grid(0.5, 0.05))
+    """
+    amax = jnp.asarray(amax, jnp.float32)
+    xf = jnp.asarray(x, jnp.float32)
+    rows = xf.shape[0]
+    n = len(shrink)
+    chunk = min(n, _CHUNK)
+    padded = list(shrink) + [shrink[-1]] * (-n % chunk)  # repeats lose to their first copy in the argmin
+    ms = jnp.asarray(padded, jnp.float32)
+
+    def losses(mc):  # `chunk` stacked copies of x, one candidate each; no vmap (static NVFP4 rejects batches)
+        a = jnp.where(keep[None], amax[None], amax[None] * mc[:, None, None]).reshape(chunk * rows, -1)
+        xs = jnp.tile(xf, (chunk, 1))
+        err = jnp.abs(fake_quant(xs, a, spec=spec).astype(jnp.float32) - xs) ** norm
+        err = err if col_weight is None else err * col_weight[None, :]
+        return reduce_to_amax(err, a, spec).reshape((chunk,) + amax.shape)
+
+    loss = lax.map(losses, ms.reshape(-1, chunk)).reshape((-1,) + amax.shape)
+    best = jnp.argmin(loss, axis=0)
+    return jnp.where(keep, amax, amax * ms[best])
+
+
 def _group_size(spec, shape, block_size: int) -> int | None:
     """Columns per quantization block along the input channels (None: no per-block amax)."""
     layout = spec.format.blocks(spec, shape)
@@ -77,9 +124,11 @@ def _group_size(spec, shape, block_size: int) -> int | None:
     return gs
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "block_size", "perc_damp", "act_order"))
+@functools.partial(jax.jit, static_argnames=("spec", "block_size", "perc_damp", "act_order", "shrink", "norm",
+                                                "hessian_weighted"))
 def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_size: int = 128,
-                  perc_damp: float = 0.01, act_order: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+                  perc_damp: float = 0.01, act_order: bool = False, shrink: tuple[float, ...] | None = None,
+                  norm: float = 2.4, hessian_weighted: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
     """GPTQ-quantize ``w`` (see the module docstring).
 
     Args:
@@ -90,6 +139,11 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
       block_size: columns per lazy-batch block (a multiple of the quantization block size).
       perc_damp: dampening, as a fraction of the mean Hessian diagonal.
       act_order: process columns by decreasing Hessian diagonal.
+      shrink: shrink factors searched for every block amax (:func:`shrink_grid`); None: the block max. Only
+        formats with per-block amaxes search; per-tensor and per-channel amaxes stay as given.
+      norm: the exponent of the scale search's error.
+      hessian_weighted: weight the scale search's error of input column ``j`` by ``H_jj`` (the column's
+        share of the layer output error when columns are uncorrelated).
 
     Returns:
       ``(q, amax, error)``: the quantized weight (float32, on the format's grid), the amax that reproduces it,
@@ -111,6 +165,7 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
     perm = jnp.argsort(-jnp.diagonal(hp), stable=True) if act_order else jnp.arange(cp)
     wp, hp = wp[:, perm], hp[perm][:, perm]
     u = inverse_hessian_factor(hp, damp)
+    dp = jnp.diagonal(hp)  # in processing order
 
     if gs is None:  # one amax per tensor or channel, fixed
         a_cols = jnp.broadcast_to(broadcastable_amax(amax, 2), (rows, cols))
@@ -119,6 +174,9 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
     else:
         big = jnp.max(amax)
         nbp = cp // gs
+        if act_order and shrink is not None:  # static groups: searched once on the original weight
+            amax = search_block_amax(w0, amax, pin_mask(amax), spec=spec, shrink=shrink, norm=norm,
+                                     col_weight=jnp.diagonal(h) if hessian_weighted else None)
         a_blocks = jnp.pad(amax, ((0, 0), (0, nbp - amax.shape[1])))
         pin = jnp.pad(pin_mask(amax), ((0, 0), (0, nbp - amax.shape[1])))
         a_cols = None
@@ -145,7 +203,16 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
                 def refresh(ab):
                     grp = lax.dynamic_slice(w1, (0, i), (rows, gs))
                     a = jnp.minimum(spec.format.compute_amax(grp, spec)[:, 0], big)
-                    a = jnp.where(lax.dynamic_index_in_dim(pin, g, 1, False), big, a)
+                    pinned = lax.dynamic_index_in_dim(pin, g, 1, False)
+                    a = jnp.where(pinned, big, a)
+                    if shrink is not None:  # the group beside a block carrying G, as quant_col sees it
+                        slab = jnp.concatenate([grp, jnp.zeros_like(grp)], axis=1)
+                        a2 = jnp.stack([a, jnp.full_like(a, big)], axis=1)
+                        keep = jnp.stack([pinned, jnp.ones_like(pinned)], axis=1)
+                        d = lax.dynamic_slice(dp, (i1 + i,), (gs,)) if hessian_weighted else None
+                        d = None if d is None else jnp.concatenate([d, jnp.zeros_like(d)])
+                        a = search_block_amax(slab, a2, keep, spec=spec, shrink=shrink, norm=norm,
+                                              col_weight=d)[:, 0]
                     return lax.dynamic_update_slice(ab, a[:, None], (0, g))
 
                 ab = lax.cond(i % gs == 0, refresh, lambda x: x, ab)

@@ -10,7 +10,7 @@ import pytest
 import jq
 import jq.models as jm
 from jq.presets import with_output_head
-from jq.calib.gptq_solve import gptq_quantize
+from jq.calib.gptq_solve import gptq_quantize, shrink_grid
 from jq.fake_quant import fake_quant
 from tests import _models as M
 from tests.models.conftest import tiny_model
@@ -42,7 +42,7 @@ def _gptq(p, x, cfg, **options):
 @pytest.mark.parametrize("sequential", [True, False])
 def test_hessians_come_from_the_inputs_the_quantized_model_produces(problem, sequential):
     p, x = problem
-    qm = _gptq(p, x, W4A8, sequential=sequential)
+    qm = _gptq(p, x, W4A8, sequential=sequential, scale_search=False)
     spec = qm.spec("w2.weight_quantizer")
     # sequential: w1 is GPTQ-quantized (its new params sit on the grid) before w2's Hessian; otherwise float
     w1 = qm.params["w1"] if sequential else p["w1"]
@@ -52,6 +52,22 @@ def test_hessians_come_from_the_inputs_the_quantized_model_produces(problem, seq
     amax0 = spec.format.compute_amax(p["w2"].T, spec)  # max calibration of the original weight
     want, _, _ = gptq_quantize(p["w2"].T, hq.T @ hq, amax0, spec=spec, block_size=16)
     np.testing.assert_allclose(qm.params["w2"].T, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("search_hessian", [True, False], ids=["hessian-weighted", "plain"])
+def test_scale_search_options_reach_the_solver(problem, search_hessian):
+    p, x = problem
+    qm = _gptq(p, x, INT4_G16, sequential=False, scale_search=True, min_shrink=0.5, shrink_step=0.05,
+               search_norm=2.0, search_hessian=search_hessian)
+    spec = qm.spec("w2.weight_quantizer")
+    hid = jax.nn.gelu(x @ p["w1"])  # non-sequential: float w1, float inputs (no input quantizer)
+    amax0 = spec.format.compute_amax(p["w2"].T, spec)
+    want, amax, _ = gptq_quantize(p["w2"].T, hid.T @ hid, amax0, spec=spec, block_size=16,
+                                  shrink=shrink_grid(0.5, 0.05), norm=2.0, hessian_weighted=search_hessian)
+    plain, _, _ = gptq_quantize(p["w2"].T, hid.T @ hid, amax0, spec=spec, block_size=16)
+    np.testing.assert_allclose(qm.params["w2"].T, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(qm.qstate["w2.weight_quantizer"]["amax"], amax, rtol=1e-6)
+    assert not np.allclose(want, plain)
 
 
 def test_beats_round_to_nearest_and_folds_to_itself(problem):
@@ -164,6 +180,10 @@ def test_compilations_do_not_grow_with_the_number_of_layers():
     ({"perc_damp": 0.0}, r"perc_damp must be a number in \(0, 1\]"),
     ({"act_order": "yes"}, "act_order must be a bool"),
     ({"sequential": 1}, "sequential must be a bool"),
+    ({"scale_search": 1}, "scale_search must be a bool"),
+    ({"min_shrink": 0.0}, r"min_shrink must be a number in \(0, 1\]"),
+    ({"shrink_step": 1.5}, r"shrink_step must be a number in \(0, 1\]"),
+    ({"search_norm": "2"}, r"search_norm must be a number in \(0, 16\]"),
     ({"percdamp": 0.01}, r"no option 'percdamp' \(did you mean 'perc_damp'\?\)"),
 ])
 def test_bad_options_are_named(problem, option, match):
