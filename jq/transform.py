@@ -29,7 +29,7 @@ from jax import lax
 
 from jq.calib import stats as S
 from jq.handlers.base import Handler, Scope, SiteCall, bind
-from jq.trace.control_flow import JaxprVisitor, bodies
+from jq.trace.control_flow import JaxprVisitor, bodies, scan_counts
 from jq.trace.tracer import TracedModel
 
 __all__ = ["Evaluator"]
@@ -129,7 +129,7 @@ class Evaluator(JaxprVisitor):
             return bind(eqn, invals)
         p = eqn.params
         (body,) = bodies(eqn)
-        nc, ncar = p["num_consts"], p["num_carry"]
+        nc, ncar = scan_counts(p)
         consts, init, xs = invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
         layer = path in self.traced.layer_scans
         qstate = self.scope.qstate

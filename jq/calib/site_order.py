@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 
-from jq.trace.control_flow import JaxprVisitor, bodies
+from jq.trace.control_flow import JaxprVisitor, bodies, scan_counts
 
 __all__ = ["dependency_levels", "unit_dependencies"]
 
@@ -91,7 +91,7 @@ class _DependencyWalker(JaxprVisitor):
     def visit_scan(self, eqn, invals, path):
         (body,) = bodies(eqn)
         p = eqn.params
-        nc, ncar = p["num_consts"], p["num_carry"]
+        nc, ncar = scan_counts(p)
         consts, carry, xs = invals[:nc], list(invals[nc:nc + ncar]), invals[nc + ncar:]
         ys = [EMPTY] * (len(eqn.outvars) - ncar)
         if path in self.traced.layer_scans:

@@ -73,12 +73,24 @@ def eqn_kind(eqn) -> str:
     return "plain"
 
 
+def scan_counts(params) -> tuple[int, int]:
+    """``(consts, carries)`` of a ``scan`` equation's operands (then come the scanned ``xs``).
+
+    jax <= 0.10 names them in the params (``num_consts``, ``num_carry``); jax 0.11 packs the operand structure
+    into a flat tree ``ft_in = (consts, carry, xs)`` instead.
+    """
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    consts, carry, _ = params["ft_in"].unpack()
+    return len(consts), len(carry)
+
+
 def bodies(eqn) -> tuple[Body, ...]:
     """The inner jaxprs of a higher-order equation with their operand/result mapping (see the module table)."""
     name, p = eqn.primitive.name, eqn.params
     n_in, n_out = len(eqn.invars), len(eqn.outvars)
     if name == "scan":
-        nc, ncar = p["num_consts"], p["num_carry"]
+        nc, ncar = scan_counts(p)
         inner, consts = jaxpr_of(p["jaxpr"])
         return (Body(inner, consts, 0, tuple(range(n_in)), frozenset(range(nc + ncar, n_in)),
                      tuple(range(n_out)), frozenset(range(ncar, n_out))),)

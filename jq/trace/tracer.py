@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from jq.trace.control_flow import JaxprVisitor, bodies
+from jq.trace.control_flow import JaxprVisitor, bodies, scan_counts
 from jq.trace.naming import name_sites, weight_view
 from jq.trace.output_head import OUTPUT_HEAD_ROLE, output_heads
 from jq.trace.symbols import DimClasses
@@ -279,8 +279,7 @@ class _Walker(JaxprVisitor):
 
     def visit_scan(self, eqn, ins, path):
         (body,) = bodies(eqn)
-        ncar = eqn.params["num_carry"]
-        nc = eqn.params["num_consts"]
+        nc, ncar = scan_counts(eqn.params)
         carry_idx = range(nc, nc + ncar)
         layer = any(_is_weight(ins[i]) for i in body.sliced)
         depth = len(self.layer_stack)
