@@ -224,6 +224,8 @@ class QuantizerSpec:
                 raise ValueError(f"axis must be None, an int or a tuple of ints, got {self.axis!r}")
         if isinstance(self.block_sizes, Mapping):
             set_("block_sizes", BlockSizes.from_dict(self.block_sizes))
+        if self.block_sizes is not None and not isinstance(self.block_sizes, BlockSizes):
+            raise ValueError(f"block_sizes must be None or a dict such as {{-1: 16}}, got {self.block_sizes!r}")
         for field in ("enable", "unsigned", "narrow_range", "fake_quant", "pass_through_bwd", "rotate"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field} must be a bool, got {getattr(self, field)!r}")

@@ -37,6 +37,8 @@ def test_spec_kinds():
     (dict(num_bits=8, calibrator="magic"), "calibrator"),
     (dict(num_bits=8, effective_bits=-1), "effective_bits"),
     (dict(num_bits=8, enable="yes"), "enable must be a bool"),
+    # found by the property test (hypothesis): a list is not block sizes
+    (dict(num_bits=8, block_sizes=[]), r"block_sizes must be None or a dict such as \{-1: 16\}, got \[\]"),
 ])
 def test_invalid_specs_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):

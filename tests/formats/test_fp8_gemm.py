@@ -19,16 +19,16 @@ from jq_kernels.fp8_decode import FP8DecodeConfig
 SMALL = FP8DecodeConfig(block_n=32, block_k=64, target_programs=8)  # interpret grids of a few steps
 
 
-def test_auto_uses_dequant_up_to_the_token_threshold():
+def test_auto_uses_the_small_batch_gemm_up_to_the_token_threshold():
     p = FP8GemmPolicy(dequant_max_tokens=32)
     assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 8, 32, 33, 4096)] == \
-        ["dequant", "dequant", "dequant", "w8a8", "w8a8"]
+        ["decode_kernel", "decode_kernel", "decode_kernel", "w8a8", "w8a8"]
 
 
 def test_small_weights_stay_on_w8a8():
     p = FP8GemmPolicy(dequant_min_weight=1 << 20)
     assert p.choose(tokens=1, n=512, k=512) == "w8a8"  # 2^18 elements
-    assert p.choose(tokens=1, n=1024, k=1024) == "dequant"  # 2^20 elements
+    assert p.choose(tokens=1, n=1024, k=1024) == "decode_kernel"  # 2^20 elements
 
 
 def test_forced_modes_and_disabled_threshold():
@@ -51,7 +51,7 @@ def test_linear_kernel_asks_the_policy_per_call_shape():
     q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
     stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
     kernel = FP8Linear(policy=FP8GemmPolicy(dequant_max_tokens=4))
-    assert kernel.gemm(4, stored) == "dequant" and kernel.gemm(5, stored) == "w8a8"
+    assert kernel.gemm(4, stored) == "decode_kernel" and kernel.gemm(5, stored) == "w8a8"
 
 
 @pytest.mark.parametrize("tokens", [3, 40])
