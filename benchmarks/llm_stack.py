@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jq import deploy
 from jq.model import QuantizedModel
 from jq.models import llama
-from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
+from jq.models.kv_cache import KVCache, init_stacked_cache, read_layer, write_layer
 from jq.models.rope import rope_tables
 
 __all__ = ["init_stacked", "layer_step", "StackedLM", "stack_realized"]
@@ -118,19 +118,10 @@ class StackedLM:
 
     def init_cache(self, batch: int, max_len: int):
         """``(keys, values, length)``: per-layer storage stacked on axis 0 (arrays or QTensors), int32 length."""
-        def one(i):
-            ka = None if self.k_amax is None else self.k_amax[i]
-            va = None if self.v_amax is None else self.v_amax[i]
-            c = init_cache(self.config1, batch, max_len, kv_format=self.kv_spec, k_amax=ka, v_amax=va,
-                           dtype=self.dtype)
-            return c.keys[0], c.values[0]
-        if self.kv_spec is None:  # zeros: one array per cache side, no per-layer work
-            k0, _ = one(0)
-            z = jnp.zeros((self.n_layers,) + k0.shape, k0.dtype)
-            return z, z, jnp.zeros((), jnp.int32)
-        per = [one(i) for i in range(self.n_layers)]
-        stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-        return stack([k for k, _ in per]), stack([v for _, v in per]), jnp.zeros((), jnp.int32)
+        config = dataclasses.replace(self.config1, num_hidden_layers=self.n_layers)
+        keys, values = init_stacked_cache(config, batch, max_len, kv_format=self.kv_spec, k_amax=self.k_amax,
+                                          v_amax=self.v_amax, dtype=self.dtype)
+        return keys, values, jnp.zeros((), jnp.int32)
 
     def extend(self, weights, layers, top, tokens, cache):
         """Logits ``[b, t, vocab]`` of ``tokens [b, t]`` after the cached positions, and the updated cache."""

@@ -33,7 +33,8 @@ from jq.models.config import LlamaConfig
 from jq.presets import FP8_KV_CFG, NVFP4_KV_CFG
 from jq.qtensor import QTensor, dequantize, quantize
 
-__all__ = ["KVCache", "KV_FORMATS", "kv_spec", "init_cache", "write_layer", "read_layer", "kv_amax_from"]
+__all__ = ["KVCache", "KV_FORMATS", "kv_spec", "init_cache", "init_stacked_cache", "write_layer", "read_layer",
+           "kv_amax_from"]
 
 # Storage formats by name: the k/v bmm quantizer spec of jq's KV-cache presets.
 KV_FORMATS = {"fp8": FP8_KV_CFG, "nvfp4": NVFP4_KV_CFG}
@@ -136,6 +137,19 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int, *, kv_format: str 
             keys, values = (zeros,) * n, (zeros,) * n
     return KVCache(tuple(keys), tuple(values), k_amax, v_amax, jnp.zeros((), jnp.int32), config, spec, storage,
                    dtype.name)
+
+
+def init_stacked_cache(config: LlamaConfig, batch: int, max_len: int, *, kv_format: str | QuantizerSpec | None = None,
+                       k_amax=None, v_amax=None, dtype=jnp.float32) -> tuple:
+    """``(keys, values)`` of an empty cache for layers run by one ``lax.scan``: each layer's storage of
+    :func:`init_cache` (arrays, or QTensors for a quantized format) stacked on a leading layer axis.
+
+    Example:
+      >>> keys, values = init_stacked_cache(config, 2, 128, kv_format="fp8", k_amax=ka, v_amax=va)
+    """
+    cache = init_cache(config, batch, max_len, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax, dtype=dtype)
+    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+    return stack(list(cache.keys)), stack(list(cache.values))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "shape", "dtype"))

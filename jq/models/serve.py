@@ -36,7 +36,7 @@ from jq.handlers.apply import FakeQuant
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
 from jq.models.generate import extend, generation_length
-from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
+from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache, read_layer, write_layer
 from jq.models.llama import (
     attention,
     attention_mask,
@@ -345,16 +345,9 @@ class ScannedLM(_Generation):
 
     def init_cache(self, batch: int, max_len: int) -> StackedCache:
         """An empty cache in this model's storage format, every layer's stacked on axis 0."""
-        def one(i):
-            ka = None if self.k_amax is None else self.k_amax[i]
-            va = None if self.v_amax is None else self.v_amax[i]
-            c = init_cache(self.config1, batch, max_len, kv_format=self.kv_spec, k_amax=ka, v_amax=va,
-                           dtype=self.dtype)
-            return c.keys[0], c.values[0]
-        per = [one(i) for i in range(1 if self.kv_spec is None else self.n_layers)]
-        if self.kv_spec is None:  # zeros: the same for every layer
-            per = per * self.n_layers
-        return StackedCache(_stack([k for k, _ in per]), _stack([v for _, v in per]), jnp.zeros((), jnp.int32))
+        keys, values = init_stacked_cache(self.config, batch, max_len, kv_format=self.kv_spec, k_amax=self.k_amax,
+                                          v_amax=self.v_amax, dtype=self.dtype)
+        return StackedCache(keys, values, jnp.zeros((), jnp.int32))
 
     def extend(self, weights, params, tokens, cache: StackedCache):
         """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned."""

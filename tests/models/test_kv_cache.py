@@ -148,3 +148,22 @@ def test_errors():
                     max_len=6)
     with pytest.raises(ValueError, match="no calibrated amax"):
         jm.kv_amax_from(type("QM", (), {"qstate": {}})(), config)
+
+
+def test_init_stacked_cache_stacks_each_layers_storage():
+    # the scanned serving models read layer i of the stacked cache where the unrolled model reads cache.keys[i]
+    from jq.models.kv_cache import init_stacked_cache
+
+    _, config, _ = tiny_model(head_dim=16, num_attention_heads=2, num_key_value_heads=1)
+    assert config.num_hidden_layers == 2
+    ka, va = jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0])
+    ref = jm.init_cache(config, 2, 8, kv_format="fp8", k_amax=ka, v_amax=va, dtype=jnp.bfloat16)
+    keys, values = init_stacked_cache(config, 2, 8, kv_format="fp8", k_amax=ka, v_amax=va, dtype=jnp.bfloat16)
+    for stacked, per_layer in ((keys, ref.keys), (values, ref.values)):
+        for i, layer in enumerate(per_layer):
+            got = jax.tree_util.tree_map(lambda a: a[i], stacked)
+            assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(layer)
+            for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(layer)):
+                np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    fk, fv = init_stacked_cache(config, 2, 8, dtype=jnp.float32)  # float cache: zeros [layers, b, t, heads, dim]
+    assert fk.shape == (2, 2, 8, config.num_key_value_heads, config.head_dim) and not np.any(np.asarray(fv))
