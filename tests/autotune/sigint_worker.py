@@ -8,6 +8,7 @@ The test sends SIGINT only after reading that line, so the interrupt always land
 Usage: python sigint_worker.py <jq-autotune arguments>  (must include --output)
 """
 
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from jq_autotune import workflow  # noqa: E402
 from jq_autotune.cli import main  # noqa: E402
 
 if __name__ == "__main__":
+    # A child inherits an ignored SIGINT disposition and a blocked signal mask from the process that starts it
+    # (here a pytest-xdist worker, after hundreds of tests); either makes the parked run deaf to the test's
+    # SIGINT. Start from Python's defaults, and say what they were.
+    inherited = (signal.getsignal(signal.SIGINT), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(f"inherited SIGINT handler {inherited[0]!r}, blocked signals {inherited[1]}", flush=True)
     argv = sys.argv[1:]
     state_file = Path(argv[argv.index("--output") + 1]) / "autotuner_state.yaml"
     make = workflow.make_benchmark
