@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from jq import deploy
 from jq.model import QuantizedModel
 from jq.models import llama
+from jq.models.generate import extend_inputs
 from jq.models.kv_cache import KVCache, init_stacked_cache, read_layer, write_layer
-from jq.models.rope import rope_tables
 
 __all__ = ["init_stacked", "layer_step", "StackedLM", "stack_realized"]
 
@@ -128,10 +128,7 @@ class StackedLM:
         keys, values, length = cache
         b, t = tokens.shape
         max_len = jax.tree_util.tree_leaves(keys)[0].shape[2]
-        positions = length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = rope_tables(self.config1, positions)
-        slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
-        mask = llama.attention_mask(positions, slots, self.config1, k_valid=slots < length + t)
+        cos, sin, mask = extend_inputs(self.config1, tokens, length, max_len)
         h = top["model"]["embed_tokens"]["weight"][tokens]
         k_amax = jnp.zeros((self.n_layers,), jnp.float32) if self.k_amax is None else self.k_amax
         v_amax = jnp.zeros((self.n_layers,), jnp.float32) if self.v_amax is None else self.v_amax

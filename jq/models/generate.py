@@ -24,18 +24,26 @@ from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
 from jq.models.llama import attention, attention_mask, layer_scope, linear, lm_head, mlp, project_qkv, rms_norm
 from jq.models.rope import rope_tables
 
-__all__ = ["extend", "prefill", "decode_step", "generate"]
+__all__ = ["extend", "extend_inputs", "prefill", "decode_step", "generate"]
+
+
+def extend_inputs(config: LlamaConfig, tokens: jax.Array, length: jax.Array, max_len: int) -> tuple:
+    """``(cos, sin, mask)`` for ``tokens [batch, t]`` appended after ``length`` cached positions of a cache of
+    ``max_len`` slots: the new tokens sit at positions ``length .. length + t - 1`` and attend to the valid slots
+    ``< length + t`` (causal, sliding window per ``config``)."""
+    b, t = tokens.shape
+    positions = length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    cos, sin = rope_tables(config, positions)
+    slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+    return cos, sin, attention_mask(positions, slots, config, k_valid=slots < length + t)
 
 
 def extend(params: dict, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Logits ``[batch, t, vocab]`` of ``tokens[batch, t]`` appended after the cached positions, and the
     cache with their keys/values stored and ``length`` advanced by ``t``."""
     config = cache.config
-    b, t = tokens.shape
-    positions = cache.length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    cos, sin = rope_tables(config, positions)
-    slots = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (b, cache.max_len))
-    mask = attention_mask(positions, slots, config, k_valid=slots < cache.length + t)
+    t = tokens.shape[1]
+    cos, sin, mask = extend_inputs(config, tokens, cache.length, cache.max_len)
     h = params["model"]["embed_tokens"]["weight"][tokens]
     for i, layer in enumerate(params["model"]["layers"]):
         x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)

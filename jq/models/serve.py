@@ -35,11 +35,10 @@ from jq.deploy import RealQuant
 from jq.handlers.apply import FakeQuant
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
-from jq.models.generate import extend, generation_length
+from jq.models.generate import extend, extend_inputs, generation_length
 from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache, read_layer, write_layer
 from jq.models.llama import (
     attention,
-    attention_mask,
     layer_scope,
     linear,
     lm_head,
@@ -47,7 +46,6 @@ from jq.models.llama import (
     project_qkv,
     rms_norm,
 )
-from jq.models.rope import rope_tables
 
 __all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
 
@@ -352,12 +350,9 @@ class ScannedLM(_Generation):
     def extend(self, weights, params, tokens, cache: StackedCache):
         """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned."""
         keys, values, length = cache
-        b, t = tokens.shape
+        t = tokens.shape[1]
         max_len = jax.tree_util.tree_leaves(keys)[0].shape[2]
-        positions = length + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = rope_tables(self.config, positions)
-        slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
-        mask = attention_mask(positions, slots, self.config, k_valid=slots < length + t)
+        cos, sin, mask = extend_inputs(self.config, tokens, length, max_len)
         top = params["top"]
         h = top["model"]["embed_tokens"]["weight"][tokens]
         zeros = jnp.zeros((self.n_layers,), jnp.float32)
