@@ -6,7 +6,7 @@ their full depth (``--layers`` overrides it), run by :mod:`benchmarks.llm_stack`
 
 Variants (``--variants``; default :data:`DEFAULT_VARIANTS`): ``bf16`` (no evaluator), ``bf16_kv8`` (same, FP8 KV
 cache), ``fp8_w8a8`` (FP8 weights and activations, the fp8 GEMM forced at every shape), ``fp8`` (the default
-:class:`jq.formats.fp8_gemm.FP8GemmPolicy`: bf16 GEMM on upcast E4M3 operands for <= 32 tokens, fp8 GEMM above),
+:class:`jq.formats.fp8_gemm.FP8GemmPolicy`: its ``small_batch_gemm`` for <= 32 tokens, fp8 GEMM above),
 ``fp8_dequant`` (the bf16-GEMM path forced), ``fp8_kernel`` (the Pallas FP8 decode GEMM forced up to 64 tokens, fp8
 GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
 of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8`` suffix stores the KV
@@ -150,7 +150,7 @@ class Model:
         rng = np.random.default_rng(0)
         self.calib = jnp.asarray(rng.integers(0, self.config1.vocab_size, (2, 32)), jnp.int32)
         self.prompts = {b: jnp.asarray(rng.integers(0, self.config1.vocab_size, (b, args.prompt)), jnp.int32)
-                        for b in args.batches}
+                        for b in sorted(set(args.batches) | set(args.prefill_batches))}
         self.fused_params = None  # (top, stack) with q/k/v and gate/up fused, built on first use
         self.qms, self.realized, self.lms, self.programs, self.realize_s = {}, {}, {}, {}, {}
         self.max_len = args.prompt + args.steps + 1  # one cache shape for every program of a batch size
@@ -163,14 +163,14 @@ class Model:
         return self.programs[variant]
 
     def params(self, fused: bool):
-        """``(top, stacked layers)``, with q/k/v and gate/up fused (one jitted concatenation on the device)."""
+        """``(top, stacked layers)``, with q/k/v and gate/up fused: a few eager concatenations on the device (the
+        other leaves are shared with the unfused params, not copied)."""
         if not fused:
             return self.top, self.stack
         if self.fused_params is None:
             t0 = time.time()
-            self.fused_params = jax.block_until_ready(jax.jit(lambda t, s: (llama.fuse_projections(t),
-                                                                            llama.fuse_projections(s)))(
-                self.top, self.stack))
+            self.fused_params = jax.block_until_ready((llama.fuse_projections(self.top),
+                                                       llama.fuse_projections(self.stack)))
             self.realize_s["fuse"] = time.time() - t0
         return self.fused_params
 

@@ -26,9 +26,10 @@ def _model(args):
 
 
 def test_fused_variants_serve_fused_sites():
-    args = llm_decode.parse(["--smoke", "--batches", "1", "--prefill-batches", "2"])
+    args = llm_decode.parse(["--smoke", "--batches", "1", "--prefill-batches", "2"])  # a prefill-only batch
     assert args.batches == [1] and args.prefill_batches == [2]
     model, logits = _model(args)
+    assert set(model.prompts) == {1, 2}
     bf16, bf16_fused = logits("bf16"), logits("bf16_fused")
     # the same bf16 dot products per output element: bit-identical on XLA CPU (a swapped q/k/v or gate/up split
     # changes them); a GPU may accumulate the wider GEMM in another order
