@@ -133,3 +133,12 @@ def test_fused_model_has_no_hf_names(tmp_path):
     assert list(tmp_path.iterdir()) == []  # raised before writing anything
     jm.save_hf(tmp_path / "unfused", hf, llama.unfuse_projections(fused, config))  # the supported way out
     assert jm.load_hf(tmp_path / "unfused")[1]["model"]["layers"][1]["mlp"]["up_proj"]["weight"].shape == (48, 32)
+
+
+def test_generate_runs_fused_params_unchanged():
+    """The cached generation path (jq.models.generate, which calls project_qkv / mlp) takes fused params as is."""
+    _, config, params = tiny_model(architectures=["Qwen2ForCausalLM"])
+    prompt = TOKENS[:, :5]
+    want = jm.generate(params, prompt, 6, config=config)
+    np.testing.assert_array_equal(np.asarray(jm.generate(llama.fuse_projections(params), prompt, 6, config=config)),
+                                  np.asarray(want))
