@@ -6,11 +6,14 @@ their full depth (``--layers`` overrides it), run by :mod:`benchmarks.llm_stack`
 
 Variants (``--variants``; default :data:`DEFAULT_VARIANTS`): ``bf16`` (no evaluator), ``bf16_kv8`` (same, FP8 KV
 cache), ``fp8_w8a8`` (FP8 weights and activations, the fp8 GEMM forced at every shape), ``fp8`` (the default
-:class:`jq.formats.fp8_gemm.FP8GemmPolicy`: bf16 GEMM on upcast E4M3 operands for <= 32 tokens, fp8 GEMM above),
+:class:`jq.formats.fp8_gemm.FP8GemmPolicy`: its ``small_batch_gemm`` for <= 32 tokens, fp8 GEMM above),
 ``fp8_dequant`` (the bf16-GEMM path forced), ``fp8_kernel`` (the Pallas FP8 decode GEMM forced up to 64 tokens, fp8
 GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
 of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8`` suffix stores the KV
-cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``). Quantized variants: ``jq.deploy.realize`` per layer
+cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``); a ``_fused`` infix (``fp8_kernel_fused``,
+``nvfp4_fused_kv8``, ``bf16_fused``) runs the same random weights with q/k/v and gate/up fused into one GEMM each
+(:func:`jq.models.llama.fuse_projections`, as serving stacks do; quantized: calibrated and realized on the fused
+params, so a fused site has one per-tensor weight amax, the max of its parts'). Quantized variants: ``jq.deploy.realize`` per layer
 (a jitted program on the device) and jq's evaluator with the ``RealQuant`` handler in the scanned step.
 
 Passes (``--passes``), under a wall-time budget (``--budget-s``: no cell starts past it; skipped cells are listed):
@@ -44,7 +47,7 @@ import jq.models as jm
 from benchmarks import llm_stack
 from jq import numerics as nx
 from jq.formats.fp8_gemm import FP8GemmPolicy
-from jq.models import serve
+from jq.models import llama, serve
 
 SHAPES = {
     "smollm2_135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -59,8 +62,9 @@ SHAPES = {
 PRESETS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "W4A16_NVFP4_CFG", "int4": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
 FP8_POLICIES = {"fp8": FP8GemmPolicy(), "fp8_w8a8": FP8GemmPolicy(mode="w8a8"),
                 "fp8_dequant": FP8GemmPolicy(mode="dequant"), "fp8_kernel": FP8GemmPolicy(mode="decode_kernel")}
-VARIANTS = ("bf16", "bf16_kv8", "fp8_w8a8", "fp8", "fp8_kv8", "fp8_dequant", "fp8_kernel", "nvfp4", "nvfp4_kv8",
+_UNFUSED = ("bf16", "bf16_kv8", "fp8_w8a8", "fp8", "fp8_kv8", "fp8_dequant", "fp8_kernel", "nvfp4", "nvfp4_kv8",
             "int4", "int4_kv8")
+VARIANTS = _UNFUSED + tuple(v[:-4] + "_fused_kv8" if v.endswith("_kv8") else v + "_fused" for v in _UNFUSED)
 # every weight format once, FP8 KV on/off for bf16 and NVFP4 (each variant x batch x phase is one compilation)
 DEFAULT_VARIANTS = ("bf16", "fp8", "nvfp4", "int4", "nvfp4_kv8", "bf16_kv8", "fp8_w8a8")
 
@@ -81,6 +85,13 @@ def _decode_cfg():
     cfg = fp8_decode.FP8DecodeConfig.from_name(max(names, key=names.count)) if names else None
     print(f"fp8_kernel: decode config {cfg.name if cfg else 'default'} (from {path})", flush=True)
     return cfg
+
+
+def parse_variant(variant: str) -> tuple[str, bool, bool]:
+    """``(base, fused, kv8)`` of a variant name: ``"nvfp4_fused_kv8"`` -> ``("nvfp4", True, True)``."""
+    base, kv8 = (variant[:-4], True) if variant.endswith("_kv8") else (variant, False)
+    base, fused = (base[:-6], True) if base.endswith("_fused") else (base, False)
+    return base, fused, kv8
 
 
 def config_of(shape: str, layers: int) -> jm.LlamaConfig:
@@ -139,7 +150,8 @@ class Model:
         rng = np.random.default_rng(0)
         self.calib = jnp.asarray(rng.integers(0, self.config1.vocab_size, (2, 32)), jnp.int32)
         self.prompts = {b: jnp.asarray(rng.integers(0, self.config1.vocab_size, (b, args.prompt)), jnp.int32)
-                        for b in args.batches}
+                        for b in sorted(set(args.batches) | set(args.prefill_batches))}
+        self.fused_params = None  # (top, stack) with q/k/v and gate/up fused, built on first use
         self.qms, self.realized, self.lms, self.programs, self.realize_s = {}, {}, {}, {}, {}
         self.max_len = args.prompt + args.steps + 1  # one cache shape for every program of a batch size
 
@@ -150,45 +162,60 @@ class Model:
             self.programs[variant] = (_prefill_program(lm), _decode_program(lm, self.args.steps))
         return self.programs[variant]
 
-    def qm(self, fmt):
-        """The calibrated 1-layer model of ``fmt`` (+ FP8 KV) and the stacked realized weights."""
-        if fmt not in self.qms:
+    def params(self, fused: bool):
+        """``(top, stacked layers)``, with q/k/v and gate/up fused: a few eager concatenations on the device (the
+        other leaves are shared with the unfused params, not copied)."""
+        if not fused:
+            return self.top, self.stack
+        if self.fused_params is None:
             t0 = time.time()
+            self.fused_params = jax.block_until_ready((llama.fuse_projections(self.top),
+                                                       llama.fuse_projections(self.stack)))
+            self.realize_s["fuse"] = time.time() - t0
+        return self.fused_params
+
+    def qm(self, fmt, fused=False):
+        """The calibrated 1-layer model of ``fmt`` (+ FP8 KV) and the stacked realized weights."""
+        key = fmt + ("_fused" if fused else "")
+        if key not in self.qms:
+            t0 = time.time()
+            top, stack = self.params(fused)
             cfg = jq.merge_presets(getattr(jq, PRESETS[fmt]), jq.FP8_KV_CFG)
-            self.qms[fmt] = jq.quantize(self.top, jm.make_forward(self.config1), cfg, calib_data=[(self.calib,)],
+            self.qms[key] = jq.quantize(top, jm.make_forward(self.config1), cfg, calib_data=[(self.calib,)],
                                         progress=False)
-            self.realized[fmt] = llm_stack.stack_realized(self.qms[fmt], self.top, self.stack)
-            jax.block_until_ready(self.realized[fmt][0])
-            self.realize_s[fmt] = time.time() - t0
-        return self.qms[fmt]
+            self.realized[key] = llm_stack.stack_realized(self.qms[key], top, stack)
+            jax.block_until_ready(self.realized[key][0])
+            self.realize_s[key] = time.time() - t0
+        return self.qms[key]
 
     def lm(self, variant):
         if variant in self.lms:
             return self.lms[variant]
-        base, kv8 = (variant[:-4], True) if variant.endswith("_kv8") else (variant, False)
+        base, fused, kv8 = parse_variant(variant)
+        top, stack = self.params(fused)
         if base == "bf16":
             if kv8:
-                qm = self.qm("fp8")
+                qm = self.qm("fp8", fused)
                 n = self.layers
                 lm = llm_stack.StackedLM.plain(
-                    self.config1, self.top, self.stack, kv_spec=jm.kv_spec("fp8"),
+                    self.config1, top, stack, kv_spec=jm.kv_spec("fp8"),
                     k_amax=jnp.broadcast_to(serve._kv_amax(qm, self.config1, "k_bmm_quantizer"), (n,)),
                     v_amax=jnp.broadcast_to(serve._kv_amax(qm, self.config1, "v_bmm_quantizer"), (n,)))
             else:
-                lm = llm_stack.StackedLM.plain(self.config1, self.top, self.stack)
+                lm = llm_stack.StackedLM.plain(self.config1, top, stack)
         else:
             fmt = "fp8" if base.startswith("fp8") else base
-            qm = self.qm(fmt)
+            qm = self.qm(fmt, fused)
             if not kv8:  # the same stored weights, no KV quantization anywhere
                 qm = qm.replace(config=qm.config.with_entries(("*bmm_quantizer", False)))
-            realized = self.realized[fmt]
+            realized = self.realized[fmt + ("_fused" if fused else "")]
             kernels = realized[1]
             if base in FP8_POLICIES:
                 extra = {}
                 if base == "fp8_kernel":  # off a GPU the kernel runs in interpret mode (the CPU smoke runs it)
                     extra = {"decode_cfg": _decode_cfg(), "kernel_interpret": jax.default_backend() != "gpu"}
                 kernels = {k: dataclasses.replace(v, policy=FP8_POLICIES[base], **extra) for k, v in kernels.items()}
-            lm = llm_stack.real_quant_stacked(qm, self.config1, self.top, self.stack, kv_cache=kv8,
+            lm = llm_stack.real_quant_stacked(qm, self.config1, top, stack, kv_cache=kv8,
                                               realized=realized, kernels=kernels)
         self.lms[variant] = lm
         return lm
@@ -241,7 +268,7 @@ def _cell(fn):
 
 def _phase_pass(model, args, budget, rec, phase):
     """Every (batch, variant) cell of ``phase`` (``"decode"`` or ``"prefill"``) at the model's full depth."""
-    for b in args.batches:
+    for b in (args.batches if phase == "decode" else args.prefill_batches):
         for variant in args.variants:
             key = f"{model.shape}/{phase}/B{b}/{variant}"
             if budget.left() < args.reserve_s:
@@ -294,18 +321,25 @@ def summary(rec, args) -> str:
         for phase in ("decode", "prefill"):
             if phase not in args.passes:
                 continue
-            lines.append(f"{shape} {phase} ({rec['layers'][shape]} layers, measured): tok/s | x bf16 | bar")
-            for b in args.batches:
-                base = rec["cells"].get(f"{shape}/{phase}/B{b}/bf16", {})
+            lines.append(f"{shape} {phase} ({rec['layers'][shape]} layers, measured): tok/s | x bf16 | x bf16_fused"
+                         " | bar (vs the faster bf16 of the two)")
+            for b in (args.batches if phase == "decode" else args.prefill_batches):
+                cells = {v: rec["cells"].get(f"{shape}/{phase}/B{b}/{v}", {}) for v in set(args.variants) | {
+                    "bf16", "bf16_fused"}}
+                base_tok = {k: cells[k].get("tok_s") for k in ("bf16", "bf16_fused")}
                 for v in args.variants:
-                    c = rec["cells"].get(f"{shape}/{phase}/B{b}/{v}", {})
+                    c = cells[v]
                     if "tok_s" not in c:
-                        lines.append(f"  B={b:2d} {v:12s} {c.get('error', c.get('skipped', 'missing'))[:100]}")
+                        lines.append(f"  B={b:2d} {v:18s} {c.get('error', c.get('skipped', 'missing'))[:100]}")
                         continue
-                    sp = c["tok_s"] / base["tok_s"] if "tok_s" in base else float("nan")
-                    bar = BARS.get((phase, b), {}).get(v) if shape == "llama3_8b" else None
-                    mark = "" if bar is None else f" (bar {bar}x: {'met' if sp >= bar else 'NOT met'})"
-                    lines.append(f"  B={b:2d} {v:12s} {c['tok_s']:10.0f} | {sp:5.2f}x{mark}")
+                    sp = {k: c["tok_s"] / t if t else float("nan") for k, t in base_tok.items()}
+                    base, _, kv8 = parse_variant(v)
+                    fmt = "fp8" if base.startswith("fp8") else base
+                    bar = None if kv8 or shape != "llama3_8b" else BARS.get((phase, b), {}).get(fmt)
+                    worst = min((x for x in sp.values() if x == x), default=float("nan"))  # NaN-free minimum
+                    mark = "" if bar is None else f" (bar {bar}x: {'met' if worst >= bar else 'NOT met'})"
+                    lines.append(f"  B={b:2d} {v:18s} {c['tok_s']:10.0f} | {sp['bf16']:5.2f}x | "
+                                 f"{sp['bf16_fused']:5.2f}x{mark}")
     if "real" in rec:
         from benchmarks import llm_exactness
         lines.append(llm_exactness.summary(rec["real"]))
@@ -319,6 +353,7 @@ def parse(argv):
     p.add_argument("--models", default="llama3_8b")
     p.add_argument("--layers", default="", help="per-model depth override, e.g. llama3_8b=4 (default: full)")
     p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--prefill-batches", default="", help="batches of the prefill pass (default: --batches)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--prompt", type=int, default=64, help="prompt tokens (prefill rows; cached positions in decode)")
     p.add_argument("--steps", type=int, default=32)
@@ -337,6 +372,7 @@ def parse(argv):
             a.variants = "bf16,bf16_kv8,fp8,nvfp4_kv8,int4"
     a.models = [m for m in a.models.split(",") if m]
     a.batches = [int(b) for b in a.batches.split(",")]
+    a.prefill_batches = [int(b) for b in a.prefill_batches.split(",")] if a.prefill_batches else a.batches
     a.real_batches = [int(b) for b in a.real_batches.split(",")]
     a.variants = [v for v in a.variants.split(",") if v]
     a.passes = [x for x in a.passes.split(",") if x]

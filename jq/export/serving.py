@@ -161,6 +161,9 @@ def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
     out = Path(export_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose a new directory or pass overwrite=True")
+    if name_map is None:  # HF names: a fused q/k/v or gate/up (llama.fuse_projections) has none, raise naming it
+        from jq.models.hf import check_unfused, flatten_params
+        check_unfused(flatten_params(qm.params), "to_serving_checkpoint")
     name_map = name_map or _default_name_map(hf_config)
     layers, excluded = hfc._layers(qm)
     hfc._check_siblings(qm, layers, unify_siblings)

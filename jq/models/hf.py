@@ -35,11 +35,24 @@ from jq.models.config import LlamaConfig, load_config
 from jq.models.sharding import place
 from jq.trace.sites import keypath_parts
 
-__all__ = ["hf_name_of", "param_path_of", "site_to_hf_module", "flatten_params", "unflatten_params",
+__all__ = ["check_unfused", "hf_name_of", "param_path_of", "site_to_hf_module", "flatten_params", "unflatten_params",
            "tensor_files", "expected_names", "read_safetensors", "load_hf", "save_hf"]
 
 _QUANTIZER_SUFFIXES = ("input_quantizer", "weight_quantizer", "output_quantizer", "q_bmm_quantizer",
                        "k_bmm_quantizer", "v_bmm_quantizer", "softmax_quantizer")
+
+
+_FUSED_MODULES = ("qkv_proj", "gate_up_proj")  # jq.models.llama.fuse_projections' names: no Llama/Qwen2/Mistral
+_FUSED_HINT = ("has fused projections (jq.models.llama.fuse_projections), which Llama/Qwen2/Mistral HF "
+               "checkpoints do not name; export the unfused model (jq.models.llama.unfuse_projections(params, "
+               "config), quantized from the unfused params) and fuse only for serving in jq")
+
+
+def check_unfused(names, what: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` (dotted HF-style names) that holds a fused projection."""
+    for name in names:
+        if any(part in _FUSED_MODULES for part in name.split(".")):
+            raise ValueError(f"{what}: {name!r} {_FUSED_HINT}")
 
 
 def hf_name_of(path) -> str:
@@ -56,6 +69,7 @@ def site_to_hf_module(name: str, config: LlamaConfig | None = None) -> str:
     """The HF module of a jq site or quantizer name: ``model.layers.3.self_attn.q_proj.weight_quantizer``
     -> ``model.layers.3.self_attn.q_proj``. A tied head's site (``model.embed_tokens``, the matmul with
     the embedding table) is the ``lm_head`` module."""
+    check_unfused([name], "site_to_hf_module")
     parts = name.split(".")
     if parts[-1] in _QUANTIZER_SUFFIXES:
         parts = parts[:-1]
@@ -186,6 +200,7 @@ def save_hf(path: str | os.PathLike, config_dict: dict, params, *, max_shard_byt
     """
     from safetensors.numpy import save_file
 
+    check_unfused(flatten_params(params), "save_hf")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     flat = {n: np.asarray(v if dtype is None else jnp.asarray(v, dtype)) for n, v in flatten_params(params).items()}

@@ -37,7 +37,11 @@ from jq.models.config import LlamaConfig
 from jq.models.rope import apply_rope, rope_tables
 
 __all__ = ["init_params", "forward", "make_forward", "rms_norm", "linear", "attention", "layer_scope",
-           "project_qkv", "mlp", "lm_head"]
+           "project_qkv", "mlp", "lm_head", "fuse_projections", "unfuse_projections", "FUSED_PROJECTIONS"]
+
+# (block, fused module, its parts in row order): what serving stacks run as one GEMM
+FUSED_PROJECTIONS = (("self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
+                     ("mlp", "gate_up_proj", ("gate_proj", "up_proj")))
 
 
 def layer_scope(i: int) -> str:
@@ -95,12 +99,22 @@ def linear(x: jax.Array, p: dict) -> jax.Array:
 
 
 def project_qkv(attn: dict, x: jax.Array, cos, sin, config: LlamaConfig):
-    """``q[b, t, heads, d]``, ``k, v[b, t, kv_heads, d]``, with RoPE applied to q and k."""
+    """``q[b, t, heads, d]``, ``k, v[b, t, kv_heads, d]``, with RoPE applied to q and k.
+
+    With a fused ``attn["qkv_proj"]`` (:func:`fuse_projections`): one linear, its output columns split
+    ``[q | k | v]`` (``heads * d``, ``kv_heads * d``, ``kv_heads * d``).
+    """
     b, t, _ = x.shape
     c = config
-    q = linear(x, attn["q_proj"]).reshape(b, t, c.num_attention_heads, c.head_dim)
-    k = linear(x, attn["k_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
-    v = linear(x, attn["v_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    if "qkv_proj" in attn:
+        nq, nkv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        qkv = linear(x, attn["qkv_proj"])
+        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+    else:
+        q, k, v = (linear(x, attn[n]) for n in ("q_proj", "k_proj", "v_proj"))
+    q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
+    k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
+    v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
@@ -135,8 +149,87 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config:
 
 
 def mlp(p: dict, x: jax.Array) -> jax.Array:
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
-    return linear(jax.nn.silu(linear(x, p["gate_proj"])) * linear(x, p["up_proj"]), p["down_proj"])
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``; with a fused ``p["gate_up_proj"]`` (:func:`fuse_projections`) one
+    linear whose output columns are ``[gate | up]`` (equal halves)."""
+    if "gate_up_proj" in p:
+        gu = linear(x, p["gate_up_proj"])
+        n = gu.shape[-1] // 2
+        gate, up = gu[..., :n], gu[..., n:]
+    else:
+        gate, up = linear(x, p["gate_proj"]), linear(x, p["up_proj"])
+    return linear(jax.nn.silu(gate) * up, p["down_proj"])
+
+
+def _fuse_layer(layer: dict) -> dict:
+    """One layer's params with q/k/v and gate/up concatenated along the output (row) axis."""
+    out = dict(layer)
+    for block, fused, parts in FUSED_PROJECTIONS:
+        b = dict(layer[block])
+        if fused in b:
+            raise ValueError(f"{block}.{fused} is already fused")
+        missing = [n for n in parts if n not in b]
+        if missing:
+            raise ValueError(f"{block} has no {missing} to fuse into {fused} (keys {sorted(b)})")
+        ps = [b.pop(n) for n in parts]
+        keys = {frozenset(p) for p in ps}
+        if len(keys) != 1:
+            raise ValueError(f"{block}: {parts} have different params {[sorted(p) for p in ps]}; cannot fuse")
+        # weight [.., out, in] (rows on axis -2, also under a leading stacked-layer axis), bias [.., out]
+        b[fused] = {k: jnp.concatenate([p[k] for p in ps], axis=-2 if k == "weight" else -1) for k in ps[0]}
+        out[block] = b
+    return out
+
+
+def _unfuse_layer(layer: dict, config: LlamaConfig) -> dict:
+    c = config
+    rows = {"qkv_proj": (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim,
+                         c.num_key_value_heads * c.head_dim),
+            "gate_up_proj": (c.intermediate_size, c.intermediate_size)}
+    out = dict(layer)
+    for block, fused, parts in FUSED_PROJECTIONS:
+        b = dict(layer[block])
+        if fused not in b:
+            continue
+        p = b.pop(fused)
+        n_out = p["weight"].shape[-2]
+        if n_out != sum(rows[fused]):
+            raise ValueError(f"{block}.{fused}: {n_out} rows, the config's {parts} have {rows[fused]}")
+        edges = [sum(rows[fused][:i]) for i in range(len(parts) + 1)]
+        for i, n in enumerate(parts):
+            b[n] = {k: (v[..., edges[i]:edges[i + 1], :] if k == "weight" else v[..., edges[i]:edges[i + 1]])
+                    for k, v in p.items()}
+        out[block] = b
+    return out
+
+
+def fuse_projections(params: dict) -> dict:
+    """The params with each layer's q/k/v and gate/up projections fused, as serving stacks run them::
+
+        self_attn.qkv_proj.weight  = concat([q_proj.weight, k_proj.weight, v_proj.weight], rows)  (biases too)
+        mlp.gate_up_proj.weight    = concat([gate_proj.weight, up_proj.weight], rows)
+
+    :func:`forward` / :func:`project_qkv` / :func:`mlp` run either layout: one GEMM, then a column split, gives
+    the same outputs. Under jq the fused site has one weight quantizer (per-tensor amax = the max of the parts';
+    per-row scales are the parts' rows) and one input quantizer (the parts read the same input). Accepts a full
+    params tree (``params["model"]["layers"]`` a list) or one layer's dict (also with stacked ``[n, out, in]``
+    leaves). HF checkpoints name the parts: :func:`unfuse_projections` before :func:`jq.models.save_hf`.
+
+    Example:
+      >>> fused = fuse_projections(params)
+      >>> fused["model"]["layers"][0]["mlp"]["gate_up_proj"]["weight"].shape   # (2 * intermediate, hidden)
+    """
+    if "model" not in params:
+        return _fuse_layer(params)
+    return dict(params, model=dict(params["model"], layers=[_fuse_layer(l) for l in params["model"]["layers"]]))
+
+
+def unfuse_projections(params: dict, config: LlamaConfig) -> dict:
+    """The inverse of :func:`fuse_projections`: rows split back at the config's q/k/v and gate/up sizes (exact:
+    a slice). Unfused layers pass through unchanged."""
+    if "model" not in params:
+        return _unfuse_layer(params, config)
+    return dict(params, model=dict(params["model"],
+                                   layers=[_unfuse_layer(l, config) for l in params["model"]["layers"]]))
 
 
 def lm_head(params: dict, h: jax.Array, config: LlamaConfig) -> jax.Array:
