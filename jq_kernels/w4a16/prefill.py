@@ -180,22 +180,28 @@ def _pick(k, table):
 
 
 def _code_values(words, fmt):
-    """Packed words ``[R, 1, 8, Q, 1]`` -> f32 code values ``[R, 2, 8, Q, 4]`` (axis 1: r8, axis 4: ``2 c8 + e``)."""
-    shape = (words.shape[0], 2, 8, words.shape[3], 4)
+    """Packed words ``[R, 1, 8, Q, 1]`` -> f32 code values ``[R, 2, 8, Q, 4]`` (axis 1: r8, axis 4: ``2 c8 + e``).
+
+    Integer and f32 ALU operations only (no int-to-float conversion, no subnormal):
+
+    * NVFP4: the magnitude bits ``(e1 e0 m)`` put at f32 bits 24..22 over exponent 126 give
+      ``f = (1 + m/2) 2^(e - 1)``, the E2M1 value when ``e >= 1``; ``min(f, 2 f - 1)`` is that value for every
+      magnitude (``e = 0``: ``2 f - 1`` = 0 and 0.5, the smaller); the sign bit is moved to bit 31 and xor-ed in.
+    * INT4: the two's-complement nibble xor 8 is ``v + 8`` (0..15); over the f32 bits of ``2^23`` it is the float
+      ``2^23 + v + 8``, and subtracting ``2^23 + 8`` (exact) leaves ``v``.
+    """
     r8, c8, e = _slot_iotas((1, 2, 1, 1, 4), 1, 4)
     k = 2 * c8 + r8  # the decode GEMM's register index
     if fmt == "nvfp4":  # magnitude (e1 e0 m) at 6 - a + 16 e, sign at 15 - b + 16 e (layout.NVFP4_BF16_SHIFTS)
         mag_at = _pick(k, [6 - a for a, _ in NVFP4_BF16_SHIFTS]) + 16 * e
-        sign_at = _pick(k, [15 - b for _, b in NVFP4_BF16_SHIFTS]) + 16 * e
+        sign_to_31 = 31 - (_pick(k, [15 - b for _, b in NVFP4_BF16_SHIFTS]) + 16 * e)  # >= 0
         mag = (words >> mag_at.astype(jnp.uint32)) & 7
-        sign = (words >> sign_at.astype(jnp.uint32)) & 1
-        # E2M1 magnitude m >= 2 is the f32 with exponent field 126 + (m >> 1) and mantissa bit m & 1, i.e. bits
-        # (m << 22) + (126 << 23); m = 1 is 0.5 (bits 126 << 23); m = 0 is 0
-        bits = jnp.where(mag >= 2, (mag << 22) + (126 << 23), jnp.where(mag == 1, jnp.uint32(126 << 23), 0))
-        return C.bits_f32(bits | (sign << 31))
-    code = (words >> (4 * (k + 4 * e)).astype(jnp.uint32)) & 15  # two's complement nibble 2 c8 + r8 + 4 e
-    signed = code.astype(jnp.int32) - jnp.where(code >= 8, 16, 0)
-    return jnp.broadcast_to(signed.astype(jnp.float32), shape)
+        f = C.bits_f32((mag << 22) + (126 << 23))
+        v = jnp.minimum(f, 2.0 * f - 1.0)
+        sign = (words << sign_to_31.astype(jnp.uint32)) & jnp.uint32(0x80000000)
+        return C.bits_f32(lax.bitcast_convert_type(v, jnp.uint32) ^ sign)
+    offset = (words ^ jnp.uint32(0x88888888)) >> (4 * (k + 4 * e)).astype(jnp.uint32)  # nibble 2 c8 + r8 + 4 e
+    return C.bits_f32((offset & 15) | jnp.uint32(0x4B000000)) - jnp.float32(2.0**23 + 8)
 
 
 def _scale_values(s, fmt):

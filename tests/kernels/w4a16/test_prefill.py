@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jq.formats.linear import W4A16Linear
-from jq_kernels.w4a16 import emulate_decode, w4a16_matmul
+from jq_kernels.w4a16 import emulate_decode, pack_w4, w4a16_matmul
 from jq_kernels.w4a16.prefill import CONFIGS, PrefillConfig, permute_k, prefill_plan, w4a16_prefill_matmul
 from tests.kernels.w4a16._weights import I4, NV1, packed, quantize, weight
 
@@ -62,11 +62,34 @@ def test_bf16_output_and_leading_dims(case):
     np.testing.assert_array_less(err, 2.0**-8 * np.abs(ref) + 1e-6 * scale + 1e-30)  # bf16 output rounding
 
 
+E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "int4"])
+def test_every_code_decodes_exactly(fmt):
+    """x = I (128 tokens) reads the decoded weight back: element (n, c) holds code (n + c) % 16 and comes out as
+    its value (E2M1 with sign bit 3; INT4 two's complement, -8 included) times the scales, exactly."""
+    n_idx, c_idx = np.meshgrid(np.arange(64), np.arange(128), indexing="ij")
+    codes = ((n_idx + c_idx) % 16).astype(np.uint8)
+    packed_codes = jnp.asarray(codes[:, 0::2] | (codes[:, 1::2] << 4))
+    if fmt == "nvfp4":
+        scales = jnp.full((64, 8), 0.5, jnp.float8_e4m3fn).at[::3].set(448.0).at[1::5].set(2.0**-9)
+        pw = pack_w4(packed_codes, scales, 0.25, fmt="nvfp4", shape=(64, 128))
+        mag = np.asarray(E2M1)[codes & 7] * np.where(codes >= 8, -1.0, 1.0)
+        want = mag * np.repeat(np.asarray(scales, np.float64), 16, axis=1) * 0.25
+    else:
+        s = jnp.full((64, 1), 1.0, jnp.float32).at[::2].set(0.25)  # s = 7 / amax: weight = code / s (1 and 4)
+        pw = pack_w4(packed_codes, s, fmt="int4", shape=(64, 128))
+        want = np.where(codes >= 8, codes.astype(np.float64) - 16, codes) * np.where(n_idx % 2 == 0, 4.0, 1.0)
+    y = w4a16_prefill_matmul(jnp.eye(128, dtype=jnp.bfloat16), pw, cfg=PrefillConfig(block_n=64),
+                             out_dtype=jnp.float32, interpret=True)
+    np.testing.assert_array_equal(np.asarray(y, np.float64).T, want)
+
+
 def test_nan_scale_reaches_the_output():
     """An NVFP4 block with a NaN scale makes its rows' outputs NaN (as dequantize does), the others stay finite."""
     codes = jnp.full((64, 64), 0x22, jnp.uint8)  # E2M1 1.0
     scales = jnp.ones((64, 8), jnp.float32).at[5, 3].set(jnp.nan).astype(jnp.float8_e4m3fn)
-    from jq_kernels.w4a16 import pack_w4
     pw = pack_w4(codes, scales, 2.0, fmt="nvfp4", shape=(64, 128))
     y = np.asarray(w4a16_prefill_matmul(jnp.ones((16, 128), jnp.bfloat16), pw, cfg=PrefillConfig(block_n=64),
                                         out_dtype=jnp.float32, interpret=True))
