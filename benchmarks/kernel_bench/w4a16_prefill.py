@@ -2,7 +2,7 @@
 chunked Mosaic decode path and dequantize-to-bf16 + XLA, at prefill token counts.
 
 For ``y = x @ W.T`` with N x K in {14336 x 4096 (gate/up), 4096 x 14336 (down), 28672 x 8192 (fused gate+up)} and
-M in {512, 2048, 128, 64, 256} (that order: the budget guard drops the last ones first), every method is timed in
+M in {512, 2048, 128, 64, 256}, every method is timed in
 the same run, one ``jit`` per measurement, :func:`benchmarks.kernel_bench.common.time_fn` cycling over distinct
 activations and weight copies (more bytes than the 50 MB L2):
 
@@ -12,6 +12,9 @@ activations and weight copies (more bytes than the 50 MB L2):
 * ``dequant:nvfp4``: ``x @ qt.dequantize(bf16).T`` (the weight dequantized by XLA in the same jit);
 * ``kernel:nvfp4:<config>``: :func:`jq_kernels.w4a16.w4a16_prefill_matmul` for every candidate config at the first
   shape, the fastest correct config of each M (and the default) at the other shapes;
+
+Order: M = 512 and 2048 at every shape, then the other M at every shape (a run cut by the budget still covers
+every shape at the two main token counts).
 * ``kernel:int4:<config>``: the same kernel on INT4 (group 128) weights, the fastest NVFP4 config of that M.
 
 Correctness on the device, per kernel row: max-abs and relative (Frobenius) error against the f32 reference
@@ -112,93 +115,102 @@ def sweep(shapes=SHAPES, ms=MS, configs=CONFIGS, budget_s=230.0, iters=10, out_n
            "harness_only": interpret, "budget_s": budget_s,
            "method": "one jit per measurement; time_fn cycling distinct activations x weight copies"}
     best = {}  # m -> fastest correct nvfp4 config name (from the first shape)
+    cache = {}  # (n, k) -> weights, kept for the second round of token counts
 
     def left():
         return budget_s - (time.time() - t0)
 
-    for si, (name, n, k) in enumerate(shapes):
+    # the first two token counts at every shape, then the others: a cut run still covers every shape
+    rounds = [(shape, tuple(ms[:2])) for shape in shapes] + [(shape, tuple(ms[2:])) for shape in shapes if ms[2:]]
+    for (name, n, k), round_ms in rounds:
+        first = name == shapes[0][0]  # the first shape sweeps every config
         if left() < 10:
-            rec["rows"].append({"shape": name, "skipped": "budget"})
+            rec["rows"].append({"shape": name, "ms": list(round_ms), "skipped": "budget"})
             continue
         try:
-            wts = _weights(n, k, seed=n + k)
+            wts = cache.get((n, k)) or cache.setdefault((n, k), _weights(n, k, seed=n + k))
         except Exception as e:  # noqa: BLE001 - a shape that cannot be built is recorded, the others run
             rec["rows"].append({"shape": name, "error": f"weights: {type(e).__name__}: {str(e)[:800]}"})
             save(out_name, rec)
             continue
-        for m in ms:
-            xs = [jax.random.normal(kk, (m, k), jnp.float32).astype(jnp.bfloat16)
-                  for kk in jax.random.split(jax.random.key(m), 3)]
-            refs, decode_out = {}, {}
-            base_us = None
-            if si == 0:
-                kcfgs = configs
-            else:
-                kcfgs = [c for c in configs if c.name == best.get(m)] or []
-                kcfgs = kcfgs + [c for c in configs[:1] if c not in kcfgs]
-            icfg = [c for c in configs if c.name == best.get(m)] or configs[:1]
-            methods = [("bf16", None, None), ("decode_chunks", "nvfp4", None), ("dequant", "nvfp4", None)]
-            methods += [("kernel", "nvfp4", c) for c in kcfgs] + [("kernel", "int4", c) for c in icfg]
-            for method, fmt, cfg in methods:
-                label = method + (f":{fmt}" if fmt else "") + (f":{cfg.name}" if cfg else "")
-                row = {"shape": name, "N": n, "K": k, "M": m, "method": label}
-                rec["rows"].append(row)
-                if left() < 5:
-                    row["skipped"] = "budget"
-                    continue
-                if method == "decode_chunks" and (m > chunked_max_m or not on_gpu):
-                    row["skipped"] = "needs a GPU" if not on_gpu else f"M > {chunked_max_m}"
-                    continue
-                if cfg is not None:
-                    row["plan"] = {kk: v for kk, v in prefill_plan(m, wts[fmt][1][0], cfg).items()}
-                faulthandler.dump_traceback_later(max(30.0, min(120.0, left())), exit=True)  # a hang ends the run
-                try:
-                    if method == "bf16":
-                        ws = wts["bf16"]
-                    else:
-                        ws = wts[fmt][0] if method == "dequant" else wts[fmt][1]
-                    fn = _method_fn(method, fmt, cfg, interpret)
-                    tc = time.time()
-                    y = jax.block_until_ready(fn(xs[0], ws[0]))
-                    row["compile_s"] = time.time() - tc
-                    row["finite"] = bool(jnp.all(jnp.isfinite(y)))
-                    if fmt is not None:
-                        if fmt not in refs:
-                            refs[fmt] = np.asarray(_reference(xs[0], wts[fmt][0][0]), np.float64)
-                        row.update(_errs(y, refs[fmt]))
-                        if method == "decode_chunks":
-                            decode_out[fmt] = np.asarray(y, np.float64)
-                        elif method == "kernel" and fmt in decode_out:
-                            row["rel_err_vs_decode"] = _errs(y, decode_out[fmt])["rel_err"]
-                        if method == "kernel":
-                            row["ok"] = row["finite"] and row["rel_err"] <= OK_REL[fmt]
-                    args = [(xs[i % len(xs)], ws[i % len(ws)]) for i in range(len(xs) * len(ws))]
-                    t = time_fn(fn, args, iters=iters if on_gpu else 1, warmup=2 if on_gpu else 1,
-                                reps=3 if on_gpu else 1)
-                    row["us"] = t["s"] * 1e6
-                    row["TFLOPs"] = 2 * m * n * k / t["s"] / 1e12
-                    if method == "bf16":
-                        base_us = row["us"]
-                    elif base_us is not None:
-                        row["speedup_vs_bf16"] = base_us / row["us"]
-                except Exception as e:  # noqa: BLE001 - a failing method is recorded, the others run
-                    row["error"] = f"{type(e).__name__}: {str(e)[:1500]}"
-                faulthandler.cancel_dump_traceback_later()
-                print(_line(row), flush=True)
-                save(out_name, rec)
-            if si == 0:
-                ok = [r for r in rec["rows"] if r.get("shape") == name and r.get("M") == m and r.get("ok")
-                      and "us" in r and r["method"].startswith("kernel:nvfp4:")]
-                if ok:
-                    best[m] = min(ok, key=lambda r: r["us"])["method"].split(":", 2)[2]
-        rec["best_config"] = dict(best)
-        del wts
+        for m in round_ms:
+            _cell(rec, name, n, k, m, wts, configs if first else _picked(configs, best.get(m)), best, first,
+                  interpret, on_gpu, left, iters, out_name, chunked_max_m)
+        rec["best_config"] = {str(m): c for m, c in best.items()}
         save(out_name, rec)
     rec["wall_s"] = time.time() - t0
     rec["summary"] = table(rec)
     save(out_name, rec)
     print(rec["summary"], flush=True)
     return rec
+
+
+def _picked(configs, best_name):
+    """The fastest config of the first shape at this M (if any) and the default."""
+    out = [c for c in configs if c.name == best_name]
+    return out + [c for c in configs[:1] if c not in out]
+
+
+def _cell(rec, name, n, k, m, wts, kcfgs, best, first, interpret, on_gpu, left, iters, out_name, chunked_max_m):
+    """Every method at one (shape, M): rows appended to ``rec`` and saved after each."""
+    xs = [jax.random.normal(kk, (m, k), jnp.float32).astype(jnp.bfloat16)
+          for kk in jax.random.split(jax.random.key(m), 3)]
+    refs, decode_out = {}, {}
+    base_us = None
+    icfg = _picked(kcfgs, best.get(m))[:1]
+    methods = [("bf16", None, None), ("decode_chunks", "nvfp4", None), ("dequant", "nvfp4", None)]
+    methods += [("kernel", "nvfp4", c) for c in kcfgs] + [("kernel", "int4", c) for c in icfg]
+    for method, fmt, cfg in methods:
+        label = method + (f":{fmt}" if fmt else "") + (f":{cfg.name}" if cfg else "")
+        row = {"shape": name, "N": n, "K": k, "M": m, "method": label}
+        rec["rows"].append(row)
+        if left() < 5:
+            row["skipped"] = "budget"
+            continue
+        if method == "decode_chunks" and (m > chunked_max_m or not on_gpu):
+            row["skipped"] = "needs a GPU" if not on_gpu else f"M > {chunked_max_m}"
+            continue
+        if cfg is not None:
+            row["plan"] = prefill_plan(m, wts[fmt][1][0], cfg)
+        faulthandler.dump_traceback_later(max(30.0, min(120.0, left())), exit=True)  # a hang ends the run
+        try:
+            if method == "bf16":
+                ws = wts["bf16"]
+            else:
+                ws = wts[fmt][0] if method == "dequant" else wts[fmt][1]
+            fn = _method_fn(method, fmt, cfg, interpret)
+            tc = time.time()
+            y = jax.block_until_ready(fn(xs[0], ws[0]))
+            row["compile_s"] = time.time() - tc
+            row["finite"] = bool(jnp.all(jnp.isfinite(y)))
+            if fmt is not None:
+                if fmt not in refs:
+                    refs[fmt] = np.asarray(_reference(xs[0], wts[fmt][0][0]), np.float64)
+                row.update(_errs(y, refs[fmt]))
+                if method == "decode_chunks":
+                    decode_out[fmt] = np.asarray(y, np.float64)
+                elif method == "kernel" and fmt in decode_out:
+                    row["rel_err_vs_decode"] = _errs(y, decode_out[fmt])["rel_err"]
+                if method == "kernel":
+                    row["ok"] = row["finite"] and row["rel_err"] <= OK_REL[fmt]
+            args = [(xs[i % len(xs)], ws[i % len(ws)]) for i in range(len(xs) * len(ws))]
+            t = time_fn(fn, args, iters=iters if on_gpu else 1, warmup=2 if on_gpu else 1, reps=3 if on_gpu else 1)
+            row["us"] = t["s"] * 1e6
+            row["TFLOPs"] = 2 * m * n * k / t["s"] / 1e12
+            if method == "bf16":
+                base_us = row["us"]
+            elif base_us is not None:
+                row["speedup_vs_bf16"] = base_us / row["us"]
+        except Exception as e:  # noqa: BLE001 - a failing method is recorded, the others run
+            row["error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+        faulthandler.cancel_dump_traceback_later()
+        print(_line(row), flush=True)
+        save(out_name, rec)
+    if first:
+        ok = [r for r in rec["rows"] if r.get("shape") == name and r.get("M") == m and r.get("ok") and "us" in r
+              and r["method"].startswith("kernel:nvfp4:")]
+        if ok:
+            best[m] = min(ok, key=lambda r: r["us"])["method"].split(":", 2)[2]
 
 
 def _line(r) -> str:

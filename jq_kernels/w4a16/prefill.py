@@ -112,6 +112,7 @@ class PrefillConfig:
 # stage: bm*bk*2 (x) + bn*bk/2 (codes) + scales; the decoded [bn, bk] bf16 tile is staged once more for the MMA.
 CONFIGS = (PrefillConfig(), PrefillConfig(block_n=256, num_warps=8, num_stages=3),
            PrefillConfig(block_k=128, num_warps=8, num_stages=3), PrefillConfig(swap_ab=True),
+           PrefillConfig(block_m=256, num_warps=8, num_stages=3),  # the weight decode amortized over 256 tokens
            PrefillConfig(x_permute="kernel"))
 
 
