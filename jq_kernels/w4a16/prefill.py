@@ -43,9 +43,11 @@ from jax.experimental import pallas as pl
 from jq_kernels import _common as C
 from jq_kernels.w4a16.layout import BF16_SCALE_BIAS, NVFP4_BF16_SHIFTS, PackedW4
 
-__all__ = ["PrefillConfig", "CONFIGS", "prefill_plan", "permute_k", "w4a16_prefill_matmul", "X_PERMUTES"]
+__all__ = ["PrefillConfig", "CONFIGS", "prefill_plan", "permute_k", "w4a16_prefill_matmul", "X_PERMUTES", "DECODES",
+           "NVFP4_PAIR_PTX", "INT4_PAIR_PTX"]
 
 X_PERMUTES = ("xla", "kernel")
+DECODES = ("alu", "ptx")
 _NT = (((1,), (1,)), ((), ()))  # contract the K (last) dims of both tiles
 
 
@@ -62,6 +64,9 @@ class PrefillConfig:
         may read from registers) and the epilogue transposes; False: ``x_tile @ W_tile^T``.
       x_permute: where the activation's K permutation happens: ``"xla"`` (one XLA transpose of ``x`` per call,
         fused with the padding) or ``"kernel"`` (each loaded ``[bm, bk]`` tile is permuted in registers).
+      decode: ``"alu"`` (jnp integer / f32 operations, one element per operation; runs in interpret mode too) or
+        ``"ptx"`` (GPU only: one inline-PTX instance per codes word and register slot builds two bf16 weights with
+        the decode GEMM's bit tricks and one ``mul.rn.bf16x2``; about a third of the ALU operations).
 
     Example:
       >>> PrefillConfig(block_n=256, num_warps=8).name
@@ -78,6 +83,7 @@ class PrefillConfig:
     num_stages: int = 4
     swap_ab: bool = False
     x_permute: str = "xla"
+    decode: str = "alu"
 
     def __post_init__(self):
         for field, lo in (("block_m", 16), ("block_n", 64), ("block_k", 64)):
@@ -91,21 +97,24 @@ class PrefillConfig:
                              f"{self.num_stages}")
         if self.x_permute not in X_PERMUTES:
             raise ValueError(f"PrefillConfig.x_permute must be one of {X_PERMUTES}, got {self.x_permute!r}")
+        if self.decode not in DECODES:
+            raise ValueError(f"PrefillConfig.decode must be one of {DECODES}, got {self.decode!r}")
 
     @property
     def name(self) -> str:
         return (f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}p{self.num_stages}"
-                + ("-swap" if self.swap_ab else "") + ("-xk" if self.x_permute == "kernel" else ""))
+                + ("-swap" if self.swap_ab else "") + ("-xk" if self.x_permute == "kernel" else "")
+                + ("-ptx" if self.decode == "ptx" else ""))
 
     @classmethod
     def from_name(cls, name: str) -> "PrefillConfig":
         """The config whose :attr:`name` is ``name``."""
-        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)w(\d+)p(\d+)(-swap)?(-xk)?", name)
+        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)w(\d+)p(\d+)(-swap)?(-xk)?(-ptx)?", name)
         if m is None:
             raise ValueError(f"PrefillConfig.from_name: {name!r} is not a config name like 'm128n128k64w4p4'")
         bm, bn, bk, nw, ns = (int(v) for v in m.groups()[:5])
         return cls(block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns, swap_ab=m.group(6) is not None,
-                   x_permute="kernel" if m.group(7) else "xla")
+                   x_permute="kernel" if m.group(7) else "xla", decode="ptx" if m.group(8) else "alu")
 
 
 # candidates for the GPU sweep (benchmarks/kernel_bench/w4a16_prefill.py), the default first. Shared memory per
@@ -113,7 +122,8 @@ class PrefillConfig:
 CONFIGS = (PrefillConfig(), PrefillConfig(block_n=256, num_warps=8, num_stages=3),
            PrefillConfig(block_k=128, num_warps=8, num_stages=3), PrefillConfig(swap_ab=True),
            PrefillConfig(block_m=256, num_warps=8, num_stages=3),  # the weight decode amortized over 256 tokens
-           PrefillConfig(x_permute="kernel"))
+           PrefillConfig(x_permute="kernel"), PrefillConfig(decode="ptx"),
+           PrefillConfig(block_m=256, num_warps=8, num_stages=3, decode="ptx"))
 
 
 def _halve_to_divide(want: int, total: int, lo: int) -> int:
@@ -217,7 +227,59 @@ def _scale_values(s, fmt):
     return v[..., None]
 
 
-def _kernel(x_ref, c_ref, s_ref, f_ref, o_ref, *, fmt: str, bk: int, steps: int, swap_ab: bool, x_in_kernel: bool):
+# One register slot (two bf16 weights, elements e = 0 / 1 in the low / high half) per instance: $1 the codes word,
+# $2 the row half's scale as bf16x2 {s, s}; NVFP4: $3 / $4 left / right shift moving the magnitude bits (e1 e0 m) to
+# bits 8..6 of each half, $5 the left shift moving the sign to bit 15 (layout.NVFP4_BF16_SHIFTS), then
+# code * 2^-126 (a bf16 pattern) * s * 2^119 = code * s * 2^-7, exact (ptx.nvfp4_bf16_decode_ptx with the shifts
+# as operands); INT4: $3 the shift 4 k, then (c & 15) ^ 136 - 136 = the signed code, times s, rounded to bf16
+# (ptx.int4_decode_ptx).
+NVFP4_PAIR_PTX = ("{ .reg .b32 t, u;\n shl.b32 t, $1, $3;\n shr.b32 t, t, $4;\n shl.b32 u, $1, $5;\n"
+                  " and.b32 u, u, 0x80008000;\n lop3.b32 t, t, 0x01C001C0, u, 0xEA;\n mul.rn.bf16x2 $0, t, $2; }")
+INT4_PAIR_PTX = ("{ .reg .b32 t, v, c;\n shr.b32 t, $1, $3;\n lop3.b32 v, t, 0x000F000F, 0x43084308, 0x6A;\n"
+                 " mov.b32 c, 0x43084308;\n sub.rn.bf16x2 v, v, c;\n mul.rn.bf16x2 $0, v, $2; }")
+
+
+def _decode_ptx(words, sd, fmt):
+    """Packed words ``[R, 1, 8, Q, 1]`` and bf16x2 row-half scales ``[R, 2, 8, Q, 1]`` -> decoded weights as f32
+    ``[R, 2, 8, Q, 2 (c8), 2 (e)]`` (NVFP4: ``code * s * 2^-7``; INT4: ``bf16(code * s)``)."""
+    from jax.experimental.pallas import triton as pltr
+
+    shape = (words.shape[0], 2, 8, words.shape[3], 2)
+    r8 = lax.broadcasted_iota(jnp.int32, shape, 1)
+    c8 = lax.broadcasted_iota(jnp.int32, shape, 4)
+    k = 2 * c8 + r8
+    u32 = functools.partial(jnp.asarray, dtype=jnp.uint32)
+    w, sd = jnp.broadcast_to(words, shape), jnp.broadcast_to(sd, shape)
+    if fmt == "nvfp4":
+        a = _pick(k, [a for a, _ in NVFP4_BF16_SHIFTS])
+        b = _pick(k, [b for _, b in NVFP4_BF16_SHIFTS])
+        args = [w, sd, u32(jnp.maximum(a, 0)), u32(jnp.maximum(-a, 0)), u32(b)]
+        asm, cons = NVFP4_PAIR_PTX, "=r,r,r,r,r,r"
+    else:
+        args, asm, cons = [w, sd, u32(4 * k)], INT4_PAIR_PTX, "=r,r,r,r"
+    [pair] = pltr.elementwise_inline_asm(asm, args=args, constraints=cons, pack=1,
+                                         result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.uint32)])
+    lo = C.bits_f32(pair << 16)  # a bf16 pattern in the high half of a f32 is that value
+    hi = C.bits_f32(pair & jnp.uint32(0xFFFF0000))
+    return jnp.concatenate([lo[..., None], hi[..., None]], axis=-1)
+
+
+def _scale_pairs(s, fmt, cols):
+    """Packed scales ``[R, 1, 8, G]`` -> bf16x2 ``{s, s}`` of each row half ``[R, 2, 8, G * cols, 1]`` (uint32; NVFP4:
+    ``s * 2^119``), repeated over the ``cols`` codes words each scale covers."""
+    r8 = lax.broadcasted_iota(jnp.int32, (1, 2, 1, 1), 1).astype(jnp.uint32)
+    s = s.astype(jnp.uint32)
+    if fmt == "nvfp4":
+        half = (((s >> (8 * r8)) & 0xFF) << 4) + (BF16_SCALE_BIAS << 7)
+    else:
+        half = (s >> (16 * r8)) & 0xFFFF
+    pair = half | (half << 16)
+    r, _, _, g = pair.shape
+    return jnp.broadcast_to(pair[..., None], (r, 2, 8, g, cols)).reshape(r, 2, 8, g * cols, 1)
+
+
+def _kernel(x_ref, c_ref, s_ref, f_ref, o_ref, *, fmt: str, bk: int, steps: int, swap_ab: bool, x_in_kernel: bool,
+            ptx: bool):
     """One ``[bm, bn]`` output tile: ``sum_k x[bm, k] W[bn, k]`` over all of K, times the global factor."""
     tb = c_ref.shape[0]  # 64-row weight tiles in the block
     bm, bn = o_ref.shape
@@ -232,13 +294,17 @@ def _kernel(x_ref, c_ref, s_ref, f_ref, o_ref, *, fmt: str, bk: int, steps: int,
             x = x.reshape(bm, cb, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(bm, bk)
         words = c_ref[:, pl.ds(pl.multiple_of(i * cb, cb), cb), :, :]  # [tb, cb, 32 (w, lr), 4 (lc)]
         words = words.transpose(0, 2, 1, 3).reshape(tb * 4, 1, 8, cb * 4, 1)  # [(t, w), ., lr, (c, lc), .]
-        vals = _code_values(words, fmt)  # [(t, w), r8, lr, (c, lc), (c8, e)]
         if fmt == "int4":
             s = s_ref[:, pl.ds((i * bk) // 128, gb), :]  # [tb, gb, 32]
         else:
             s = s_ref[:, pl.ds(pl.multiple_of(i * cb, cb), cb), :]
-        sc = _scale_values(s.transpose(0, 2, 1).reshape(tb * 4, 1, 8, gb), fmt)  # [(t, w), r8, lr, g, 1]
-        w = (vals.reshape(tb * 4, 2, 8, gb, gw) * sc).astype(jnp.bfloat16).reshape(bn, bk)  # rows in order
+        s = s.transpose(0, 2, 1).reshape(tb * 4, 1, 8, gb)
+        if ptx:  # [(t, w), r8, lr, (c, lc), c8, e], already scaled
+            w = _decode_ptx(words, _scale_pairs(s, fmt, gw // 4), fmt).astype(jnp.bfloat16).reshape(bn, bk)
+        else:
+            vals = _code_values(words, fmt)  # [(t, w), r8, lr, (c, lc), (c8, e)]
+            sc = _scale_values(s, fmt)  # [(t, w), r8, lr, g, 1]
+            w = (vals.reshape(tb * 4, 2, 8, gb, gw) * sc).astype(jnp.bfloat16).reshape(bn, bk)  # rows in order
         if swap_ab:
             return acc + lax.dot_general(w, x, _NT, preferred_element_type=jnp.float32)
         return acc + lax.dot_general(x, w, _NT, preferred_element_type=jnp.float32)
@@ -249,9 +315,10 @@ def _kernel(x_ref, c_ref, s_ref, f_ref, o_ref, *, fmt: str, bk: int, steps: int,
     o_ref[...] = (acc * f_ref[0]).astype(o_ref.dtype)
 
 
-def _factor(pw: PackedW4):
-    """The f32 multiplier of the accumulator: NVFP4 the global scale (``pw.factor = gs * 2^7``), INT4 1."""
-    return pw.factor * jnp.float32(2.0**-7) if pw.fmt == "nvfp4" else pw.factor
+def _factor(pw: PackedW4, ptx: bool):
+    """The f32 multiplier of the accumulator: ``pw.factor`` (NVFP4 ``gs * 2^7``, INT4 1) for the PTX decode
+    (weights ``code * s * 2^-7``), NVFP4's global scale ``gs`` for the ALU decode (weights ``code * s``)."""
+    return pw.factor * jnp.float32(2.0**-7) if pw.fmt == "nvfp4" and not ptx else pw.factor
 
 
 def w4a16_prefill_matmul(x, pw: PackedW4, *, cfg: PrefillConfig | None = None, out_dtype=jnp.bfloat16,
@@ -283,9 +350,14 @@ def w4a16_prefill_matmul(x, pw: PackedW4, *, cfg: PrefillConfig | None = None, o
     tiles, chunks, _ = pw.codes.shape
     codes = pw.codes.reshape(tiles, chunks, 32, 4)  # free: the 128 threads as (w, lr) x lc
     tb = bn // 64
+    ptx = cfg.decode == "ptx"
+    interpret = C.resolve_interpret(interpret)
+    if ptx and interpret:
+        raise ValueError(f"w4a16_prefill_matmul: config {cfg.name} decodes with inline PTX, which runs on a GPU only "
+                         "(interpret mode: decode='alu')")
     kern = functools.partial(_kernel, fmt=pw.fmt, bk=bk, steps=p["steps"], swap_ab=cfg.swap_ab,
-                             x_in_kernel=x_in_kernel)
-    factor = jnp.zeros((4,), jnp.float32).at[0].set(jnp.reshape(_factor(pw), ()).astype(jnp.float32))
+                             x_in_kernel=x_in_kernel, ptx=ptx)
+    factor = jnp.zeros((4,), jnp.float32).at[0].set(jnp.reshape(_factor(pw, ptx), ()).astype(jnp.float32))
     y = pl.pallas_call(
         kern, grid=p["grid"],  # program_id(0) (the M tile) varies fastest: programs in flight share weight tiles
         in_specs=[pl.BlockSpec((bm, kp), lambda i, j: (i, 0)),
@@ -294,7 +366,7 @@ def w4a16_prefill_matmul(x, pw: PackedW4, *, cfg: PrefillConfig | None = None, o
                   pl.BlockSpec((4,), lambda i, j: (0,))],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((p["m_pad"], p["np_"]), out_dtype),
-        interpret=C.resolve_interpret(interpret), compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages),
+        interpret=interpret, compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages),
         name=f"jq_w4a16_prefill_{pw.fmt}")(xp, codes, pw.scales, factor)
     if p["m_pad"] != m or p["np_"] != pw.n:
         y = y[:m, : pw.n]
