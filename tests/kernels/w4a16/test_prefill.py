@@ -172,3 +172,72 @@ def test_linear_policy_threshold():
     assert W4A16Linear("nvfp4").gemm(4096) == "decode_kernel"  # default: today's behaviour
     with pytest.raises(ValueError, match="prefill_min_tokens"):
         W4A16Linear("int4", prefill_min_tokens=0)
+
+
+def _bf16_value(bits):
+    """bf16 bit patterns -> float64 values, subnormals included, without float32 arithmetic (the callback may run
+    on an XLA thread with flush-to-zero / denormals-are-zero set)."""
+    bits = np.asarray(bits, np.int64)
+    e, m = (bits >> 7) & 0xFF, bits & 0x7F
+    v = np.where(e > 0, np.ldexp(1.0 + m / 128.0, e - 127), np.ldexp(m / 128.0, -126))
+    return np.where(bits & 0x8000, -v, v)
+
+
+def _emulated_asm(asm, *, args, constraints, pack, result_shape_dtypes):
+    """numpy model of the prefill kernel's two inline-PTX decodes (instruction by instruction, RN bf16x2 products
+    via :func:`jq_kernels.w4a16.emulate.round_to_bf16`), run through ``jax.pure_callback`` in interpret mode."""
+    from jq_kernels.w4a16.emulate import bf16_bits_to_f32, round_to_bf16
+    from jq_kernels.w4a16.prefill import INT4_PAIR_PTX, NVFP4_PAIR_PTX
+
+    assert pack == 1 and asm in (NVFP4_PAIR_PTX, INT4_PAIR_PTX)
+
+    def model(*ops):
+        ops = [np.asarray(o, np.uint64) for o in ops]
+        m32 = np.uint64(0xFFFFFFFF)
+        if asm == NVFP4_PAIR_PTX:
+            w, sd, left, right, b = ops
+            t = ((w << left) & m32) >> right
+            u = ((w << b) & m32) & np.uint64(0x80008000)
+            v = (t & np.uint64(0x01C001C0)) | u
+        else:
+            w, sd, sh = ops
+            v = ((w >> sh) & np.uint64(0x000F000F)) ^ np.uint64(0x43084308)
+        out = np.zeros(v.shape, np.uint64)
+        for h in (0, 1):
+            a = _bf16_value((v >> np.uint64(16 * h)) & np.uint64(0xFFFF))
+            s = bf16_bits_to_f32((sd >> np.uint64(16 * h)) & np.uint64(0xFFFF)).astype(np.float64)
+            if asm == INT4_PAIR_PTX:
+                a = round_to_bf16((a - 136).astype(np.float32)).astype(np.float64)
+            prod = (a * s).astype(np.float32)  # exact products, normal range
+            bits = round_to_bf16(prod).view(np.uint32).astype(np.uint64) >> np.uint64(16)
+            out |= bits << np.uint64(16 * h)
+        return out.astype(np.uint32)
+
+    return [jax.pure_callback(model, result_shape_dtypes[0], *args)]
+
+
+@pytest.mark.parametrize("cfg", [PrefillConfig(block_m=32, block_n=64, decode="ptx"),
+                                 PrefillConfig(block_m=16, block_n=64, block_k=256, swap_ab=True, decode="ptx")],
+                         ids=lambda c: c.name)
+def test_ptx_decode_path_with_emulated_asm(case, cfg, monkeypatch):
+    """The PTX decode's operands (shifts, bf16x2 scale pairs), the split of each result into two bf16 weights and the
+    accumulator factor, with the asm replaced by its numpy model: the decode numerics again."""
+    from jax.experimental.pallas import triton as pltr
+
+    from jq_kernels.w4a16 import prefill as P
+
+    qt, pw = case
+    monkeypatch.setattr(pltr, "elementwise_inline_asm", _emulated_asm)
+    monkeypatch.setattr(P.C, "resolve_interpret", lambda interpret: False)  # let the PTX config past the guard
+    pallas_call = P.pl.pallas_call
+    monkeypatch.setattr(P.pl, "pallas_call", lambda *a, **kw: pallas_call(*a, **{**kw, "interpret": True}))
+    x = _x((M, K))
+    y = np.asarray(P.w4a16_prefill_matmul(x, pw, cfg=cfg, out_dtype=jnp.float32), np.float64)
+    ref, scale, _ = _refs(x, pw, qt)
+    np.testing.assert_array_less(np.abs(y - ref), 1e-6 * scale + 1e-30)
+
+
+def test_ptx_decode_refuses_interpret_mode():
+    pw = packed(quantize(weight((64, 128), 2), NV1))
+    with pytest.raises(ValueError, match="GPU only"):
+        w4a16_prefill_matmul(jnp.zeros((4, 128), jnp.bfloat16), pw, cfg=PrefillConfig(decode="ptx"), interpret=True)
