@@ -10,8 +10,8 @@ activations and weight copies (more bytes than the 50 MB L2):
 * ``decode_chunks:nvfp4``: today's W4A16 prefill, :func:`jq_kernels.w4a16.w4a16_matmul` (Mosaic decode GEMM on
   64-token chunks; M <= 512 only: 2048 tokens are 32 Mosaic calls, and run 26 measured 512 already);
 * ``dequant:nvfp4``: ``x @ qt.dequantize(bf16).T`` (the weight dequantized by XLA in the same jit);
-* ``kernel:nvfp4:<config>``: :func:`jq_kernels.w4a16.w4a16_prefill_matmul` for every candidate config at the first
-  shape, the fastest correct config of each M (and the default) at the other shapes;
+* ``kernel:nvfp4:<config>``: :func:`jq_kernels.w4a16.w4a16_prefill_matmul` (configs ending ``-ptx``: the inline-PTX
+  decode, checked on the GPU by the error columns only) for every candidate config at the first shape, the fastest correct config of each M (and the default) at the other shapes;
 
 Order: M = 512 and 2048 at every shape, then the other M at every shape (a run cut by the budget still covers
 every shape at the two main token counts).
@@ -56,7 +56,8 @@ CHUNKED_MAX_M = 512
 SMOKE_SHAPES = (("small", 256, 512), ("small_t", 128, 384))
 SMOKE_MS = (40, 16)
 SMOKE_CONFIGS = (PrefillConfig(block_m=16, block_n=64), PrefillConfig(block_m=32, block_n=128, swap_ab=True),
-                 PrefillConfig(block_m=16, block_n=64, block_k=128, x_permute="kernel"))
+                 PrefillConfig(block_m=16, block_n=64, block_k=128, x_permute="kernel"),
+                 PrefillConfig(block_m=16, block_n=64, decode="ptx"))  # interpret mode: recorded as an error
 
 
 def _pack(qt, fmt):
