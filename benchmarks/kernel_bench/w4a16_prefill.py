@@ -44,7 +44,12 @@ from benchmarks.kernel_bench.common import device_info, save, time_fn
 from jq import qtensor
 from jq.config import QuantizerSpec
 from jq_kernels.w4a16 import pack_w4, w4a16_matmul
-from jq_kernels.w4a16.prefill import CONFIGS, PrefillConfig, prefill_plan, w4a16_prefill_matmul
+from jq_kernels.w4a16.prefill import (
+    CONFIGS,
+    PrefillConfig,
+    prefill_plan,
+    w4a16_prefill_matmul,
+)
 
 SHAPES = (("gate_up", 14336, 4096), ("down", 4096, 14336), ("gate_up_fused", 28672, 8192))
 MS = (512, 2048, 128, 64, 256)

@@ -43,8 +43,17 @@ from jax.experimental import pallas as pl
 from jq_kernels import _common as C
 from jq_kernels.w4a16.layout import BF16_SCALE_BIAS, NVFP4_BF16_SHIFTS, PackedW4
 
-__all__ = ["PrefillConfig", "CONFIGS", "prefill_plan", "permute_k", "w4a16_prefill_matmul", "X_PERMUTES", "DECODES",
-           "NVFP4_PAIR_PTX", "INT4_PAIR_PTX"]
+__all__ = [
+    "CONFIGS",
+    "DECODES",
+    "INT4_PAIR_PTX",
+    "NVFP4_PAIR_PTX",
+    "X_PERMUTES",
+    "PrefillConfig",
+    "permute_k",
+    "prefill_plan",
+    "w4a16_prefill_matmul",
+]
 
 X_PERMUTES = ("xla", "kernel")
 DECODES = ("alu", "ptx")
@@ -107,7 +116,7 @@ class PrefillConfig:
                 + ("-ptx" if self.decode == "ptx" else ""))
 
     @classmethod
-    def from_name(cls, name: str) -> "PrefillConfig":
+    def from_name(cls, name: str) -> PrefillConfig:
         """The config whose :attr:`name` is ``name``."""
         m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)w(\d+)p(\d+)(-swap)?(-xk)?(-ptx)?", name)
         if m is None:

@@ -10,7 +10,13 @@ import pytest
 
 from jq.formats.linear import W4A16Linear
 from jq_kernels.w4a16 import emulate_decode, pack_w4, w4a16_matmul
-from jq_kernels.w4a16.prefill import CONFIGS, PrefillConfig, permute_k, prefill_plan, w4a16_prefill_matmul
+from jq_kernels.w4a16.prefill import (
+    CONFIGS,
+    PrefillConfig,
+    permute_k,
+    prefill_plan,
+    w4a16_prefill_matmul,
+)
 from tests.kernels.w4a16._weights import I4, NV1, packed, quantize, weight
 
 N, K, M = 100, 300, 40  # packed to [128, 384]: ragged N, K (zero codes past K) and M (not a multiple of bm)
@@ -114,8 +120,9 @@ def test_plan_blocks_and_padding():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(block_n=32), "block_n"), (dict(block_n=512), "block_n"), (dict(block_k=96), "block_k"),
-    (dict(block_m=8), "block_m"), (dict(num_stages=0), "num_stages"), (dict(x_permute="host"), "x_permute"),
+    ({"block_n": 32}, "block_n"), ({"block_n": 512}, "block_n"), ({"block_k": 96}, "block_k"),
+    ({"block_m": 8}, "block_m"), ({"num_stages": 0}, "num_stages"), ({"x_permute": "host"}, "x_permute"),
+    ({"decode": "lut"}, "decode"),
 ])
 def test_bad_config_raises(kw, match):
     with pytest.raises(ValueError, match=match):
