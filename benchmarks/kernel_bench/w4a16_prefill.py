@@ -2,8 +2,7 @@
 chunked Mosaic decode path and dequantize-to-bf16 + XLA, at prefill token counts.
 
 For ``y = x @ W.T`` with N x K in {14336 x 4096 (gate/up), 4096 x 14336 (down), 28672 x 8192 (fused gate+up)} and
-M in {512, 2048, 128, 64, 256}, every method is timed in
-the same run, one ``jit`` per measurement, :func:`benchmarks.kernel_bench.common.time_fn` cycling over distinct
+M in {512, 2048, 128, 64, 256}, every method is timed in the same run, one ``jit`` per measurement, :func:`benchmarks.kernel_bench.common.time_fn` cycling over distinct
 activations and weight copies (more bytes than the 50 MB L2):
 
 * ``bf16``: XLA's ``x @ W_bf16.T`` (f32 accumulation), the bar;
@@ -11,11 +10,13 @@ activations and weight copies (more bytes than the 50 MB L2):
   64-token chunks; M <= 512 only: 2048 tokens are 32 Mosaic calls, and run 26 measured 512 already);
 * ``dequant:nvfp4``: ``x @ qt.dequantize(bf16).T`` (the weight dequantized by XLA in the same jit);
 * ``kernel:nvfp4:<config>``: :func:`jq_kernels.w4a16.w4a16_prefill_matmul` (configs ending ``-ptx``: the inline-PTX
-  decode, checked on the GPU by the error columns only) for every candidate config at the first shape, the fastest correct config of each M (and the default) at the other shapes;
+  decode, checked on the GPU by the error columns only): every candidate config at the first shape and M = 512; the
+  three fastest correct ones (and the default) at the first shape's other M; at the other shapes the fastest
+  correct config of the first shape at that M (else the two fastest at M = 512) and the default;
+* ``kernel:int4:<config>``: the same kernel on INT4 (group 128) weights, the first NVFP4 candidate of that cell.
 
 Order: M = 512 and 2048 at every shape, then the other M at every shape (a run cut by the budget still covers
 every shape at the two main token counts).
-* ``kernel:int4:<config>``: the same kernel on INT4 (group 128) weights, the fastest NVFP4 config of that M.
 
 Correctness on the device, per kernel row: max-abs and relative (Frobenius) error against the f32 reference
 ``x_bf16 @ dequantize(W).T`` (HIGHEST precision), and against the decode path's output where it ran (the same
@@ -121,6 +122,7 @@ def sweep(shapes=SHAPES, ms=MS, configs=CONFIGS, budget_s=230.0, iters=10, out_n
            "harness_only": interpret, "budget_s": budget_s,
            "method": "one jit per measurement; time_fn cycling distinct activations x weight copies"}
     best = {}  # m -> fastest correct nvfp4 config name (from the first shape)
+    ranking = []  # correct nvfp4 config names of the full sweep (first shape, first M), fastest first
     cache = {}  # (n, k) -> weights, kept for the second round of token counts
 
     def left():
@@ -140,9 +142,16 @@ def sweep(shapes=SHAPES, ms=MS, configs=CONFIGS, budget_s=230.0, iters=10, out_n
             save(out_name, rec)
             continue
         for m in round_ms:
-            _cell(rec, name, n, k, m, wts, configs if first else _picked(configs, best.get(m)), best, first,
-                  interpret, on_gpu, left, iters, out_name, chunked_max_m)
+            if first and m == ms[0]:
+                kcfgs = configs  # the full sweep
+            else:
+                kcfgs = _picked(configs, [best.get(m)] if m in best else ranking[:3 if first else 2])
+            _cell(rec, name, n, k, m, wts, kcfgs, best, first, interpret, on_gpu, left, iters, out_name,
+                  chunked_max_m)
+            if first and m == ms[0]:
+                ranking[:] = _ranking(rec, name, m)
         rec["best_config"] = {str(m): c for m, c in best.items()}
+        rec["ranking"] = list(ranking)
         save(out_name, rec)
     rec["wall_s"] = time.time() - t0
     rec["summary"] = table(rec)
@@ -151,10 +160,17 @@ def sweep(shapes=SHAPES, ms=MS, configs=CONFIGS, budget_s=230.0, iters=10, out_n
     return rec
 
 
-def _picked(configs, best_name):
-    """The fastest config of the first shape at this M (if any) and the default."""
-    out = [c for c in configs if c.name == best_name]
+def _picked(configs, names):
+    """The configs named (in that order) and the default."""
+    out = [c for nm in names for c in configs if c.name == nm]
     return out + [c for c in configs[:1] if c not in out]
+
+
+def _ranking(rec, shape, m):
+    """Names of the correct NVFP4 kernel configs timed at (shape, m), fastest first."""
+    ok = [r for r in rec["rows"] if r.get("shape") == shape and r.get("M") == m and r.get("ok") and "us" in r
+          and r["method"].startswith("kernel:nvfp4:")]
+    return [r["method"].split(":", 2)[2] for r in sorted(ok, key=lambda r: r["us"])]
 
 
 def _cell(rec, name, n, k, m, wts, kcfgs, best, first, interpret, on_gpu, left, iters, out_name, chunked_max_m):
@@ -163,7 +179,7 @@ def _cell(rec, name, n, k, m, wts, kcfgs, best, first, interpret, on_gpu, left, 
           for kk in jax.random.split(jax.random.key(m), 3)]
     refs, decode_out = {}, {}
     base_us = None
-    icfg = _picked(kcfgs, best.get(m))[:1]
+    icfg = kcfgs[:1]  # INT4: the first candidate (the fastest NVFP4 config known for this M, else the default)
     methods = [("bf16", None, None), ("decode_chunks", "nvfp4", None), ("dequant", "nvfp4", None)]
     methods += [("kernel", "nvfp4", c) for c in kcfgs] + [("kernel", "int4", c) for c in icfg]
     for method, fmt, cfg in methods:
@@ -212,11 +228,8 @@ def _cell(rec, name, n, k, m, wts, kcfgs, best, first, interpret, on_gpu, left, 
         faulthandler.cancel_dump_traceback_later()
         print(_line(row), flush=True)
         save(out_name, rec)
-    if first:
-        ok = [r for r in rec["rows"] if r.get("shape") == name and r.get("M") == m and r.get("ok") and "us" in r
-              and r["method"].startswith("kernel:nvfp4:")]
-        if ok:
-            best[m] = min(ok, key=lambda r: r["us"])["method"].split(":", 2)[2]
+    if first and _ranking(rec, name, m):
+        best[m] = _ranking(rec, name, m)[0]
 
 
 def _line(r) -> str:
