@@ -94,14 +94,37 @@ class FP8Linear:
 
 @dataclasses.dataclass(frozen=True)
 class W4A16Linear:
-    """4-bit weights, 16-bit activations; ``weight_format`` is the kernel's name for the code layout."""
+    """4-bit weights, 16-bit activations; ``weight_format`` is the kernel's name for the code layout.
+
+    On packed weights (GPU) a call of at least ``prefill_min_tokens`` tokens runs the Pallas-Triton prefill GEMM
+    (:func:`jq_kernels.w4a16.w4a16_prefill_matmul`, launch parameters ``prefill_cfg``), fewer the Mosaic decode
+    GEMM (64-token chunks). ``prefill_min_tokens`` None (the default until the GPU sweep
+    ``benchmarks/kernel_bench/w4a16_prefill.py`` shows the prefill GEMM at least as fast): always the decode GEMM.
+    """
 
     weight_format: str  # "nvfp4" or "int4"
     quantizes_input: bool = False
+    prefill_min_tokens: int | None = None
+    prefill_cfg: w4a16.PrefillConfig | None = None
+
+    def __post_init__(self):
+        if self.prefill_min_tokens is not None and self.prefill_min_tokens < 1:
+            raise ValueError(f"W4A16Linear.prefill_min_tokens must be None or >= 1, got {self.prefill_min_tokens}")
 
     @property
     def name(self) -> str:
         return f"{self.weight_format}_w4a16"
+
+    def gemm(self, tokens: int) -> str:
+        """The packed-weight GEMM ``apply`` runs for ``tokens`` rows: ``"prefill_kernel"`` or ``"decode_kernel"``.
+
+        Example:
+          >>> W4A16Linear("int4", prefill_min_tokens=64).gemm(64), W4A16Linear("int4").gemm(4096)
+          ('prefill_kernel', 'decode_kernel')
+        """
+        if self.prefill_min_tokens is not None and tokens >= self.prefill_min_tokens:
+            return "prefill_kernel"
+        return "decode_kernel"
 
     def prepare(self, qt, platform: str):
         """The decode-GEMM layout on a GPU (:func:`jq_kernels.w4a16.pack_w4`), else the QTensor itself."""
@@ -111,7 +134,8 @@ class W4A16Linear:
 
     def apply(self, x2, stored, *, input_amax, platform: str):
         if isinstance(stored, w4a16.PackedW4):
-            return w4a16.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32)
+            return w4a16.w4a16_matmul(x2.astype(jnp.bfloat16), stored, out_dtype=jnp.float32,
+                                      prefill_min_tokens=self.prefill_min_tokens, prefill_cfg=self.prefill_cfg)
         w = stored.dequantize(jnp.float32 if x2.dtype == jnp.float32 else jnp.bfloat16)
         precision = lax.Precision.HIGHEST if x2.dtype == jnp.float32 else None
         return lax.dot_general(x2.astype(w.dtype), w, (((1,), (1,)), ((), ())), precision=precision,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jq_kernels.w4a16.layout import PackedW4
 from jq_kernels.w4a16.plan import MosaicConfig, default_config, plan
+from jq_kernels.w4a16.prefill import PrefillConfig, w4a16_prefill_matmul
 from jq_kernels.w4a16.schedules import mosaic_call
 
 __all__ = ["w4a16_matmul", "w4a16_matmul_mosaic", "mosaic_config", "prep_x", "MAX_TOKENS"]
@@ -92,16 +93,25 @@ def mosaic_config(cfg: MosaicConfig):
         _CFG_OVERRIDE.pop()
 
 
-def w4a16_matmul(x, pw: PackedW4, *, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16):
-    """``x @ dequant(W).T`` on the decode GEMM for any leading dims of ``x [..., K]`` (prefill: 64-token chunks).
+def w4a16_matmul(x, pw: PackedW4, *, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16,
+                 prefill_min_tokens: int | None = None, prefill_cfg: PrefillConfig | None = None,
+                 interpret: bool | None = None):
+    """``x @ dequant(W).T`` for any leading dims of ``x [..., K]``: the Pallas-Triton prefill GEMM
+    (:func:`~jq_kernels.w4a16.prefill.w4a16_prefill_matmul`) when there are at least ``prefill_min_tokens`` tokens,
+    else the Mosaic decode GEMM (more than 64 tokens: 64-token chunks).
 
     ``cfg`` None: the :func:`mosaic_config` override if any, else ``default_config(pw, min(64, tokens))``.
+    ``prefill_min_tokens`` None: never the prefill GEMM. ``prefill_cfg``: its launch parameters (None: default);
+    ``interpret``: its Pallas interpret mode (None: compiled on a GPU).
     """
     if not isinstance(pw, PackedW4):
         raise TypeError(f"w4a16_matmul takes a PackedW4 (jq_kernels.w4a16.pack_w4), got {type(pw).__name__}; "
                         "for a dequantized weight use w4a16_matmul_xla")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
+    if prefill_min_tokens is not None and x2.shape[0] >= prefill_min_tokens:
+        y = w4a16_prefill_matmul(x2, pw, cfg=prefill_cfg, out_dtype=out_dtype, interpret=interpret)
+        return y.reshape(lead + (y.shape[-1],))
     cfg = cfg or (_CFG_OVERRIDE[-1] if _CFG_OVERRIDE else default_config(pw, min(MAX_TOKENS, x2.shape[0])))
     ys = [w4a16_matmul_mosaic(x2[s:s + MAX_TOKENS], pw, cfg, out_dtype) for s in range(0, x2.shape[0], MAX_TOKENS)]
     y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=0)
