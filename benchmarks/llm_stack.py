@@ -10,8 +10,8 @@ the real full-depth cost (no extrapolation from a reduced depth).
   on the stored weights of each layer (``jq.deploy.realize`` of a 1-layer ``qm`` whose params are that layer's,
   weight amax recomputed per layer; activation / KV amax are the 1-layer calibration's, the same for every layer:
   random weights, a speed model);
-* the step is :func:`jq.models.extend`'s loop body (``layer_step``), so a stacked model with the same weights and
-  calibration generates the same tokens as the unrolled served model (``tests/benchmarks/test_llm_stack.py``).
+* the step is :func:`jq.models.generate.cached_layer` (:func:`jq.models.extend`'s layer), so a stacked model with
+  the same weights and calibration generates the same tokens as the unrolled served model (``tests/benchmarks/test_llm_stack.py``).
 
 Example::
 
@@ -30,10 +30,10 @@ import jax.numpy as jnp
 from jq import deploy
 from jq.model import QuantizedModel
 from jq.models import llama
-from jq.models.generate import extend_inputs
-from jq.models.kv_cache import KVCache, init_stacked_cache, read_layer, write_layer
+from jq.models.generate import cached_layer, extend_inputs
+from jq.models.kv_cache import KVCache, init_stacked_cache
 
-__all__ = ["init_stacked", "layer_step", "StackedLM", "stack_realized"]
+__all__ = ["init_stacked", "StackedLM", "stack_realized"]
 
 
 def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: float = 0.02):
@@ -60,22 +60,6 @@ def _with_layer(top, layer):
     return dict(top, model=model)
 
 
-def layer_step(params, h, cache: KVCache, cos, sin, mask):
-    """Layer 0 of ``params`` on ``h [b, t, hidden]`` with the 1-layer ``cache``: :func:`jq.models.extend`'s loop
-    body (its names: the sites are those of a 1-layer model). Returns ``(h, cache)`` (``length`` not advanced)."""
-    config = cache.config
-    layer = params["model"]["layers"][0]
-    x = llama.rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-    q, k, v = llama.project_qkv(layer["self_attn"], x, cos, sin, config)
-    cache = write_layer(cache, 0, k, v)
-    keys, values = read_layer(cache, 0)
-    with jax.named_scope(llama.layer_scope(0)):
-        o = llama.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
-    h = h + llama.linear(o, layer["self_attn"]["o_proj"])
-    h = h + llama.mlp(layer["mlp"], llama.rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
-    return h, cache
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class StackedLM:
     """A decoder of ``n_layers`` identical-shaped layers run by ``lax.scan``.
@@ -85,7 +69,8 @@ class StackedLM:
       top: the 1-layer model's params (embedding, final norm, ``lm_head``; its layer 0 is replaced per step).
       layers: per-layer params stacked on axis 0.
       weights: ``{site name: stored weight}`` of the 1-layer model's sites, stacked on axis 0 (``{}``: bf16).
-      step_model: a :class:`jq.QuantizedModel` of :func:`layer_step` (None: plain bf16, no evaluator).
+      step_model: a :class:`jq.QuantizedModel` of :func:`jq.models.generate.cached_layer` (None: plain bf16, no
+        evaluator).
       handler: ``weights -> jq handler`` (None for plain).
       kv_spec, k_amax, v_amax: the KV storage spec and per-layer amax ``[n_layers]`` (None: float cache).
     """
@@ -140,7 +125,7 @@ class StackedLM:
                          "quantized", jnp.dtype(self.dtype).name)
             p = _with_layer(top, layer)
             if self.step_model is None:
-                h, c1 = layer_step(p, h, c1, cos, sin, mask)
+                h, c1 = cached_layer(p, h, c1, cos, sin, mask)
             else:
                 h, c1 = self.step_model.evaluate(self.handler(w), p, h, c1, cos, sin, mask)
             return h, (c1.keys[0], c1.values[0])
@@ -208,7 +193,7 @@ def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=No
     cfg = qm1.config
     if spec is not None:  # the cache stores k/v in the quantizers' format: they are off at attention
         cfg = cfg.with_entries(*((f"*.{s}", False) for s in ("k_bmm_quantizer", "v_bmm_quantizer")))
-    step = QuantizedModel.create(qm1.params, layer_step, cfg, qm1.qstate)
+    step = QuantizedModel.create(qm1.params, cached_layer, cfg, qm1.qstate)
     handler = serve._RealHandler(kernels or rkernels, "gpu" if backend == "gpu" else "cpu")
     k_amax = v_amax = None
     if spec is not None:

@@ -35,17 +35,9 @@ from jq.deploy import RealQuant
 from jq.handlers.apply import FakeQuant
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
-from jq.models.generate import extend, extend_inputs, generation_length
-from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache, read_layer, write_layer
-from jq.models.llama import (
-    attention,
-    layer_scope,
-    linear,
-    lm_head,
-    mlp,
-    project_qkv,
-    rms_norm,
-)
+from jq.models.generate import cached_layer, extend, extend_inputs, generation_length
+from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
+from jq.models.llama import layer_scope, lm_head
 
 __all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
 
@@ -263,22 +255,6 @@ def _check_uniform_plan(plan: dict, n: int) -> None:
                              f"{plan.get(_as_layer0(name))!r}; serve this model unrolled")
 
 
-def _layer_step(params, h, cache: KVCache, cos, sin, mask):
-    """Layer 0 of ``params`` on ``h [b, t, hidden]`` with a 1-layer ``cache``: :func:`jq.models.extend`'s loop
-    body, so its sites carry layer 0's names. Returns ``(h, cache)`` (``length`` not advanced)."""
-    config = cache.config
-    layer = params["model"]["layers"][0]
-    x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-    q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
-    cache = write_layer(cache, 0, k, v)
-    keys, values = read_layer(cache, 0)
-    with jax.named_scope(layer_scope(0)):
-        o = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
-    h = h + linear(o, layer["self_attn"]["o_proj"])
-    h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
-    return h, cache
-
-
 def _head(params, h, *, config):
     return lm_head(params, h, config)
 
@@ -366,7 +342,7 @@ class ScannedLM(_Generation):
                          None if self.v_amax is None else va[None], length, config1, self.kv_spec, "quantized", dtype)
             p = _with_layer(top, layer)
             if self.layer_model is None:
-                h, c1 = _layer_step(p, h, c1, cos, sin, mask)
+                h, c1 = cached_layer(p, h, c1, cos, sin, mask)
             else:
                 h, c1 = self.layer_model.replace(qstate=qstate).evaluate(self.make_handler(w), p, h, c1, cos, sin,
                                                                          mask)
@@ -412,7 +388,7 @@ def _scanned(qm, config: LlamaConfig, weights: dict, make_handler, spec=None) ->
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
     layer_qstate = _stack_layers(qm.qstate, n, "quantizer state")
     top_qstate = {k: v for k, v in qm.qstate.items() if _layer_of(k) is None}
-    layer_model = QuantizedModel.create(_with_layer(params["top"], layer0), _layer_step, cfg,
+    layer_model = QuantizedModel.create(_with_layer(params["top"], layer0), cached_layer, cfg,
                                         jax.tree_util.tree_map(lambda a: a[0], layer_qstate))
     head_model = QuantizedModel.create(params["top"], functools.partial(_head, config=config), cfg, top_qstate)
     stacked = {"top": {k: v for k, v in weights.items() if _layer_of(k) is None},
