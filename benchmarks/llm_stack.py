@@ -32,6 +32,7 @@ from jq.model import QuantizedModel
 from jq.models import llama
 from jq.models.generate import cached_layer, extend_inputs
 from jq.models.kv_cache import KVCache, init_stacked_cache
+from jq.models.stacking import stack_trees
 
 __all__ = ["init_stacked", "StackedLM", "stack_realized"]
 
@@ -172,7 +173,7 @@ def stack_realized(qm1, top, layers, *, backend=None):
             print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
             fn = realize_layer
             per.append(fn(top, layer))
-    weights = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per)
+    weights = stack_trees(per)
     del per
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend
 

@@ -25,6 +25,7 @@ from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
 from jq.models.llama import attention_mask, decoder_layer, lm_head, make_forward
 from jq.models.rope import rope_tables
+from jq.models.stacking import stack_trees
 
 __all__ = ["quantize_scanned", "scanned_forward", "stack_layers", "unstack_qstate"]
 
@@ -33,8 +34,7 @@ _LAYER0 = "model.layers.0."
 
 def stack_layers(params: dict) -> dict:
     """``params`` with ``model.layers`` replaced by ``[the layers' params stacked on axis 0]`` (layer 0's paths)."""
-    layers = params["model"]["layers"]
-    stacked = jax.jit(lambda ls: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ls))(list(layers))
+    stacked = stack_trees(list(params["model"]["layers"]))
     return dict(params, model=dict(params["model"], layers=[stacked]))
 
 

@@ -38,6 +38,7 @@ from jq.models.config import LlamaConfig
 from jq.models.generate import cached_layer, extend, extend_inputs, generation_length
 from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
 from jq.models.llama import layer_scope, lm_head
+from jq.models.stacking import stack_trees
 
 __all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
 
@@ -233,7 +234,7 @@ def _stack_layers(per_layer: dict, n: int, what: str) -> dict:
             raise ValueError(f"scan_layers: layer {i}'s {what} differs from layer 0's in "
                              f"{sorted(set(g) ^ set(groups[0]))[:3]}; serve this model unrolled")
     try:
-        return _stack(groups)
+        return stack_trees(groups)
     except (ValueError, TypeError) as e:
         raise ValueError(f"scan_layers: the layers' {what} cannot be stacked ({e}); serve this model unrolled") from e
 
@@ -363,13 +364,7 @@ def _split_params(params: dict, n: int) -> dict:
     if len(layers) != n:
         raise ValueError(f"scan_layers: params have {len(layers)} layers, the config {n}")
     top = dict(params, model=dict(params["model"], layers=[]))
-    return {"top": top, "layers": _stack(list(layers))}
-
-
-@jax.jit
-def _stack(trees: list):
-    """The trees' leaves stacked on a new axis 0, in one program (not one eager compile per leaf shape)."""
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+    return {"top": top, "layers": stack_trees(list(layers))}
 
 
 def float_lm(params: dict, config: LlamaConfig) -> ScannedLM:
