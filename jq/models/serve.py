@@ -40,7 +40,8 @@ from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
 from jq.models.llama import layer_scope, lm_head
 from jq.models.stacking import stack_trees
 
-__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
+__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "kv_quantizers_off",
+           "real_quant_lm"]
 
 _KV_SLOTS = ("k_bmm_quantizer", "v_bmm_quantizer")
 
@@ -148,10 +149,14 @@ def _generate(lm, weights, params, prompt, cache, n_new):
             jnp.concatenate([first_logits[:, None], rest_logits], axis=1))
 
 
+def kv_quantizers_off(cfg):
+    """``cfg`` with the k/v ``bmm`` quantizers off: a cache that stores k/v in their format already applies them
+    (``dequantize(quantize(k))`` is their fake quant)."""
+    return cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+
+
 def _step_model(qm, config=None, *, kv_off: bool = False) -> QuantizedModel:
-    cfg = qm.config
-    if kv_off:
-        cfg = cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+    cfg = kv_quantizers_off(qm.config) if kv_off else qm.config
     return QuantizedModel.create(qm.params, extend, cfg, qm.qstate)
 
 
@@ -288,7 +293,8 @@ class ScannedLM(_Generation):
     ``params`` is ``{"top": the params without layers, "layers": the layers' params stacked on axis 0}``;
     ``weights`` is ``{"top": stored weights of sites outside the layers, "layers": the layers' stacked}``.
     Attributes ``layer_model`` / ``head_model`` (None: no quantization, :func:`float_lm`) evaluate layer 0's
-    step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan).
+    step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan;
+    None: ``layer_model``'s own state serves every layer).
 
     Example:
       >>> lm = fake_quant_lm(qm, cfg, scan_layers=True)
@@ -300,7 +306,7 @@ class ScannedLM(_Generation):
     weights: dict
     layer_model: QuantizedModel | None = None
     head_model: QuantizedModel | None = None
-    layer_qstate: dict = dataclasses.field(default_factory=dict)
+    layer_qstate: dict | None = None
     make_handler: object = None
     kv_spec: object = None
     k_amax: jax.Array | None = None
@@ -345,8 +351,8 @@ class ScannedLM(_Generation):
             if self.layer_model is None:
                 h, c1 = cached_layer(p, h, c1, cos, sin, mask)
             else:
-                h, c1 = self.layer_model.replace(qstate=qstate).evaluate(self.make_handler(w), p, h, c1, cos, sin,
-                                                                         mask)
+                model = self.layer_model if qstate is None else self.layer_model.replace(qstate=qstate)
+                h, c1 = model.evaluate(self.make_handler(w), p, h, c1, cos, sin, mask)
             return h, (c1.keys[0], c1.values[0])
 
         xs = (params["layers"], weights.get("layers", {}), self.layer_qstate, keys, values, k_amax, v_amax)
@@ -376,9 +382,7 @@ def _scanned(qm, config: LlamaConfig, weights: dict, make_handler, spec=None) ->
     """``qm`` (of :func:`jq.models.forward`) as a :class:`ScannedLM` with ``weights`` ``{site: stored}``."""
     n = config.num_hidden_layers
     _check_uniform_specs(qm, n)
-    cfg = qm.config
-    if spec is not None:  # the cache stores k/v in the quantizers' format: they are off at attention
-        cfg = cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+    cfg = qm.config if spec is None else kv_quantizers_off(qm.config)  # the cache applies the k/v quantizers
     params = _split_params(qm.params, n)
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
     layer_qstate = _stack_layers(qm.qstate, n, "quantizer state")
