@@ -290,7 +290,8 @@ class ScannedLM(_Generation):
     """A :class:`ServedLM` whose layers run in one ``lax.scan``: one layer is traced and compiled, whatever the
     depth. Same tokens and logits as the unrolled model (same per-layer math, params and quantizer state).
 
-    ``params`` is ``{"top": the params without layers, "layers": the layers' params stacked on axis 0}``;
+    ``params`` is ``{"top": the params without layers (any it has are replaced), "layers": the layers' params
+    stacked on axis 0}``;
     ``weights`` is ``{"top": stored weights of sites outside the layers, "layers": the layers' stacked}``.
     Attributes ``layer_model`` / ``head_model`` (None: no quantization, :func:`float_lm`) evaluate layer 0's
     step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan;
