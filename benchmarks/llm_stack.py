@@ -5,13 +5,19 @@ The unrolled :func:`jq.models.extend` (one traced copy per layer) makes every (v
 weights stacked along a leading layer axis, so a 32-layer program compiles as fast as a 1-layer one and measures
 the real full-depth cost (no extrapolation from a reduced depth).
 
+The model is :class:`jq.models.serve.ScannedLM` (its scan of :func:`jq.models.generate.cached_layer`, the layer of
+:func:`jq.models.extend`); what is the benchmark's own:
+
 * weights: generated on the device (:func:`init_stacked`, one ``lax.map`` of the per-layer init over keys);
-* quantized variants: the layer function evaluated by jq's evaluator with a :class:`jq.deploy.RealQuant` handler
-  on the stored weights of each layer (``jq.deploy.realize`` of a 1-layer ``qm`` whose params are that layer's,
-  weight amax recomputed per layer; activation / KV amax are the 1-layer calibration's, the same for every layer:
-  random weights, a speed model);
-* the step is :func:`jq.models.extend`'s loop body (``layer_step``), so a stacked model with the same weights and
-  calibration generates the same tokens as the unrolled served model (``tests/benchmarks/test_llm_stack.py``).
+* quantized variants: the layer evaluated by jq's evaluator with a :class:`jq.deploy.RealQuant` handler on the
+  stored weights of each layer (:func:`stack_realized`: ``jq.deploy.realize`` of a 1-layer ``qm`` whose params
+  are that layer's, weight amax recomputed per layer; activation / KV amax are the 1-layer calibration's, the
+  same for every layer: random weights, a speed model);
+* :class:`StackedLM`: the benchmark's calling convention of that model (weights, layers and the 1-layer params
+  as separate jit arguments, a plain-tuple cache).
+
+A stacked model with the same weights and calibration generates the same tokens as the unrolled served model
+(``tests/benchmarks/test_llm_stack.py``).
 
 Example::
 
@@ -29,16 +35,18 @@ import jax.numpy as jnp
 
 from jq import deploy
 from jq.model import QuantizedModel
-from jq.models import llama
-from jq.models.generate import extend_inputs
-from jq.models.kv_cache import KVCache, init_stacked_cache, read_layer, write_layer
+from jq.models import llama, serve
+from jq.models.generate import cached_layer
+from jq.models.serve import ScannedLM, _with_layer
+from jq.models.stacking import stack_trees
 
-__all__ = ["init_stacked", "layer_step", "StackedLM", "stack_realized"]
+__all__ = ["init_stacked", "StackedLM", "stack_realized"]
 
 
 def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: float = 0.02):
     """``(top, layers)``: the params of the 1-layer ``config1`` model (embedding, norm, head, layer 0) and the
-    ``n_layers`` layers' params stacked on a leading axis, all drawn on the device (normal, std ``scale``; one jitted ``lax.map`` over the layers' keys)."""
+    ``n_layers`` layers' params stacked on a leading axis, all drawn on the device (normal, std ``scale``; one
+    jitted ``lax.map`` over the layers' keys)."""
     k_top, k_layers = jax.random.split(key)
 
     @jax.jit
@@ -54,58 +62,39 @@ def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: floa
     return top_init(k_top), layers_init(jax.random.split(k_layers, n_layers))
 
 
-def _with_layer(top, layer):
-    """``top`` (the 1-layer model's params) with layer 0 replaced by ``layer``."""
-    model = dict(top["model"], layers=[layer])
-    return dict(top, model=model)
-
-
-def layer_step(params, h, cache: KVCache, cos, sin, mask):
-    """Layer 0 of ``params`` on ``h [b, t, hidden]`` with the 1-layer ``cache``: :func:`jq.models.extend`'s loop
-    body (its names: the sites are those of a 1-layer model). Returns ``(h, cache)`` (``length`` not advanced)."""
-    config = cache.config
-    layer = params["model"]["layers"][0]
-    x = llama.rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-    q, k, v = llama.project_qkv(layer["self_attn"], x, cos, sin, config)
-    cache = write_layer(cache, 0, k, v)
-    keys, values = read_layer(cache, 0)
-    with jax.named_scope(llama.layer_scope(0)):
-        o = llama.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
-    h = h + llama.linear(o, layer["self_attn"]["o_proj"])
-    h = h + llama.mlp(layer["mlp"], llama.rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
-    return h, cache
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class StackedLM:
-    """A decoder of ``n_layers`` identical-shaped layers run by ``lax.scan``.
+    """A :class:`jq.models.serve.ScannedLM` called as the benchmark calls it: ``extend(weights, layers, top,
+    tokens, cache)`` with the stacked stored weights, the stacked layers' params and the 1-layer model's params
+    as separate arguments, and the cache a plain ``(keys, values, length)`` tuple.
 
     Attributes:
-      config1: the 1-layer model config (``num_hidden_layers=1``); n_layers: the depth.
-      top: the 1-layer model's params (embedding, final norm, ``lm_head``; its layer 0 is replaced per step).
-      layers: per-layer params stacked on axis 0.
-      weights: ``{site name: stored weight}`` of the 1-layer model's sites, stacked on axis 0 (``{}``: bf16).
-      step_model: a :class:`jq.QuantizedModel` of :func:`layer_step` (None: plain bf16, no evaluator).
-      handler: ``weights -> jq handler`` (None for plain).
-      kv_spec, k_amax, v_amax: the KV storage spec and per-layer amax ``[n_layers]`` (None: float cache).
+      lm: the model: params ``{"top": the 1-layer model's params (its layer 0 is replaced per step), "layers":
+        per-layer params stacked on axis 0}``, weights ``{"layers": {1-layer site name: stored weight stacked on
+        axis 0}}`` (``{}``: bf16), ``layer_model`` a :class:`jq.QuantizedModel` of
+        :func:`jq.models.generate.cached_layer` whose state serves every layer (None: plain, no evaluator), no
+        head model (the head runs plain), ``kv_spec, k_amax, v_amax``: the KV storage (None: float cache).
     """
 
-    config1: object
-    n_layers: int
-    top: dict
-    layers: dict
-    weights: dict = dataclasses.field(default_factory=dict)
-    step_model: object = None
-    handler: object = None
-    kv_spec: object = None
-    k_amax: object = None
-    v_amax: object = None
+    lm: ScannedLM
 
     @classmethod
     def plain(cls, config1, top, layers, *, kv_spec=None, k_amax=None, v_amax=None):
         """The unquantized model (no jq evaluator), with a float or quantized KV cache."""
-        n = jax.tree_util.tree_leaves(layers)[0].shape[0]
-        return cls(config1, n, top, layers, kv_spec=kv_spec, k_amax=k_amax, v_amax=v_amax)
+        return cls(ScannedLM(_depth(config1, layers), {"top": top, "layers": layers}, {}, kv_spec=kv_spec,
+                             k_amax=k_amax, v_amax=v_amax))
+
+    @property
+    def top(self):
+        return self.lm.params["top"]
+
+    @property
+    def layers(self):
+        return self.lm.params["layers"]
+
+    @property
+    def weights(self):
+        return self.lm.weights.get("layers", {})
 
     @property
     def params(self):
@@ -114,39 +103,21 @@ class StackedLM:
     @property
     def dtype(self):
         """The compute dtype (the embedding table's)."""
-        return self.top["model"]["embed_tokens"]["weight"].dtype
+        return self.lm.dtype
 
     def init_cache(self, batch: int, max_len: int):
         """``(keys, values, length)``: per-layer storage stacked on axis 0 (arrays or QTensors), int32 length."""
-        config = dataclasses.replace(self.config1, num_hidden_layers=self.n_layers)
-        keys, values = init_stacked_cache(config, batch, max_len, kv_format=self.kv_spec, k_amax=self.k_amax,
-                                          v_amax=self.v_amax, dtype=self.dtype)
-        return keys, values, jnp.zeros((), jnp.int32)
+        return tuple(self.lm.init_cache(batch, max_len))
 
     def extend(self, weights, layers, top, tokens, cache):
         """Logits ``[b, t, vocab]`` of ``tokens [b, t]`` after the cached positions, and the updated cache."""
-        keys, values, length = cache
-        b, t = tokens.shape
-        max_len = jax.tree_util.tree_leaves(keys)[0].shape[2]
-        cos, sin, mask = extend_inputs(self.config1, tokens, length, max_len)
-        h = top["model"]["embed_tokens"]["weight"][tokens]
-        k_amax = jnp.zeros((self.n_layers,), jnp.float32) if self.k_amax is None else self.k_amax
-        v_amax = jnp.zeros((self.n_layers,), jnp.float32) if self.v_amax is None else self.v_amax
+        logits, cache = self.lm.extend({"layers": weights}, {"top": top, "layers": layers}, tokens, cache)
+        return logits, tuple(cache)
 
-        def body(h, xs):
-            layer, w, k_i, v_i, ka, va = xs
-            c1 = KVCache((k_i,), (v_i,), None if self.k_amax is None else ka[None],
-                         None if self.v_amax is None else va[None], length, self.config1, self.kv_spec,
-                         "quantized", jnp.dtype(self.dtype).name)
-            p = _with_layer(top, layer)
-            if self.step_model is None:
-                h, c1 = layer_step(p, h, c1, cos, sin, mask)
-            else:
-                h, c1 = self.step_model.evaluate(self.handler(w), p, h, c1, cos, sin, mask)
-            return h, (c1.keys[0], c1.values[0])
 
-        h, (keys, values) = jax.lax.scan(body, h, (layers, weights, keys, values, k_amax, v_amax))
-        return llama.lm_head(top, h, self.config1), (keys, values, length + t)
+def _depth(config1, layers):
+    """``config1`` at the depth of the stacked ``layers``."""
+    return dataclasses.replace(config1, num_hidden_layers=jax.tree_util.tree_leaves(layers)[0].shape[0])
 
 
 def _weight_amax_of_layer(qm1, params):
@@ -187,7 +158,7 @@ def stack_realized(qm1, top, layers, *, backend=None):
             print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
             fn = realize_layer
             per.append(fn(top, layer))
-    weights = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per)
+    weights = stack_trees(per)
     del per
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend
 
@@ -200,18 +171,16 @@ def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=No
     ``kernels``: optional replacement of the realized kernels (e.g. another FP8 GEMM policy); ``kv_cache``: store
     k/v in the format of ``qm1``'s k/v ``bmm`` quantizers (else they stay as configured, at attention).
     """
-    from jq.models import serve
-
-    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+    config = _depth(config1, layers)
     weights, rkernels, _, backend = realized or stack_realized(qm1, top, layers)
     spec = serve.kv_cache_spec(qm1, config1) if kv_cache else None
-    cfg = qm1.config
-    if spec is not None:  # the cache stores k/v in the quantizers' format: they are off at attention
-        cfg = cfg.with_entries(*((f"*.{s}", False) for s in ("k_bmm_quantizer", "v_bmm_quantizer")))
-    step = QuantizedModel.create(qm1.params, layer_step, cfg, qm1.qstate)
+    cfg = qm1.config if spec is None else serve.kv_quantizers_off(qm1.config)  # the cache applies them
+    step = QuantizedModel.create(qm1.params, cached_layer, cfg, qm1.qstate)
     handler = serve._RealHandler(kernels or rkernels, "gpu" if backend == "gpu" else "cpu")
-    k_amax = v_amax = None
+    kv = {}
     if spec is not None:
-        k_amax = jnp.broadcast_to(serve._kv_amax(qm1, config1, "k_bmm_quantizer"), (n,))
-        v_amax = jnp.broadcast_to(serve._kv_amax(qm1, config1, "v_bmm_quantizer"), (n,))
-    return StackedLM(config1, n, top, layers, weights, step, handler, spec, k_amax, v_amax)
+        n = config.num_hidden_layers
+        kv = {"kv_spec": spec, "k_amax": jnp.broadcast_to(serve._kv_amax(qm1, config1, "k_bmm_quantizer"), (n,)),
+              "v_amax": jnp.broadcast_to(serve._kv_amax(qm1, config1, "v_bmm_quantizer"), (n,))}
+    return StackedLM(ScannedLM(config, {"top": top, "layers": layers}, {"layers": weights}, layer_model=step,
+                               make_handler=handler, **kv))

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 
 from jq.models.config import LlamaConfig
 from jq.models.kv_cache import KVCache, init_cache, read_layer, write_layer
-from jq.models.llama import attention, attention_mask, layer_scope, linear, lm_head, mlp, project_qkv, rms_norm
+from jq.models.llama import attention_mask, decoder_layer, lm_head
 from jq.models.rope import rope_tables
 
-__all__ = ["extend", "extend_inputs", "prefill", "decode_step", "generate"]
+__all__ = ["cached_layer", "extend", "extend_inputs", "prefill", "decode_step", "generate"]
 
 
 def extend_inputs(config: LlamaConfig, tokens: jax.Array, length: jax.Array, max_len: int) -> tuple:
@@ -38,6 +38,27 @@ def extend_inputs(config: LlamaConfig, tokens: jax.Array, length: jax.Array, max
     return cos, sin, attention_mask(positions, slots, config, k_valid=slots < length + t)
 
 
+def cached_layer(params: dict, h: jax.Array, cache: KVCache, cos, sin, mask: jax.Array, i: int = 0
+                 ) -> tuple[jax.Array, KVCache]:
+    """Decoder layer ``i`` of ``params`` on ``h[batch, t, hidden]`` through ``cache``: ``(h, cache)``.
+
+    :func:`jq.models.llama.decoder_layer` whose attention reads the whole cache: the new keys/values are
+    stored at ``length..length+t-1`` (:func:`write_layer`; ``length`` not advanced here, the caller does it
+    once after all layers) and attention reads every slot dequantized (:func:`read_layer`), ``mask`` hiding
+    empty and future ones (:func:`extend_inputs`). The default ``i=0`` with the params and cache of a 1-layer
+    model is the step a layer-scanned model runs per layer (its sites carry layer 0's names).
+
+    Example:
+      >>> cos, sin, mask = extend_inputs(cache.config, tokens, cache.length, cache.max_len)
+      >>> h, cache = cached_layer(params, h, cache, cos, sin, mask, i=3)
+    """
+    def through_cache(k, v):
+        stored = write_layer(cache, i, k, v)
+        return (*read_layer(stored, i), stored)
+
+    return decoder_layer(params["model"]["layers"][i], h, i, cos, sin, mask, cache.config, kv=through_cache)
+
+
 def extend(params: dict, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Logits ``[batch, t, vocab]`` of ``tokens[batch, t]`` appended after the cached positions, and the
     cache with their keys/values stored and ``length`` advanced by ``t``."""
@@ -45,15 +66,8 @@ def extend(params: dict, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, 
     t = tokens.shape[1]
     cos, sin, mask = extend_inputs(config, tokens, cache.length, cache.max_len)
     h = params["model"]["embed_tokens"]["weight"][tokens]
-    for i, layer in enumerate(params["model"]["layers"]):
-        x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-        q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
-        cache = write_layer(cache, i, k, v)
-        keys, values = read_layer(cache, i)
-        with jax.named_scope(layer_scope(i)):
-            o = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
-        h = h + linear(o, layer["self_attn"]["o_proj"])
-        h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+    for i in range(len(params["model"]["layers"])):
+        h, cache = cached_layer(params, h, cache, cos, sin, mask, i)
     return lm_head(params, h, config), dataclasses.replace(cache, length=cache.length + t)
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jq.config import QuantizerSpec
 from jq.fake_quant import fake_quant
 from jq.models.config import LlamaConfig
+from jq.models.stacking import stack_trees
 from jq.presets import FP8_KV_CFG, NVFP4_KV_CFG
 from jq.qtensor import QTensor, dequantize, quantize
 
@@ -148,8 +149,7 @@ def init_stacked_cache(config: LlamaConfig, batch: int, max_len: int, *, kv_form
       >>> keys, values = init_stacked_cache(config, 2, 128, kv_format="fp8", k_amax=ka, v_amax=va)
     """
     cache = init_cache(config, batch, max_len, kv_format=kv_format, k_amax=k_amax, v_amax=v_amax, dtype=dtype)
-    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    return stack(list(cache.keys)), stack(list(cache.values))
+    return stack_trees(list(cache.keys)), stack_trees(list(cache.values))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "shape", "dtype"))

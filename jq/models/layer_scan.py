@@ -23,18 +23,9 @@ import jax.numpy as jnp
 
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
-from jq.models.llama import (
-    attention,
-    attention_mask,
-    layer_scope,
-    linear,
-    lm_head,
-    make_forward,
-    mlp,
-    project_qkv,
-    rms_norm,
-)
+from jq.models.llama import attention_mask, decoder_layer, lm_head, make_forward
 from jq.models.rope import rope_tables
+from jq.models.stacking import stack_trees
 
 __all__ = ["quantize_scanned", "scanned_forward", "stack_layers", "unstack_qstate"]
 
@@ -43,8 +34,7 @@ _LAYER0 = "model.layers.0."
 
 def stack_layers(params: dict) -> dict:
     """``params`` with ``model.layers`` replaced by ``[the layers' params stacked on axis 0]`` (layer 0's paths)."""
-    layers = params["model"]["layers"]
-    stacked = jax.jit(lambda ls: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ls))(list(layers))
+    stacked = stack_trees(list(params["model"]["layers"]))
     return dict(params, model=dict(params["model"], layers=[stacked]))
 
 
@@ -57,14 +47,8 @@ def scanned_forward(params: dict, tokens: jax.Array, *, config: LlamaConfig, pos
     cos, sin = rope_tables(config, positions)
     mask = attention_mask(positions, positions, config)
 
-    def layer_step(h, layer):  # forward's loop body; the attention scope is layer 0's (the bmm sites' name)
-        x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-        q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
-        with jax.named_scope(layer_scope(0)):
-            o = attention(q, k, v, mask, config)
-        h = h + linear(o, layer["self_attn"]["o_proj"])
-        h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
-        return h, None
+    def layer_step(h, layer):  # forward's layer; the attention scope is layer 0's (the bmm sites' name)
+        return decoder_layer(layer, h, 0, cos, sin, mask, config)
 
     h, _ = jax.lax.scan(layer_step, params["model"]["embed_tokens"]["weight"][tokens], params["model"]["layers"][0])
     return lm_head(params, h, config)

@@ -37,7 +37,8 @@ from jq.models.config import LlamaConfig
 from jq.models.rope import apply_rope, rope_tables
 
 __all__ = ["init_params", "forward", "make_forward", "rms_norm", "linear", "attention", "layer_scope",
-           "project_qkv", "mlp", "lm_head", "fuse_projections", "unfuse_projections", "FUSED_PROJECTIONS"]
+           "project_qkv", "mlp", "lm_head", "decoder_layer", "fuse_projections", "unfuse_projections",
+           "FUSED_PROJECTIONS"]
 
 # (block, fused module, its parts in row order): what serving stacks run as one GEMM
 FUSED_PROJECTIONS = (("self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
@@ -239,6 +240,34 @@ def lm_head(params: dict, h: jax.Array, config: LlamaConfig) -> jax.Array:
     return linear(h, {"weight": head["weight"]})
 
 
+def decoder_layer(layer: dict, h: jax.Array, i: int, cos, sin, mask: jax.Array, config: LlamaConfig, kv=None
+                  ) -> tuple:
+    """Decoder layer ``i`` (params ``layer``) on ``h[batch, t, hidden]``: ``(h, aux)``.
+
+    ::
+
+        n1 = rms(h);  q, k, v = rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)
+        keys, values, aux = kv(k, v)                              (default: k, v, None)
+        h = h + o_proj(attention(q, keys, values, mask))          (under the name scope layer_scope(i))
+        h = h + mlp(rms(h))
+
+    ``kv`` is where a KV cache stores the new keys/values and hands attention the whole cache (``aux``: the
+    updated cache); keys/values are cast to q's dtype (a no-op without a cache). The sites are named from the
+    paths of ``layer``'s leaves and, for attention, ``layer_scope(i)``.
+
+    Example:
+      >>> h, _ = decoder_layer(params["model"]["layers"][0], h, 0, cos, sin, mask, cfg)
+    """
+    x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
+    q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
+    keys, values, aux = (k, v, None) if kv is None else kv(k, v)
+    with jax.named_scope(layer_scope(i)):
+        o = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
+    h = h + linear(o, layer["self_attn"]["o_proj"])
+    h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+    return h, aux
+
+
 def forward(params: dict, tokens: jax.Array, *, config: LlamaConfig, positions: jax.Array | None = None
             ) -> jax.Array:
     """Logits ``[batch, seq, vocab]`` of ``tokens[batch, seq]`` (int), without a cache.
@@ -252,12 +281,7 @@ def forward(params: dict, tokens: jax.Array, *, config: LlamaConfig, positions: 
     mask = attention_mask(positions, positions, config)
     h = params["model"]["embed_tokens"]["weight"][tokens]
     for i, layer in enumerate(params["model"]["layers"]):
-        x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-        q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
-        with jax.named_scope(layer_scope(i)):
-            o = attention(q, k, v, mask, config)
-        h = h + linear(o, layer["self_attn"]["o_proj"])
-        h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
+        h, _ = decoder_layer(layer, h, i, cos, sin, mask, config)
     return lm_head(params, h, config)
 
 

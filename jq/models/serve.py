@@ -35,19 +35,13 @@ from jq.deploy import RealQuant
 from jq.handlers.apply import FakeQuant
 from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
-from jq.models.generate import extend, extend_inputs, generation_length
-from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache, read_layer, write_layer
-from jq.models.llama import (
-    attention,
-    layer_scope,
-    linear,
-    lm_head,
-    mlp,
-    project_qkv,
-    rms_norm,
-)
+from jq.models.generate import cached_layer, extend, extend_inputs, generation_length
+from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
+from jq.models.llama import layer_scope, lm_head
+from jq.models.stacking import stack_trees
 
-__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "real_quant_lm"]
+__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "kv_quantizers_off",
+           "real_quant_lm"]
 
 _KV_SLOTS = ("k_bmm_quantizer", "v_bmm_quantizer")
 
@@ -155,10 +149,14 @@ def _generate(lm, weights, params, prompt, cache, n_new):
             jnp.concatenate([first_logits[:, None], rest_logits], axis=1))
 
 
+def kv_quantizers_off(cfg):
+    """``cfg`` with the k/v ``bmm`` quantizers off: a cache that stores k/v in their format already applies them
+    (``dequantize(quantize(k))`` is their fake quant)."""
+    return cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+
+
 def _step_model(qm, config=None, *, kv_off: bool = False) -> QuantizedModel:
-    cfg = qm.config
-    if kv_off:
-        cfg = cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+    cfg = kv_quantizers_off(qm.config) if kv_off else qm.config
     return QuantizedModel.create(qm.params, extend, cfg, qm.qstate)
 
 
@@ -241,7 +239,7 @@ def _stack_layers(per_layer: dict, n: int, what: str) -> dict:
             raise ValueError(f"scan_layers: layer {i}'s {what} differs from layer 0's in "
                              f"{sorted(set(g) ^ set(groups[0]))[:3]}; serve this model unrolled")
     try:
-        return _stack(groups)
+        return stack_trees(groups)
     except (ValueError, TypeError) as e:
         raise ValueError(f"scan_layers: the layers' {what} cannot be stacked ({e}); serve this model unrolled") from e
 
@@ -261,22 +259,6 @@ def _check_uniform_plan(plan: dict, n: int) -> None:
         if _layer_of(name) and plan.get(_as_layer0(name)) != kernel:
             raise ValueError(f"scan_layers: site {name} is served by {kernel!r}, layer 0's by "
                              f"{plan.get(_as_layer0(name))!r}; serve this model unrolled")
-
-
-def _layer_step(params, h, cache: KVCache, cos, sin, mask):
-    """Layer 0 of ``params`` on ``h [b, t, hidden]`` with a 1-layer ``cache``: :func:`jq.models.extend`'s loop
-    body, so its sites carry layer 0's names. Returns ``(h, cache)`` (``length`` not advanced)."""
-    config = cache.config
-    layer = params["model"]["layers"][0]
-    x = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-    q, k, v = project_qkv(layer["self_attn"], x, cos, sin, config)
-    cache = write_layer(cache, 0, k, v)
-    keys, values = read_layer(cache, 0)
-    with jax.named_scope(layer_scope(0)):
-        o = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, config)
-    h = h + linear(o, layer["self_attn"]["o_proj"])
-    h = h + mlp(layer["mlp"], rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps))
-    return h, cache
 
 
 def _head(params, h, *, config):
@@ -308,10 +290,12 @@ class ScannedLM(_Generation):
     """A :class:`ServedLM` whose layers run in one ``lax.scan``: one layer is traced and compiled, whatever the
     depth. Same tokens and logits as the unrolled model (same per-layer math, params and quantizer state).
 
-    ``params`` is ``{"top": the params without layers, "layers": the layers' params stacked on axis 0}``;
+    ``params`` is ``{"top": the params without layers (any it has are replaced), "layers": the layers' params
+    stacked on axis 0}``;
     ``weights`` is ``{"top": stored weights of sites outside the layers, "layers": the layers' stacked}``.
     Attributes ``layer_model`` / ``head_model`` (None: no quantization, :func:`float_lm`) evaluate layer 0's
-    step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan).
+    step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan;
+    None: ``layer_model``'s own state serves every layer).
 
     Example:
       >>> lm = fake_quant_lm(qm, cfg, scan_layers=True)
@@ -323,7 +307,7 @@ class ScannedLM(_Generation):
     weights: dict
     layer_model: QuantizedModel | None = None
     head_model: QuantizedModel | None = None
-    layer_qstate: dict = dataclasses.field(default_factory=dict)
+    layer_qstate: dict | None = None
     make_handler: object = None
     kv_spec: object = None
     k_amax: jax.Array | None = None
@@ -366,10 +350,10 @@ class ScannedLM(_Generation):
                          None if self.v_amax is None else va[None], length, config1, self.kv_spec, "quantized", dtype)
             p = _with_layer(top, layer)
             if self.layer_model is None:
-                h, c1 = _layer_step(p, h, c1, cos, sin, mask)
+                h, c1 = cached_layer(p, h, c1, cos, sin, mask)
             else:
-                h, c1 = self.layer_model.replace(qstate=qstate).evaluate(self.make_handler(w), p, h, c1, cos, sin,
-                                                                         mask)
+                model = self.layer_model if qstate is None else self.layer_model.replace(qstate=qstate)
+                h, c1 = model.evaluate(self.make_handler(w), p, h, c1, cos, sin, mask)
             return h, (c1.keys[0], c1.values[0])
 
         xs = (params["layers"], weights.get("layers", {}), self.layer_qstate, keys, values, k_amax, v_amax)
@@ -387,13 +371,7 @@ def _split_params(params: dict, n: int) -> dict:
     if len(layers) != n:
         raise ValueError(f"scan_layers: params have {len(layers)} layers, the config {n}")
     top = dict(params, model=dict(params["model"], layers=[]))
-    return {"top": top, "layers": _stack(list(layers))}
-
-
-@jax.jit
-def _stack(trees: list):
-    """The trees' leaves stacked on a new axis 0, in one program (not one eager compile per leaf shape)."""
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+    return {"top": top, "layers": stack_trees(list(layers))}
 
 
 def float_lm(params: dict, config: LlamaConfig) -> ScannedLM:
@@ -405,14 +383,12 @@ def _scanned(qm, config: LlamaConfig, weights: dict, make_handler, spec=None) ->
     """``qm`` (of :func:`jq.models.forward`) as a :class:`ScannedLM` with ``weights`` ``{site: stored}``."""
     n = config.num_hidden_layers
     _check_uniform_specs(qm, n)
-    cfg = qm.config
-    if spec is not None:  # the cache stores k/v in the quantizers' format: they are off at attention
-        cfg = cfg.with_entries(*((f"*.{slot}", False) for slot in _KV_SLOTS))
+    cfg = qm.config if spec is None else kv_quantizers_off(qm.config)  # the cache applies the k/v quantizers
     params = _split_params(qm.params, n)
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
     layer_qstate = _stack_layers(qm.qstate, n, "quantizer state")
     top_qstate = {k: v for k, v in qm.qstate.items() if _layer_of(k) is None}
-    layer_model = QuantizedModel.create(_with_layer(params["top"], layer0), _layer_step, cfg,
+    layer_model = QuantizedModel.create(_with_layer(params["top"], layer0), cached_layer, cfg,
                                         jax.tree_util.tree_map(lambda a: a[0], layer_qstate))
     head_model = QuantizedModel.create(params["top"], functools.partial(_head, config=config), cfg, top_qstate)
     stacked = {"top": {k: v for k, v in weights.items() if _layer_of(k) is None},

@@ -62,9 +62,12 @@ def test_int4_real_quant_stacked_equals_unrolled_served_model():
     a, _ = jax.jit(slm.extend)(slm.weights, slm.layers, slm.top, prompt, slm.init_cache(2, 8))
     b, _ = jax.jit(ulm.extend)(ulm.weights, ulm.params, prompt, ulm.init_cache(2, 8))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert set(slm.weights) == {f"model.layers.0.{m}" for m in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-        "mlp.up_proj", "mlp.down_proj")}
+    proj = {f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                             "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    assert set(slm.weights) == proj
+    # the one scanned layer carries the 1-layer model's names, those of qm1's config and state
+    assert {s.name for s in slm.lm.layer_model.traced.sites} == proj | {"model.layers.0.self_attn"}
+    assert isinstance(slm.lm, serve.ScannedLM)
 
 
 def test_quant_sweep_spec_parses_and_rejects_unknown_kernels():
