@@ -266,8 +266,10 @@ def _decode_ptx(words, sd, fmt):
         asm, cons = NVFP4_PAIR_PTX, "=r,r,r,r,r,r"
     else:
         args, asm, cons = [w, sd, u32(4 * k)], INT4_PAIR_PTX, "=r,r,r,r"
+    # the result as int32: Triton's op takes signless integers only (a uint32 result type fails its verifier)
     [pair] = pltr.elementwise_inline_asm(asm, args=args, constraints=cons, pack=1,
-                                         result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.uint32)])
+                                         result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.int32)])
+    pair = lax.bitcast_convert_type(pair, jnp.uint32)
     lo = C.bits_f32(pair << 16)  # a bf16 pattern in the high half of a f32 is that value
     hi = C.bits_f32(pair & jnp.uint32(0xFFFF0000))
     return jnp.concatenate([lo[..., None], hi[..., None]], axis=-1)
