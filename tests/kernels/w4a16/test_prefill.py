@@ -218,7 +218,7 @@ def _emulated_asm(asm, *, args, constraints, pack, result_shape_dtypes):
             prod = (a * s).astype(np.float32)  # exact products, normal range
             bits = round_to_bf16(prod).view(np.uint32).astype(np.uint64) >> np.uint64(16)
             out |= bits << np.uint64(16 * h)
-        return out.astype(np.uint32)
+        return out.astype(np.uint32).view(np.int32)
 
     return [jax.pure_callback(model, result_shape_dtypes[0], *args)]
 
