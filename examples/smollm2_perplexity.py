@@ -12,6 +12,8 @@ Tempest, Julius Caesar, Twelfth Night; evaluation = Hamlet). ::
 
 ``NAME:ALGORITHM`` runs preset ``NAME`` with its ``algorithm`` replaced (``gptq``, ``awq_full``, ``mse`` ...);
 ``NAME:ALGORITHM,key=value,...`` also sets the algorithm's fields (``INT8_SMOOTHQUANT:smoothquant,alpha=0.5``).
+``NAME~PATTERN~...`` keeps the quantizers matching each pattern off during calibration and evaluation
+(mixed precision: ``'FP8_PER_CHANNEL_PER_TOKEN~*layers.0.*~*layers.29.*'`` leaves the first and last layers in float).
 ``--budget-s`` stops starting new models once that many seconds have passed, and skips a model when less time is
 left than the longest finished model of the same kind took (same algorithm method and ``sequential`` option:
 a sequential GPTQ reads the data once per layer level, a non-sequential one twice); the JSON keeps what finished,

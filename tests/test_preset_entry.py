@@ -33,3 +33,40 @@ def test_plus_merges_a_second_preset():
 def test_an_unknown_preset_is_the_library_error():
     with pytest.raises(Exception, match="NOT_A_PRESET"):
         preset_cfg("NOT_A_PRESET")
+
+
+def test_tilde_patterns_are_appended_disabled_after_the_preset_entries():
+    cfg = preset_cfg("FP8_PER_CHANNEL_PER_TOKEN:gptq,act_order=true~*layers.0.*~*layers.29.*")
+    base = jq.get_preset("FP8_PER_CHANNEL_PER_TOKEN")["quant_cfg"]
+    assert list(cfg["quant_cfg"])[-2:] == ["*layers.0.*", "*layers.29.*"]  # last entries win
+    assert cfg["quant_cfg"]["*layers.0.*"] == {"enable": False}
+    assert {k: v for k, v in cfg["quant_cfg"].items() if k in base} == base
+    assert cfg["algorithm"] == {"method": "gptq", "act_order": True}
+
+
+def test_tilde_patterns_switch_those_quantizers_off_and_no_others():
+    import jax
+    import jax.numpy as jnp
+
+    from jq.models import llama
+
+    config = llama.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2)
+    params = llama.init_params(config, jax.random.PRNGKey(0))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+
+    def forward(p, t):
+        return llama.forward(p, t, config=config)
+
+    def on(qm):  # the quantizers the calibrated model runs
+        return {name for name in qm.traced.quantizers if qm.spec(name) is not None}
+
+    full = jq.quantize(params, forward, preset_cfg("FP8_PER_CHANNEL_PER_TOKEN"), calib_data=[tokens])
+    part = jq.quantize(params, forward, preset_cfg("FP8_PER_CHANNEL_PER_TOKEN~*layers.0.*"), calib_data=[tokens])
+    assert on(part) == {k for k in on(full) if ".layers.0." not in k}
+    assert any(".layers.0." in k for k in on(full))
+
+
+def test_an_empty_tilde_pattern_is_an_error():
+    with pytest.raises(ValueError, match="empty ~PATTERN"):
+        preset_cfg("FP8_DEFAULT~")
