@@ -38,15 +38,15 @@ def test_init_stacked_draws_distinct_layers_on_a_leading_axis():
 
 def test_plain_stacked_equals_unrolled_extend_and_advances_the_cache():
     c1, cn, top, layers, full, prompt = _models()
-    lm = S.StackedLM.plain(c1, top, layers)
-    logits, cache = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, prompt, lm.init_cache(2, 8))
+    lm = S.plain(c1, top, layers)
+    logits, cache = jax.jit(lm.extend)(lm.weights, lm.params, prompt, lm.init_cache(2, 8))
     ref, rc = jax.jit(jm.extend)(full, prompt, jm.init_cache(cn, 2, 8))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=1e-5, atol=1e-6)
     assert int(cache[2]) == 5
     np.testing.assert_allclose(np.asarray(cache[0][1]), np.asarray(rc.keys[1]), rtol=1e-5, atol=1e-6)  # layer 1
     # one decode step on the filled cache
     tok = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)[:, None]
-    l2, _ = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, tok, cache)
+    l2, _ = jax.jit(lm.extend)(lm.weights, lm.params, tok, cache)
     r2, _ = jax.jit(jm.extend)(full, tok, rc)
     np.testing.assert_allclose(np.asarray(l2), np.asarray(r2), rtol=1e-5, atol=1e-6)
 
@@ -59,15 +59,15 @@ def test_int4_real_quant_stacked_equals_unrolled_served_model():
     qmn = jq.quantize(full, jm.make_forward(cn), cfg, calib_data=calib, progress=False)
     slm = S.real_quant_stacked(qm1, c1, top, layers, kv_cache=False)
     ulm = serve.real_quant_lm(deploy.realize(qmn), cn, kv_cache=False)
-    a, _ = jax.jit(slm.extend)(slm.weights, slm.layers, slm.top, prompt, slm.init_cache(2, 8))
+    a, _ = jax.jit(slm.extend)(slm.weights, slm.params, prompt, slm.init_cache(2, 8))
     b, _ = jax.jit(ulm.extend)(ulm.weights, ulm.params, prompt, ulm.init_cache(2, 8))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     proj = {f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                              "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
-    assert set(slm.weights) == proj
+    assert set(slm.weights) == {"layers"} and set(slm.weights["layers"]) == proj
     # the one scanned layer carries the 1-layer model's names, those of qm1's config and state
-    assert {s.name for s in slm.lm.layer_model.traced.sites} == proj | {"model.layers.0.self_attn"}
-    assert isinstance(slm.lm, serve.ScannedLM)
+    assert {s.name for s in slm.layer_model.traced.sites} == proj | {"model.layers.0.self_attn"}
+    assert isinstance(slm, serve.ScannedLM)
 
 
 def test_quant_sweep_spec_parses_and_rejects_unknown_kernels():
