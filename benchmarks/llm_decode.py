@@ -113,10 +113,12 @@ def _median_time(fn, args, iters: int):
 
 
 def _decode_program(lm, n_steps):
-    def run(weights, layers, top, token, cache):
+    """``(weights, params, token [b], cache) -> (tokens [b, n_steps], cache)``: greedy steps of the
+    :class:`jq.models.serve.ScannedLM` ``lm`` in one jitted ``lax.scan`` (no logits kept)."""
+    def run(weights, params, token, cache):
         def step(carry, _):
             tok, c = carry
-            logits, c = lm.extend(weights, layers, top, tok[:, None], c)
+            logits, c = lm.extend(weights, params, tok[:, None], c)
             nxt = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
             return (nxt, c), nxt
         (_, cache), toks = jax.lax.scan(step, (token, cache), None, length=n_steps)
@@ -125,7 +127,8 @@ def _decode_program(lm, n_steps):
 
 
 def _prefill_program(lm):
-    return jax.jit(lambda w, layers, top, prompt, cache: lm.extend(w, layers, top, prompt, cache))
+    """``(weights, params, prompt [b, t], cache) -> (logits, cache)``: ``lm.extend`` jitted."""
+    return jax.jit(lm.extend)
 
 
 class Budget:
@@ -197,12 +200,12 @@ class Model:
             if kv8:
                 qm = self.qm("fp8", fused)
                 n = self.layers
-                lm = llm_stack.StackedLM.plain(
+                lm = llm_stack.plain(
                     self.config1, top, stack, kv_spec=jm.kv_spec("fp8"),
-                    k_amax=jnp.broadcast_to(serve._kv_amax(qm, self.config1, "k_bmm_quantizer"), (n,)),
-                    v_amax=jnp.broadcast_to(serve._kv_amax(qm, self.config1, "v_bmm_quantizer"), (n,)))
+                    k_amax=jnp.broadcast_to(serve.kv_amax(qm, self.config1, "k_bmm_quantizer"), (n,)),
+                    v_amax=jnp.broadcast_to(serve.kv_amax(qm, self.config1, "v_bmm_quantizer"), (n,)))
             else:
-                lm = llm_stack.StackedLM.plain(self.config1, top, stack)
+                lm = llm_stack.plain(self.config1, top, stack)
         else:
             fmt = "fp8" if base.startswith("fp8") else base
             qm = self.qm(fmt, fused)
@@ -283,12 +286,12 @@ def _phase_pass(model, args, budget, rec, phase):
                 if phase == "decode":
                     # decode time does not depend on the cache contents: an empty cache holding `prompt` positions
                     keys, values, _ = lm.init_cache(b, model.max_len)
-                    cache = (keys, values, jnp.int32(args.prompt))
+                    cache = serve.StackedCache(keys, values, jnp.int32(args.prompt))
                     fn, a, n_tok = dec, (model.prompts[b][:, -1],), b * args.steps
                 else:
                     cache = lm.init_cache(b, model.max_len)
                     fn, a, n_tok = prefill, (model.prompts[b],), b * args.prompt
-                t, compile_s, _ = _median_time(fn, (lm.weights, lm.layers, lm.top) + a + (cache,), args.iters)
+                t, compile_s, _ = _median_time(fn, (lm.weights, lm.params) + a + (cache,), args.iters)
                 return {"s": t, "tok_s": n_tok / t, "ms_per_step": 1e3 * t / (args.steps if phase == "decode" else 1),
                         "compile_s": compile_s, "build_s": build_s}
             rec["cells"][key] = _cell(run)

@@ -13,8 +13,8 @@ The model is :class:`jq.models.serve.ScannedLM` (its scan of :func:`jq.models.ge
   stored weights of each layer (:func:`stack_realized`: ``jq.deploy.realize`` of a 1-layer ``qm`` whose params
   are that layer's, weight amax recomputed per layer; activation / KV amax are the 1-layer calibration's, the
   same for every layer: random weights, a speed model);
-* :class:`StackedLM`: the benchmark's calling convention of that model (weights, layers and the 1-layer params
-  as separate jit arguments, a plain-tuple cache).
+* :func:`plain` / :func:`real_quant_stacked`: the unquantized / real-quantized ``ScannedLM`` on those weights,
+  params ``{"top": the 1-layer model's params, "layers": the layers' params stacked on axis 0}``.
 
 A stacked model with the same weights and calibration generates the same tokens as the unrolled served model
 (``tests/benchmarks/test_llm_stack.py``).
@@ -22,8 +22,8 @@ A stacked model with the same weights and calibration generates the same tokens 
 Example::
 
     top, layers = init_stacked(cfg, 32, jax.random.key(0))
-    lm = StackedLM.plain(cfg, top, layers)
-    logits, cache = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, prompt, lm.init_cache(1, 64))
+    lm = plain(cfg, top, layers)
+    logits, cache = jax.jit(lm.extend)(lm.weights, lm.params, prompt, lm.init_cache(1, 64))
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from jq import deploy
 from jq.model import QuantizedModel
 from jq.models import llama, serve
 from jq.models.generate import cached_layer
-from jq.models.serve import ScannedLM, _with_layer
+from jq.models.serve import ScannedLM, with_layer
 from jq.models.stacking import stack_trees
 
-__all__ = ["init_stacked", "StackedLM", "stack_realized"]
+__all__ = ["init_stacked", "plain", "real_quant_stacked", "stack_realized"]
 
 
 def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: float = 0.02):
@@ -62,57 +62,14 @@ def init_stacked(config1, n_layers: int, key, *, dtype=jnp.bfloat16, scale: floa
     return top_init(k_top), layers_init(jax.random.split(k_layers, n_layers))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class StackedLM:
-    """A :class:`jq.models.serve.ScannedLM` called as the benchmark calls it: ``extend(weights, layers, top,
-    tokens, cache)`` with the stacked stored weights, the stacked layers' params and the 1-layer model's params
-    as separate arguments, and the cache a plain ``(keys, values, length)`` tuple.
+def plain(config1, top, layers, *, kv_spec=None, k_amax=None, v_amax=None) -> ScannedLM:
+    """The unquantized model (no jq evaluator) at the depth of ``layers``, with a float cache or, with ``kv_spec``
+    and per-layer ``k_amax, v_amax [n_layers]``, a quantized one.
 
-    Attributes:
-      lm: the model: params ``{"top": the 1-layer model's params (its layer 0 is replaced per step), "layers":
-        per-layer params stacked on axis 0}``, weights ``{"layers": {1-layer site name: stored weight stacked on
-        axis 0}}`` (``{}``: bf16), ``layer_model`` a :class:`jq.QuantizedModel` of
-        :func:`jq.models.generate.cached_layer` whose state serves every layer (None: plain, no evaluator), no
-        head model (the head runs plain), ``kv_spec, k_amax, v_amax``: the KV storage (None: float cache).
+    Params ``{"top": top, "layers": layers}``, no stored weights (``weights == {}``).
     """
-
-    lm: ScannedLM
-
-    @classmethod
-    def plain(cls, config1, top, layers, *, kv_spec=None, k_amax=None, v_amax=None):
-        """The unquantized model (no jq evaluator), with a float or quantized KV cache."""
-        return cls(ScannedLM(_depth(config1, layers), {"top": top, "layers": layers}, {}, kv_spec=kv_spec,
-                             k_amax=k_amax, v_amax=v_amax))
-
-    @property
-    def top(self):
-        return self.lm.params["top"]
-
-    @property
-    def layers(self):
-        return self.lm.params["layers"]
-
-    @property
-    def weights(self):
-        return self.lm.weights.get("layers", {})
-
-    @property
-    def params(self):
-        return self.top
-
-    @property
-    def dtype(self):
-        """The compute dtype (the embedding table's)."""
-        return self.lm.dtype
-
-    def init_cache(self, batch: int, max_len: int):
-        """``(keys, values, length)``: per-layer storage stacked on axis 0 (arrays or QTensors), int32 length."""
-        return tuple(self.lm.init_cache(batch, max_len))
-
-    def extend(self, weights, layers, top, tokens, cache):
-        """Logits ``[b, t, vocab]`` of ``tokens [b, t]`` after the cached positions, and the updated cache."""
-        logits, cache = self.lm.extend({"layers": weights}, {"top": top, "layers": layers}, tokens, cache)
-        return logits, tuple(cache)
+    return ScannedLM(_depth(config1, layers), {"top": top, "layers": layers}, {}, kv_spec=kv_spec, k_amax=k_amax,
+                     v_amax=v_amax)
 
 
 def _depth(config1, layers):
@@ -143,7 +100,7 @@ def stack_realized(qm1, top, layers, *, backend=None):
     n = jax.tree_util.tree_leaves(layers)[0].shape[0]
 
     def realize_layer(top, layer):
-        p = _with_layer(top, layer)
+        p = with_layer(top, layer)
         return deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
 
     fn = jax.jit(realize_layer)
@@ -163,8 +120,11 @@ def stack_realized(qm1, top, layers, *, backend=None):
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend
 
 
-def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=None, kernels=None):
-    """A :class:`StackedLM` on real-quantized weights.
+def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=None, kernels=None) -> ScannedLM:
+    """A :class:`jq.models.serve.ScannedLM` on real-quantized weights: params ``{"top": top, "layers": layers}``,
+    weights ``{"layers": {1-layer site name: stored weight stacked on axis 0}}``, ``layer_model`` a
+    :class:`jq.QuantizedModel` of :func:`jq.models.generate.cached_layer` whose state serves every layer, no head
+    model (the head runs plain).
 
     ``qm1``: a calibrated 1-layer model of :func:`jq.models.forward` (its config, activation and KV amax serve
     every layer); ``realized``: :func:`stack_realized`'s result, reused across variants (computed if None);
@@ -176,11 +136,11 @@ def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=No
     spec = serve.kv_cache_spec(qm1, config1) if kv_cache else None
     cfg = qm1.config if spec is None else serve.kv_quantizers_off(qm1.config)  # the cache applies them
     step = QuantizedModel.create(qm1.params, cached_layer, cfg, qm1.qstate)
-    handler = serve._RealHandler(kernels or rkernels, "gpu" if backend == "gpu" else "cpu")
+    handler = serve.RealHandler(kernels or rkernels, "gpu" if backend == "gpu" else "cpu")
     kv = {}
     if spec is not None:
         n = config.num_hidden_layers
-        kv = {"kv_spec": spec, "k_amax": jnp.broadcast_to(serve._kv_amax(qm1, config1, "k_bmm_quantizer"), (n,)),
-              "v_amax": jnp.broadcast_to(serve._kv_amax(qm1, config1, "v_bmm_quantizer"), (n,))}
-    return StackedLM(ScannedLM(config, {"top": top, "layers": layers}, {"layers": weights}, layer_model=step,
-                               make_handler=handler, **kv))
+        kv = {"kv_spec": spec, "k_amax": jnp.broadcast_to(serve.kv_amax(qm1, config1, "k_bmm_quantizer"), (n,)),
+              "v_amax": jnp.broadcast_to(serve.kv_amax(qm1, config1, "v_bmm_quantizer"), (n,))}
+    return ScannedLM(config, {"top": top, "layers": layers}, {"layers": weights}, layer_model=step,
+                     make_handler=handler, **kv)

@@ -40,8 +40,8 @@ from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
 from jq.models.llama import layer_scope, lm_head
 from jq.models.stacking import stack_trees
 
-__all__ = ["ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_cache_spec", "kv_quantizers_off",
-           "real_quant_lm"]
+__all__ = ["RealHandler", "ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_amax",
+           "kv_cache_spec", "kv_quantizers_off", "real_quant_lm", "with_layer"]
 
 _KV_SLOTS = ("k_bmm_quantizer", "v_bmm_quantizer")
 
@@ -63,7 +63,15 @@ def kv_cache_spec(qm, config: LlamaConfig):
     return spec
 
 
-def _kv_amax(qm, config: LlamaConfig, slot: str):
+def kv_amax(qm, config: LlamaConfig, slot: str):
+    """The per-layer cache amax ``[num_layers]`` (f32) of ``qm``'s ``slot`` quantizers (``"k_bmm_quantizer"`` or
+    ``"v_bmm_quantizer"``): layer ``i``'s calibrated amax reduced to a scalar, ``max |amax|`` over its entries.
+
+    Raises ``ValueError`` naming the first layer whose quantizer has no calibrated amax.
+
+    Example:
+      >>> k_amax = kv_amax(qm, cfg, "k_bmm_quantizer")      # [cfg.num_hidden_layers]
+    """
     name = lambda i: f"{layer_scope(i)}.{slot}"
     missing = [name(i) for i in range(config.num_hidden_layers) if "amax" not in qm.qstate.get(name(i), {})]
     if missing:
@@ -173,8 +181,14 @@ def _fake_handler(weights):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _RealHandler:
-    """``weights -> RealQuant`` (the kernels and platform are static; the weights are traced arrays)."""
+class RealHandler:
+    """``weights -> RealQuant``: the ``make_handler`` of a served model on stored weights (the kernels and platform
+    are static, compared by identity under jit; the weights are traced arrays).
+
+    Example:
+      >>> make_handler = RealHandler(rm.kernels, "cpu")
+      >>> lm = ServedLM(step_model, cfg, rm.weights, make_handler)  # step_model: a QuantizedModel of extend
+    """
 
     kernels: dict
     platform: str
@@ -197,11 +211,11 @@ def real_quant_lm(rm, config: LlamaConfig, *, kv_cache: bool = True, scan_layers
     if scan_layers:
         _check_uniform_plan(rm.plan, config.num_hidden_layers)
         kernels = {k: v for k, v in rm.kernels.items() if _layer_of(k) in (None, 0)}
-        return _scanned(qm, config, rm.weights, _RealHandler(kernels, platform), spec)
+        return _scanned(qm, config, rm.weights, RealHandler(kernels, platform), spec)
     if spec is None:
-        return ServedLM(_step_model(qm), config, rm.weights, _RealHandler(rm.kernels, platform))
-    return ServedLM(_step_model(qm, kv_off=True), config, rm.weights, _RealHandler(rm.kernels, platform), spec,
-                    _kv_amax(qm, config, "k_bmm_quantizer"), _kv_amax(qm, config, "v_bmm_quantizer"))
+        return ServedLM(_step_model(qm), config, rm.weights, RealHandler(rm.kernels, platform))
+    return ServedLM(_step_model(qm, kv_off=True), config, rm.weights, RealHandler(rm.kernels, platform), spec,
+                    kv_amax(qm, config, "k_bmm_quantizer"), kv_amax(qm, config, "v_bmm_quantizer"))
 
 
 # ---- layer-scanned serving -------------------------------------------------------------------------------
@@ -265,7 +279,13 @@ def _head(params, h, *, config):
     return lm_head(params, h, config)
 
 
-def _with_layer(top: dict, layer: dict) -> dict:
+def with_layer(top: dict, layer: dict) -> dict:
+    """The params of the 1-layer model: ``top`` (a model's params, its layers ignored) with ``layer`` as its only
+    layer (``top["model"]["layers"] == [layer]``); ``top`` is not modified.
+
+    Example:
+      >>> p = with_layer(params["top"], jax.tree_util.tree_map(lambda a: a[3], params["layers"]))  # layer 3
+    """
     return dict(top, model=dict(top["model"], layers=[layer]))
 
 
@@ -348,7 +368,7 @@ class ScannedLM(_Generation):
             layer, w, qstate, k_i, v_i, ka, va = xs
             c1 = KVCache((k_i,), (v_i,), None if self.k_amax is None else ka[None],
                          None if self.v_amax is None else va[None], length, config1, self.kv_spec, "quantized", dtype)
-            p = _with_layer(top, layer)
+            p = with_layer(top, layer)
             if self.layer_model is None:
                 h, c1 = cached_layer(p, h, c1, cos, sin, mask)
             else:
@@ -388,11 +408,11 @@ def _scanned(qm, config: LlamaConfig, weights: dict, make_handler, spec=None) ->
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
     layer_qstate = _stack_layers(qm.qstate, n, "quantizer state")
     top_qstate = {k: v for k, v in qm.qstate.items() if _layer_of(k) is None}
-    layer_model = QuantizedModel.create(_with_layer(params["top"], layer0), cached_layer, cfg,
+    layer_model = QuantizedModel.create(with_layer(params["top"], layer0), cached_layer, cfg,
                                         jax.tree_util.tree_map(lambda a: a[0], layer_qstate))
     head_model = QuantizedModel.create(params["top"], functools.partial(_head, config=config), cfg, top_qstate)
     stacked = {"top": {k: v for k, v in weights.items() if _layer_of(k) is None},
                "layers": _stack_layers(weights, n, "stored weights")}
-    kv = {} if spec is None else {"kv_spec": spec, "k_amax": _kv_amax(qm, config, "k_bmm_quantizer"),
-                                  "v_amax": _kv_amax(qm, config, "v_bmm_quantizer")}
+    kv = {} if spec is None else {"kv_spec": spec, "k_amax": kv_amax(qm, config, "k_bmm_quantizer"),
+                                  "v_amax": kv_amax(qm, config, "v_bmm_quantizer")}
     return ScannedLM(config, params, stacked, layer_model, head_model, layer_qstate, make_handler, **kv)

@@ -20,7 +20,7 @@ def _model(args):
     def logits(variant):
         lm = model.lm(variant)
         prefill, _ = model.program(variant)
-        out, _ = prefill(lm.weights, lm.layers, lm.top, model.prompts[1], lm.init_cache(1, model.max_len))
+        out, _ = prefill(lm.weights, lm.params, model.prompts[1], lm.init_cache(1, model.max_len))
         return np.asarray(out.astype(jnp.float32))
     return model, logits
 

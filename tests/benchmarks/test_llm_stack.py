@@ -1,9 +1,10 @@
 """benchmarks/llm_stack.py: the layer-scanned decoder computes what the unrolled jq.models decoder computes.
 
 Reference values: the unrolled model on the same weights (``jq.models.extend`` for bf16/f32, ``jq.models.serve``'s
-real-quantized model for INT4 W4A16, whose stored weights do not depend on calibration data): the same ops in the
-same order, only the layer loop differs, so they agree to f32 rounding (XLA fuses a scan body and an unrolled
-program differently; the served INT4 comparison, both jitted, is bit-exact on CPU).
+real-quantized model for INT4 W4A16, whose stored weights do not depend on calibration data; its layer-scanned
+model for FP8 + FP8 KV cache, given the stacked model's per-layer state): the same ops in the same order, only the
+layer loop differs, so they agree to f32 rounding (XLA fuses a scan body and an unrolled program differently; the
+served INT4 and FP8 + KV8 comparisons, both jitted, are bit-exact on CPU).
 """
 
 import jax
@@ -38,15 +39,15 @@ def test_init_stacked_draws_distinct_layers_on_a_leading_axis():
 
 def test_plain_stacked_equals_unrolled_extend_and_advances_the_cache():
     c1, cn, top, layers, full, prompt = _models()
-    lm = S.StackedLM.plain(c1, top, layers)
-    logits, cache = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, prompt, lm.init_cache(2, 8))
+    lm = S.plain(c1, top, layers)
+    logits, cache = jax.jit(lm.extend)(lm.weights, lm.params, prompt, lm.init_cache(2, 8))
     ref, rc = jax.jit(jm.extend)(full, prompt, jm.init_cache(cn, 2, 8))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=1e-5, atol=1e-6)
     assert int(cache[2]) == 5
     np.testing.assert_allclose(np.asarray(cache[0][1]), np.asarray(rc.keys[1]), rtol=1e-5, atol=1e-6)  # layer 1
     # one decode step on the filled cache
     tok = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)[:, None]
-    l2, _ = jax.jit(lm.extend)(lm.weights, lm.layers, lm.top, tok, cache)
+    l2, _ = jax.jit(lm.extend)(lm.weights, lm.params, tok, cache)
     r2, _ = jax.jit(jm.extend)(full, tok, rc)
     np.testing.assert_allclose(np.asarray(l2), np.asarray(r2), rtol=1e-5, atol=1e-6)
 
@@ -59,15 +60,15 @@ def test_int4_real_quant_stacked_equals_unrolled_served_model():
     qmn = jq.quantize(full, jm.make_forward(cn), cfg, calib_data=calib, progress=False)
     slm = S.real_quant_stacked(qm1, c1, top, layers, kv_cache=False)
     ulm = serve.real_quant_lm(deploy.realize(qmn), cn, kv_cache=False)
-    a, _ = jax.jit(slm.extend)(slm.weights, slm.layers, slm.top, prompt, slm.init_cache(2, 8))
+    a, _ = jax.jit(slm.extend)(slm.weights, slm.params, prompt, slm.init_cache(2, 8))
     b, _ = jax.jit(ulm.extend)(ulm.weights, ulm.params, prompt, ulm.init_cache(2, 8))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     proj = {f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                              "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
-    assert set(slm.weights) == proj
+    assert set(slm.weights) == {"layers"} and set(slm.weights["layers"]) == proj
     # the one scanned layer carries the 1-layer model's names, those of qm1's config and state
-    assert {s.name for s in slm.lm.layer_model.traced.sites} == proj | {"model.layers.0.self_attn"}
-    assert isinstance(slm.lm, serve.ScannedLM)
+    assert {s.name for s in slm.layer_model.traced.sites} == proj | {"model.layers.0.self_attn"}
+    assert isinstance(slm, serve.ScannedLM)
 
 
 def test_quant_sweep_spec_parses_and_rejects_unknown_kernels():
@@ -75,3 +76,28 @@ def test_quant_sweep_spec_parses_and_rejects_unknown_kernels():
         ("mxfp8", None, 512, 8, 3), ("nvfp4", "markstein", 256, 4, 2)]
     with pytest.raises(ValueError, match="unknown kernel 'fp8'"):
         Q.parse_quant_sweep("fp8:256,4,2")
+
+
+def test_fp8_kv8_real_quant_stacked_equals_scanned_served_model():
+    """FP8 weights/activations + FP8 KV cache: the stacked model (qm1's activation and k/v amax for every layer,
+    weight amax per layer) generates what ``serve.real_quant_lm(scan_layers=True)`` of the full model does when
+    that model's layers carry the same state."""
+    c1, cn, top, layers, full, prompt = _models()
+    calib = [(jnp.asarray(np.random.default_rng(1).integers(0, c1.vocab_size, (2, 8)), jnp.int32),)]
+    cfg = jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG)
+    qm1 = jq.quantize(top, jm.make_forward(c1), cfg, calib_data=calib, progress=False)
+    qmn = jq.quantize(full, jm.make_forward(cn), cfg, calib_data=calib, progress=False)
+    # every layer's activation / k/v state is qm1's layer 0's (the stacked model's); weight amax stays per layer
+    qstate = {name: (entry if name.endswith("weight_quantizer") or not name.startswith("model.layers.")
+                     else qm1.qstate["model.layers.0." + name.split(".", 3)[3]])
+              for name, entry in qmn.qstate.items()}
+    ulm = serve.real_quant_lm(deploy.realize(qmn.replace(qstate=qstate)), cn, kv_cache=True, scan_layers=True)
+    slm = S.real_quant_stacked(qm1, c1, top, layers, kv_cache=True)
+    assert slm.kv_spec == ulm.kv_spec and slm.kv_spec.num_bits == (4, 3)
+    np.testing.assert_array_equal(np.asarray(slm.k_amax), np.asarray(ulm.k_amax))
+    tokens, logits = slm.generate(prompt, 4)
+    ref_tokens, ref_logits = ulm.generate(prompt, 4)
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref_tokens))
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(ref_logits))  # bit-exact on CPU (7 % off with
+    # the full model's own per-layer activation amax)
+    assert np.abs(np.asarray(logits) - np.asarray(S.plain(c1, top, layers).generate(prompt, 4)[1])).max() > 0

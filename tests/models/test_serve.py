@@ -66,7 +66,7 @@ def test_real_cache_stores_fp8_and_fake_cache_stays_float():
     assert real.keys[0].data.dtype == jnp.float8_e4m3fn
     assert fake.keys[0].dtype == jnp.float32
     assert real.nbytes < fake.nbytes / 3  # 1 byte per value against 4 (plus one scale per layer)
-    k_amax = serve._kv_amax(qm, config, "k_bmm_quantizer")
+    k_amax = serve.kv_amax(qm, config, "k_bmm_quantizer")
     np.testing.assert_array_equal(np.asarray(real.k_amax), np.asarray(k_amax))
 
 
@@ -111,7 +111,7 @@ def test_scanned_real_cache_is_fp8_per_layer_amax():
     lm = serve.real_quant_lm(deploy.realize(qm), config, scan_layers=True)
     keys, _, length = lm.init_cache(2, 16)
     assert keys.data.dtype == jnp.float8_e4m3fn and keys.data.shape[0] == config.num_hidden_layers
-    np.testing.assert_array_equal(np.asarray(lm.k_amax), np.asarray(serve._kv_amax(qm, config, "k_bmm_quantizer")))
+    np.testing.assert_array_equal(np.asarray(lm.k_amax), np.asarray(serve.kv_amax(qm, config, "k_bmm_quantizer")))
     assert int(length) == 0
 
 
