@@ -27,7 +27,8 @@ from jq.models.llama import attention_mask, decoder_layer, lm_head, make_forward
 from jq.models.rope import rope_tables
 from jq.models.stacking import stack_trees
 
-__all__ = ["quantize_scanned", "scanned_forward", "stack_layers", "unstack_qstate"]
+__all__ = ["as_layer0", "check_uniform_specs", "layer_of", "quantize_scanned", "scanned_forward", "stack_layers",
+           "unstack_qstate"]
 
 _LAYER0 = "model.layers.0."
 
@@ -70,6 +71,32 @@ def unstack_qstate(qstate: dict, n_layers: int) -> dict:
     return out
 
 
+_LAYERS = "model.layers."
+
+
+def layer_of(name: str) -> int | None:
+    """``i`` of ``model.layers.{i}.*`` (None for a name outside the layers)."""
+    if not name.startswith(_LAYERS):
+        return None
+    head = name[len(_LAYERS):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def as_layer0(name: str) -> str:
+    """``model.layers.{i}.rest`` -> ``model.layers.0.rest`` (the 1-layer step model's name)."""
+    i = layer_of(name)
+    return name if i is None else f"{_LAYERS}0{name[len(_LAYERS) + len(str(i)):]}"
+
+
+def check_uniform_specs(qm, n: int) -> None:
+    """Every layer's quantizers resolve to layer 0's specs (the scan body has one config)."""
+    for name in qm.traced.quantizers:
+        i = layer_of(name)
+        if i and qm.spec(name) != qm.spec(as_layer0(name)):
+            raise ValueError(f"scan_layers: {name} is {qm.spec(name)} but layer 0's is {qm.spec(as_layer0(name))}; "
+                             f"one scanned layer has one config: serve this model unrolled")
+
+
 def quantize_scanned(params: dict, config: LlamaConfig, cfg, *, calib_data, **kwargs) -> QuantizedModel:
     """``jq.quantize(params, make_forward(config), cfg, calib_data=...)`` calibrated through the layer-scanned
     twin (``kwargs`` go to :func:`jq.quantize`); returns the unrolled model, traced on the first batch.
@@ -78,7 +105,6 @@ def quantize_scanned(params: dict, config: LlamaConfig, cfg, *, calib_data, **kw
     """
     import jq
     from jq.calib.collect import as_args
-    from jq.models.serve import _check_uniform_specs
 
     batches = list(calib_data)
     if not batches:
@@ -86,7 +112,7 @@ def quantize_scanned(params: dict, config: LlamaConfig, cfg, *, calib_data, **kw
     qm = QuantizedModel.create(params, make_forward(config), cfg)
     args, kw = as_args(batches[0])
     qm.trace(*args, **kw)  # the unrolled model's sites (no compile)
-    _check_uniform_specs(qm, config.num_hidden_layers)
+    check_uniform_specs(qm, config.num_hidden_layers)
     twin = jq.quantize(stack_layers(params), functools.partial(scanned_forward, config=config), cfg,
                        calib_data=batches, **kwargs)
     return qm.replace(qstate=unstack_qstate(twin.qstate, config.num_hidden_layers), config=twin.config)

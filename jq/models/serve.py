@@ -37,6 +37,7 @@ from jq.model import QuantizedModel
 from jq.models.config import LlamaConfig
 from jq.models.generate import cached_layer, extend, extend_inputs, generation_length
 from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
+from jq.models.layer_scan import as_layer0, check_uniform_specs, layer_of
 from jq.models.llama import layer_scope, lm_head
 from jq.models.stacking import stack_trees
 
@@ -210,7 +211,7 @@ def real_quant_lm(rm, config: LlamaConfig, *, kv_cache: bool = True, scan_layers
     platform = "gpu" if rm.backend == "gpu" else "cpu"
     if scan_layers:
         _check_uniform_plan(rm.plan, config.num_hidden_layers)
-        kernels = {k: v for k, v in rm.kernels.items() if _layer_of(k) in (None, 0)}
+        kernels = {k: v for k, v in rm.kernels.items() if layer_of(k) in (None, 0)}
         return _scanned(qm, config, rm.weights, RealHandler(kernels, platform), spec)
     if spec is None:
         return ServedLM(_step_model(qm), config, rm.weights, RealHandler(rm.kernels, platform))
@@ -223,31 +224,14 @@ def real_quant_lm(rm, config: LlamaConfig, *, kv_cache: bool = True, scan_layers
 # where a 30-layer model's build time goes; here one layer is traced and compiled and ``lax.scan`` runs it over
 # the layers' params, quantizer state and stored weights stacked on a leading axis.
 
-_LAYERS = "model.layers."
-
-
-def _layer_of(name: str) -> int | None:
-    """``i`` of ``model.layers.{i}.*`` (None for a name outside the layers)."""
-    if not name.startswith(_LAYERS):
-        return None
-    head = name[len(_LAYERS):].split(".", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def _as_layer0(name: str) -> str:
-    """``model.layers.{i}.rest`` -> ``model.layers.0.rest`` (the 1-layer step model's name)."""
-    i = _layer_of(name)
-    return name if i is None else f"{_LAYERS}0{name[len(_LAYERS) + len(str(i)):]}"
-
-
 def _stack_layers(per_layer: dict, n: int, what: str) -> dict:
     """``{layer-0 name: leaves stacked on axis 0}`` of ``{full name: value}``; every layer must have the same
     names and shapes."""
     groups = [{} for _ in range(n)]
     for name, v in per_layer.items():
-        i = _layer_of(name)
+        i = layer_of(name)
         if i is not None:
-            groups[i][_as_layer0(name)] = v
+            groups[i][as_layer0(name)] = v
     for i, g in enumerate(groups[1:], 1):
         if set(g) != set(groups[0]):
             raise ValueError(f"scan_layers: layer {i}'s {what} differs from layer 0's in "
@@ -258,21 +242,12 @@ def _stack_layers(per_layer: dict, n: int, what: str) -> dict:
         raise ValueError(f"scan_layers: the layers' {what} cannot be stacked ({e}); serve this model unrolled") from e
 
 
-def _check_uniform_specs(qm, n: int) -> None:
-    """Every layer's quantizers resolve to layer 0's specs (the scan body has one config)."""
-    for name in qm.traced.quantizers:
-        i = _layer_of(name)
-        if i and qm.spec(name) != qm.spec(_as_layer0(name)):
-            raise ValueError(f"scan_layers: {name} is {qm.spec(name)} but layer 0's is {qm.spec(_as_layer0(name))}; "
-                             f"one scanned layer has one config: serve this model unrolled")
-
-
 def _check_uniform_plan(plan: dict, n: int) -> None:
     """Every layer's sites are served by layer 0's kernels."""
     for name, kernel in plan.items():
-        if _layer_of(name) and plan.get(_as_layer0(name)) != kernel:
+        if layer_of(name) and plan.get(as_layer0(name)) != kernel:
             raise ValueError(f"scan_layers: site {name} is served by {kernel!r}, layer 0's by "
-                             f"{plan.get(_as_layer0(name))!r}; serve this model unrolled")
+                             f"{plan.get(as_layer0(name))!r}; serve this model unrolled")
 
 
 def _head(params, h, *, config):
@@ -402,16 +377,16 @@ def float_lm(params: dict, config: LlamaConfig) -> ScannedLM:
 def _scanned(qm, config: LlamaConfig, weights: dict, make_handler, spec=None) -> ScannedLM:
     """``qm`` (of :func:`jq.models.forward`) as a :class:`ScannedLM` with ``weights`` ``{site: stored}``."""
     n = config.num_hidden_layers
-    _check_uniform_specs(qm, n)
+    check_uniform_specs(qm, n)
     cfg = qm.config if spec is None else kv_quantizers_off(qm.config)  # the cache applies the k/v quantizers
     params = _split_params(qm.params, n)
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
     layer_qstate = _stack_layers(qm.qstate, n, "quantizer state")
-    top_qstate = {k: v for k, v in qm.qstate.items() if _layer_of(k) is None}
+    top_qstate = {k: v for k, v in qm.qstate.items() if layer_of(k) is None}
     layer_model = QuantizedModel.create(with_layer(params["top"], layer0), cached_layer, cfg,
                                         jax.tree_util.tree_map(lambda a: a[0], layer_qstate))
     head_model = QuantizedModel.create(params["top"], functools.partial(_head, config=config), cfg, top_qstate)
-    stacked = {"top": {k: v for k, v in weights.items() if _layer_of(k) is None},
+    stacked = {"top": {k: v for k, v in weights.items() if layer_of(k) is None},
                "layers": _stack_layers(weights, n, "stored weights")}
     kv = {} if spec is None else {"kv_spec": spec, "k_amax": kv_amax(qm, config, "k_bmm_quantizer"),
                                   "v_amax": kv_amax(qm, config, "v_bmm_quantizer")}
