@@ -126,6 +126,15 @@ def test_unknown_algorithm_or_option_lists_the_valid_ones():
     assert algorithms.make({"method": "smoothquant", "alpha": 0.5}).alpha == 0.5
 
 
+def test_algorithm_tuple_options_given_as_one_value_or_a_list_become_tuples():
+    """``formats=fp8`` from a command line must not stay the string "fp8": ``"fp8" in "mxfp8"`` is True."""
+    from jq.calib import algorithms
+    assert algorithms.make({"method": "smoothquant", "formats": "mxfp8"}).formats == ("mxfp8",)
+    assert algorithms.make({"method": "smoothquant", "formats": ["int", "fp8"]}).formats == ("int", "fp8")
+    assert algorithms.make({"method": "awq_full", "formats": ("int",)}).formats == ("int",)
+    assert algorithms.make({"method": "smoothquant", "alpha": 0.5}).alpha == 0.5  # non-tuple options unchanged
+
+
 def test_unknown_field_suggests_the_closest():
     with pytest.raises(ValueError, match=r"unknown QuantizerSpec field 'num_bit' \(did you mean 'num_bits'\?\)"):
         QuantizerSpec.from_dict({"num_bit": 8})

@@ -65,9 +65,19 @@ def make(algorithm) -> Algorithm:
     if cls is None:
         raise ValueError(f"unknown calibration algorithm {cfg.method!r}{did_you_mean(cfg.method, names())}; "
                          f"jq implements: {names()}")
-    fields = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in cfg.kwargs:
         if k not in fields:
-            raise ValueError(f"algorithm {cfg.method!r} has no option {k!r}{did_you_mean(k, fields)}; "
-                             f"its options: {fields}")
-    return cls(**cfg.kwargs)
+            raise ValueError(f"algorithm {cfg.method!r} has no option {k!r}{did_you_mean(k, list(fields))}; "
+                             f"its options: {list(fields)}")
+    return cls(**{k: _as_field_type(fields[k], v) for k, v in cfg.kwargs.items()})
+
+
+def _as_field_type(field, value):
+    """A tuple option given as one value or a list (a command line's ``formats=fp8``, a JSON list) becomes a
+    tuple: ``"fp8"`` -> ``("fp8",)``, not the string, whose ``in`` would match substrings (``"fp8" in "mxfp8"``)."""
+    if field.type not in ("tuple", tuple) and not str(field.type).startswith("tuple["):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
