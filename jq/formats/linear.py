@@ -122,9 +122,7 @@ class W4A16Linear:
           >>> W4A16Linear("int4", prefill_min_tokens=64).gemm(64), W4A16Linear("int4").gemm(4096)
           ('prefill_kernel', 'decode_kernel')
         """
-        if self.prefill_min_tokens is not None and tokens >= self.prefill_min_tokens:
-            return "prefill_kernel"
-        return "decode_kernel"
+        return "prefill_kernel" if w4a16.runs_prefill(tokens, self.prefill_min_tokens) else "decode_kernel"
 
     def prepare(self, qt, platform: str):
         """The decode-GEMM layout on a GPU (:func:`jq_kernels.w4a16.pack_w4`), else the QTensor itself."""

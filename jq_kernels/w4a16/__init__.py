@@ -22,7 +22,7 @@ Example::
 
 from jq_kernels.w4a16.emulate import emulate_decode
 from jq_kernels.w4a16.layout import PackedW4, bf16_scale_bytes, pack_w4
-from jq_kernels.w4a16.matmul import mosaic_config, w4a16_matmul, w4a16_matmul_mosaic
+from jq_kernels.w4a16.matmul import mosaic_config, runs_prefill, w4a16_matmul, w4a16_matmul_mosaic
 from jq_kernels.w4a16.plan import MosaicConfig, default_config
 from jq_kernels.w4a16.prefill import PrefillConfig, w4a16_prefill_matmul
 from jq_kernels.w4a16.xla import int4_xla_weights, w4a16_matmul_xla, w4a16_matmul_xla_int4
@@ -30,5 +30,5 @@ from jq_kernels.w4a16.xla import int4_xla_weights, w4a16_matmul_xla, w4a16_matmu
 __all__ = [
     "PackedW4", "pack_w4", "bf16_scale_bytes", "emulate_decode", "MosaicConfig", "default_config", "mosaic_config",
     "w4a16_matmul", "w4a16_matmul_mosaic", "w4a16_matmul_xla", "int4_xla_weights", "w4a16_matmul_xla_int4",
-    "PrefillConfig", "w4a16_prefill_matmul",
+    "PrefillConfig", "w4a16_prefill_matmul", "runs_prefill",
 ]

@@ -17,7 +17,7 @@ from jq_kernels.w4a16.plan import MosaicConfig, default_config, plan
 from jq_kernels.w4a16.prefill import PrefillConfig, w4a16_prefill_matmul
 from jq_kernels.w4a16.schedules import mosaic_call
 
-__all__ = ["w4a16_matmul", "w4a16_matmul_mosaic", "mosaic_config", "prep_x", "MAX_TOKENS"]
+__all__ = ["w4a16_matmul", "w4a16_matmul_mosaic", "mosaic_config", "prep_x", "runs_prefill", "MAX_TOKENS"]
 
 MAX_TOKENS = 64  # tokens per Mosaic call (the wgmma N side of one token tile)
 
@@ -93,6 +93,11 @@ def mosaic_config(cfg: MosaicConfig):
         _CFG_OVERRIDE.pop()
 
 
+def runs_prefill(tokens: int, prefill_min_tokens: int | None) -> bool:
+    """Whether :func:`w4a16_matmul` runs the prefill GEMM for ``tokens`` rows (None: never)."""
+    return prefill_min_tokens is not None and tokens >= prefill_min_tokens
+
+
 def w4a16_matmul(x, pw: PackedW4, *, cfg: MosaicConfig | None = None, out_dtype=jnp.bfloat16,
                  prefill_min_tokens: int | None = None, prefill_cfg: PrefillConfig | None = None,
                  interpret: bool | None = None):
@@ -109,7 +114,7 @@ def w4a16_matmul(x, pw: PackedW4, *, cfg: MosaicConfig | None = None, out_dtype=
                         "for a dequantized weight use w4a16_matmul_xla")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if prefill_min_tokens is not None and x2.shape[0] >= prefill_min_tokens:
+    if runs_prefill(x2.shape[0], prefill_min_tokens):
         y = w4a16_prefill_matmul(x2, pw, cfg=prefill_cfg, out_dtype=out_dtype, interpret=interpret)
         return y.reshape(lead + (y.shape[-1],))
     cfg = cfg or (_CFG_OVERRIDE[-1] if _CFG_OVERRIDE else default_config(pw, min(MAX_TOKENS, x2.shape[0])))
