@@ -71,8 +71,17 @@ def pretrain(cfg, train_ids, args):
     return params
 
 
-def fine_tune(apply, params, batches, lr: float, decay_mask=None, teacher=None):
-    """AdamW (constant ``lr``, clip 1.0) over ``batches`` through ``apply``; returns params and the losses.
+# learning-rate schedules over the fine-tune's steps (shared by the float fine-tune and every QAT run)
+SCHEDULES = {
+    "constant": lambda lr, steps: lr,
+    "cosine": lambda lr, steps: optax.cosine_decay_schedule(lr, steps),  # lr (1 + cos(pi t / steps)) / 2
+    "linear": lambda lr, steps: optax.linear_schedule(lr, 0.0, steps),   # lr (1 - t / steps)
+}
+
+
+def fine_tune(apply, params, batches, lr, decay_mask=None, teacher=None):
+    """AdamW (``lr``: a float or an optax schedule; clip 1.0) over ``batches`` through ``apply``; returns params
+    and the losses.
     ``decay_mask``: a pytree of bools like ``params`` (where weight decay applies; None: everywhere).
     ``teacher``: None (cross-entropy on the labels) or ``x -> logits`` of the float model (QAD: the loss is
     :func:`jq.qat.distillation_loss` to the teacher's logits on the same batch)."""
@@ -102,7 +111,9 @@ def main(argv=None):
     ap.add_argument("--params", default=None, help=".npz of pre-trained params (loaded if it matches, else written)")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="default 2000; smoke 20")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune / QAT steps (default 300; smoke 3)")
-    ap.add_argument("--lr", type=float, default=3e-4, help="fine-tune and QAT learning rate (constant)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="fine-tune and QAT (peak) learning rate")
+    ap.add_argument("--schedule", default="constant", choices=tuple(SCHEDULES),
+                    help="learning-rate schedule of the fine-tune and every QAT run (decaying to 0 over --steps)")
     ap.add_argument("--width", type=int, default=None, help="n_embd (default 128; smoke 32)")
     ap.add_argument("--layers", type=int, default=None, help="n_layer (default 4; smoke 1)")
     ap.add_argument("--block", type=int, default=None, help="context (default 64; smoke 16)")
@@ -134,7 +145,7 @@ def main(argv=None):
                     n_embd=args.width)
     info = device_info()
     print(f"== {info['device']} ({info['platform']}); GPT {cfg}; pre-train {args.pretrain_steps}, fine-tune/QAT "
-          f"{args.steps} steps of {args.batch}x{args.block}, lr {args.lr}", flush=True)
+          f"{args.steps} steps of {args.batch}x{args.block}, lr {args.lr} ({args.schedule})", flush=True)
     model = GPT(cfg)
     params = pretrain(cfg, train_ids, args)
     ppl = lambda fn, p: float(np.exp(evaluate(jax.jit(fn), p, val_ids, cfg.block_size,
@@ -152,8 +163,9 @@ def main(argv=None):
 
     gen = random_batches(train_ids, args.batch, cfg.block_size, args.seed + 20)
     batches = [tuple(jnp.asarray(a) for a in next(gen)) for _ in range(args.steps)]  # shared by both runs
+    lr = SCHEDULES[args.schedule](args.lr, args.steps)
     t = time.time()
-    p_float, float_losses = fine_tune(model.apply, params, batches, args.lr)
+    p_float, float_losses = fine_tune(model.apply, params, batches, lr)
     ppl_float = ppl(model.apply, p_float)
     print(f"   float fine-tune perplexity {ppl_float:.4f}  ({time.time() - t:.0f} s)", flush=True)
     gap = ppl_ptq - ppl_float
@@ -161,6 +173,7 @@ def main(argv=None):
     record = {"info": info, "config": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
                                         "vocab_size": cfg.vocab_size, "pretrain_steps": args.pretrain_steps,
                                         "steps": args.steps, "batch": args.batch, "lr": args.lr,
+                                        "schedule": args.schedule,
                                         "quant_cfg": "NVFP4_DEFAULT_CFG", "calib_batches": args.calib_batches,
                                         "eval_windows": 32 * args.eval_batches, "amax_modes": modes},
               "ppl_pretrained": ppl_pre, "ppl_ptq": ppl_ptq, "ppl_float_finetune": ppl_float, "bar": 0.70,
@@ -177,7 +190,7 @@ def main(argv=None):
         t = time.time()
         if mode in ("fixed", "qad"):
             teacher = jax.jit(lambda x: model.apply(params, x)) if mode == "qad" else None
-            p_qat, losses = fine_tune(qm.apply, qm.params, batches, args.lr, teacher=teacher)
+            p_qat, losses = fine_tune(qm.apply, qm.params, batches, lr, teacher=teacher)
             qm_qat = qm.replace(params=p_qat)
             moved = None
         else:
@@ -185,7 +198,7 @@ def main(argv=None):
             train = jq.qat.trainable(qm, learn)
             mask = {"params": jax.tree.map(lambda _: True, train["params"]),
                     "amax": jax.tree.map(lambda _: False, train["amax"])}
-            train, losses = fine_tune(jq.qat.trainable_apply(qm, learn), train, batches, args.lr, mask)
+            train, losses = fine_tune(jq.qat.trainable_apply(qm, learn), train, batches, lr, mask)
             qm_qat = jq.qat.with_trainable(qm, train)
             # relative change of each trained amax (max over its entries)
             moved = {k: float(jnp.max(jnp.abs(v["amax"] / qm.qstate[k]["amax"] - 1))) for k, v in train["amax"].items()}

@@ -60,3 +60,14 @@ def test_qat_recovery_smoke_reports_fixed_and_learnable_amax(tmp_path):
     # QAD trains on the KL to the float model (>= 0, unlike the label cross-entropy it replaces)
     assert all(v >= -1e-6 for v in saved["qat"]["qad"]["losses"])
     assert saved["qat"]["qad"]["losses"] != saved["qat"]["fixed"]["losses"]
+
+
+def test_qat_recovery_schedules_start_at_the_peak_and_decay_to_zero():
+    from benchmarks.training.qat_recovery import SCHEDULES
+
+    assert SCHEDULES["constant"](1e-4, 100) == 1e-4
+    for name in ("cosine", "linear"):
+        sched = SCHEDULES[name](1e-4, 100)
+        assert float(sched(0)) == pytest.approx(1e-4), name
+        assert float(sched(50)) == pytest.approx(5e-5), name  # both are at half the peak halfway
+        assert float(sched(100)) == pytest.approx(0.0, abs=1e-12), name
