@@ -39,7 +39,7 @@ from jq.models.generate import cached_layer, extend, extend_inputs, generation_l
 from jq.models.kv_cache import KVCache, init_cache, init_stacked_cache
 from jq.models.layer_scan import as_layer0, check_uniform_specs, layer_of
 from jq.models.llama import layer_scope, lm_head
-from jq.models.stacking import stack_trees
+from jq.models.stacking import stack_trees, unstack_trees
 
 __all__ = ["RealHandler", "ScannedLM", "ServedLM", "StackedCache", "fake_quant_lm", "float_lm", "kv_amax",
            "kv_cache_spec", "kv_quantizers_off", "real_quant_lm", "with_layer"]
@@ -292,9 +292,17 @@ class ScannedLM(_Generation):
     step and the head; ``layer_qstate`` is the layers' quantizer state stacked (sliced per layer by the scan;
     None: ``layer_model``'s own state serves every layer).
 
+    ``unrolled``: the layers' params, stored weights, quantizer state and cache are *lists* of per-layer trees,
+    each layer's in buffers of its own, run by a Python loop (one traced copy per layer, same math). On the GPU a
+    ``lax.scan`` materialises each layer's slice of a stacked weight before a GEMM or kernel reads it (one extra
+    read and write of every weight byte per step: 0.37x the weight bandwidth of separate buffers for a bf16
+    decode GEMM, run 28, ``benchmarks/kernel_bench/layer_stream.py``), so the scanned form is for compile time
+    and the unrolled one (:meth:`unstacked`) for speed.
+
     Example:
       >>> lm = fake_quant_lm(qm, cfg, scan_layers=True)
       >>> tokens, logits = lm.generate(prompt, 128)
+      >>> fast = lm.unstacked()                       # same tokens, each layer's weights their own buffers
     """
 
     config: LlamaConfig
@@ -307,6 +315,7 @@ class ScannedLM(_Generation):
     kv_spec: object = None
     k_amax: jax.Array | None = None
     v_amax: jax.Array | None = None
+    unrolled: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -322,15 +331,33 @@ class ScannedLM(_Generation):
 
     def init_cache(self, batch: int, max_len: int) -> StackedCache:
         """An empty cache in this model's storage format, every layer's stacked on axis 0."""
+        if self.unrolled:
+            c = init_cache(self.config, batch, max_len, kv_format=self.kv_spec, k_amax=self.k_amax,
+                           v_amax=self.v_amax, dtype=self.dtype)
+            return StackedCache(list(c.keys), list(c.values), jnp.zeros((), jnp.int32))
         keys, values = init_stacked_cache(self.config, batch, max_len, kv_format=self.kv_spec, k_amax=self.k_amax,
                                           v_amax=self.v_amax, dtype=self.dtype)
         return StackedCache(keys, values, jnp.zeros((), jnp.int32))
+
+    def unstacked(self) -> "ScannedLM":
+        """This model with every stacked tree (layers' params, stored weights, quantizer state) split into
+        per-layer buffers and its layers unrolled (``unrolled=True``): the fast form on the GPU. Its cache
+        (:meth:`init_cache`) holds per-layer lists."""
+        if self.unrolled:
+            return self
+        split = lambda t: None if t is None else unstack_trees(t)
+        weights = dict(self.weights)
+        if weights.get("layers"):
+            weights["layers"] = split(weights["layers"])
+        params = dict(self.params, layers=split(self.params["layers"]))
+        return dataclasses.replace(self, params=params, weights=weights, layer_qstate=split(self.layer_qstate),
+                                   unrolled=True)
 
     def extend(self, weights, params, tokens, cache: StackedCache):
         """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned."""
         keys, values, length = cache
         t = tokens.shape[1]
-        max_len = jax.tree_util.tree_leaves(keys)[0].shape[2]
+        max_len = jax.tree_util.tree_leaves(keys)[0].shape[1 if self.unrolled else 2]  # [(layer,) b, len, ...]
         cos, sin, mask = extend_inputs(self.config, tokens, length, max_len)
         top = params["top"]
         h = top["model"]["embed_tokens"]["weight"][tokens]
@@ -351,8 +378,16 @@ class ScannedLM(_Generation):
                 h, c1 = model.evaluate(self.make_handler(w), p, h, c1, cos, sin, mask)
             return h, (c1.keys[0], c1.values[0])
 
-        xs = (params["layers"], weights.get("layers", {}), self.layer_qstate, keys, values, k_amax, v_amax)
-        h, (keys, values) = jax.lax.scan(body, h, xs)
+        if self.unrolled:  # per-layer lists: layer i reads its own buffers
+            keys, values = list(keys), list(values)
+            stored = weights.get("layers") or [{}] * self.n_layers
+            for i in range(self.n_layers):
+                qstate = None if self.layer_qstate is None else self.layer_qstate[i]
+                h, (keys[i], values[i]) = body(h, (params["layers"][i], stored[i], qstate, keys[i], values[i],
+                                                   k_amax[i], v_amax[i]))
+        else:
+            xs = (params["layers"], weights.get("layers", {}), self.layer_qstate, keys, values, k_amax, v_amax)
+            h, (keys, values) = jax.lax.scan(body, h, xs)
         if self.head_model is None:
             logits = lm_head(top, h, self.config)
         else:

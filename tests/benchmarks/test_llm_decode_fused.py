@@ -34,7 +34,7 @@ def test_fused_variants_serve_fused_sites():
     # the same bf16 dot products per output element: bit-identical on XLA CPU (a swapped q/k/v or gate/up split
     # changes them); a GPU may accumulate the wider GEMM in another order
     np.testing.assert_array_equal(bf16_fused, bf16)
-    assert set(model.params(True)[1]["self_attn"]) == {"qkv_proj", "o_proj"}
+    assert set(model.params(True)[1][0]["self_attn"]) == {"qkv_proj", "o_proj"}  # layer 0 of the separate layout
     fp8, fp8_fused = logits("fp8"), logits("fp8_fused")
     plan = model.realized["fp8_fused"][2]
     assert plan["model.layers.0.self_attn.qkv_proj"] == plan["model.layers.0.mlp.gate_up_proj"] == "fp8"

@@ -115,6 +115,30 @@ def test_scanned_real_cache_is_fp8_per_layer_amax():
     assert int(length) == 0
 
 
+def test_unstacked_model_runs_per_layer_buffers_and_generates_what_the_scan_does():
+    # the fast GPU form: lists of per-layer params, stored weights, quantizer state and cache, layers unrolled
+    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    scanned = serve.real_quant_lm(deploy.realize(qm), config, scan_layers=True)
+    lm = scanned.unstacked()
+    n = config.num_hidden_layers
+    assert lm.unrolled and lm.unstacked() is lm and not scanned.unrolled
+    assert isinstance(lm.params["layers"], list) and len(lm.params["layers"]) == n
+    assert len(lm.weights["layers"]) == len(lm.layer_qstate) == n
+    site, stacked = next(iter(scanned.weights["layers"].items()))
+    for i in range(n):  # layer i's buffer holds the stack's slice i
+        np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(lm.weights["layers"][i][site])[0]),
+                                      np.asarray(jax.tree_util.tree_leaves(stacked)[0][i]))
+    keys, values, _ = lm.init_cache(2, 16)
+    assert len(keys) == len(values) == n and keys[1].data.dtype == jnp.float8_e4m3fn
+    ref_tokens, ref_logits = scanned.generate(PROMPT, N_NEW)
+    tokens, logits = lm.generate(PROMPT, N_NEW)
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref_tokens))
+    assert float(jnp.max(jnp.abs(logits - ref_logits)) / jnp.max(jnp.abs(ref_logits))) < TOL
+    float_lm = serve.float_lm(qm.params, config)
+    np.testing.assert_array_equal(np.asarray(float_lm.unstacked().generate(PROMPT, N_NEW)[0]),
+                                  np.asarray(float_lm.generate(PROMPT, N_NEW)[0]))
+
+
 def test_float_lm_generates_what_jm_generate_does():
     _, config, params = tiny_model()
     tokens, _ = serve.float_lm(params, config).generate(PROMPT, N_NEW)
