@@ -99,6 +99,20 @@ def linear(x: jax.Array, p: dict) -> jax.Array:
     return y + p["bias"] if "bias" in p else y
 
 
+def fused_rows(config: LlamaConfig) -> dict:
+    """``{fused projection: its parts' output rows}``: ``qkv_proj`` ``(heads * d, kv_heads * d, kv_heads * d)``,
+    ``gate_up_proj`` ``(intermediate, intermediate)``, in the order of :data:`FUSED_PROJECTIONS`' parts."""
+    c = config
+    return {"qkv_proj": (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim,
+                         c.num_key_value_heads * c.head_dim),
+            "gate_up_proj": (c.intermediate_size, c.intermediate_size)}
+
+
+def split_rows(y: jax.Array, rows: tuple, axis: int = -1) -> tuple:
+    """``y`` split along ``axis`` into consecutive pieces of ``rows`` entries (a fused projection's parts)."""
+    return tuple(jnp.split(y, [sum(rows[:i]) for i in range(1, len(rows))], axis=axis))
+
+
 def project_qkv(attn: dict, x: jax.Array, cos, sin, config: LlamaConfig):
     """``q[b, t, heads, d]``, ``k, v[b, t, kv_heads, d]``, with RoPE applied to q and k.
 
@@ -108,9 +122,7 @@ def project_qkv(attn: dict, x: jax.Array, cos, sin, config: LlamaConfig):
     b, t, _ = x.shape
     c = config
     if "qkv_proj" in attn:
-        nq, nkv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-        qkv = linear(x, attn["qkv_proj"])
-        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+        q, k, v = split_rows(linear(x, attn["qkv_proj"]), fused_rows(c)["qkv_proj"])
     else:
         q, k, v = (linear(x, attn[n]) for n in ("q_proj", "k_proj", "v_proj"))
     q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
@@ -182,10 +194,7 @@ def _fuse_layer(layer: dict) -> dict:
 
 
 def _unfuse_layer(layer: dict, config: LlamaConfig) -> dict:
-    c = config
-    rows = {"qkv_proj": (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim,
-                         c.num_key_value_heads * c.head_dim),
-            "gate_up_proj": (c.intermediate_size, c.intermediate_size)}
+    rows = fused_rows(config)
     out = dict(layer)
     for block, fused, parts in FUSED_PROJECTIONS:
         b = dict(layer[block])
@@ -195,10 +204,10 @@ def _unfuse_layer(layer: dict, config: LlamaConfig) -> dict:
         n_out = p["weight"].shape[-2]
         if n_out != sum(rows[fused]):
             raise ValueError(f"{block}.{fused}: {n_out} rows, the config's {parts} have {rows[fused]}")
-        edges = [sum(rows[fused][:i]) for i in range(len(parts) + 1)]
+        # weight [..., out, in] splits its rows (axis -2), a bias [..., out] its last axis
+        pieces = {k: split_rows(v, rows[fused], axis=-2 if k == "weight" else -1) for k, v in p.items()}
         for i, n in enumerate(parts):
-            b[n] = {k: (v[..., edges[i]:edges[i + 1], :] if k == "weight" else v[..., edges[i]:edges[i + 1]])
-                    for k, v in p.items()}
+            b[n] = {k: v[i] for k, v in pieces.items()}
         out[block] = b
     return out
 
