@@ -19,7 +19,10 @@ scales the f32 accumulator; ``fp8_f32`` (an f32 model) removes that rounding.
   as close to the fake model as bf16 evaluation is to f32 evaluation of that model; never tighter than
   :data:`LOGIT_RTOL` (for an f32 model only accumulation order differs);
 * generation tokens/s (prompt prefill + ``n`` greedy tokens, one jitted program) of the real-quantized model and
-  of the bf16 model (:func:`jq.models.serve.float_lm`, no evaluator, layers scanned too) at ``--real-batches``;
+  of the bf16 model (:func:`jq.models.serve.float_lm`, no evaluator) at ``--real-batches``, both in the layout of
+  ``--layout``: ``separate`` (default; ``ScannedLM.unstacked()``, each layer's weights in buffers of their own, as
+  served) or ``stacked`` (the scanned models the comparison ran: on the GPU the scan copies every layer's weight
+  slice, ``docs/layer_layout.md``);
 * per preset, for each phase -- quantize (trace + calibration), realize, build_served, first_calls (real and
   fake traced, compiled and run once, in two threads), compare, tokens/s timing -- its wall seconds (``phases_s``), the XLA
   compile seconds (``compile_s``) and jaxpr trace + lowering seconds (``trace_s``) spent in it (``jax.monitoring``
@@ -82,6 +85,12 @@ def _load(args):
     calib = jm.calibration_batches(jm.encode(shakespeare.calib_text(), tok), n_batches=2, batch_size=2,
                                    seq_len=256)
     return config, params, prompt, calib, "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), Hamlet prompt"
+
+
+def _timing_layout(lm, args):
+    """``lm`` as the tokens/s rows time it: unstacked (``--layout separate``, each layer's buffers its own) or as
+    built (stacked, one ``lax.scan``)."""
+    return lm.unstacked() if getattr(args, "layout", "stacked") == "separate" else lm
 
 
 def _timed(fn, *a):
@@ -211,15 +220,16 @@ def _preset(name, row, params, config, calib, prompt, n, args, budget, save) -> 
             rtol = max(LOGIT_RTOL, row["fake_precision_err"])
     with phase("compare"):
         row.update(compare(real_out, fake_out, n, rtol=rtol))
+    timed_lm = _timing_layout(real_lm, args)
     for b in args.real_batches:
         if budget.left() < args.reserve_s:
             row.setdefault("tok_s_skipped", []).append(b)
             continue
         with phase(f"tok_s_B{b}"):
             pr = jnp.tile(prompt, (b, 1))
-            if b != 1:
-                jax.block_until_ready(real_lm.generate(pr, n))  # compile for this batch
-            row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(real_lm.generate, pr, n, args.iters)
+            if b != 1 or timed_lm is not real_lm:
+                jax.block_until_ready(timed_lm.generate(pr, n))  # compile for this batch
+            row.setdefault("tok_s", {})[str(b)] = _generate_tok_s(timed_lm.generate, pr, n, args.iters)
 
 
 def real_pass(args, budget, rec, save):
@@ -230,10 +240,11 @@ def real_pass(args, budget, rec, save):
     t0 = time.time()
     config, params, prompt, calib, source = _load(args)
     out = rec["real"] = {"source": source, "prompt_tokens": int(prompt.shape[1]), "load_s": time.time() - t0,
-                         "presets": {}, "served": "layers in one lax.scan (serve.*_lm(scan_layers=True))"}
+                         "presets": {}, "served": "layers in one lax.scan (serve.*_lm(scan_layers=True))",
+                         "tok_s_layout": getattr(args, "layout", "stacked")}
     n = 8 if args.smoke else args.real_tokens
     print(f"real: loaded {source} in {out['load_s']:.1f} s", flush=True)
-    base = serve.float_lm(params, config)  # the float model, layers scanned as the quantized ones
+    base = _timing_layout(serve.float_lm(params, config), args)  # the float model, laid out as the timed ones
     for b in args.real_batches:
         if budget.left() >= args.reserve_s:
             pr = jnp.tile(prompt, (b, 1))

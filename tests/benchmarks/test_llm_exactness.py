@@ -8,11 +8,16 @@ from benchmarks.llm_decode import Budget
 
 def _args(**kw):
     base = {"smoke": True, "real_tokens": 8, "real_batches": [1], "iters": 1, "reserve_s": 0.0,
-            "real_presets": ["fp8_f32"]}
+            "real_presets": ["fp8_f32"], "layout": "separate"}
     return argparse.Namespace(**{**base, **kw})
 
 
-def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases():
+def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases(monkeypatch):
+    from jq.models import serve
+
+    unstacked = []  # the tokens/s rows time the per-layer-buffer layout (--layout separate)
+    original = serve.ScannedLM.unstacked
+    monkeypatch.setattr(serve.ScannedLM, "unstacked", lambda lm: unstacked.append(lm) or original(lm))
     rec, saves = {}, []
     llm_exactness.real_pass(_args(), Budget(1e6), rec, lambda: saves.append(1))
     row = rec["real"]["presets"]["fp8_f32"]
@@ -27,6 +32,7 @@ def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases():
     assert row["compile_s"]["first_calls"] > 0 and row["trace_s"]["first_calls"] > 0  # the jitted generates
     assert row["compile_s"]["compare"] == 0  # numpy only
     assert row["tok_s"]["1"]["tok_s"] > 0 and rec["real"]["bf16_tok_s"]["1"]["tok_s"] > 0
+    assert rec["real"]["tok_s_layout"] == "separate" and len(unstacked) == 2  # the bf16 and the real model
     assert len(saves) == 2 + len(phases)  # after the float baseline, each phase and the preset
     assert "fp8_f32    tokens EXACT (8/8" in llm_exactness.summary(rec["real"])
 
