@@ -30,7 +30,7 @@ def tiny_model(seed: int = 0, **overrides):
 # bit, same keys in the same order, each leaf's arithmetic jitted as in jm.init_params) from one small program per
 # leaf shape, which every config with that shape reuses. tests/models/test_llama.py checks it against jm.init_params.
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _leaf(shape, std, dtype, around_one):
     def draw(key):
         v = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
@@ -38,7 +38,7 @@ def _leaf(shape, std, dtype, around_one):
     return jax.jit(draw)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split(n):
     return jax.jit(lambda key: jax.random.split(key, n))
 
