@@ -141,7 +141,8 @@ def test_dynamic_formats_need_no_calibration(mlp):
     qm = jq.quantize(params, apply, jq.MXFP8_DEFAULT_CFG, example_args=(x,))
     assert qm.qstate == {}
     ref = apply(params, x)
-    assert float(jnp.mean(jnp.abs(qm(x) - ref))) < 0.05 * float(jnp.mean(jnp.abs(ref)))
+    y = jax.jit(qm.apply)(qm.params, x)  # op by op the MXFP8 fake quant costs seconds of eager compiles
+    assert float(jnp.mean(jnp.abs(y - ref))) < 0.05 * float(jnp.mean(jnp.abs(ref)))
 
 
 def test_static_kwargs_and_new_shapes(mlp):

@@ -30,12 +30,14 @@ def test_convergence_smoke_trains_every_run_on_the_same_batches(tmp_path):
     assert tail["val_loss"] != plain["val_loss"] and tail["val_loss"] == tail["val_loss_bf16_forward"]
 
 
-def test_step_time_smoke_times_bf16_and_each_recipe(tmp_path):
+def test_step_time_smoke_times_bf16_and_a_recipe(tmp_path):
     from benchmarks.training import step_time
 
-    rec = step_time.main(["--smoke", "--out", str(tmp_path)])
+    # bf16 (always run first, the baseline) and one recipe: the timing code is the same for every recipe, and
+    # the stateful fp8_delayed recipe is trained in the convergence smoke above (its state carried over steps)
+    rec = step_time.main(["--smoke", "--runs", "nvfp4", "--out", str(tmp_path)])
     runs = json.loads((tmp_path / "step_time.json").read_text())["runs"]
-    assert list(runs) == ["bf16", "fp8_delayed", "nvfp4"] == list(rec["runs"])
+    assert list(runs) == ["bf16", "nvfp4"] == list(rec["runs"])
     assert all(r["step_ms"] > 0 and math.isfinite(r["loss"]) for r in runs.values())
     assert runs["nvfp4"]["breakdown_mlp_up"]["quantize_ms"] > 0 and "quantize_ms" not in runs["bf16"]["breakdown_mlp_up"]
     assert runs["bf16"]["hlo"]["cublaslt_f8"] == 0  # no FP8 GEMM on CPU, nor in the bf16 baseline

@@ -58,7 +58,7 @@ def test_each_block_takes_the_ratio_with_the_least_output_error(data):
     np.testing.assert_allclose(qm.qstate["w.weight_quantizer"]["amax"], want, rtol=1e-6)
     assert np.sum(want < base) > base.size // 4  # the search clips many blocks
     rtn = jq.quantize(p, linear, INT4_G16, calib_data=batches, progress=False)
-    err = lambda q: float(jnp.mean((q(x) - linear(p, x)) ** 2))  # noqa: E731
+    err = lambda q: float(jnp.mean((jax.jit(q.apply)(q.params, x) - linear(p, x)) ** 2))  # noqa: E731
     assert err(qm) < err(rtn)
 
 

@@ -77,12 +77,12 @@ def test_svdquant_lowers_the_output_error_of_max_on_outliers(base):
 
 def test_per_layer_factors_in_a_layer_scan(rng):
     x = jnp.asarray(rng.standard_normal((16, 5)), jnp.float32)
-    params, apply = M.linen(M.ScanStack(n_layers=3), x)
+    params, apply = M.linen(M.ScanStack(n_layers=2), x)  # two layers tell the per-layer factors apart
     cfg = jq.merge_presets(jq.INT4_AWQ_CFG, {"quant_cfg": {"*weight_quantizer": {
         "num_bits": 4, "block_sizes": {-1: 16}, "enable": True}}})
     qm = jq.quantize(params, apply, svd_cfg(cfg, lowrank=4), calib_data=[(x,)], progress=False)
     st = qm.qstate["layers.fc.weight_quantizer"]
-    assert st[LORA_A].shape == (3, 4, 16) and st[LORA_B].shape == (3, 16, 4)
+    assert st[LORA_A].shape == (2, 4, 16) and st[LORA_B].shape == (2, 16, 4)
     assert not np.allclose(st[LORA_A][0], st[LORA_A][1])  # one SVD per layer
     np.testing.assert_allclose(jq.disable_quantizer(qm, "*")(x), apply(params, x), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(jax.jit(qm.apply)(qm.params, x), qm(x), rtol=1e-5, atol=1e-6)
@@ -103,7 +103,8 @@ def test_calibrating_again_starts_from_the_float_weights(rng):
     for key in (LORA_B, "amax"):
         np.testing.assert_allclose(again.qstate["fc1.weight_quantizer"][key], qm.qstate["fc1.weight_quantizer"][key],
                                    rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(again(x), qm(x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(again.apply)(again.params, x), jax.jit(qm.apply)(qm.params, x), rtol=1e-4,
+                               atol=1e-4)  # under jit: op by op the fake quant costs seconds of eager compiles
 
 
 def test_fold_weights_keeps_the_branch(rng):

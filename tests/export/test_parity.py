@@ -1,6 +1,6 @@
 """End-to-end parity: ONNX Runtime on the exported graph vs the JAX quantized model.
 
-Models: a residual CNN (convolutions, average and max pooling, a Dense head) and a two-block transformer (separate
+Models: a residual CNN (convolutions, average and max pooling, a Dense head) and a one-block transformer (separate
 q/k/v ``DenseGeneral`` projections, a causal mask, GELU MLP, LayerNorms). Formats: INT8 W8A8, FP8 E4M3 W8A8,
 INT4 weight-only blocks of 128, each with Q->DQ weights and with DQ-only weights, at a batch size other than
 the one exported with (dynamic batch).

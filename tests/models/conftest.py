@@ -1,6 +1,9 @@
 """Tiny random Llama-family models shared by the model tests."""
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import pytest
 
 import jq.models as jm
@@ -19,7 +22,63 @@ def tiny_model(seed: int = 0, **overrides):
     """``(hf_dict, config, params)`` with weights large enough (std 0.3) for non-trivial attention."""
     hf = tiny_hf(**overrides)
     config = jm.LlamaConfig.from_hf(hf)
-    return hf, config, jm.init_params(config, jax.random.key(seed), scale=0.3)
+    return hf, config, init_params(config, jax.random.key(seed), scale=0.3)
+
+
+# ``jm.init_params`` is one jitted program per config (static): ~2.5 s of XLA compile on the 2-core CI machine for
+# every distinct tiny config, and the model tests build dozens. ``init_params`` below draws the same values (bit for
+# bit, same keys in the same order, each leaf's arithmetic jitted as in jm.init_params) from one small program per
+# leaf shape, which every config with that shape reuses. tests/models/test_llama.py checks it against jm.init_params.
+
+@functools.cache
+def _leaf(shape, std, dtype, around_one):
+    def draw(key):
+        v = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+        return (1.0 + v.astype(jnp.float32)).astype(dtype) if around_one else v  # norm weights around 1
+    return jax.jit(draw)
+
+
+@functools.cache
+def _split(n):
+    return jax.jit(lambda key: jax.random.split(key, n))
+
+
+def init_params(config, key, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
+    """``jm.init_params(config, key, dtype=dtype, scale=scale)``, without a compile per config."""
+    c = config
+    shapes = {"q_proj": (c.num_attention_heads * c.head_dim, c.hidden_size),
+              "k_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
+              "v_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
+              "o_proj": (c.hidden_size, c.num_attention_heads * c.head_dim),
+              "gate_proj": (c.intermediate_size, c.hidden_size), "up_proj": (c.intermediate_size, c.hidden_size),
+              "down_proj": (c.hidden_size, c.intermediate_size)}
+    bias = {"q_proj": c.qkv_bias, "k_proj": c.qkv_bias, "v_proj": c.qkv_bias, "o_proj": c.o_bias,
+            "gate_proj": c.mlp_bias, "up_proj": c.mlp_bias, "down_proj": c.mlp_bias}
+    keys = iter(_split(1 + c.num_hidden_layers * 20 + 2)(key))
+
+    def normal(shape, std=scale, around_one=False):
+        return _leaf(tuple(shape), std, jnp.dtype(dtype), around_one)(next(keys))
+
+    def proj(name):
+        p = {"weight": normal(shapes[name])}
+        if bias[name]:
+            p["bias"] = normal(shapes[name][:1])
+        return p
+
+    layers = [{"self_attn": {n: proj(n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
+               "mlp": {n: proj(n) for n in ("gate_proj", "up_proj", "down_proj")},
+               "input_layernorm": {"weight": normal((c.hidden_size,), 0.1, True)},
+               "post_attention_layernorm": {"weight": normal((c.hidden_size,), 0.1, True)}}
+              for _ in range(c.num_hidden_layers)]
+    params = {"model": {"embed_tokens": {"weight": normal((c.vocab_size, c.hidden_size))}, "layers": layers,
+                        "norm": {"weight": normal((c.hidden_size,), 0.1, True)}}}
+    if not c.tie_word_embeddings:
+        params["lm_head"] = {"weight": normal((c.vocab_size, c.hidden_size))}
+    # the same tree of the same shapes and dtypes as the library's (tracing only, no compile)
+    want = jax.eval_shape(functools.partial(jm.init_params, config, dtype=dtype, scale=scale), key)
+    assert jax.tree.structure(params) == jax.tree.structure(want), "tiny_model: jm.init_params changed its tree"
+    assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)))
+    return params
 
 
 @pytest.fixture

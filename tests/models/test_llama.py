@@ -34,6 +34,15 @@ VARIANTS = {
 }
 
 
+def test_tiny_model_params_are_jm_init_params():
+    """tests/models/conftest.py draws the tiny models' params leaf by leaf (one compile per shape, not per config):
+    the same values as the library's jitted ``jm.init_params``, bit for bit (biases and both norms included)."""
+    _, config, params = tiny_model(seed=3, attention_bias=True, mlp_bias=True)
+    want = jm.init_params(config, jax.random.key(3), scale=0.3)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(want)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_logits_match_numpy_reference(name):
     hf, config, params = tiny_model(**VARIANTS[name])

@@ -43,6 +43,13 @@ def _quantize(cfg, **overrides):
     return config, qm
 
 
+@pytest.fixture(scope="module")
+def fp8_kv():
+    """``(config, qm)``: the two-layer model with FP8 W8A8 and the FP8 KV cache, calibrated once for the tests
+    that read it (a QuantizedModel is immutable: ``replace`` returns a new one)."""
+    return _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+
+
 @pytest.mark.parametrize("preset,kernel", [("FP8_DEFAULT_CFG", "fp8"), ("W4A16_NVFP4_CFG", "nvfp4_w4a16"),
                                            ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "int4_w4a16")])
 def test_real_generation_with_fp8_kv_cache_matches_fake_quant_forward(preset, kernel):
@@ -70,17 +77,18 @@ def test_real_cache_stores_fp8_and_fake_cache_stays_float():
     np.testing.assert_array_equal(np.asarray(real.k_amax), np.asarray(k_amax))
 
 
-def test_fake_quant_lm_prefill_is_qm_apply():
+def test_fake_quant_lm_prefill_is_qm_apply(fp8_kv):
     """The step model shares qm's sites and state: prefill through an empty float cache is ``qm.apply``."""
-    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    config, qm = fp8_kv
     lm = serve.fake_quant_lm(qm, config)
     logits, cache = jax.jit(lm.prefill)(lm.weights, lm.params, CALIB, lm.init_cache(2, 8))
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(qm.apply(qm.params, CALIB)), rtol=1e-6, atol=1e-6)
+    want = jax.jit(qm.apply)(qm.params, CALIB)  # op by op: ~10 s of eager compiles of the fake quant
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-6, atol=1e-6)
     assert int(cache.length) == 8
 
 
-def test_kv_cache_needs_one_format_for_k_and_v():
-    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+def test_kv_cache_needs_one_format_for_k_and_v(fp8_kv):
+    config, qm = fp8_kv
     qm_k_only = qm.replace(config=qm.config.with_entries(("*.v_bmm_quantizer", False)))
     with pytest.raises(ValueError, match="one storage format"):
         serve.kv_cache_spec(qm_k_only, config)
@@ -90,9 +98,10 @@ def test_kv_cache_needs_one_format_for_k_and_v():
 # ---- scan_layers: the layers run by one lax.scan (one layer traced and compiled) ----------------------------
 
 @pytest.mark.parametrize("presets", [("FP8_DEFAULT_CFG", "FP8_KV_CFG"), ("W4A16_NVFP4_CFG",), ("INT4_AWQ_CFG",)])
-def test_scanned_real_and_fake_generation_match_fake_quant_forward(presets):
+def test_scanned_real_and_fake_generation_match_fake_quant_forward(presets, request):
     # two layers: layer 1's params, quantizer state and stored weights come from the stacks' slice 1
-    config, qm = _quantize(jq.merge_presets(*(getattr(jq, p) for p in presets)))
+    config, qm = (request.getfixturevalue("fp8_kv") if presets == ("FP8_DEFAULT_CFG", "FP8_KV_CFG")
+                  else _quantize(jq.merge_presets(*(getattr(jq, p) for p in presets))))
     rm = deploy.realize(qm)
     ref_tokens, ref_logits = greedy_forward(qm, PROMPT, N_NEW)
     lms = [serve.real_quant_lm(rm, config, scan_layers=True)]
@@ -106,8 +115,8 @@ def test_scanned_real_and_fake_generation_match_fake_quant_forward(presets):
         assert err < TOL, (presets, err)
 
 
-def test_scanned_real_cache_is_fp8_per_layer_amax():
-    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+def test_scanned_real_cache_is_fp8_per_layer_amax(fp8_kv):
+    config, qm = fp8_kv
     lm = serve.real_quant_lm(deploy.realize(qm), config, scan_layers=True)
     keys, _, length = lm.init_cache(2, 16)
     assert keys.data.dtype == jnp.float8_e4m3fn and keys.data.shape[0] == config.num_hidden_layers
@@ -115,9 +124,9 @@ def test_scanned_real_cache_is_fp8_per_layer_amax():
     assert int(length) == 0
 
 
-def test_unstacked_model_runs_per_layer_buffers_and_generates_what_the_scan_does():
+def test_unstacked_model_runs_per_layer_buffers_and_generates_what_the_scan_does(fp8_kv):
     # the fast GPU form: lists of per-layer params, stored weights, quantizer state and cache, layers unrolled
-    config, qm = _quantize(jq.merge_presets(jq.FP8_DEFAULT_CFG, jq.FP8_KV_CFG))
+    config, qm = fp8_kv
     scanned = serve.real_quant_lm(deploy.realize(qm), config, scan_layers=True)
     lm = scanned.unstacked()
     n = config.num_hidden_layers
