@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jq.models.config import LlamaConfig
 from jq.models.rope import apply_rope, rope_tables
 
-__all__ = ["init_params", "forward", "make_forward", "rms_norm", "linear", "attention", "layer_scope",
+__all__ = ["init_params", "param_tree", "param_key_count", "forward", "make_forward", "rms_norm", "linear", "attention", "layer_scope",
            "project_qkv", "mlp", "lm_head", "decoder_layer", "fuse_projections", "unfuse_projections",
            "FUSED_PROJECTIONS"]
 
@@ -50,9 +50,20 @@ def layer_scope(i: int) -> str:
     return f"model.layers.{i}.self_attn"
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "scale"))  # one program, not ~100 eager ops
-def init_params(config: LlamaConfig, key: jax.Array, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
-    """Random params (normal with std ``scale``; norm weights around 1) in the HF-named layout."""
+def param_key_count(config: LlamaConfig) -> int:
+    """How many keys :func:`init_params` splits its key into (its draws use them in :func:`param_tree`'s order)."""
+    return 1 + config.num_hidden_layers * 20 + 2
+
+
+def param_tree(config: LlamaConfig, weight, norm) -> dict:
+    """The HF-named params tree of ``config`` with each leaf drawn by ``weight(shape)`` (projection weights and
+    biases, embedding, head) or ``norm(shape)`` (RMSNorm gains), called in a fixed order: per layer q, k, v, o,
+    gate, up, down (weight, then bias where the config has one), the two norms; then the embedding, the final
+    norm and, untied, the head.
+
+    Example:
+      >>> shapes = param_tree(cfg, lambda s: s, lambda s: s)   # the leaf shapes
+    """
     c = config
     shapes = {"q_proj": (c.num_attention_heads * c.head_dim, c.hidden_size),
               "k_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
@@ -62,28 +73,37 @@ def init_params(config: LlamaConfig, key: jax.Array, *, dtype=jnp.float32, scale
               "down_proj": (c.hidden_size, c.intermediate_size)}
     bias = {"q_proj": c.qkv_bias, "k_proj": c.qkv_bias, "v_proj": c.qkv_bias, "o_proj": c.o_bias,
             "gate_proj": c.mlp_bias, "up_proj": c.mlp_bias, "down_proj": c.mlp_bias}
-    keys = iter(jax.random.split(key, 1 + c.num_hidden_layers * 20 + 2))
-
-    def normal(shape, std=scale):
-        return (std * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
 
     def proj(name):
-        p = {"weight": normal(shapes[name])}
+        p = {"weight": weight(shapes[name])}
         if bias[name]:
-            p["bias"] = normal(shapes[name][:1])
+            p["bias"] = weight(shapes[name][:1])
         return p
-
-    def norm():
-        return {"weight": (1.0 + normal((c.hidden_size,), 0.1).astype(jnp.float32)).astype(dtype)}
 
     layers = [{"self_attn": {n: proj(n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
                "mlp": {n: proj(n) for n in ("gate_proj", "up_proj", "down_proj")},
-               "input_layernorm": norm(), "post_attention_layernorm": norm()} for _ in range(c.num_hidden_layers)]
-    params = {"model": {"embed_tokens": {"weight": normal((c.vocab_size, c.hidden_size))}, "layers": layers,
-                        "norm": norm()}}
+               "input_layernorm": {"weight": norm((c.hidden_size,))},
+               "post_attention_layernorm": {"weight": norm((c.hidden_size,))}} for _ in range(c.num_hidden_layers)]
+    params = {"model": {"embed_tokens": {"weight": weight((c.vocab_size, c.hidden_size))}, "layers": layers,
+                        "norm": {"weight": norm((c.hidden_size,))}}}
     if not c.tie_word_embeddings:
-        params["lm_head"] = {"weight": normal((c.vocab_size, c.hidden_size))}
+        params["lm_head"] = {"weight": weight((c.vocab_size, c.hidden_size))}
     return params
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "scale"))  # one program, not ~100 eager ops
+def init_params(config: LlamaConfig, key: jax.Array, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
+    """Random params in the HF-named layout (:func:`param_tree`): normal with std ``scale``, norm gains
+    ``1 + normal(0.1)``."""
+    keys = iter(jax.random.split(key, param_key_count(config)))
+
+    def weight(shape, std=scale):
+        return (std * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
+
+    def norm(shape):
+        return (1.0 + weight(shape, 0.1).astype(jnp.float32)).astype(dtype)
+
+    return param_tree(config, weight, norm)
 
 
 def rms_norm(x: jax.Array, p: dict, eps: float) -> jax.Array:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import jq.models as jm
+from jq.models import llama
 
 
 def tiny_hf(**overrides) -> dict:
@@ -44,36 +45,12 @@ def _split(n):
 
 
 def init_params(config, key, *, dtype=jnp.float32, scale: float = 0.02) -> dict:
-    """``jm.init_params(config, key, dtype=dtype, scale=scale)``, without a compile per config."""
-    c = config
-    shapes = {"q_proj": (c.num_attention_heads * c.head_dim, c.hidden_size),
-              "k_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
-              "v_proj": (c.num_key_value_heads * c.head_dim, c.hidden_size),
-              "o_proj": (c.hidden_size, c.num_attention_heads * c.head_dim),
-              "gate_proj": (c.intermediate_size, c.hidden_size), "up_proj": (c.intermediate_size, c.hidden_size),
-              "down_proj": (c.hidden_size, c.intermediate_size)}
-    bias = {"q_proj": c.qkv_bias, "k_proj": c.qkv_bias, "v_proj": c.qkv_bias, "o_proj": c.o_bias,
-            "gate_proj": c.mlp_bias, "up_proj": c.mlp_bias, "down_proj": c.mlp_bias}
-    keys = iter(_split(1 + c.num_hidden_layers * 20 + 2)(key))
-
-    def normal(shape, std=scale, around_one=False):
-        return _leaf(tuple(shape), std, jnp.dtype(dtype), around_one)(next(keys))
-
-    def proj(name):
-        p = {"weight": normal(shapes[name])}
-        if bias[name]:
-            p["bias"] = normal(shapes[name][:1])
-        return p
-
-    layers = [{"self_attn": {n: proj(n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
-               "mlp": {n: proj(n) for n in ("gate_proj", "up_proj", "down_proj")},
-               "input_layernorm": {"weight": normal((c.hidden_size,), 0.1, True)},
-               "post_attention_layernorm": {"weight": normal((c.hidden_size,), 0.1, True)}}
-              for _ in range(c.num_hidden_layers)]
-    params = {"model": {"embed_tokens": {"weight": normal((c.vocab_size, c.hidden_size))}, "layers": layers,
-                        "norm": {"weight": normal((c.hidden_size,), 0.1, True)}}}
-    if not c.tie_word_embeddings:
-        params["lm_head"] = {"weight": normal((c.vocab_size, c.hidden_size))}
+    """``jm.init_params(config, key, dtype=dtype, scale=scale)``, without a compile per config: the library's
+    :func:`jq.models.llama.param_tree` with each leaf drawn by a program cached per leaf shape."""
+    keys = iter(_split(llama.param_key_count(config))(key))
+    dtype = jnp.dtype(dtype)
+    params = llama.param_tree(config, lambda shape: _leaf(tuple(shape), scale, dtype, False)(next(keys)),
+                              lambda shape: _leaf(tuple(shape), 0.1, dtype, True)(next(keys)))
     # the same tree of the same shapes and dtypes as the library's (tracing only, no compile)
     want = jax.eval_shape(functools.partial(jm.init_params, config, dtype=dtype, scale=scale), key)
     assert jax.tree.structure(params) == jax.tree.structure(want), "tiny_model: jm.init_params changed its tree"
