@@ -36,9 +36,9 @@ import jax.numpy as jnp
 from jq.models.config import LlamaConfig
 from jq.models.rope import apply_rope, rope_tables
 
-__all__ = ["init_params", "param_tree", "param_key_count", "forward", "make_forward", "rms_norm", "linear", "attention", "layer_scope",
-           "project_qkv", "mlp", "lm_head", "decoder_layer", "fuse_projections", "unfuse_projections",
-           "FUSED_PROJECTIONS"]
+__all__ = ["init_params", "param_tree", "param_key_count", "forward", "make_forward", "rms_norm", "linear",
+           "attention", "layer_scope", "project_qkv", "mlp", "lm_head", "decoder_layer", "fuse_projections",
+           "unfuse_projections", "fused_rows", "split_rows", "FUSED_PROJECTIONS"]
 
 # (block, fused module, its parts in row order): what serving stacks run as one GEMM
 FUSED_PROJECTIONS = (("self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
