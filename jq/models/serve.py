@@ -330,7 +330,8 @@ class ScannedLM(_Generation):
         return self.params["top"]["model"]["embed_tokens"]["weight"].dtype
 
     def init_cache(self, batch: int, max_len: int) -> StackedCache:
-        """An empty cache in this model's storage format, every layer's stacked on axis 0."""
+        """An empty cache in this model's storage format: every layer's stacked on axis 0, or (``unrolled``) a list
+        of per-layer caches."""
         if self.unrolled:
             c = init_cache(self.config, batch, max_len, kv_format=self.kv_spec, k_amax=self.k_amax,
                            v_amax=self.v_amax, dtype=self.dtype)
@@ -354,7 +355,7 @@ class ScannedLM(_Generation):
                                    unrolled=True)
 
     def extend(self, weights, params, tokens, cache: StackedCache):
-        """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned."""
+        """``(logits [batch, t, vocab], cache)``: :func:`jq.models.extend` with the layers scanned (or unrolled)."""
         keys, values, length = cache
         t = tokens.shape[1]
         max_len = jax.tree_util.tree_leaves(keys)[0].shape[1 if self.unrolled else 2]  # [(layer,) b, len, ...]
