@@ -37,6 +37,9 @@ from jq_kernels.fp8_linear import prepare_fp8_weight
 
 DECODE_SHAPE = ("decode", 28672, 8192)
 LAYER_SHAPES = (("gate_up", 14336, 4096), ("down", 4096, 14336), ("q_o", 4096, 4096), ("k_v", 1024, 4096))
+# the same layer with q/k/v and gate/up fused into one GEMM each, as serving stacks (and llm_decode's _fused) run it
+FUSED_LAYER_SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up2", 28672, 4096), ("down", 4096, 14336))
+SHAPE_SETS = {"llama3_8b": LAYER_SHAPES, "llama3_8b_fused": FUSED_LAYER_SHAPES}
 BAR = 1.6  # issue 15: FP8 >= 1.6x bf16 tokens/s at every B <= 32 (model level)
 L2_SPILL_BYTES = 128 << 20  # fp8 bytes per timed program: > 2x the H100/H200 L2
 
@@ -70,7 +73,11 @@ def _program(method, cfg, interpret):
 
 
 def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE, layer_shapes=LAYER_SHAPES,
-                     budget_s=1e9, out_name="fp8_decode_sweep.json", iters=10, max_copies=16) -> dict:
+                     budget_s=1e9, out_name="fp8_decode_sweep.json", iters=10, max_copies=16,
+                     every_config=False) -> dict:
+    """Time the methods at ``decode_shape`` (every config; None: skipped) and at each of ``layer_shapes`` (the
+    decode shape's best config per batch, or every config with ``every_config``); ``rec["best_by_shape"]`` holds
+    the fastest correct config per (shape, batch)."""
     t0 = time.time()
     on_gpu = jax.default_backend() == "gpu"
     interpret = not on_gpu
@@ -127,14 +134,18 @@ def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE
         del ws, stored
 
     base = [("bf16", None), ("w8a8", None), ("dequant", None)]
-    cells(decode_shape, lambda b: base + [(f"kernel:{c.name}", c) for c in configs])
-    rec["best"] = _best(rec, decode_shape[0])
-    save(out_name, rec)
+    every = lambda b: base + [(f"kernel:{c.name}", c) for c in configs]  # noqa: E731
+    rec["best"] = {}
+    if decode_shape is not None:
+        cells(decode_shape, every)
+        rec["best"] = _best(rec, decode_shape[0])
+        save(out_name, rec)
     for shape in layer_shapes:
         def methods(b):
             best = [c for c in configs if c.name == rec["best"].get(b, {}).get("config")]
             return base + [(f"kernel:{c.name}", c) for c in (best or configs[:1])]
-        cells(shape, methods)
+        cells(shape, every if every_config else methods)
+    rec["best_by_shape"] = {s[0]: _best(rec, s[0]) for s in ([decode_shape] if decode_shape else []) + list(layer_shapes)}
     rec["wall_s"] = time.time() - t0
     rec["summary"] = table(rec)
     save(out_name, rec)
@@ -191,4 +202,30 @@ def table(rec) -> str:
         sp = v["speedup_vs_bf16"]
         lines.append(f"best kernel config at the decode shape, B={b}: {v['config']} {v['GBps']:.0f} GB/s"
                      + (f", {sp:.2f}x bf16" if sp else ""))
+    for shape, by_b in rec.get("best_by_shape", {}).items():
+        for b, v in by_b.items():
+            sp = v["speedup_vs_bf16"]
+            lines.append(f"best at {shape}, B={b}: {v['config']} {v['GBps']:.0f} GB/s" + (f", {sp:.2f}x bf16" if sp else ""))
     return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="llama3_8b_fused", choices=sorted(SHAPE_SETS))
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--configs", default="", help="parse_configs spec (default: jq_kernels.fp8_decode.CONFIGS)")
+    ap.add_argument("--every-config", action="store_true", help="every config at every layer shape")
+    ap.add_argument("--decode-shape", action="store_true", help="also the N=28672, K=8192 decode shape first")
+    ap.add_argument("--budget-s", type=float, default=1e9)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out-name", default="fp8_decode_sweep.json")
+    a = ap.parse_args(argv)
+    return fp8_decode_sweep(D.parse_configs(a.configs) if a.configs else None,
+                            batches=tuple(int(b) for b in a.batches.split(",")),
+                            decode_shape=DECODE_SHAPE if a.decode_shape else None, layer_shapes=SHAPE_SETS[a.shapes],
+                            budget_s=a.budget_s, out_name=a.out_name, iters=a.iters, every_config=a.every_config)
+
+
+if __name__ == "__main__":
+    main()

@@ -63,3 +63,27 @@ def test_config_names_round_trip():
         assert D.FP8DecodeConfig.from_name(c.name) == c
     with pytest.raises(ValueError, match="not a config name"):
         D.FP8DecodeConfig.from_name("fp8-128-256")
+
+
+def test_every_config_mode_times_each_config_at_each_layer_shape_and_picks_a_best_per_shape(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    from benchmarks.kernel_bench import fp8_decode_sweep as S
+
+    cfgs = D.parse_configs("fp8:32,64,0,4,2;bf16:32,64,2,4,2")
+    rec = S.fp8_decode_sweep(cfgs, batches=(2,), decode_shape=None, layer_shapes=(("qkv", 48, 128), ("o", 32, 64)),
+                             iters=1, max_copies=2, every_config=True)
+    methods = {(r["shape"], r["method"]) for r in rec["rows"]}
+    assert not any(s == "decode" for s, _ in methods)  # decode_shape=None: skipped
+    for shape in ("qkv", "o"):
+        assert {m for s, m in methods if s == shape} == {"bf16", "w8a8", "dequant"} | {f"kernel:{c.name}" for c in cfgs}
+        assert rec["best_by_shape"][shape][2]["config"] in [c.name for c in cfgs]
+    assert "best at o, B=2" in rec["summary"]
+
+
+def test_cli_sweeps_the_fused_8b_layer_shapes_under_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    from benchmarks.kernel_bench import fp8_decode_sweep as S
+
+    rec = S.main(["--batches", "1", "--every-config", "--budget-s", "-1", "--configs", "fp8:32,64,0,4,2"])
+    assert [r["shape"] for r in rec["rows"]] == [s[0] for s in S.FUSED_LAYER_SHAPES]
+    assert all(r["skipped"] == "budget" for r in rec["rows"])
