@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ from jq import deploy
 from jq.model import QuantizedModel
 from jq.models import llama, serve
 from jq.models.generate import cached_layer
+from jq.models.layer_scan import layer_of
 from jq.models.serve import ScannedLM, with_layer
 from jq.models.stacking import layer_count, stack_trees
 
@@ -98,32 +100,39 @@ def _weight_amax_of_layer(qm1, params):
 
 
 def stack_realized(qm1, top, layers, *, backend=None):
-    """``(weights, kernels, plan, backend)``: the stored weights of every layer stacked on axis 0 --
-    ``jq.deploy.realize`` of ``qm1`` on each layer's params with its weight amax recalibrated on that layer, one
-    jitted program called per layer (no host round trip) -- and the 1-layer model's kernels, plan and backend."""
+    """``(weights, kernels, plan, backend)``: ``weights["layers"]``, the stored weights of every layer stacked on
+    axis 0 (a list for listed ``layers``) -- ``jq.deploy.realize`` of ``qm1`` on each layer's params with its weight
+    amax recalibrated on that layer, one jitted program called per layer (no host round trip) --,
+    ``weights["top"]`` the stored weights of quantized sites outside the layers (the ``lm_head`` when its quantizers
+    are on; realized once, with layer 0), and the 1-layer model's kernels, plan and backend."""
     from jq import backends
 
     backend = backend or ("gpu" if backends.platform() == "gpu" else "xla")
     n = layer_count(layers)
     as_list = isinstance(layers, list)
 
-    def realize_layer(top, layer):
+    def realize_layer(top, layer, with_top):
         p = with_layer(top, layer)
-        return deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
+        stored = deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
+        return {k: v for k, v in stored.items() if with_top or layer_of(k) is not None}
 
-    fn = jax.jit(realize_layer)
-    per = []
+    fn = jax.jit(realize_layer, static_argnums=2)
+    per, top_stored = [], {}
     for i in range(n):
         layer = layers[i] if as_list else jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
         try:
-            per.append(fn(top, layer))
+            stored = fn(top, layer, i == 0)
         except Exception as e:  # noqa: BLE001 - insurance: a realize step that cannot be traced runs eagerly
             if fn is realize_layer:
                 raise
             print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
             fn = realize_layer
-            per.append(fn(top, layer))
-    weights = per if as_list else stack_trees(per)
+            stored = fn(top, layer, i == 0)
+        if i == 0:
+            top_stored = {k: v for k, v in stored.items() if layer_of(k) is None}
+            stored = {k: v for k, v in stored.items() if layer_of(k) is not None}
+        per.append(stored)
+    weights = {"layers": per if as_list else stack_trees(per), "top": top_stored}
     del per
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend
 
@@ -137,10 +146,12 @@ def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=No
     ``qm1``: a calibrated 1-layer model of :func:`jq.models.forward` (its config, activation and KV amax serve
     every layer); ``realized``: :func:`stack_realized`'s result, reused across variants (computed if None);
     ``kernels``: optional replacement of the realized kernels (e.g. another FP8 GEMM policy); ``kv_cache``: store
-    k/v in the format of ``qm1``'s k/v ``bmm`` quantizers (else they stay as configured, at attention).
+    k/v in the format of ``qm1``'s k/v ``bmm`` quantizers (else they stay as configured, at attention). When
+    ``qm1`` quantizes the ``lm_head`` (its ``*lm_head*`` quantizers enabled), the head runs on its stored weight
+    (``weights["top"]``, a ``head_model`` of the top-level quantizer state); else it runs plain.
     """
     config = _depth(config1, layers)
-    weights, rkernels, _, backend = realized or stack_realized(qm1, top, layers)
+    stored, rkernels, _, backend = realized or stack_realized(qm1, top, layers)
     spec = serve.kv_cache_spec(qm1, config1) if kv_cache else None
     cfg = qm1.config if spec is None else serve.kv_quantizers_off(qm1.config)  # the cache applies them
     step = QuantizedModel.create(qm1.params, cached_layer, cfg, qm1.qstate)
@@ -150,5 +161,10 @@ def real_quant_stacked(qm1, config1, top, layers, *, kv_cache: bool, realized=No
         n = config.num_hidden_layers
         kv = {"kv_spec": spec, "k_amax": jnp.broadcast_to(serve.kv_amax(qm1, config1, "k_bmm_quantizer"), (n,)),
               "v_amax": jnp.broadcast_to(serve.kv_amax(qm1, config1, "v_bmm_quantizer"), (n,))}
-    return ScannedLM(config, {"top": top, "layers": layers}, {"layers": weights}, layer_model=step,
+    weights, head = {"layers": stored["layers"]}, None
+    if stored["top"]:
+        weights["top"] = stored["top"]
+        top_qstate = {k: v for k, v in qm1.qstate.items() if layer_of(k) is None}
+        head = QuantizedModel.create(top, functools.partial(llama.lm_head, config=config), cfg, top_qstate)
+    return ScannedLM(config, {"top": top, "layers": layers}, weights, layer_model=step, head_model=head,
                      make_handler=handler, unrolled=isinstance(layers, list), **kv)

@@ -7,8 +7,12 @@ import pytest
 from benchmarks import llm_decode
 
 
-@pytest.mark.parametrize("name,want", [("fp8", ("fp8", False, False)), ("fp8_kernel_fused", ("fp8_kernel", True, False)),
-                                       ("nvfp4_fused_kv8", ("nvfp4", True, True)), ("bf16_kv8", ("bf16", False, True))])
+@pytest.mark.parametrize("name,want", [("fp8", ("fp8", False, False, False)),
+                                       ("fp8_kernel_fused", ("fp8_kernel", True, False, False)),
+                                       ("nvfp4_fused_kv8", ("nvfp4", True, True, False)),
+                                       ("bf16_kv8", ("bf16", False, True, False)),
+                                       ("int4_fused_qhead", ("int4", True, False, True)),
+                                       ("nvfp4_qhead_kv8", ("nvfp4", False, True, True))])
 def test_parse_variant(name, want):
     assert name in llm_decode.VARIANTS
     assert llm_decode.parse_variant(name) == want

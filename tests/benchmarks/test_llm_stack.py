@@ -62,7 +62,7 @@ def test_int4_real_quant_stacked_equals_unrolled_served_model():
     ulm = serve.real_quant_lm(deploy.realize(qmn), cn, kv_cache=False)
     a, _ = jax.jit(slm.extend)(slm.weights, slm.params, prompt, slm.init_cache(2, 8))
     b, _ = jax.jit(ulm.extend)(ulm.weights, ulm.params, prompt, ulm.init_cache(2, 8))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     proj = {f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                              "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
     assert set(slm.weights) == {"layers"} and set(slm.weights["layers"]) == proj
@@ -101,3 +101,23 @@ def test_fp8_kv8_real_quant_stacked_equals_scanned_served_model():
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(ref_logits))  # bit-exact on CPU (7 % off with
     # the full model's own per-layer activation amax)
     assert np.abs(np.asarray(logits) - np.asarray(S.plain(c1, top, layers).generate(prompt, 4)[1])).max() > 0
+
+
+def test_quantized_head_is_served_from_its_stored_weight_like_the_unrolled_model():
+    """``head_like_layers``: the lm_head takes the layers' INT4 weight spec; the stacked model then runs the head
+    through a head model on its stored weight (realized once, not per layer) and equals the unrolled served model
+    of the same config to f32 rounding (far below the INT4 head's own error, ~1e-2: a plain head would fail)."""
+    from benchmarks.llm_decode import head_like_layers
+
+    c1, cn, top, layers, full, prompt = _models(1)
+    calib = [(jnp.asarray(np.random.default_rng(1).integers(0, c1.vocab_size, (2, 8)), jnp.int32),)]
+    cfg = head_like_layers(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)
+    qm1 = jq.quantize(top, jm.make_forward(c1), cfg, calib_data=calib, progress=False)
+    qmn = jq.quantize(full, jm.make_forward(cn), cfg, calib_data=calib, progress=False)
+    slm = S.real_quant_stacked(qm1, c1, top, layers, kv_cache=False)
+    ulm = serve.real_quant_lm(deploy.realize(qmn), cn, kv_cache=False)
+    assert set(slm.weights["top"]) == {"lm_head"} and "lm_head" not in slm.weights["layers"]
+    assert slm.head_model is not None
+    a, _ = jax.jit(slm.extend)(slm.weights, slm.params, prompt, slm.init_cache(2, 8))
+    b, _ = jax.jit(ulm.extend)(ulm.weights, ulm.params, prompt, ulm.init_cache(2, 8))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
