@@ -16,7 +16,11 @@ Schedule (swap-AB, split-K):
   writes its float32 partial sum ``[bn, B_pad]``; XLA adds the ``split`` partials, transposes, scales and casts
   (one small fusion; the partials are ``split * N * B_pad * 4`` bytes against the weight's ``N * K``);
 * ``operand="fp8"`` feeds the E4M3 tiles to the MMA directly (Hopper's fp8 wgmma), ``operand="bf16"`` upcasts
-  both tiles to bf16 in registers first (exact: every E4M3 value is a bf16 value).
+  both tiles to bf16 in registers first (exact: every E4M3 value is a bf16 value);
+* ``fused_out=True``: no split-K (every program walks all of K) and the kernel itself writes ``y [tile, N]``,
+  scaled and cast (its accumulator transposed in registers), so the call is one launch with no XLA epilogue; the
+  grid is filled with smaller row blocks instead (down to 16 rows). Correct in interpret mode (tests); its speed
+  against the split-K partials has not been measured on a GPU yet, so it is off by default.
 
 The weight is the stored :func:`jq_kernels.fp8_linear.prepare_fp8_weight` layout (``[N, K]``, K-major), read in
 place: blocks are powers of two dividing ``N`` and ``K`` where such blocks exist (every Llama/SmolLM2 shape), else
@@ -68,6 +72,8 @@ class FP8DecodeConfig:
       operand: ``"fp8"`` (E4M3 MMA) or ``"bf16"`` (tiles upcast in registers, bf16 MMA).
       x_in_kernel: callers that own the activation quantization (``FP8Linear``) quantize it in the kernel (True)
         or with a separate kernel before it (False, name suffix ``-xq``).
+      fused_out: the kernel writes the scaled ``[B, N]`` result itself (no split-K, no XLA epilogue; name suffix
+        ``-fo``).
 
     Example:
       >>> FP8DecodeConfig(block_n=64, operand="bf16").name
@@ -85,6 +91,7 @@ class FP8DecodeConfig:
     num_stages: int = 4
     operand: str = "fp8"
     x_in_kernel: bool = True
+    fused_out: bool = False
 
     def __post_init__(self):
         for field, lo in (("block_n", 16), ("block_k", 32), ("min_block_n", 16)):
@@ -95,11 +102,14 @@ class FP8DecodeConfig:
             raise ValueError(f"FP8DecodeConfig: split_k >= 0, target_programs/num_warps/num_stages >= 1, got {self}")
         if self.operand not in OPERANDS:
             raise ValueError(f"FP8DecodeConfig.operand must be one of {OPERANDS}, got {self.operand!r}")
+        if self.fused_out and self.split_k > 1:
+            raise ValueError(f"FP8DecodeConfig: fused_out writes the result from one program per row block, so "
+                             f"split_k must be 0 or 1, got {self.split_k}")
 
     @property
     def name(self) -> str:
         return (f"{self.operand}/n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}"
-                f"p{self.num_stages}" + ("" if self.x_in_kernel else "-xq"))
+                f"p{self.num_stages}" + ("" if self.x_in_kernel else "-xq") + ("-fo" if self.fused_out else ""))
 
     @classmethod
     def from_name(cls, name: str) -> "FP8DecodeConfig":
@@ -110,12 +120,12 @@ class FP8DecodeConfig:
           ...     block_n=64, block_k=512, split_k=2, num_warps=8, num_stages=3, operand="bf16")
           True
         """
-        m = re.fullmatch(r"(\w+)/n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(-xq)?", name)
+        m = re.fullmatch(r"(\w+)/n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(-xq)?(-fo)?", name)
         if m is None:
             raise ValueError(f"FP8DecodeConfig.from_name: {name!r} is not a config name like 'fp8/n128k256s0w4p4'")
         bn, bk, sk, nw, ns = (int(v) for v in m.groups()[1:6])
         return cls(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=m.group(1),
-                   x_in_kernel=m.group(7) is None)
+                   x_in_kernel=m.group(7) is None, fused_out=m.group(8) is not None)
 
 
 # candidates for the GPU sweep, the default first (benchmarks/kernel_bench/fp8_decode_sweep.py); shared memory per
@@ -127,7 +137,7 @@ CONFIGS = (FP8DecodeConfig(), FP8DecodeConfig(operand="bf16"), FP8DecodeConfig(b
 
 def parse_configs(spec: str) -> tuple[FP8DecodeConfig, ...]:
     """Configs from ``"operand:block_n,block_k,split_k,num_warps,num_stages;..."`` (e.g. ``"fp8:128,256,0,4,4"``;
-    ``"fp8-xq:..."``: ``x_in_kernel=False``).
+    ``"fp8-xq:..."``: ``x_in_kernel=False``; ``"fp8-fo:..."`` / ``"fp8-xq-fo:..."``: ``fused_out=True``).
 
     Example:
       >>> parse_configs("bf16:64,512,2,4,3")[0].name
@@ -140,9 +150,11 @@ def parse_configs(spec: str) -> tuple[FP8DecodeConfig, ...]:
         if len(vals) != 5:
             raise ValueError(f"fp8_decode config {part!r}: want operand:block_n,block_k,split_k,num_warps,num_stages")
         bn, bk, sk, nw, ns = vals
-        xq = operand.endswith("-xq")
-        out.append(FP8DecodeConfig(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns,
-                                   operand=operand[:-3] if xq else operand, x_in_kernel=not xq))
+        base, *flags = operand.split("-")
+        if set(flags) - {"xq", "fo"}:
+            raise ValueError(f"fp8_decode config {part!r}: operand suffixes are -xq and -fo, got {operand!r}")
+        out.append(FP8DecodeConfig(block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns, operand=base,
+                                   x_in_kernel="xq" not in flags, fused_out="fo" in flags))
     return tuple(out)
 
 
@@ -180,13 +192,14 @@ def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig | None = None)
     n_pad, k_pad = -(-n_pad // bn) * bn, -(-k_pad // bk) * bk
     n_steps, tile = k_pad // bk, _token_tile(tokens)
     divisors = [d for d in range(1, n_steps + 1) if n_steps % d == 0]
-    if cfg.split_k:
+    if cfg.split_k and not cfg.fused_out:
         split = max(d for d in divisors if d <= cfg.split_k)
     else:  # least grid_cost; K ranges keep >= 2 steps (the loop pipelines); a smaller bn must win by > 1 %
-        ok = [d for d in divisors if n_steps // d >= min(2, n_steps)]
+        # fused_out: one program per row block (no split), the grid filled by row blocks down to 16 rows
+        ok = [1] if cfg.fused_out else [d for d in divisors if n_steps // d >= min(2, n_steps)]
         best = None
         b = bn
-        while b >= max(16, min(cfg.min_block_n, bn)):
+        while b >= max(16, min(16 if cfg.fused_out else cfg.min_block_n, bn)):
             for d in ok:
                 c = grid_cost(n_pad, k_pad, b, d, tile, cfg.target_programs)
                 if best is None or c < best[0] * 0.99:
@@ -197,10 +210,14 @@ def decode_plan(n: int, k: int, tokens: int, cfg: FP8DecodeConfig | None = None)
             "tile": tile, "programs": (n_pad // bn) * split}
 
 
-def _kernel(w_ref, x_ref, *refs, steps: int, bk: int, operand: str, quantize: bool):
-    """One ``[bn, tile]`` float32 partial: ``sum_k w[bn, k] q(x)[tile, k]`` over this program's K range."""
-    s_ref, o_ref = refs if quantize else (None, refs[0])
-    bn, tile = o_ref.shape
+def _kernel(w_ref, x_ref, *refs, steps: int, bk: int, operand: str, quantize: bool, fused: bool):
+    """One ``[bn, tile]`` float32 partial: ``sum_k w[bn, k] q(x)[tile, k]`` over this program's K range; ``fused``:
+    the whole K range, written as ``y[tile, bn] = (partial * factor)^T`` in the output's dtype."""
+    refs = list(refs)
+    o_ref = refs.pop()
+    s_ref = refs.pop(0) if quantize else None
+    f_ref = refs.pop(0) if fused else None
+    bn, tile = w_ref.shape[0], x_ref.shape[0]
     s_x = s_ref[0] if quantize else None
 
     def step(i, acc):
@@ -214,12 +231,18 @@ def _kernel(w_ref, x_ref, *refs, steps: int, bk: int, operand: str, quantize: bo
         # [bn, bk] @ [tile, bk]^T: exact products, float32 sums (lax.dot_general: pl.dot moved across versions)
         return acc + lax.dot_general(w, x, _NT, preferred_element_type=jnp.float32)
 
-    o_ref[...] = lax.fori_loop(0, steps, step, jnp.zeros((bn, tile), jnp.float32))
+    acc = lax.fori_loop(0, steps, step, jnp.zeros((bn, tile), jnp.float32))
+    if fused:
+        o_ref[...] = (acc * f_ref[0]).T.astype(o_ref.dtype)
+    else:
+        o_ref[...] = acc
 
 
 def fp8_decode_partials(x_q, w_q, *, x_scale=None, cfg: FP8DecodeConfig | None = None,
-                        interpret: bool | None = None):
-    """The kernel alone: float32 partial sums ``[split, N_pad, tile]`` of ``w_q @ q(x)^T`` (padded shapes).
+                        interpret: bool | None = None, factor=None, out_dtype=jnp.float32):
+    """The kernel alone: float32 partial sums ``[split, N_pad, tile]`` of ``w_q @ q(x)^T`` (padded shapes); with
+    ``cfg.fused_out`` (``factor`` given: the float32 scalar the sums are multiplied by) the result itself,
+    ``[tile, N_pad]`` in ``out_dtype``.
 
     ``x_q``: ``[B, K]`` float8_e4m3fn, or a float activation quantized in the kernel with ``x_scale`` (``s_x``,
     a float32 scalar); ``w_q``: ``[N, K]`` float8_e4m3fn; ``cfg`` None: the default config.
@@ -241,19 +264,29 @@ def fp8_decode_partials(x_q, w_q, *, x_scale=None, cfg: FP8DecodeConfig | None =
     x = C.pad_rows(C.pad_rows(x_q, p["tile"], 0), p["k_pad"], 1)
     bn, tile, split = p["bn"], p["tile"], p["split"]
     k_range = p["k_pad"] // split
-    kern = functools.partial(_kernel, steps=p["steps"], bk=p["bk"], operand=cfg.operand, quantize=quantize)
+    fused = cfg.fused_out
+    if fused != (factor is not None):
+        raise ValueError("fp8_decode: a fused_out config needs the output factor (and only it takes one)")
+    kern = functools.partial(_kernel, steps=p["steps"], bk=p["bk"], operand=cfg.operand, quantize=quantize,
+                             fused=fused)
     in_specs = [pl.BlockSpec((bn, k_range), lambda j, s: (j, s)), pl.BlockSpec((tile, k_range), lambda j, s: (0, s))]
     args = [w, x]
-    if quantize:  # the scalar rides in a 4-element block (Triton loads need power-of-two sizes)
+    for scalar in ([x_scale] if quantize else []) + ([factor] if fused else []):
+        # a scalar rides in a 4-element block (Triton loads need power-of-two sizes)
         in_specs.append(pl.BlockSpec((4,), lambda j, s: (0,)))
-        args.append(jnp.zeros((4,), jnp.float32).at[0].set(jnp.reshape(x_scale, ()).astype(jnp.float32)))
+        args.append(jnp.zeros((4,), jnp.float32).at[0].set(jnp.reshape(scalar, ()).astype(jnp.float32)))
     nb = p["n_pad"] // bn
+    name = f"jq_fp8_decode_{cfg.operand}" + ("_qx" if quantize else "") + ("_fo" if fused else "")
+    params = dict(interpret=C.resolve_interpret(interpret),
+                  compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages), name=name)
+    if fused:  # split == 1 (decode_plan): program j writes y[:, j*bn:(j+1)*bn]
+        return pl.pallas_call(kern, grid=(nb, 1), in_specs=in_specs,
+                              out_specs=pl.BlockSpec((tile, bn), lambda j, s: (0, j)),
+                              out_shape=jax.ShapeDtypeStruct((tile, p["n_pad"]), out_dtype), **params)(*args)
     out = pl.pallas_call(  # partials stacked as 2D rows [split * N_pad, tile]: plain 2D blocks, no squeezed dim
         kern, grid=(nb, split), in_specs=in_specs,
         out_specs=pl.BlockSpec((bn, tile), lambda j, s: (s * nb + j, 0)),
-        out_shape=jax.ShapeDtypeStruct((split * p["n_pad"], tile), jnp.float32),
-        interpret=C.resolve_interpret(interpret), compiler_params=C.triton_params(cfg.num_warps, cfg.num_stages),
-        name=f"jq_fp8_decode_{cfg.operand}" + ("_qx" if quantize else ""))(*args)
+        out_shape=jax.ShapeDtypeStruct((split * p["n_pad"], tile), jnp.float32), **params)(*args)
     return out.reshape(split, p["n_pad"], tile)
 
 
@@ -268,6 +301,10 @@ def fp8_decode_matmul(x_q, w_q, scale, *, x_scale=None, out_dtype=jnp.float32, c
       (1, 32)
     """
     b, n = x_q.shape[0], w_q.shape[0]
+    if cfg is not None and cfg.fused_out:  # one launch: the kernel scales, casts and lays out y itself
+        y = fp8_decode_partials(x_q, w_q, x_scale=x_scale, cfg=cfg, interpret=interpret,
+                                factor=jnp.asarray(scale, jnp.float32), out_dtype=out_dtype)
+        return y[:b, :n]
     part = fp8_decode_partials(x_q, w_q, x_scale=x_scale, cfg=cfg, interpret=interpret)
     acc = jnp.sum(part, axis=0)[:n, :b].T  # XLA: one fusion reading the partials
     return (acc * jnp.asarray(scale, jnp.float32)).astype(out_dtype)

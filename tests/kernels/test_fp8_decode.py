@@ -168,3 +168,56 @@ def test_triton_lowering_for_cuda(operand, b, n, k, x_dtype):
     txt = fn.trace(jax.ShapeDtypeStruct((b, k), x_dtype),
                    jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn)).lower(lowering_platforms=("cuda",)).as_text()
     assert "triton" in txt and "jq_fp8_decode" in txt
+
+
+@pytest.mark.parametrize("operand", ["fp8", "bf16"])
+@pytest.mark.parametrize("x_dtype,out_dtype", [(jnp.float8_e4m3fn, jnp.float32), (jnp.bfloat16, jnp.bfloat16)])
+def test_fused_out_equals_the_unsplit_partials_path_bit_for_bit(operand, x_dtype, out_dtype):
+    """``fused_out``: the kernel scales, transposes and casts its own accumulator: the same float32 sums as the
+    split_k=1 partials path followed by XLA's epilogue, so the same values, and one launch."""
+    x, w = _operands(5, 96, 320, seed=4)
+    s_x = None
+    if x_dtype != jnp.float8_e4m3fn:
+        x, s_x = x.astype(x_dtype), jnp.float32(0.75)
+    fused = D.FP8DecodeConfig(block_n=32, block_k=64, operand=operand, fused_out=True)
+    unfused = D.FP8DecodeConfig(block_n=32, block_k=64, operand=operand, split_k=1)
+    y = D.fp8_decode_matmul(x, w, jnp.float32(0.25), x_scale=s_x, cfg=fused, out_dtype=out_dtype, interpret=True)
+    ref = D.fp8_decode_matmul(x, w, jnp.float32(0.25), x_scale=s_x, cfg=unfused, out_dtype=out_dtype, interpret=True)
+    assert y.shape == (5, 96) and y.dtype == out_dtype
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(ref))
+    if x_dtype == jnp.float8_e4m3fn:
+        _check(y, x, w, 0.25)
+
+
+def test_fused_out_plans_no_split_and_fills_the_gpu_with_smaller_row_blocks():
+    # 4096 x 4096 at B = 1: split-K would make 64-row blocks x 4 K ranges; fused: 16-row blocks, whole K each
+    p = D.decode_plan(4096, 4096, 1, D.FP8DecodeConfig(fused_out=True))
+    assert (p["split"], p["bn"], p["programs"], p["steps"]) == (1, 16, 256, 16)
+    assert D.decode_plan(4096, 4096, 1, D.FP8DecodeConfig())["split"] > 1
+    # a weight with enough rows keeps the largest block that fills the GPU
+    assert D.decode_plan(28672, 4096, 1, D.FP8DecodeConfig(fused_out=True))["bn"] == 64
+    with pytest.raises(ValueError, match="split_k must be 0 or 1"):
+        D.FP8DecodeConfig(fused_out=True, split_k=2)
+    with pytest.raises(ValueError, match="needs the output factor"):
+        D.fp8_decode_partials(*_operands(1, 32, 64), cfg=D.FP8DecodeConfig(fused_out=True), interpret=True)
+
+
+def test_fused_out_config_names_and_specs_round_trip():
+    for spec, name in (("fp8-fo:64,256,0,4,4", "fp8/n64k256s0w4p4-fo"),
+                       ("bf16-xq-fo:32,128,1,4,3", "bf16/n32k128s1w4p3-xq-fo")):
+        (cfg,) = D.parse_configs(spec)
+        assert cfg.fused_out and cfg.name == name and D.FP8DecodeConfig.from_name(name) == cfg
+    with pytest.raises(ValueError, match="suffixes are -xq and -fo"):
+        D.parse_configs("fp8-zz:64,256,0,4,4")
+
+
+@pytest.mark.parametrize("b,n,k", [(1, 4096, 4096), (8, 6144, 4096)])
+def test_fused_out_triton_lowering_for_cuda(b, n, k):
+    """The Python half of the fused kernel's Triton lowering (the in-register transpose and cast, the [tile, bn]
+    output block)."""
+    cfg = D.FP8DecodeConfig(fused_out=True)
+    fn = jax.jit(lambda x, w: D.fp8_decode_matmul(x, w, jnp.float32(1.0), x_scale=jnp.float32(2.0), cfg=cfg,
+                                                  out_dtype=jnp.bfloat16, interpret=False))
+    txt = fn.trace(jax.ShapeDtypeStruct((b, k), jnp.bfloat16),
+                   jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn)).lower(lowering_platforms=("cuda",)).as_text()
+    assert "jq_fp8_decode_fp8_qx_fo" in txt
