@@ -12,6 +12,7 @@ fused, each layer's weights in buffers of their own) for ``--layers`` layers:
 
 Formats: ``bf16`` (XLA dot, f32 accumulation), ``fp8`` (:class:`jq.formats.linear.FP8Linear` with the default
 :class:`~jq.formats.fp8_gemm.FP8GemmPolicy`: the Pallas FP8 decode GEMM up to 64 tokens, per-tensor scales),
+``fp8_fo`` (the decode kernel with ``FP8DecodeConfig(fused_out=True)``: no split-K, no epilogue fusion),
 ``nvfp4`` / ``int4`` (:func:`jq_kernels.w4a16.w4a16_matmul` on packed weights, its per-shape default config).
 Every figure is the time per layer (or per GEMM) of a jitted chain, median of 3 repetitions, and its weight bytes
 per second; ratios are against bf16 of the same run. Off a GPU the W4A16 GEMM is the XLA reference and the FP8
@@ -35,7 +36,7 @@ SHAPES = {  # hidden H, q/k/v rows, MLP width I
     "llama3_8b": (4096, 6144, 14336),
     "tiny": (128, 192, 256),
 }
-FORMATS = ("bf16", "fp8", "nvfp4", "int4")
+FORMATS = ("bf16", "fp8", "fp8_fo", "nvfp4", "int4")
 
 
 def gemm_shapes(hidden: int, qkv: int, inter: int) -> dict:
@@ -50,12 +51,16 @@ def make_format(fmt: str, on_gpu: bool):
         def gemm(x, w):
             return jnp.dot(x, w.T, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
         return (lambda w: w), gemm
-    if fmt == "fp8":
+    if fmt in ("fp8", "fp8_fo"):
         from jq.formats.fp8_gemm import FP8GemmPolicy
         from jq.formats.linear import FP8Linear
+        from jq_kernels.fp8_decode import FP8DecodeConfig
         from jq_kernels.fp8_linear import prepare_fp8_weight
 
         lin = FP8Linear(policy=FP8GemmPolicy(), kernel_interpret=not on_gpu)
+        if fmt == "fp8_fo":  # the decode kernel writing its own output (no split-K, no epilogue fusion)
+            lin = FP8Linear(policy=FP8GemmPolicy(mode="decode_kernel"), decode_cfg=FP8DecodeConfig(fused_out=True),
+                            kernel_interpret=not on_gpu)
 
         def store(w):
             return prepare_fp8_weight(w.astype(jnp.float32), jnp.max(jnp.abs(w)).astype(jnp.float32))

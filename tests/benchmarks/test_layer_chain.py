@@ -10,10 +10,10 @@ from benchmarks.kernel_bench import layer_chain as L
 
 def test_layer_chain_times_the_layer_and_each_shape_and_checks_outputs_against_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
-    rec = L.main(["--model", "tiny", "--layers", "1", "--batches", "2", "--formats", "fp8", "--iters", "1"])
+    rec = L.main(["--model", "tiny", "--layers", "1", "--batches", "2", "--formats", "fp8_fo", "--iters", "1"])
     assert rec["harness_only"] and json.loads((tmp_path / "layer_chain.json").read_text())["summary"]
     whats = ["layer"] + [f"shape/{s}" for s in ("qkv", "o", "gate_up", "down")]
-    for fmt in ("bf16", "fp8"):  # bf16 is always run first: the reference
+    for fmt in ("bf16", "fp8_fo"):  # bf16 is always run first: the reference
         for what in whats:
             cell = rec["cells"][f"{fmt}/B2/{what}"]
             assert cell["finite"] and cell["us_per_layer"] > 0 and cell["weight_GB_s"] > 0
@@ -24,7 +24,7 @@ def test_layer_chain_times_the_layer_and_each_shape_and_checks_outputs_against_b
                 assert "vs_bf16" in cell
     # the bandwidth counts the stored bytes: bf16 2 per weight, FP8 1 (+ its scalar scale)
     n, k = rec["shapes"]["o"]
-    bf16, fp8 = rec["cells"]["bf16/B2/shape/o"], rec["cells"]["fp8/B2/shape/o"]
+    bf16, fp8 = rec["cells"]["bf16/B2/shape/o"], rec["cells"]["fp8_fo/B2/shape/o"]
     assert bf16["weight_GB_s"] * bf16["us_per_layer"] == pytest.approx(2 * n * k / 1e3)
     assert fp8["weight_GB_s"] * fp8["us_per_layer"] == pytest.approx((n * k + 4) / 1e3)
 
