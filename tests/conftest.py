@@ -1,10 +1,13 @@
-"""Test configuration: CPU only, two virtual devices (for shard_map tests), deterministic."""
+"""Test configuration: CPU only, two virtual devices (for shard_map tests), deterministic, and one JAX persistent
+compilation cache per run (see :func:`pytest_configure`)."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
@@ -22,9 +25,53 @@ def pytest_addoption(parser, pluginmanager):
     group.addoption("--dist", dest="dist", default="no", help="ignored: pytest-xdist is not active")
 
 
+_CACHE_ENV = "JQ_TEST_COMPILATION_CACHE"  # the run's cache directory; "0" before the run: no cache
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache per test run, empty at its start and removed at its end, shared by the
+    pytest-xdist workers and by the processes the tests start. The suite is compile-bound, and much of it compiles
+    the same programs again: fresh ``jax.jit`` closures over one function (each a miss of the in-memory cache), the
+    same small model in several test files, the same eager ops in both workers. Set through JAX's environment
+    variables (read when jax is imported), so this file imports no jax (the no-jax tests need that). The
+    controller (or the only process) creates the directory before the workers start; they inherit the variables.
+    ``JQ_TEST_COMPILATION_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR`` set by the user is kept."""
+    if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV) == "0" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="jq-tests-xla-cache-")
+    config._jq_compilation_cache = path
+    os.environ[_CACHE_ENV] = path
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program (the default: >= 1 s only)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # no size limit (0 would mean "JAX's default")
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_jq_compilation_cache", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def pytest_report_header(config):
     if not config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None) not in (None, "0"):
         return "pytest-xdist is not active: running the tests in one process (pip install pytest-xdist for parallel runs)"
+
+
+@pytest.fixture
+def no_compilation_cache():
+    """For a test that counts or times XLA compilations: the persistent compilation cache off while it runs (a
+    program another test already compiled would load from the cache, no compilation), back on after it."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # JAX decides once per process whether the cache is used: decide again
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture
