@@ -1,6 +1,5 @@
 """Test configuration: CPU only, two virtual devices (for shard_map tests), deterministic; XLA's CPU backend at
-optimisation level 0 and one JAX persistent compilation cache per run (see :func:`pytest_configure`): the suite
-is compile-bound."""
+optimisation level 0 and one JAX persistent compilation cache per run (the suite is compile-bound)."""
 
 import os
 
@@ -9,11 +8,28 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     # The tests' programs are tiny: their time is compiling them, and LLVM's optimisation passes are most of that
     # (on 2 cores: the transform tests' CPU time 112 -> 76 s, tests/models 160 -> 112 s wall). Level 0 compiles
-    # the same programs without those passes (no fast-math either way); the results the tests check are unchanged.
+    # the same programs without those passes (fast-math is off at every level); every test passes at both levels.
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
+# One JAX persistent compilation cache per test run, empty at its start and removed at its end (pytest_unconfigure),
+# shared by the pytest-xdist workers and by the processes the tests start. Much of the suite compiles the same
+# programs again: fresh ``jax.jit`` closures over one function (each a miss of JAX's in-memory cache), the same
+# small models in several test files, the same eager ops in both workers (tests/models: 175 -> 160 s wall). Set
+# through JAX's environment variables, read when jax is imported: this file is imported first and imports no jax
+# (the no-jax tests need that). The first process (the xdist controller, or the only one) creates the directory;
+# the workers it starts inherit the variables. JQ_TEST_COMPILATION_CACHE=0 turns it off; a
+# JAX_COMPILATION_CACHE_DIR of the user's is kept.
+_CACHE_ENV = "JQ_TEST_COMPILATION_CACHE"
+_CREATED_CACHE = None
+if _CACHE_ENV not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _CREATED_CACHE = os.environ[_CACHE_ENV] = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+        prefix="jq-tests-xla-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program (JAX's default: >= 1 s only)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # no size limit (0 means "JAX's default")
+
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
@@ -31,31 +47,9 @@ def pytest_addoption(parser, pluginmanager):
     group.addoption("--dist", dest="dist", default="no", help="ignored: pytest-xdist is not active")
 
 
-_CACHE_ENV = "JQ_TEST_COMPILATION_CACHE"  # the run's cache directory; "0" before the run: no cache
-
-
-def pytest_configure(config):
-    """One JAX persistent compilation cache per test run, empty at its start and removed at its end, shared by the
-    pytest-xdist workers and by the processes the tests start. The suite is compile-bound, and much of it compiles
-    the same programs again: fresh ``jax.jit`` closures over one function (each a miss of the in-memory cache), the
-    same small model in several test files, the same eager ops in both workers. Set through JAX's environment
-    variables (read when jax is imported), so this file imports no jax (the no-jax tests need that). The
-    controller (or the only process) creates the directory before the workers start; they inherit the variables.
-    ``JQ_TEST_COMPILATION_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR`` set by the user is kept."""
-    if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV) == "0" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return
-    path = tempfile.mkdtemp(prefix="jq-tests-xla-cache-")
-    config._jq_compilation_cache = path
-    os.environ[_CACHE_ENV] = path
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program (the default: >= 1 s only)
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # no size limit (0 would mean "JAX's default")
-
-
 def pytest_unconfigure(config):
-    path = getattr(config, "_jq_compilation_cache", None)
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
+    if _CREATED_CACHE:
+        shutil.rmtree(_CREATED_CACHE, ignore_errors=True)
 
 
 def pytest_report_header(config):
