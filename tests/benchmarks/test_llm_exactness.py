@@ -12,7 +12,7 @@ def _args(**kw):
     return argparse.Namespace(**{**base, **kw})
 
 
-def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases(monkeypatch):
+def test_real_pass_smoke_f32_fp8_is_token_exact_and_records_its_phases(monkeypatch, no_compilation_cache):
     from jq.models import serve
 
     unstacked = []  # the tokens/s rows time the per-layer-buffer layout (--layout separate)

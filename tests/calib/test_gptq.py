@@ -157,7 +157,7 @@ def _backend_compilations(fn) -> int:
     return count[0]
 
 
-def test_compilations_do_not_grow_with_the_number_of_layers():
+def test_compilations_do_not_grow_with_the_number_of_layers(no_compilation_cache):
     # 4 levels per block (q/k/v, o, gate/up, down): 8 levels for 2 layers, 12 for 3. Every level runs the same
     # compiled collection pass and the same per-shape GPTQ solves, so 3 layers compile exactly as often as 2.
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (2, 16)), jnp.int32)
