@@ -14,8 +14,9 @@ Formats: ``bf16`` (XLA dot, f32 accumulation), ``fp8`` (:class:`jq.formats.linea
 :class:`~jq.formats.fp8_gemm.FP8GemmPolicy`: the Pallas FP8 decode GEMM up to 64 tokens, per-tensor scales),
 ``fp8_fo`` (the decode kernel with ``FP8DecodeConfig(fused_out=True)``: no split-K, no epilogue fusion),
 ``nvfp4`` / ``int4`` (:func:`jq_kernels.w4a16.w4a16_matmul` on packed weights, its per-shape default config).
-Every figure is the time per layer (or per GEMM) of a jitted chain, median of 3 repetitions, and its weight bytes
-per second; ratios are against bf16 of the same run. Off a GPU the W4A16 GEMM is the XLA reference and the FP8
+FP8 quantizes each GEMM input with a static per-tensor amax (as a calibrated model does, no reduction per call):
+the largest GEMM input of the bf16 chain on the same input. Every figure is the time per layer (or per GEMM) of a
+jitted chain, median of 3 repetitions, and its weight bytes per second; ratios are against bf16 of the same run. Off a GPU the W4A16 GEMM is the XLA reference and the FP8
 kernel runs in interpret mode (``harness_only``: no timing meaning).
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.kernel_bench.layer_chain --layers 8 --batches 1,8
@@ -45,10 +46,11 @@ def gemm_shapes(hidden: int, qkv: int, inter: int) -> dict:
 
 
 def make_format(fmt: str, on_gpu: bool):
-    """``(store, gemm)``: ``store(w [N, K] bf16) -> stored weight`` and ``gemm(x [B, K] bf16, stored) -> [B, N]
-    bf16``."""
+    """``(store, gemm)``: ``store(w [N, K] bf16) -> stored weight`` and ``gemm(x [B, K] bf16, stored, amax) ->
+    [B, N] bf16`` (``amax``: the static per-tensor input amax FP8 quantizes with, as a calibrated model does;
+    the other formats ignore it)."""
     if fmt == "bf16":
-        def gemm(x, w):
+        def gemm(x, w, amax=None):
             return jnp.dot(x, w.T, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
         return (lambda w: w), gemm
     if fmt in ("fp8", "fp8_fo"):
@@ -65,8 +67,7 @@ def make_format(fmt: str, on_gpu: bool):
         def store(w):
             return prepare_fp8_weight(w.astype(jnp.float32), jnp.max(jnp.abs(w)).astype(jnp.float32))
 
-        def gemm(x, stored):
-            amax = jnp.max(jnp.abs(x)).astype(jnp.float32)  # per-tensor dynamic amax (one small reduction)
+        def gemm(x, stored, amax):
             y = lin.apply(x, stored, input_amax=amax, platform="gpu" if on_gpu else "cpu")
             return y.astype(jnp.bfloat16)
         return store, gemm
@@ -76,8 +77,9 @@ def make_format(fmt: str, on_gpu: bool):
 
         spec = NV1 if fmt == "nvfp4" else I4
         if on_gpu:
-            return (lambda w: _pack(_quant_weight(w, spec), "bf16")), W4.w4a16_matmul
-        return (lambda w: _quant_weight(w, spec)), _xla_ref  # harness: the XLA reference on the QTensor
+            return (lambda w: _pack(_quant_weight(w, spec), "bf16")), lambda x, pw, amax=None: W4.w4a16_matmul(x, pw)
+        # harness: the XLA reference on the QTensor
+        return (lambda w: _quant_weight(w, spec)), lambda x, qt, amax=None: _xla_ref(x, qt)
     raise ValueError(f"layer_chain: unknown format {fmt!r}; have {FORMATS}")
 
 
@@ -96,29 +98,49 @@ def draw_layers(shapes: dict, layers: int, key) -> list[dict]:
     return out
 
 
-def layer_program(gemm, hidden: int, inter: int):
-    """``(h [B, H], [per-layer stored dicts]) -> h``: the four GEMMs of each layer in the model's order."""
-    def run(h, layers):
+def layer_program(gemm, hidden: int, inter: int, record: bool = False):
+    """``(h [B, H], [per-layer stored dicts], amax) -> h``: the four GEMMs of each layer in the model's order, each
+    given the static input ``amax``; ``record``: ``-> (h, max |GEMM input|)`` (the calibration pass)."""
+    def run(h, layers, amax):
+        seen = jnp.float32(0)
+
+        def call(x, w):
+            nonlocal seen
+            if record:
+                seen = jnp.maximum(seen, jnp.max(jnp.abs(x)).astype(jnp.float32))
+            return gemm(x, w, amax)
+
         for w in layers:
-            a = gemm(h, w["qkv"])[:, :hidden]
-            h2 = gemm(a, w["o"]) + h
-            g = gemm(h2, w["gate_up"])
+            a = call(h, w["qkv"])[:, :hidden]
+            h2 = call(a, w["o"]) + h
+            g = call(h2, w["gate_up"])
             m = (jax.nn.silu(g[:, :inter].astype(jnp.float32)) * g[:, inter:].astype(jnp.float32)).astype(h.dtype)
-            h = gemm(m, w["down"]) + h2
-        return h
+            h = call(m, w["down"]) + h2
+        return (h, seen) if record else h
     return jax.jit(run)
 
 
-def shape_program(gemm, name: str, k: int):
-    """``(x [B, K], [per-layer stored dicts]) -> x``: ``name``'s GEMM chained over the layers (output cut or tiled
-    to ``K`` columns, scaled down so the values stay bounded)."""
-    def run(x, layers):
+def shape_program(gemm, name: str, k: int, record: bool = False):
+    """``(x [B, K], [per-layer stored dicts], amax) -> x``: ``name``'s GEMM chained over the layers (output cut or
+    tiled to ``K`` columns, scaled down so the values stay bounded); ``record`` as :func:`layer_program`."""
+    def run(x, layers, amax):
+        seen = jnp.float32(0)
         for w in layers:
-            y = gemm(x, w[name])
+            if record:
+                seen = jnp.maximum(seen, jnp.max(jnp.abs(x)).astype(jnp.float32))
+            y = gemm(x, w[name], amax)
             reps = -(-k // y.shape[1])
             x = (jnp.tile(y, (1, reps))[:, :k] * 0.05).astype(x.dtype)
-        return x
+        return (x, seen) if record else x
     return jax.jit(run)
+
+
+def programs(gemm, shapes: dict, hidden: int, inter: int, record: bool = False) -> dict:
+    """``{"layer" | "shape/<name>": (jitted program, its input width)}``."""
+    out = {"layer": (layer_program(gemm, hidden, inter, record), hidden)}
+    for name, (_, k) in shapes.items():
+        out[f"shape/{name}"] = (shape_program(gemm, name, k, record), k)
+    return out
 
 
 def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, iters=10, budget_s=1e9,
@@ -130,6 +152,13 @@ def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, it
     rec = {"info": device_info(), "model": model, "layers": layers, "shapes": {k: list(v) for k, v in shapes.items()},
            "batches": list(batches), "harness_only": not on_gpu, "cells": {}}
     raw = draw_layers(shapes, layers, jax.random.key(0))
+    inputs = {(what, b): jnp.asarray(np.random.default_rng(b).standard_normal((b, k)) * 0.5, jnp.bfloat16)
+              for b in batches for what, (_, k) in programs(None, shapes, hidden, inter).items()}
+    # calibration: the bf16 chains' largest GEMM input per program and batch, the static amax FP8 quantizes with
+    _, bf16_gemm = make_format("bf16", on_gpu)
+    amax = {key: jnp.float32(fn(inputs[key], raw, jnp.float32(0))[1])
+            for what, (fn, _) in programs(bf16_gemm, shapes, hidden, inter, record=True).items()
+            for key in [k for k in inputs if k[0] == what]}
     outputs = {}  # the first format's (bf16's) chain outputs, per cell: what the others are compared with
     formats = ("bf16",) + tuple(f for f in formats if f != "bf16")
     for fmt in formats:
@@ -143,25 +172,25 @@ def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, it
             rec["cells"][fmt] = {"error": f"{type(e).__name__}: {str(e)[:800]}"}
             continue
         bytes_of = {name: stored_bytes(w) for name, w in stored[0].items()}
-        progs = {"layer": (layer_program(gemm, hidden, inter), hidden, sum(bytes_of.values()))}
-        for name, (n, k) in shapes.items():
-            progs[f"shape/{name}"] = (shape_program(gemm, name, k), k, bytes_of[name])
+        layer_bytes = {"layer": sum(bytes_of.values()), **{f"shape/{n}": v for n, v in bytes_of.items()}}
+        progs = programs(gemm, shapes, hidden, inter)
         for b in batches:
-            for what, (fn, k_in, per_layer_bytes) in progs.items():
+            for what, (fn, _) in progs.items():
                 key = f"{fmt}/B{b}/{what}"
                 if time.time() - t0 > budget_s:
                     rec["cells"][key] = {"skipped": "budget"}
                     continue
-                x = jnp.asarray(np.random.default_rng(b).standard_normal((b, k_in)) * 0.5, jnp.bfloat16)
+                args = (inputs[(what, b)], stored, amax[(what, b)])
                 try:
                     tc = time.time()
-                    out = np.asarray(jax.block_until_ready(fn(x, stored)), np.float32)
-                    cell = {"compile_s": time.time() - tc, "finite": bool(np.all(np.isfinite(out)))}
+                    out = np.asarray(jax.block_until_ready(fn(*args)), np.float32)
+                    cell = {"compile_s": time.time() - tc, "finite": bool(np.all(np.isfinite(out))),
+                            "input_amax": float(args[2])}
                     ref = outputs.setdefault(f"B{b}/{what}", out)  # bf16 runs first: the reference
                     cell["rel_err_vs_bf16"] = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-                    t = time_fn(fn, [(x, stored)], iters=iters)["s"]
+                    t = time_fn(fn, [args], iters=iters)["s"]
                     cell["us_per_layer"] = 1e6 * t / layers
-                    cell["weight_GB_s"] = layers * per_layer_bytes / t / 1e9
+                    cell["weight_GB_s"] = layers * layer_bytes[what] / t / 1e9
                 except Exception as e:  # noqa: BLE001
                     cell = {"error": f"{type(e).__name__}: {str(e)[:800]}"}
                 rec["cells"][key] = cell

@@ -3,6 +3,7 @@ in interpret mode; timings have no meaning): every cell timed, outputs compared 
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks.kernel_bench import layer_chain as L
@@ -22,6 +23,10 @@ def test_layer_chain_times_the_layer_and_each_shape_and_checks_outputs_against_b
             else:  # quantized weights: close to bf16, not equal
                 assert 0 < cell["rel_err_vs_bf16"] < 0.2, (fmt, what, cell["rel_err_vs_bf16"])
                 assert "vs_bf16" in cell
+    # FP8's static input amax: the bf16 chain's largest GEMM input, at least the chain input's own max
+    x0 = np.asarray(np.random.default_rng(2).standard_normal((2, rec["shapes"]["qkv"][1])) * 0.5, np.float32)
+    layer_amax = rec["cells"]["fp8_fo/B2/layer"]["input_amax"]
+    assert layer_amax == rec["cells"]["bf16/B2/layer"]["input_amax"] >= 0.99 * np.abs(x0).max() > 0
     # the bandwidth counts the stored bytes: bf16 2 per weight, FP8 1 (+ its scalar scale)
     n, k = rec["shapes"]["o"]
     bf16, fp8 = rec["cells"]["bf16/B2/shape/o"], rec["cells"]["fp8_fo/B2/shape/o"]
