@@ -104,34 +104,33 @@ def stack_realized(qm1, top, layers, *, backend=None):
     axis 0 (a list for listed ``layers``) -- ``jq.deploy.realize`` of ``qm1`` on each layer's params with its weight
     amax recalibrated on that layer, one jitted program called per layer (no host round trip) --,
     ``weights["top"]`` the stored weights of quantized sites outside the layers (the ``lm_head`` when its quantizers
-    are on; realized once, with layer 0), and the 1-layer model's kernels, plan and backend."""
+    are on; kept from layer 0's call, the other layers' copies dropped), and the 1-layer model's kernels, plan and
+    backend."""
     from jq import backends
 
     backend = backend or ("gpu" if backends.platform() == "gpu" else "xla")
     n = layer_count(layers)
     as_list = isinstance(layers, list)
 
-    def realize_layer(top, layer, with_top):
+    def realize_layer(top, layer):
         p = with_layer(top, layer)
-        stored = deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
-        return {k: v for k, v in stored.items() if with_top or layer_of(k) is not None}
+        return deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
 
-    fn = jax.jit(realize_layer, static_argnums=2)
+    fn = jax.jit(realize_layer)  # one program for every layer
     per, top_stored = [], {}
     for i in range(n):
         layer = layers[i] if as_list else jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
         try:
-            stored = fn(top, layer, i == 0)
+            stored = fn(top, layer)
         except Exception as e:  # noqa: BLE001 - insurance: a realize step that cannot be traced runs eagerly
             if fn is realize_layer:
                 raise
             print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
             fn = realize_layer
-            stored = fn(top, layer, i == 0)
+            stored = fn(top, layer)
         if i == 0:
             top_stored = {k: v for k, v in stored.items() if layer_of(k) is None}
-            stored = {k: v for k, v in stored.items() if layer_of(k) is not None}
-        per.append(stored)
+        per.append({k: v for k, v in stored.items() if layer_of(k) is not None})
     weights = {"layers": per if as_list else stack_trees(per), "top": top_stored}
     del per
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend

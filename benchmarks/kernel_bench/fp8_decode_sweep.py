@@ -134,7 +134,7 @@ def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE
         del ws, stored
 
     base = [("bf16", None), ("w8a8", None), ("dequant", None)]
-    every = lambda b: base + [(f"kernel:{c.name}", c) for c in configs]  # noqa: E731
+    every = lambda b: base + [(f"kernel:{c.name}", c) for c in configs]
     rec["best"] = {}
     if decode_shape is not None:
         cells(decode_shape, every)

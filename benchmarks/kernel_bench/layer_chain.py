@@ -32,6 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.kernel_bench.common import device_info, save, time_fn
+from benchmarks.kernel_bench.gemm_bench import (
+    I4,
+    NV1,
+    _pack,
+    _quant_weight,
+    _rel,
+    _xla_ref,
+)
 
 SHAPES = {  # hidden H, q/k/v rows, MLP width I
     "llama3_8b": (4096, 6144, 14336),
@@ -72,7 +80,6 @@ def make_format(fmt: str, on_gpu: bool):
             return y.astype(jnp.bfloat16)
         return store, gemm
     if fmt in ("nvfp4", "int4"):
-        from benchmarks.kernel_bench.gemm_bench import I4, NV1, _pack, _quant_weight, _xla_ref
         from jq_kernels import w4a16 as W4
 
         spec = NV1 if fmt == "nvfp4" else I4
@@ -135,12 +142,15 @@ def shape_program(gemm, name: str, k: int, record: bool = False):
     return jax.jit(run)
 
 
+def input_widths(shapes: dict, hidden: int) -> dict:
+    """``{"layer" | "shape/<name>": the program's input width}``: the hidden size, or the shape's K."""
+    return {"layer": hidden, **{f"shape/{name}": k for name, (_, k) in shapes.items()}}
+
+
 def programs(gemm, shapes: dict, hidden: int, inter: int, record: bool = False) -> dict:
-    """``{"layer" | "shape/<name>": (jitted program, its input width)}``."""
-    out = {"layer": (layer_program(gemm, hidden, inter, record), hidden)}
-    for name, (_, k) in shapes.items():
-        out[f"shape/{name}"] = (shape_program(gemm, name, k, record), k)
-    return out
+    """``{"layer" | "shape/<name>": jitted program}`` (keys as :func:`input_widths`)."""
+    return {"layer": layer_program(gemm, hidden, inter, record),
+            **{f"shape/{name}": shape_program(gemm, name, k, record) for name, (_, k) in shapes.items()}}
 
 
 def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, iters=10, budget_s=1e9,
@@ -153,12 +163,10 @@ def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, it
            "batches": list(batches), "harness_only": not on_gpu, "cells": {}}
     raw = draw_layers(shapes, layers, jax.random.key(0))
     inputs = {(what, b): jnp.asarray(np.random.default_rng(b).standard_normal((b, k)) * 0.5, jnp.bfloat16)
-              for b in batches for what, (_, k) in programs(None, shapes, hidden, inter).items()}
+              for b in batches for what, k in input_widths(shapes, hidden).items()}
     # calibration: the bf16 chains' largest GEMM input per program and batch, the static amax FP8 quantizes with
-    _, bf16_gemm = make_format("bf16", on_gpu)
-    amax = {key: jnp.float32(fn(inputs[key], raw, jnp.float32(0))[1])
-            for what, (fn, _) in programs(bf16_gemm, shapes, hidden, inter, record=True).items()
-            for key in [k for k in inputs if k[0] == what]}
+    recording = programs(make_format("bf16", on_gpu)[1], shapes, hidden, inter, record=True)
+    amax = {(what, b): jnp.float32(recording[what](x, raw, jnp.float32(0))[1]) for (what, b), x in inputs.items()}
     outputs = {}  # the first format's (bf16's) chain outputs, per cell: what the others are compared with
     formats = ("bf16",) + tuple(f for f in formats if f != "bf16")
     for fmt in formats:
@@ -175,7 +183,7 @@ def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, it
         layer_bytes = {"layer": sum(bytes_of.values()), **{f"shape/{n}": v for n, v in bytes_of.items()}}
         progs = programs(gemm, shapes, hidden, inter)
         for b in batches:
-            for what, (fn, _) in progs.items():
+            for what, fn in progs.items():
                 key = f"{fmt}/B{b}/{what}"
                 if time.time() - t0 > budget_s:
                     rec["cells"][key] = {"skipped": "budget"}
@@ -187,7 +195,7 @@ def layer_chain(model="llama3_8b", layers=8, batches=(1, 8), formats=FORMATS, it
                     cell = {"compile_s": time.time() - tc, "finite": bool(np.all(np.isfinite(out))),
                             "input_amax": float(args[2])}
                     ref = outputs.setdefault(f"B{b}/{what}", out)  # bf16 runs first: the reference
-                    cell["rel_err_vs_bf16"] = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+                    cell["rel_err_vs_bf16"] = _rel(out, ref)
                     t = time_fn(fn, [args], iters=iters)["s"]
                     cell["us_per_layer"] = 1e6 * t / layers
                     cell["weight_GB_s"] = layers * layer_bytes[what] / t / 1e9
