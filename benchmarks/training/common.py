@@ -66,6 +66,8 @@ RUNS = {
     "nvfp4_no_rht": RunSpec(recipe=R.NVFP4BlockScaling(rht=False)),
     "nvfp4_no_sr": RunSpec(recipe=R.NVFP4BlockScaling(stochastic_rounding=False)),
     "nvfp4_no_2d": RunSpec(recipe=R.NVFP4BlockScaling(weight_2d=False)),
+    # jq's addition to TE's recipe: 4/6 adaptive block scales on the round-to-nearest operands
+    "nvfp4_4o6": RunSpec(recipe=R.NVFP4BlockScaling(four_over_six=True)),
     # the paper's levers (TE's recipe unchanged; which linear layers / steps it covers changes)
     "nvfp4_bf16_tail": RunSpec(recipe=_NVFP4, tail_fraction=0.2),
     "nvfp4_fprop_tail": RunSpec(recipe=_NVFP4, tail_fraction=0.2,

@@ -6,6 +6,7 @@ round half to even, clamp before every narrow conversion and never depend on a n
 
 from jq.numerics.blocks import BlockLayout, normalize_axes, reduce_amax
 from jq.numerics.e2m1 import E2M1_GRID, E2M1_VALUES, e2m1_decode, e2m1_encode, pack_nibbles, unpack_nibbles
+from jq.numerics.four_over_six import FOUR_OVER_SIX_AMAX_DIVISOR, four_over_six_fake_quant
 from jq.numerics.fp8 import FP8_FORMATS, fp8_dequant_scale, fp8_dequantize, fp8_fake_quant, fp8_format, fp8_quant_scale, fp8_quantize
 from jq.numerics.hadamard import RHT_SIGNS, random_hadamard_transform, rht_matrix, sylvester_hadamard
 from jq.numerics.int import TINY_AMAX, int_bounds, int_dequantize, int_fake_quant, int_quant_scale, int_quantize

@@ -45,8 +45,11 @@ def nvfp4_layout(shape, two_d: bool = False, block_size: int = NVFP4_BLOCK_SIZE)
     return BlockLayout.create(shape, sizes)
 
 
-def nvfp4_global_scale(amax: jax.Array) -> jax.Array:
+def nvfp4_global_scale(amax: jax.Array, divisor: float = NVFP4_AMAX_DIVISOR) -> jax.Array:
     """``amax / 2688`` in float32; 1 where it is below ``2^-117`` (``amax`` under ~1.6e-32, zero included).
+
+    ``divisor`` replaces 2688 (= 6 * 448) where block amaxes map to another E2M1 value than 6
+    (:mod:`jq.numerics.four_over_six`).
 
     With ``gs >= 2^-117`` every two-level scale ``s_b * gs >= 2^-9 * gs`` is a normal float32; below, XLA
     CPU flushes the subnormal scale to zero and ``x / 0`` gave NaN and infinities. With ``gs = 1`` such a
@@ -54,13 +57,16 @@ def nvfp4_global_scale(amax: jax.Array) -> jax.Array:
     A NaN amax stays NaN (a broken calibration must not turn into silently finite outputs).
     """
     amax = jnp.asarray(amax, jnp.float32)
-    gs = exact_divide(amax, jnp.float32(NVFP4_AMAX_DIVISOR))
+    gs = exact_divide(amax, jnp.float32(divisor))
     return jnp.where(gs < NVFP4_MIN_GLOBAL_SCALE, 1.0, gs)
 
 
-def nvfp4_block_scale(block_amax: jax.Array, global_scale: jax.Array) -> jax.Array:
-    """E4M3 block scales (float32 values on the E4M3 grid): ``e4m3(clamp(amax_b / (6 gs), 2^-9, 448))``."""
-    r = exact_divide(block_amax.astype(jnp.float32), 6.0 * global_scale)
+def nvfp4_block_scale(block_amax: jax.Array, global_scale: jax.Array, target: float = 6.0) -> jax.Array:
+    """E4M3 block scales (float32 values on the E4M3 grid): ``e4m3(clamp(amax_b / (6 gs), 2^-9, 448))``.
+
+    ``target``: the E2M1 value a block's amax maps to (6; 4 for the other candidate of 4/6).
+    """
+    r = exact_divide(block_amax.astype(jnp.float32), target * global_scale)
     r = jnp.where(r == 0, 1.0, r)
     return round_to_minifloat(jnp.clip(r, MIN_BLOCK_SCALE, E4M3.max_value), E4M3)
 

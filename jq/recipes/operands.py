@@ -32,6 +32,7 @@ from jq.numerics import (
     MinifloatFormat,
     MXFormat,
     exact_divide,
+    four_over_six_fake_quant,
     fp8_dequantize,
     mx_fake_quant,
     nvfp4_fake_quant,
@@ -140,7 +141,9 @@ class NVFP4Operand:
 
     ``a' = RHT(a)`` along ``C`` (``rht``; ``C`` a multiple of 16), then ``nvfp4_fake_quant(a', amax)`` with
     ``amax = pmax(max|a'|)``, 1x16 blocks along ``C`` or 16x16 tiles (``two_d``), and stochastic rounding
-    from ``jax.random.bits(ctx.key)`` (``stochastic_rounding``) instead of round-to-nearest-even.
+    from ``jax.random.bits(ctx.key)`` (``stochastic_rounding``) instead of round-to-nearest-even, or each
+    block's amax mapped to 6 or 4, whichever errs less (``four_over_six``,
+    :func:`jq.numerics.four_over_six_fake_quant`; round to nearest only).
 
     Example:
       >>> q = NVFP4Operand(tensor="x")(jnp.ones((2, 16)), OperandContext())
@@ -152,6 +155,12 @@ class NVFP4Operand:
     two_d: bool = False
     rht: bool = False
     stochastic_rounding: bool = False
+    four_over_six: bool = False
+
+    def __post_init__(self):
+        if self.four_over_six and self.stochastic_rounding:
+            raise ValueError(f"NVFP4Operand({self.tensor!r}): four_over_six compares round-to-nearest errors; "
+                             f"it cannot be combined with stochastic_rounding")
 
     @property
     def contraction_multiple(self) -> int:
@@ -161,8 +170,11 @@ class NVFP4Operand:
         a = a.astype(jnp.float32)
         if self.rht:
             a = random_hadamard_transform(a, axis=-1)
+        amax = tensor_amax(a, ctx.axis_names)
+        if self.four_over_six:
+            return QOperand(four_over_six_fake_quant(a, amax, two_d=self.two_d))
         bits = _sr_bits(ctx.key, a.shape, f"NVFP4 {self.tensor} operand") if self.stochastic_rounding else None
-        deq = nvfp4_fake_quant(a, tensor_amax(a, ctx.axis_names), two_d=self.two_d, random_bits=bits)
+        deq = nvfp4_fake_quant(a, amax, two_d=self.two_d, random_bits=bits)
         return QOperand(deq)
 
 

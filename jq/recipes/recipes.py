@@ -103,30 +103,38 @@ class NVFP4BlockScaling(_Stateless):
       stochastic_rounding: SR on the gradient operand ``dy`` (dgrad and wgrad); x and W round to nearest even.
       weight_2d: 16x16 weight blocks (one quantized W serves fprop and dgrad); else 1x16 along each GEMM's
         contraction axis (W quantized twice from high precision).
+      four_over_six: jq's addition, off by default (not in TE): the round-to-nearest operands (x and W of fprop,
+        W of dgrad, x^T of wgrad) map each block's amax to E2M1's 6 or 4, whichever gives the smaller squared
+        error ("Four Over Six", arXiv:2512.02010; :func:`jq.numerics.four_over_six_fake_quant`). Still NVFP4
+        encodings; the gradient operands (stochastically rounded) are unchanged.
 
     Example:
       >>> NVFP4BlockScaling(rht=False).plan().wgrad_x.rht
       False
+      >>> NVFP4BlockScaling(four_over_six=True).plan().fprop_x.four_over_six
+      True
     """
 
     rht: bool = True
     stochastic_rounding: bool = True
     weight_2d: bool = True
+    four_over_six: bool = False
 
     @property
     def needs_key(self) -> bool:
         return self.stochastic_rounding
 
     def plan(self) -> GemmPlan:
-        w = NVFP4Operand(tensor="w", two_d=self.weight_2d)
+        fos = self.four_over_six
+        w = NVFP4Operand(tensor="w", two_d=self.weight_2d, four_over_six=fos)
         sr = self.stochastic_rounding
         return GemmPlan(
-            fprop_x=NVFP4Operand(tensor="x"),
+            fprop_x=NVFP4Operand(tensor="x", four_over_six=fos),
             fprop_w=w,
             dgrad_dy=NVFP4Operand(tensor="dy", stochastic_rounding=sr),
             dgrad_w=w,
             wgrad_dy=NVFP4Operand(tensor="dy", rht=self.rht, stochastic_rounding=sr),
-            wgrad_x=NVFP4Operand(tensor="x", rht=self.rht),
+            wgrad_x=NVFP4Operand(tensor="x", rht=self.rht, four_over_six=fos),
         )
 
 

@@ -41,6 +41,14 @@ def test_each_nvfp4_toggle_changes_exactly_its_operands(toggle, changed):
     assert differs == changed
 
 
+def test_four_over_six_is_off_by_default_and_touches_only_the_round_to_nearest_operands():
+    assert not any(getattr(NVFP4BlockScaling().plan(), slot).four_over_six for slot in GemmPlan.SLOTS)
+    on = NVFP4BlockScaling(four_over_six=True).plan()
+    assert {slot for slot in GemmPlan.SLOTS if getattr(on, slot).four_over_six} == {
+        "fprop_x", "fprop_w", "dgrad_w", "wgrad_x"}  # the gradient operands keep SR
+    assert on.dgrad_w == on.fprop_w
+
+
 def test_sr_off_needs_no_key():
     assert not NVFP4BlockScaling(stochastic_rounding=False).needs_key
 
