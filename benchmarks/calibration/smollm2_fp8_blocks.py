@@ -3,7 +3,9 @@ channels of each token, instead of one per token.
 
 Each variant is a preset entry as ``examples/smollm2_perplexity.py`` takes it (``NAME[:ALGORITHM,...][~PATTERN]``,
 :func:`jq_zoo.preset_entry.preset_cfg`) followed by ``@G``: every input quantizer of the preset gets
-``block_sizes={-1: G, "type": "dynamic"}`` (``@token`` keeps the preset's ``{-1: None}``: one scale per token)::
+``block_sizes={-1: G, "type": "dynamic"}`` (``@token`` keeps the preset's ``{-1: None}``: one scale per token;
+``@mx`` gives MXFP8's activation scaling, groups of 32 with power-of-two E8M0 scales, the form Blackwell's
+tensor cores read)::
 
     python -m benchmarks.calibration.smollm2_fp8_blocks --n-tokens 1024 --budget-s 3000 \
         --variants FP8_PER_CHANNEL_PER_TOKEN@token FP8_PER_CHANNEL_PER_TOKEN@64 \
@@ -29,21 +31,22 @@ from jq_zoo.preset_entry import preset_cfg
 
 
 def blocked_cfg(entry: str) -> dict:
-    """The preset of ``ENTRY@G`` with every input quantizer's block size replaced by ``G`` (dynamic scales)."""
+    """The preset of ``ENTRY@G`` with every enabled input quantizer's block size replaced by ``G`` (dynamic
+    scales; ``G`` = ``token`` leaves the preset as it is, ``mx`` = MXFP8 groups of 32 with E8M0 scales)."""
     entry, sep, group = entry.rpartition("@")
     if not sep or not group:
-        raise ValueError(f"variant {entry!r}: expected ENTRY@G (G an integer or 'token')")
+        raise ValueError(f"variant {entry!r}: expected ENTRY@G (G an integer, 'token' or 'mx')")
     cfg = preset_cfg(entry)
     if group == "token":
         return cfg
-    size = int(group)
+    blocks = {-1: 32, "type": "dynamic", "scale_bits": (8, 0)} if group == "mx" else {-1: int(group), "type": "dynamic"}
     quant_cfg = dict(cfg["quant_cfg"])
     touched = [k for k, v in quant_cfg.items() if k.endswith("input_quantizer") and v.get("enable", True)]
     if not touched:
         raise ValueError(f"variant {entry!r}: the preset has no enabled input quantizer to block-scale")
     for k in touched:
         spec = {key: val for key, val in quant_cfg[k].items() if key != "type"}
-        quant_cfg[k] = {**spec, "block_sizes": {-1: size, "type": "dynamic"}}
+        quant_cfg[k] = {**spec, "block_sizes": blocks}
     return {**cfg, "quant_cfg": quant_cfg}
 
 
