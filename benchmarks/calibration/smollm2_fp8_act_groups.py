@@ -24,7 +24,8 @@ from jq_zoo import shakespeare, smollm2
 
 # (label, group, power-of-two scale): None = one scale per token; "mx" = MXFP8's E8M0 scale 2^ceil(log2(amax/448))
 GROUPS = (("per token", None, False), ("groups of 128", 128, False), ("groups of 64", 64, False),
-          ("groups of 32", 32, False), ("groups of 16", 16, False), ("MX: 32, 2^k scale", 32, True))
+          ("groups of 32", 32, False), ("groups of 16", 16, False), ("per token, 2^k scale", None, True),
+          ("MX: 32, 2^k scale", 32, True))
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SMALLEST_NORMAL = 2.0 ** -6
 
