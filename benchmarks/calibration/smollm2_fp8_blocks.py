@@ -34,8 +34,8 @@ def blocked_cfg(entry: str) -> dict:
     """The preset of ``ENTRY@G`` with every enabled input quantizer's block size replaced by ``G`` (dynamic
     scales; ``G`` = ``token`` leaves the preset as it is, ``mx`` = MXFP8 groups of 32 with E8M0 scales)."""
     entry, sep, group = entry.rpartition("@")
-    if not sep or not group:
-        raise ValueError(f"variant {entry!r}: expected ENTRY@G (G an integer, 'token' or 'mx')")
+    if not sep or not (group in ("token", "mx") or group.isdigit() and int(group) > 0):
+        raise ValueError(f"variant {entry + sep + group!r}: expected ENTRY@G (G a positive integer, 'token' or 'mx')")
     cfg = preset_cfg(entry)
     if group == "token":
         return cfg
