@@ -73,3 +73,13 @@ def test_qat_recovery_schedules_start_at_the_peak_and_decay_to_zero():
         assert float(sched(0)) == pytest.approx(1e-4), name
         assert float(sched(50)) == pytest.approx(5e-5), name  # both are at half the peak halfway
         assert float(sched(100)) == pytest.approx(0.0, abs=1e-12), name
+
+
+def test_fprop_operand_diagnostics_quantize_exactly_their_one_slot():
+    from benchmarks.training import fprop_operands
+    from jq.recipes import GemmPlan, NVFP4Operand
+
+    fprop_operands.register()
+    for name, slots in fprop_operands.RUN_SLOTS.items():
+        plan = fprop_operands.common.RUNS[name].recipe.plan()
+        assert {s for s in GemmPlan.SLOTS if isinstance(getattr(plan, s), NVFP4Operand)} == set(slots)
