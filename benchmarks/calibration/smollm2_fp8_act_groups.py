@@ -18,8 +18,7 @@ import ml_dtypes
 import numpy as np
 
 import jq.models as jm
-from jq.models.llama import attention, attention_mask, linear, project_qkv, rms_norm
-from jq.models.rope import rope_tables
+from benchmarks.calibration.smollm2_outliers import projection_inputs
 from jq_zoo import shakespeare, smollm2
 
 # (label, group, power-of-two scale): None = one scale per token; "mx" = MXFP8's E8M0 scale 2^ceil(log2(amax/448))
@@ -28,27 +27,6 @@ GROUPS = (("per token", None, False), ("groups of 128", 128, False), ("groups of
           ("MX: 32, 2^k scale", 32, True))
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SMALLEST_NORMAL = 2.0 ** -6
-
-
-def projection_inputs(config, params, tokens):
-    """``[(layer, {kind: input [tokens, channels]})]`` of the float forward (jq.models' llama blocks)."""
-    b, t = tokens.shape
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    cos, sin = rope_tables(config, pos)
-    mask = attention_mask(pos, pos, config)
-    h = params["model"]["embed_tokens"]["weight"][tokens]
-    out = []
-    for layer in params["model"]["layers"]:
-        n1 = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-        q, k, v = project_qkv(layer["self_attn"], n1, cos, sin, config)
-        a = attention(q, k, v, mask, config)
-        h = h + linear(a, layer["self_attn"]["o_proj"])
-        n2 = rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps)
-        d = jax.nn.silu(linear(n2, layer["mlp"]["gate_proj"])) * linear(n2, layer["mlp"]["up_proj"])
-        h = h + linear(d, layer["mlp"]["down_proj"])
-        out.append({"q_proj": n1, "k_proj": n1, "v_proj": n1, "o_proj": a, "gate_proj": n2, "up_proj": n2,
-                    "down_proj": d})
-    return out
 
 
 def e4m3_groups(x: np.ndarray, group: int | None, pow2: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -51,8 +51,8 @@ def weight_snr_db(params: dict) -> dict:
     return {k: 10 * np.log10(sum(s for s, _ in v) / sum(n for _, n in v)) for k, v in ratios.items()}
 
 
-def down_proj_input_max(config, params, tokens) -> np.ndarray:
-    """``max_j |x_j|`` of each layer's ``down_proj`` input: ``[layers, batch, seq]`` (the forward of jq.models; jit it)."""
+def projection_inputs(config, params, tokens):
+    """``[(layer, {kind: input [tokens, channels]})]`` of the float forward (jq.models' llama blocks)."""
     b, t = tokens.shape
     pos = jnp.broadcast_to(jnp.arange(t), (b, t))
     cos, sin = rope_tables(config, pos)
@@ -60,14 +60,21 @@ def down_proj_input_max(config, params, tokens) -> np.ndarray:
     h = params["model"]["embed_tokens"]["weight"][tokens]
     out = []
     for layer in params["model"]["layers"]:
-        q, k, v = project_qkv(layer["self_attn"], rms_norm(h, layer["input_layernorm"], config.rms_norm_eps),
-                              cos, sin, config)
-        h = h + linear(attention(q, k, v, mask, config), layer["self_attn"]["o_proj"])
+        n1 = rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
+        q, k, v = project_qkv(layer["self_attn"], n1, cos, sin, config)
+        a = attention(q, k, v, mask, config)
+        h = h + linear(a, layer["self_attn"]["o_proj"])
         n2 = rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps)
         d = jax.nn.silu(linear(n2, layer["mlp"]["gate_proj"])) * linear(n2, layer["mlp"]["up_proj"])
-        out.append(jnp.abs(d).max(-1))
         h = h + linear(d, layer["mlp"]["down_proj"])
-    return jnp.stack(out)
+        out.append({"q_proj": n1, "k_proj": n1, "v_proj": n1, "o_proj": a, "gate_proj": n2, "up_proj": n2,
+                    "down_proj": d})
+    return out
+
+
+def down_proj_input_max(config, params, tokens) -> np.ndarray:
+    """``max_j |x_j|`` of each layer's ``down_proj`` input: ``[layers, batch, seq]`` (the forward of jq.models; jit it)."""
+    return jnp.stack([jnp.abs(inputs["down_proj"]).max(-1) for inputs in projection_inputs(config, params, tokens)])
 
 
 def main() -> None:
