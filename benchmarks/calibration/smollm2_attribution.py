@@ -34,13 +34,19 @@ def toggled(qm, edits: list[str]):
     return qm
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def variant_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags the SmolLM2 variant scripts share: variants, held-out tokens, windows, calibration batches."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", required=True)
     ap.add_argument("--n-tokens", type=int, default=1024)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=4)
+    return ap
+
+
+def main() -> None:
+    ap = variant_parser(__doc__)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 

@@ -18,7 +18,6 @@ windows; 4 x 2 x 512 calibration tokens from the calibration plays). Results: do
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -26,6 +25,7 @@ import jax
 
 import jq
 import jq.models as jm
+from benchmarks.calibration.smollm2_attribution import variant_parser
 from jq_zoo import smollm2
 from jq_zoo.preset_entry import preset_cfg
 
@@ -51,12 +51,7 @@ def blocked_cfg(entry: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", required=True)
-    ap.add_argument("--n-tokens", type=int, default=1024)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--calib-batches", type=int, default=4)
+    ap = variant_parser(__doc__)
     ap.add_argument("--budget-s", type=float, default=None, help="start no new variant after this many seconds")
     ap.add_argument("--json", default=None, help="rewritten after every variant")
     args = ap.parse_args()
