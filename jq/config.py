@@ -412,15 +412,23 @@ class QuantConfig:
         return dataclasses.replace(self, entries=self.entries + _parse_quant_cfg(dict(entries)))
 
     def to_dict(self) -> dict:
-        """ModelOpt-form dict (``"*"`` entries come back as ``"*"``, not ``"default"``)."""
-        out = {}
-        for p, e in self.entries:
+        """ModelOpt-form dict (``"*"`` entries come back as ``"*"``, not ``"default"``).
+
+        ``quant_cfg`` is a ``{pattern: entry}`` dict, or ModelOpt's list form
+        (``[{"quantizer_name": pattern, "cfg": ...} | {"quantizer_name": pattern, "enable": bool}, ...]``) when a
+        pattern occurs more than once, since a dict would keep only its last entry.
+        """
+        def entry_dict(e):
             if isinstance(e, bool):
-                out[p] = {"enable": e}
-            elif isinstance(e, tuple):
-                out[p] = [s.to_dict() for s in e]
-            else:
-                out[p] = e.to_dict()
+                return {"enable": e}
+            return [s.to_dict() for s in e] if isinstance(e, tuple) else e.to_dict()
+
+        patterns = [p for p, _ in self.entries]
+        if len(set(patterns)) == len(patterns):
+            out = {p: entry_dict(e) for p, e in self.entries}
+        else:
+            out = [{"quantizer_name": p, "enable": e} if isinstance(e, bool) else
+                   {"quantizer_name": p, "cfg": entry_dict(e)} for p, e in self.entries]
         alg = self.algorithm
         algorithm = alg.method if not alg.options else {"method": alg.method, **alg.kwargs}
         return {"quant_cfg": out, "algorithm": algorithm}

@@ -75,3 +75,16 @@ def test_quant_config_from_random_dict_parses_or_raises_value_or_type_error(cfg)
         assert as_config(parsed.to_dict()) == parsed  # what parses round-trips
     if isinstance(cfg, dict):
         _parses_or_raises_clearly(QuantConfig.from_dict, cfg)
+
+
+def test_repeated_patterns_round_trip_through_the_list_form():
+    # found by the property above: a dict keeps one entry per pattern, so [spec, spec] came back as [spec]
+    cfg = {"quant_cfg": [{"quantizer_name": "*w*", "cfg": {"num_bits": (4, 3)}},
+                         {"quantizer_name": "*w*", "enable": False},
+                         {"quantizer_name": "*x*", "cfg": {"num_bits": 8}}]}
+    parsed = as_config(cfg)
+    out = parsed.to_dict()["quant_cfg"]
+    assert isinstance(out, list) and [e["quantizer_name"] for e in out] == ["*w*", "*w*", "*x*"]
+    assert out[1] == {"quantizer_name": "*w*", "enable": False}
+    assert as_config(parsed.to_dict()) == parsed
+    assert isinstance(as_config({"quant_cfg": {"*w*": {"num_bits": 8}}}).to_dict()["quant_cfg"], dict)
