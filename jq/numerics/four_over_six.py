@@ -19,13 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jq.numerics.nvfp4 import (
-    NVFP4_BLOCK_SIZE,
-    nvfp4_block_scale,
-    nvfp4_global_scale,
-    nvfp4_layout,
-)
-from jq.numerics.rounding import E2M1, E4M3, exact_divide, round_to_minifloat
+from jq.numerics.nvfp4 import NVFP4_BLOCK_SIZE, nvfp4_quantize
+from jq.numerics.rounding import E4M3
 
 __all__ = ["FOUR_OVER_SIX_AMAX_DIVISOR", "four_over_six_fake_quant"]
 
@@ -53,18 +48,16 @@ def four_over_six_fake_quant(
       >>> float(four_over_six_fake_quant(x)[0])
       5.0
     """
-    layout = nvfp4_layout(x.shape, two_d, block_size)
-    xb = layout.split(x).astype(jnp.float32)
     if amax is None:
-        amax = jnp.max(jnp.abs(xb))
-    gs = nvfp4_global_scale(amax, divisor=FOUR_OVER_SIX_AMAX_DIVISOR)
-    bmax = jnp.max(jnp.abs(xb), axis=layout.in_block_axes, keepdims=True)
+        amax = jnp.max(jnp.abs(x.astype(jnp.float32)))
 
     def candidate(target: float):
-        s = nvfp4_block_scale(bmax, gs, target=target) * gs
-        y = round_to_minifloat(exact_divide(xb, s), E2M1) * s
-        return y, jnp.sum(jnp.square(y - xb), axis=layout.in_block_axes, keepdims=True)
+        q, s, gs, layout = nvfp4_quantize(x, amax, two_d=two_d, block_size=block_size, target=target,
+                                          amax_divisor=FOUR_OVER_SIX_AMAX_DIVISOR)
+        y = q * (s * gs)
+        return y, jnp.sum(jnp.square(y - layout.split(x).astype(jnp.float32)), axis=layout.in_block_axes,
+                          keepdims=True), layout
 
-    y6, e6 = candidate(6.0)
-    y4, e4 = candidate(4.0)
+    y6, e6, layout = candidate(6.0)
+    y4, e4, _ = candidate(4.0)
     return layout.merge(jnp.where(e4 < e6, y4, y6)).astype(x.dtype)

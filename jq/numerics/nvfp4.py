@@ -79,6 +79,8 @@ def nvfp4_quantize(
     block_size: int = NVFP4_BLOCK_SIZE,
     random_bits: jax.Array | None = None,
     block_amax: jax.Array | None = None,
+    target: float = 6.0,
+    amax_divisor: float = NVFP4_AMAX_DIVISOR,
 ) -> tuple[jax.Array, jax.Array, jax.Array, BlockLayout]:
     """Quantize to E2M1 values (float32 on the grid), E4M3 block scales and the global scale.
 
@@ -89,6 +91,8 @@ def nvfp4_quantize(
       random_bits: uint8 (or wider) array of ``x``'s shape for stochastic rounding; round-to-nearest-even if None.
       block_amax: static (calibrated) block amaxes, one per block (``layout.num_blocks_shape``); computed from
         ``x`` when None. Values beyond a block's static amax saturate at ``6 s_b`` (clipping).
+      target, amax_divisor: the E2M1 value each block's amax maps to and the global scale's divisor (6 and
+        2688; :mod:`jq.numerics.four_over_six` also uses 4 and 1792).
 
     Returns:
       ``(q_blocked, block_scale, global_scale, layout)`` where ``q_blocked`` has ``layout.blocked_shape`` and
@@ -97,9 +101,9 @@ def nvfp4_quantize(
     layout = nvfp4_layout(x.shape, two_d, block_size)
     if amax is None:
         amax = jnp.max(jnp.abs(x.astype(jnp.float32)))
-    gs = nvfp4_global_scale(amax)
+    gs = nvfp4_global_scale(amax, divisor=amax_divisor)
     bmax = layout.block_amax(x) if block_amax is None else layout.expand_stats(block_amax)
-    scale_e4m3 = nvfp4_block_scale(bmax, gs)
+    scale_e4m3 = nvfp4_block_scale(bmax, gs, target=target)
     xb = layout.split(x).astype(jnp.float32)
     scaled = exact_divide(xb, scale_e4m3 * gs)  # ModelOpt divides by the two-level scale
     if random_bits is None:

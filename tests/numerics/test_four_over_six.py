@@ -73,7 +73,7 @@ def test_each_block_is_one_nvfp4_candidate_bit_for_bit(two_d):
     # both candidates are plain NVFP4 encodings (E2M1 x E4M3 block scale x global scale amax / 1792)
     x = jax.random.normal(jax.random.PRNGKey(3), (32, 64))
     layout = nvfp4_layout(x.shape, two_d)
-    blocks = lambda y: np.asarray(layout.split(y)).reshape(-1, 16 * (16 if two_d else 1))  # noqa: E731
+    blocks = lambda y: np.asarray(layout.split(y)).reshape(-1, 16 * (16 if two_d else 1))
     y, y6, y4 = (blocks(v) for v in (four_over_six_fake_quant(x, two_d=two_d), _candidate(x, 6.0, two_d),
                                        _candidate(x, 4.0, two_d)))
     assert all((b == b6).all() or (b == b4).all() for b, b6, b4 in zip(y, y6, y4))
