@@ -45,6 +45,18 @@ def variant_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+def score_row(r, base_perplexity: float, seconds: float) -> dict:
+    """One variant's JSON row from its :func:`jq.models.evaluate` result ``r`` against the float perplexity."""
+    return {"perplexity": r.perplexity, "vs_float": r.perplexity / base_perplexity - 1, "kl": r.kl, "top1": r.top1,
+            "seconds": seconds}
+
+
+def row_line(variant: str, row: dict) -> str:
+    """``variant: perplexity (vs float %), KL, top-1 (seconds)``, as printed after each variant."""
+    return (f"{variant}: {row['perplexity']:.3f} ({100 * row['vs_float']:+.2f} %) KL {row['kl']:.4f} "
+            f"top-1 {100 * row['top1']:.2f} % ({row['seconds']:.0f} s)")
+
+
 def main() -> None:
     ap = variant_parser(__doc__)
     ap.add_argument("--json", default=None)
@@ -65,10 +77,8 @@ def main() -> None:
         qm = toggled(calibrated[entry], edits)
         r = jm.evaluate(qm.apply, qm.params, x, y, batch_size=args.batch_size, reference=(forward, params),
                         progress=False)
-        rows[variant] = {"perplexity": r.perplexity, "vs_float": r.perplexity / base.perplexity - 1, "kl": r.kl,
-                         "top1": r.top1, "seconds": time.time() - t0}
-        print(f"{variant}: {r.perplexity:.3f} ({100 * (r.perplexity / base.perplexity - 1):+.2f} %) "
-              f"KL {r.kl:.4f} top-1 {100 * r.top1:.2f} % ({time.time() - t0:.0f} s)", flush=True)
+        rows[variant] = score_row(r, base.perplexity, time.time() - t0)
+        print(row_line(variant, rows[variant]), flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"jax": jax.__version__, "n_tokens": args.n_tokens, "rows": rows}, f, indent=1)

@@ -25,7 +25,11 @@ import jax
 
 import jq
 import jq.models as jm
-from benchmarks.calibration.smollm2_attribution import variant_parser
+from benchmarks.calibration.smollm2_attribution import (
+    row_line,
+    score_row,
+    variant_parser,
+)
 from jq_zoo import smollm2
 from jq_zoo.preset_entry import preset_cfg
 
@@ -86,10 +90,8 @@ def main() -> None:
             errors[variant] = f"{type(e).__name__}: {e}"
             print(f"{variant}: FAILED {errors[variant]}", flush=True)
         else:
-            rows[variant] = {"perplexity": r.perplexity, "vs_float": r.perplexity / base.perplexity - 1,
-                             "kl": r.kl, "top1": r.top1, "seconds": time.time() - t1}
-            print(f"{variant}: perplexity {r.perplexity:.3f} ({100 * rows[variant]['vs_float']:+.2f} %), "
-                  f"KL {r.kl:.4f}, top-1 {100 * r.top1:.2f} % ({time.time() - t1:.0f} s)", flush=True)
+            rows[variant] = score_row(r, base.perplexity, time.time() - t1)
+            print(row_line(variant, rows[variant]), flush=True)
         save()
 
 

@@ -22,7 +22,12 @@ import dataclasses
 import sys
 
 from benchmarks.training import common, convergence
-from jq.recipes import GemmPlan, HighPrecisionGemms, HighPrecisionOperand, NVFP4BlockScaling
+from jq.recipes import (
+    GemmPlan,
+    HighPrecisionGemms,
+    HighPrecisionOperand,
+    NVFP4BlockScaling,
+)
 
 RUN_SLOTS = {"nvfp4_fprop_x_only": ("fprop_x",), "nvfp4_fprop_w_only": ("fprop_w",)}
 
