@@ -18,7 +18,10 @@ per-block amax (INT groups, NVFP4 16-blocks) is computed from the updated weight
 block's first column (the reference GPTQ's groups), capped at the weight's original largest block amax
 ``G``; the block that holds ``G`` keeps it (:func:`jq.calib.static_amax.pin_mask`). With ``act_order`` the
 per-block amaxes are fixed up front from the original weight (GPTQ's "static groups"), as columns of one block
-are no longer quantized together. Each column is quantized by the spec's own fake quantization, as the first
+are no longer quantized together. Two-dimensional tiles (``block_sizes={-1: bk, -2: bn}``: one amax per ``bn`` output
+channels x ``bk`` input channels, DeepSeek-style block FP8, NVFP4's 16x16 weight blocks) are static groups in either
+order: one amax is shared by ``bn`` rows that GPTQ updates independently, so it is fixed up front from the original
+weight (after the scale search, if any) and each row quantizes its columns with its tile's amax. Each column is quantized by the spec's own fake quantization, as the first
 block of a two-block tensor whose second block (zeros) carries ``G``: formats whose tensor-level scale derives
 from the block amaxes (NVFP4: ``max / 2688``) see the weight's own, and the returned per-block amaxes
 reproduce the quantized weight exactly (``fake_quant(Q, amax) == Q``).
@@ -35,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -91,6 +95,9 @@ def search_block_amax(x: jax.Array, amax: jax.Array, keep: jax.Array, *, spec, s
     """
     amax = jnp.asarray(amax, jnp.float32)
     xf = jnp.asarray(x, jnp.float32)
+    rb = _row_block(spec, xf.shape)
+    if rb > 1:  # 2-D tiles: whole tiles per copy, so the stacked copies keep the tile grid
+        xf = jnp.pad(xf, ((0, amax.shape[0] * rb - xf.shape[0]), (0, 0)))
     rows = xf.shape[0]
     n = len(shrink)
     chunk = min(n, _CHUNK)
@@ -98,7 +105,7 @@ def search_block_amax(x: jax.Array, amax: jax.Array, keep: jax.Array, *, spec, s
     ms = jnp.asarray(padded, jnp.float32)
 
     def losses(mc):  # `chunk` stacked copies of x, one candidate each; no vmap (static NVFP4 rejects batches)
-        a = jnp.where(keep[None], amax[None], amax[None] * mc[:, None, None]).reshape(chunk * rows, -1)
+        a = jnp.where(keep[None], amax[None], amax[None] * mc[:, None, None]).reshape(chunk * amax.shape[0], -1)
         xs = jnp.tile(xf, (chunk, 1))
         err = jnp.abs(fake_quant(xs, a, spec=spec).astype(jnp.float32) - xs) ** norm
         err = err if col_weight is None else err * col_weight[None, :]
@@ -107,6 +114,20 @@ def search_block_amax(x: jax.Array, amax: jax.Array, keep: jax.Array, *, spec, s
     loss = lax.map(losses, ms.reshape(-1, chunk)).reshape((-1,) + amax.shape)
     best = jnp.argmin(loss, axis=0)
     return jnp.where(keep, amax, amax * ms[best])
+
+
+def _row_block(spec, shape) -> int:
+    """Output channels per quantization block (1 unless the weight has 2-D tiles)."""
+    layout = spec.format.blocks(spec, shape)
+    size = None if layout is None else dict(layout.sizes).get(0)
+    return 1 if size is None else size
+
+
+def _columns_only(spec):
+    """``spec`` with its block sizes along the input channels only (a 2-D tile seen one row at a time)."""
+    bs = spec.block_sizes
+    sizes = tuple((a, n) for a, n in bs.sizes if a in (-1, 1))
+    return dataclasses.replace(spec, block_sizes=dataclasses.replace(bs, sizes=sizes))
 
 
 def _group_size(spec, shape, block_size: int) -> int | None:
@@ -153,6 +174,9 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
     h = jnp.asarray(h, jnp.float32)
     rows, cols = w.shape
     gs = _group_size(spec, (rows, cols), block_size)
+    rb = _row_block(spec, (rows, cols))
+    static = act_order or rb > 1  # per-block amaxes fixed up front (see the module docstring)
+    col_spec = _columns_only(spec) if rb > 1 else spec  # quant_col quantizes one row of a tile at a time
     b = block_size
     cp = math.ceil(cols / b) * b
 
@@ -174,11 +198,12 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
     else:
         big = jnp.max(amax)
         nbp = cp // gs
-        if act_order and shrink is not None:  # static groups: searched once on the original weight
+        if static and shrink is not None:  # static groups: searched once on the original weight
             amax = search_block_amax(w0, amax, pin_mask(amax), spec=spec, shrink=shrink, norm=norm,
                                      col_weight=jnp.diagonal(h) if hessian_weighted else None)
-        a_blocks = jnp.pad(amax, ((0, 0), (0, nbp - amax.shape[1])))
-        pin = jnp.pad(pin_mask(amax), ((0, 0), (0, nbp - amax.shape[1])))
+        row_amax = jnp.repeat(amax, rb, axis=0)[:rows] if rb > 1 else amax  # a tile's amax on each of its rows
+        a_blocks = jnp.pad(row_amax, ((0, 0), (0, nbp - amax.shape[1])))
+        pin = jnp.pad(pin_mask(row_amax), ((0, 0), (0, nbp - amax.shape[1])))
         a_cols = None
 
     def quant_col(col, a_col):
@@ -186,7 +211,7 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
             return fake_quant(col[:, None], a_col[:, None], spec=spec)[:, 0]
         slab = jnp.zeros((rows, 2 * gs), jnp.float32).at[:, 0].set(col)
         a = jnp.stack([a_col, jnp.full_like(a_col, big)], axis=1)
-        return fake_quant(slab, a, spec=spec)[:, 0]
+        return fake_quant(slab, a, spec=col_spec)[:, 0]
 
     def block_step(k, carry):
         wk, ab = carry
@@ -197,7 +222,7 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
         def col_step(i, c):
             w1, q1, e1, ab = c
             j = i1 + i
-            if gs is not None and not act_order:
+            if gs is not None and not static:
                 g = j // gs
 
                 def refresh(ab):
@@ -237,5 +262,5 @@ def gptq_quantize(w: jax.Array, h: jax.Array, amax: jax.Array, *, spec, block_si
     ab0 = a_blocks if a_blocks is not None else jnp.zeros((1, 1), jnp.float32)
     qp, ab = lax.fori_loop(0, cp // b, block_step, (wp, ab0))
     q = qp[:, jnp.argsort(perm)][:, :cols]
-    amax_out = amax if (gs is None or act_order) else ab[:, : amax.shape[1]]
+    amax_out = amax if (gs is None or static) else ab[:, : amax.shape[1]]
     return q, amax_out.astype(jnp.float32), hessian_error(q, w, h - jnp.diag(dead.astype(h.dtype)))

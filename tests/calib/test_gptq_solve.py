@@ -187,3 +187,52 @@ def test_hessian_weighted_scale_search_lowers_the_layer_error(seed):
     errs = [float(gptq_quantize(w, h, amax, spec=INT4_G16, block_size=32, shrink=s, hessian_weighted=hw)[2])
             for s, hw in ((None, False), (grid, False), (grid, True))]
     assert errs[1] < 0.95 * errs[0] and errs[2] < 0.97 * errs[1], errs
+
+
+FP8_TILES = QuantizerSpec(num_bits=(4, 3), block_sizes={-1: 16, -2: 3})  # DeepSeek-style 2-D tiles, ragged rows
+FP8_ROWS = QuantizerSpec(num_bits=(4, 3), block_sizes={-1: 16})
+
+
+@pytest.mark.parametrize("act_order", [False, True], ids=["in-order", "act-order"])
+def test_two_dimensional_tiles_are_static_groups_shared_by_their_rows(problem, act_order):
+    """A [3 x 16] tile's amax is fixed up front from the original weight (rows 8 = 3 + 3 + 2: the last tile is
+    ragged) and each row quantizes with it: the same weights as one amax per row and block, expanded from the
+    tiles, with static groups; the stored tile amaxes reproduce the weight exactly."""
+    w, h = problem
+    amax = FP8_TILES.format.compute_amax(jnp.asarray(w), FP8_TILES)
+    assert amax.shape == (3, 4)
+    q, a, err = gptq_quantize(w, h, amax, spec=FP8_TILES, block_size=32, act_order=act_order)
+    np.testing.assert_array_equal(a, amax)
+    np.testing.assert_array_equal(fake_quant(q, a, spec=FP8_TILES), q)
+    if act_order:  # (in order, one amax per row and block would be refreshed from the updated weights)
+        per_row = jnp.repeat(amax, 3, axis=0)[:8]
+        q_rows, _, _ = gptq_quantize(w, h, per_row, spec=FP8_ROWS, block_size=32, act_order=True)
+        np.testing.assert_array_equal(q, q_rows)
+    rtn = fake_quant(jnp.asarray(w), amax, spec=FP8_TILES)
+    assert float(err) < 0.6 * float(hessian_error(rtn, w, h))
+
+
+def test_scale_search_on_two_dimensional_tiles_picks_each_tiles_grid_minimum():
+    """Ragged rows (5 = 3 + 2): each tile's factor minimises its own summed error, as a brute force over the grid
+    finds it; the search used to fail on the tile amax's shape."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    x[0, 3] = 9.0  # an outlier in tile (0, 0)
+    spec = QuantizerSpec(num_bits=4, block_sizes={-1: 16, -2: 3})
+    amax = spec.format.compute_amax(jnp.asarray(x), spec)
+    grid = shrink_grid(0.5, 0.05)
+    got = np.asarray(search_block_amax(x, amax, jnp.zeros(amax.shape, bool), spec=spec, shrink=grid, norm=2.0))
+    for r, rows in enumerate((slice(0, 3), slice(3, 5))):
+        for b in range(2):
+            tile = x[rows, 16 * b:16 * (b + 1)]
+            a = float(amax[r, b])
+            losses = []
+            for m in grid:
+                full = np.zeros_like(x)
+                full[rows, 16 * b:16 * (b + 1)] = tile
+                am = np.full(amax.shape, 1.0, np.float32)
+                am[r, b] = a * m
+                fq = np.asarray(fake_quant(jnp.asarray(full), jnp.asarray(am), spec=spec))
+                losses.append(np.sum((fq[rows, 16 * b:16 * (b + 1)] - tile) ** 2))
+            assert got[r, b] == pytest.approx(a * grid[int(np.argmin(losses))], rel=1e-6)
+    assert got[0, 0] < float(amax[0, 0])
