@@ -16,6 +16,7 @@ from jq.config import Algorithm, BlockSizes, QuantConfig, QuantizerSpec, as_conf
 from jq.fake_quant import fake_quant, jq_fake_quant_p
 from jq.presets import (
     FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG,
+    FP8_BLOCKWISE_CFG,
     FP8_DEFAULT_CFG,
     FP8_KV_CFG,
     FP8_PER_CHANNEL_PER_TOKEN_CFG,

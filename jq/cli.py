@@ -55,7 +55,7 @@ def _cmd_quantize(args) -> int:
         from jq.cli_llm import cmd_quantize
 
         return cmd_quantize(args)
-    for opt in ("export_hf", "kv_cache", "calib_text", "algorithm"):
+    for opt in ("export_hf", "kv_cache", "calib_text", "algorithm", "block_size"):
         if getattr(args, opt, None):
             raise SystemExit(f"jq-quant: --{opt.replace('_', '-')} applies to language models (--model HF_DIR or "
                              f".gguf), not {args.model}")
@@ -162,10 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
     q.add_argument("--quiet", action="store_true", help="no per-quantizer summary or progress bars")
     q.add_argument("--algorithm", default=None, help="calibration algorithm instead of the preset's (max, "
-                   "smoothquant, awq_lite, awq_clip, awq_full, gptq, mse, ...)")
+                   "smoothquant, awq_lite, awq_clip, awq_full, gptq, mse, ...), options after commas: "
+                   "gptq,sequential=false,act_order=true")
     q.add_argument("--kv-cache", choices=("fp8",), default=None, help="also quantize the KV cache (FP8_KV_CFG)")
-    q.add_argument("--export-hf", default=None, metavar="OUT", help="write a serving checkpoint (ModelOpt layout) "
-                   "to this new directory")
+    q.add_argument("--block-size", type=int, default=None, metavar="N", help="set the presets' integer block sizes "
+                   "(INT groups, FP8_BLOCKWISE tiles and input groups) to N, e.g. 64 where 128 does not divide a width")
+    q.add_argument("--export-hf", default=None, metavar="OUT", help="write a serving checkpoint (ModelOpt layout; "
+                   "block FP8 in DeepSeek's quant_method 'fp8' layout) to this new directory")
     add_llm_args(q)
     q.set_defaults(func=_cmd_quantize)
     e = sub.add_parser("eval", help=dict(_COMMANDS)["eval"])

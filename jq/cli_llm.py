@@ -97,14 +97,36 @@ def _windows(ids, n_tokens: int, seq_len: int, what: str):
     return token_windows(ids, seq_len, n_tokens)
 
 
-def _preset(name: str, kv: str | None) -> dict:
+def _preset(name: str, kv: str | None, block_size: int | None = None) -> dict:
     import jq
 
     try:
         cfg = jq.get_preset(name)
     except (KeyError, ValueError) as e:
         raise CliError(str(e).strip("'\"")) from None
+    if block_size is not None:
+        try:
+            cfg = jq.presets.with_block_size(cfg, block_size)
+        except ValueError as e:
+            raise CliError(f"--block-size {block_size} with {name}: {e}") from None
     return jq.merge_presets(cfg, jq.get_preset(KV_PRESETS[kv])) if kv else cfg
+
+
+def _algorithm(text: str):
+    from jq.config import algorithm_from_text
+
+    try:
+        return algorithm_from_text(text)
+    except ValueError as e:
+        raise CliError(f"--algorithm: {e}") from None
+
+
+def _checkpoint_algo(out: Path) -> str:
+    """The quant_algo a checkpoint's config.json names (block FP8: DeepSeek's ``quant_method: "fp8"``)."""
+    from jq.export.serving import BLOCK_FP8, is_block_fp8
+
+    qc = json.loads((out / "config.json").read_text()).get("quantization_config") or {}
+    return BLOCK_FP8 if is_block_fp8(qc) else qc.get("quant_algo", "?")
 
 
 def cmd_quantize(args) -> int:
@@ -121,7 +143,7 @@ def cmd_quantize(args) -> int:
         raise CliError(f"--export-hf writes one checkpoint: give one --preset (got {len(presets)})")
     if args.export_hf and Path(args.export_hf).exists():
         raise CliError(f"{args.export_hf} exists; choose a new --export-hf directory (nothing is overwritten)")
-    cfgs = {name: _preset(name, args.kv_cache) for name in presets}
+    cfgs = {name: _preset(name, args.kv_cache, args.block_size) for name in presets}
     path = _hf_dir(args.model, args.cache_dir)
     hf_config = _read_config(path)
     tokenizer = _tokenizer(path)
@@ -139,7 +161,7 @@ def cmd_quantize(args) -> int:
         label = name + (f" + {args.kv_cache.upper()} KV" if args.kv_cache else "")
         qm = QuantizedModel.create(params, forward, cfg)
         t0 = time.perf_counter()
-        extra = {"algorithm": args.algorithm} if args.algorithm else {}
+        extra = {"algorithm": _algorithm(args.algorithm)} if args.algorithm else {}
         qm = jq.calibrate(qm, calib, progress=not args.quiet, share_sibling_weight_amax=True, **extra)
         if not any(s is not None for s in qm.specs().values()):
             raise CliError(f"preset {name} enables no quantizer on this {config.architecture} (its patterns match "
@@ -156,7 +178,7 @@ def cmd_quantize(args) -> int:
             for f in TOKENIZER_FILES:
                 if (path / f).exists():
                     shutil.copy(path / f, out / f)
-            print(f"wrote {out} (quant_algo {json.loads((out / 'hf_quant_config.json').read_text())['quantization']['quant_algo']})")
+            print(f"wrote {out} (quant_algo {_checkpoint_algo(out)})")
     print("\n" + jm.format_table(results))
     return 0
 
@@ -169,9 +191,13 @@ def cmd_eval(args) -> int:
     from jq.export.serving_reader import read_serving_checkpoint
 
     path = Path(args.model)
-    if not (path / "hf_quant_config.json").exists():
-        raise CliError(f"{path}: no hf_quant_config.json (expected a checkpoint written by jq-quant quantize "
-                       f"--export-hf)")
+    from jq.export.serving import is_block_fp8
+
+    qc = json.loads((path / "config.json").read_text()).get("quantization_config") if (path / "config.json").exists() \
+        else None
+    if not (path / "hf_quant_config.json").exists() and not is_block_fp8(qc):
+        raise CliError(f"{path}: no hf_quant_config.json and no block FP8 quantization_config in config.json "
+                       f"(expected a checkpoint written by jq-quant quantize --export-hf)")
     ck = read_serving_checkpoint(path)
     _read_config(path)
     config, forward, params = ck.to_jq()

@@ -15,20 +15,9 @@ Example:
 from __future__ import annotations
 
 import jq
+from jq.config import algorithm_from_text, parse_value
 
 __all__ = ["parse_value", "preset_cfg"]
-
-
-def parse_value(text: str):
-    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def preset_cfg(entry: str) -> dict:
@@ -42,9 +31,7 @@ def preset_cfg(entry: str) -> dict:
     name, _, algorithm = entry.partition(":")
     cfg = jq.merge_presets(jq.get_preset(name), *(jq.get_preset(f) for f in fragments))
     if algorithm:
-        method, *fields = algorithm.split(",")
-        kwargs = {k: parse_value(v) for k, _, v in (f.partition("=") for f in fields)}
-        cfg = {**cfg, "algorithm": {"method": method, **kwargs} if kwargs else method}
+        cfg = {**cfg, "algorithm": algorithm_from_text(algorithm)}
     if kept_float:
         cfg = {**cfg, "quant_cfg": {**cfg["quant_cfg"], **{p: {"enable": False} for p in kept_float}}}
     return cfg

@@ -52,6 +52,28 @@ def test_quantize_exports_a_checkpoint_that_eval_reads(hf_dir, tmp_path, capsys)
     assert rc == 0 and "out (FP8, KV FP8)" in table and "float (reference)" in table
 
 
+def test_block_fp8_with_a_block_size_exports_deepseeks_layout_that_eval_reads(hf_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["quantize", "--model", str(hf_dir), "--preset", "FP8_BLOCKWISE_CFG", "--block-size", "16",
+               "--algorithm", "gptq,sequential=false,act_order=true", "--export-hf", str(out), *_text(hf_dir), *COMMON])
+    assert rc == 0 and "(quant_algo FP8_BLOCK_SCALES)" in capsys.readouterr().out
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["weight_block_size"]) == ("fp8", [16, 16])
+    rc = main(["eval", "--model", str(out), "--reference", str(hf_dir), "--eval-text", _text(hf_dir)[1], *COMMON])
+    assert rc == 0 and "out (FP8_BLOCK_SCALES, KV float)" in capsys.readouterr().out
+
+
+def test_block_size_on_a_preset_without_integer_blocks(hf_dir, capsys):
+    assert main(["quantize", "--model", str(hf_dir), "--preset", "NVFP4_DEFAULT_CFG", "--block-size", "32",
+                 *_text(hf_dir), *COMMON]) == 2
+    assert "--block-size 32 with NVFP4_DEFAULT_CFG: the preset has no integer block size" in capsys.readouterr().err
+
+
+def test_algorithm_options_must_be_key_value(hf_dir, capsys):
+    assert main(["quantize", "--model", str(hf_dir), "--algorithm", "gptq,act_order", *_text(hf_dir), *COMMON]) == 2
+    assert "--algorithm: algorithm 'gptq,act_order': option 'act_order' is not key=value" in capsys.readouterr().err
+
+
 def test_directory_without_config_json(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["quantize", "--model", str(tmp_path / "empty"), "--quiet"]) == 2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jq
-from jq.config import QuantConfig, QuantizerSpec, as_config, warn_unused
+from jq.config import QuantConfig, QuantizerSpec, algorithm_from_text, as_config, warn_unused
 
 
 def test_spec_kinds():
@@ -111,6 +111,14 @@ def test_algorithm_parsing():
         as_config({"quant_cfg": {}, "algo": "max"})
     with pytest.raises(ValueError, match="method must be a name"):
         as_config({"quant_cfg": {}, "algorithm": {"method": 3}})
+
+
+def test_algorithm_from_text():
+    assert algorithm_from_text("max") == "max"
+    assert algorithm_from_text("gptq,act_order=true,perc_damp=0.1,block_size=64,formats=fp8") == {
+        "method": "gptq", "act_order": True, "perc_damp": 0.1, "block_size": 64, "formats": "fp8"}
+    with pytest.raises(ValueError, match="option 'alpha' is not key=value"):
+        algorithm_from_text("smoothquant,alpha")
 
 
 def test_unknown_algorithm_or_option_lists_the_valid_ones():

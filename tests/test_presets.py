@@ -17,6 +17,7 @@ EXPECTED = {  # preset: (weight format, input format or None, algorithm)
     "INT8_WEIGHT_ONLY_CFG": ("int8 per-axis0", None, "max"),
     "FP8_DEFAULT_CFG": ("e4m3 per-tensor", "e4m3 per-tensor", "max"),
     "FP8_PER_CHANNEL_PER_TOKEN_CFG": ("e4m3 per-axis0", "e4m3 per-token dyn", "max"),
+    "FP8_BLOCKWISE_CFG": ("e4m3 b128x128", "e4m3 b128 dyn", "max"),
     "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG": ("e4m3 b128x128", None, "max"),
     "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": ("int4 b128", None, "max"),
     "INT4_AWQ_CFG": ("int4 b128", None, "awq_lite"),
@@ -203,3 +204,18 @@ def test_int8_smoothquant_per_token_smooths_with_alpha_half_and_keeps_dynamic_ac
     y = qm.apply(qm.params, x)
     rel = float(jnp.linalg.norm(y - x @ w) / jnp.linalg.norm(x @ w))
     assert 0 < rel < 0.02  # W8A8 error of a well-scaled 16-wide dot
+
+
+def test_with_block_size_sets_integer_blocks_and_keeps_format_blocks():
+    fp8 = jq.presets.with_block_size(jq.FP8_BLOCKWISE_CFG, 64)["quant_cfg"]
+    assert fp8["*weight_quantizer"]["block_sizes"] == {-1: 64, -2: 64}
+    assert fp8["*input_quantizer"]["block_sizes"] == {-1: 64}
+    assert jq.FP8_BLOCKWISE_CFG["quant_cfg"]["*weight_quantizer"]["block_sizes"] == {-1: 128, -2: 128}  # a copy
+    w4a8 = jq.presets.with_block_size(jq.W4A8_AWQ_BETA_CFG, 32)["quant_cfg"]["*weight_quantizer"]
+    assert w4a8[0]["block_sizes"] == {-1: 32, "type": "static"} and "block_sizes" not in w4a8[1]
+    with pytest.raises(ValueError, match="no integer block size"):
+        jq.presets.with_block_size(jq.NVFP4_DEFAULT_CFG, 32)  # NVFP4's 16 is the format's
+    with pytest.raises(ValueError, match="no integer block size"):
+        jq.presets.with_block_size(jq.FP8_PER_CHANNEL_PER_TOKEN_CFG, 32)  # per-token None stays
+    with pytest.raises(ValueError, match="positive int"):
+        jq.presets.with_block_size(jq.INT4_AWQ_CFG, 0)

@@ -329,7 +329,8 @@ class HFCheckpoint:
     def layer_config(self, name: str) -> dict | None:
         """The layer's ``{"quant_algo": ...}`` (None when it is excluded or not quantized)."""
         q = self.quant_config["quantization"]
-        if name in q.get("exclude_modules", []) or f"{name}.weight_scale" not in self.tensors:
+        if name in q.get("exclude_modules", []) or not any(f"{name}.{s}" in self.tensors
+                                                            for s in ("weight_scale", "weight_scale_inv")):
             return None
         if q.get("quant_algo") == "MIXED_PRECISION":
             return q["quantized_layers"].get(name)

@@ -24,6 +24,15 @@ values: :func:`to_serving_checkpoint` raises when they differ, or takes the grou
 ``config.json``'s ``quantization_config`` is ``{"quant_method": "modelopt", **hf_quant_config["quantization"]}``
 (what ModelOpt's exporter adds to ``config.json``); vLLM's reader of that dict takes the excluded modules
 from ``"ignore"`` and an FP8 KV cache from ``"kv_cache_scheme"``, so both are written too.
+
+Block FP8 (``FP8_BLOCK_SCALES``: E4M3 weights with one scale per ``[bn, bk]`` tile, inputs quantized per token
+in groups of ``bk`` at run time; :data:`jq.FP8_BLOCKWISE_CFG`) has no ModelOpt layout that takes inputs: it is
+written as DeepSeek-V3 ships it, which vLLM, SGLang, TensorRT-LLM and transformers read (``quant_method: "fp8"``):
+``quantization_config = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+"weight_block_size": [bn, bk], "ignored_layers": [...], "modules_to_not_convert": [...]}``, per module ``weight``
+(float8_e4m3fn) and ``weight_scale_inv`` (float32 ``[ceil(out / bn), ceil(in / bk)]``, the dequantization
+multiplier ``amax / 448`` as jq computes it), no ``hf_quant_config.json`` and no KV scales. Sources and which
+stacks take which block sizes: ``docs/serving.md``.
 The safetensors header metadata keeps jq's calibrated amax of every per-tensor input / KV quantizer
 (``"jq_amax"``, JSON): serving stacks ignore it; :mod:`jq.export.serving_reader` uses it to restore jq's
 exact scale where ``amax -> scale`` does not invert uniquely.
@@ -50,13 +59,28 @@ from jq.export.scales import export_scale
 from jq.hf_shards import INDEX_FILE, write_shards
 from jq.trace.sites import keypath_parts
 
-__all__ = ["to_serving_checkpoint", "DEFAULT_MAX_SHARD_BYTES", "kv_scales"]
+__all__ = ["to_serving_checkpoint", "DEFAULT_MAX_SHARD_BYTES", "kv_scales", "block_fp8_config", "is_block_fp8"]
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2 ** 30  # transformers' default shard size (5 GB)
 CONFIG_FILE, QUANT_FILE = "config.json", "hf_quant_config.json"
+BLOCK_FP8 = "FP8_BLOCK_SCALES"  # TensorRT-LLM's QuantAlgo name, jq's quant_algo for it
+BLOCK_FP8_METHOD = "fp8"  # config.json quant_method of DeepSeek's layout (vLLM Fp8Config, transformers)
 # fused siblings (module names under one block) and the RMSNorm feeding them, in the Llama family's naming
 FOLD_INTO_NORM = ((("q_proj", "k_proj", "v_proj"), "input_layernorm"), (("gate_proj", "up_proj"), "post_attention_layernorm"))
 KV_SLOTS = {"k_bmm_quantizer": ("k_proj", "k_scale"), "v_bmm_quantizer": ("v_proj", "v_scale")}
+
+
+def is_block_fp8(quantization_config: dict | None) -> bool:
+    """Whether a config.json ``quantization_config`` is DeepSeek's block FP8 layout (``quant_method`` "fp8")."""
+    return (quantization_config or {}).get("quant_method") == BLOCK_FP8_METHOD
+
+
+def block_fp8_config(weight_block_size, excluded) -> dict:
+    """config.json's ``quantization_config`` of a block FP8 checkpoint, as DeepSeek-V3 writes it (``fmt`` is read
+    by none of the stacks; ``ignored_layers`` by vLLM and SGLang, ``modules_to_not_convert`` by transformers)."""
+    return {"quant_method": BLOCK_FP8_METHOD, "fmt": "e4m3", "activation_scheme": "dynamic",
+            "weight_block_size": list(weight_block_size), "ignored_layers": list(excluded),
+            "modules_to_not_convert": list(excluded)}
 
 
 def _default_name_map(hf_config: dict) -> Callable[[str], str]:
@@ -196,15 +220,26 @@ def to_serving_checkpoint(qm, export_dir: str | os.PathLike, *, hf_config: dict,
     quant = hfc._quant_config(layers, excluded)
     q = quant["quantization"]
     q["kv_cache_quant_algo"] = kv_algo
+    block_fp8 = q["quant_algo"] == BLOCK_FP8 or any(
+        v.get("quant_algo") == BLOCK_FP8 for v in q.get("quantized_layers", {}).values())
+    if block_fp8 and (q["quant_algo"] != BLOCK_FP8 or kv_algo is not None):
+        raise ValueError(f"{BLOCK_FP8} is written as DeepSeek's quant_method 'fp8' checkpoint, which holds one "
+                         f"weight_block_size for every quantized layer and no KV-cache scales; got quant_algo "
+                         f"{q['quant_algo']!r}, kv_cache_quant_algo {kv_algo!r}. Quantize every layer with the same "
+                         f"block FP8 spec and keep the KV cache unquantized")
     if q["quant_algo"] == "MIXED_PRECISION":
         q["quantized_layers"] = {name_map(k): v for k, v in q["quantized_layers"].items()}
     q["exclude_modules"] = sorted({name_map(n) for n in excluded})
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:  # overwrite: no shard of an older export
         stale.unlink(missing_ok=True)
+    (out / QUANT_FILE).unlink(missing_ok=True)
     _write_safetensors(out, tensors, max_shard_bytes, {"jq_amax": json.dumps(amaxes, sort_keys=True)})
-    (out / QUANT_FILE).write_text(json.dumps(quant, indent=4) + "\n")
-    qc = {"quant_method": "modelopt", **q, "producer": quant["producer"], "ignore": q["exclude_modules"]}
+    if block_fp8:
+        qc = block_fp8_config(q["weight_block_size"], q["exclude_modules"])
+    else:
+        (out / QUANT_FILE).write_text(json.dumps(quant, indent=4) + "\n")
+        qc = {"quant_method": "modelopt", **q, "producer": quant["producer"], "ignore": q["exclude_modules"]}
     if kv_algo == "FP8":
         qc["kv_cache_scheme"] = {"type": "float", "num_bits": 8, "dynamic": False, "strategy": "tensor"}
     (out / CONFIG_FILE).write_text(json.dumps({**hf_config, "quantization_config": qc}, indent=2) + "\n")

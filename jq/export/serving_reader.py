@@ -1,4 +1,4 @@
-"""Read a ModelOpt-layout HF checkpoint as serving stacks do, check it, and run it in jq.
+"""Read a ModelOpt-layout (or block FP8) HF checkpoint as serving stacks do, check it, and run it in jq.
 
 :func:`read_serving_checkpoint` opens a directory (``config.json``, ``hf_quant_config.json``, one
 ``model.safetensors`` or the shards of ``model.safetensors.index.json``) and checks every quantized module
@@ -18,7 +18,17 @@ NVFP4                      uint8 [o, i/2]          float8_e4m3fn [o, i/16]      
 W4A16_NVFP4                uint8 [o, i/2]          float8_e4m3fn [o, i/16]             ``weight_scale_2`` scalar
 W4A16_AWQ                  uint8 [o/2, i]          float32 [o, i/group]                ``pre_quant_scale`` [i] (not
                                                                                        on fused q/k/v, gate/up)
+FP8_BLOCK_SCALES           float8_e4m3fn [o, i]    ``weight_scale_inv`` float32        none (inputs per token in
+                                                   [ceil(o/bn), ceil(i/bk)]            groups of bk, dynamic)
 =========================  ======================  ==================================  =============================
+
+Block FP8 is read as vLLM's ``Fp8Config`` reads DeepSeek-V3's layout (``vllm/model_executor/layers/quantization/
+fp8.py`` ``Fp8Config.from_config``, ``Fp8LinearMethod.create_weights``; ``utils/fp8_utils.py``
+``validate_fp8_block_shape``, ``per_token_group_quant_fp8``): no ``hf_quant_config.json``; config.json's
+``quantization_config`` has ``quant_method: "fp8"``, ``activation_scheme: "dynamic"`` and a two-entry
+``weight_block_size`` (square here: vLLM versions differ on which entry sizes the input groups), and every
+quantized module's input width is a multiple of ``bk`` (the input-group kernels assert it) and every fused
+sibling's output width a multiple of ``bn`` (the merged GEMM's tiles). Value ``weight * weight_scale_inv`` per tile.
 
 NVFP4 packing: element ``2j`` of a row in the low nibble of byte ``j``, E2M1 codes (sign bit 3, magnitude
 ``[0, .5, 1, 1.5, 2, 3, 4, 6]``: vLLM's ``FP4_E2M1_LUT``); value ``e2m1 * weight_scale * weight_scale_2``.
@@ -53,6 +63,7 @@ import ml_dtypes
 import numpy as np
 
 from jq.export.hf_checkpoint import read_safetensors
+from jq.export.serving import BLOCK_FP8, is_block_fp8
 
 __all__ = ["ServingCheckpoint", "read_serving_checkpoint", "RULES", "E2M1_VALUES", "dequantize_weight"]
 
@@ -69,7 +80,11 @@ RULES = {
                     "weight_scale_2": (F32, None)},
     "W4A16_AWQ": {"weight": (U8, lambda o, i, g: (o // 2, i)), "weight_scale": (F32, lambda o, i, g: (o, i // g)),
                   "pre_quant_scale": (F32, lambda o, i, g: (i,))},
+    # g = weight_block_size (bn, bk)
+    "FP8_BLOCK_SCALES": {"weight": (FP8, lambda o, i, g: (o, i)),
+                         "weight_scale_inv": (F32, lambda o, i, g: (-(-o // g[0]), -(-i // g[1])))},
 }
+SCALE_NAMES = (".weight_scale", ".weight_scale_inv")  # the tensor that marks a quantized module
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 SHARED = ("input_scale", "weight_scale_2")
 FUSED = {m for group in SIBLINGS for m in group}
@@ -83,7 +98,13 @@ def _nibbles(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize_weight(algo: str, t: dict[str, np.ndarray], group_size: int | None) -> np.ndarray:
-    """The float32 ``[out, in]`` weight of one module's tensors ``t`` (``weight``, ``weight_scale``, ...)."""
+    """The float32 ``[out, in]`` weight of one module's tensors ``t`` (``weight``, ``weight_scale``, ...);
+    ``group_size`` is the block size (``(bn, bk)`` for ``FP8_BLOCK_SCALES``)."""
+    if algo == BLOCK_FP8:
+        from jq.formats.fp8 import expand_tiles
+
+        w = t["weight"].astype(np.float32)
+        return w * expand_tiles(t["weight_scale_inv"], group_size, w.shape)
     w, ws = t["weight"], t["weight_scale"]
     if algo == "FP8":
         return w.astype(np.float32) * ws.astype(np.float32)
@@ -116,17 +137,20 @@ class ServingCheckpoint:
         """``{module: quant_algo}`` of every quantized module (those with a ``weight_scale``)."""
         out = {}
         for name in self.tensors:
-            if name.endswith(".weight_scale"):
-                module = name[: -len(".weight_scale")]
+            if name.endswith(SCALE_NAMES):
+                module = name.rsplit(".", 1)[0]
                 if self.quant.get("quant_algo") == "MIXED_PRECISION":
                     out[module] = self.quant["quantized_layers"][module]["quant_algo"]
                 else:
                     out[module] = self.quant["quant_algo"]
         return out
 
-    def group_size(self, module: str) -> int | None:
+    def group_size(self, module: str) -> int | tuple[int, int] | None:
+        """The module's block size: ``group_size``, or ``(bn, bk)`` of block FP8's ``weight_block_size``."""
         if self.quant.get("quant_algo") == "MIXED_PRECISION":
             return self.quant["quantized_layers"][module].get("group_size")
+        if self.quant.get("quant_algo") == BLOCK_FP8:
+            return tuple(self.quant["weight_block_size"])
         return self.quant.get("group_size")
 
     def module_tensors(self, module: str) -> dict[str, np.ndarray]:
@@ -142,7 +166,9 @@ class ServingCheckpoint:
     def check(self) -> list[str]:
         """Check the rules of the module docstring; returns the quantized modules, raises ``ValueError``."""
         qc = self.config.get("quantization_config")
-        if not qc or qc.get("quant_method") != "modelopt" or qc.get("quant_algo") != self.quant.get("quant_algo"):
+        if is_block_fp8(qc):
+            _check_block_fp8_config(qc)
+        elif not qc or qc.get("quant_method") != "modelopt" or qc.get("quant_algo") != self.quant.get("quant_algo"):
             raise ValueError(f"config.json quantization_config {qc} does not match hf_quant_config.json "
                              f"(quant_method 'modelopt', quant_algo {self.quant.get('quant_algo')!r})")
         excluded = set(self.quant.get("exclude_modules", []))
@@ -170,11 +196,19 @@ class ServingCheckpoint:
                 if t[tensor].dtype != dtype or t[tensor].shape != want:
                     raise ValueError(f"{module}.{tensor}: {t[tensor].dtype} {t[tensor].shape}, {algo} needs "
                                      f"{dtype} {want}")
+            if algo == BLOCK_FP8:
+                if inp % g[1]:
+                    raise ValueError(f"{module}: {inp} input channels are not a multiple of the block's {g[1]}; the "
+                                     f"serving stacks' per-token-group input quantization asserts it (vLLM "
+                                     f"per_token_group_quant_fp8). Choose a block size that divides {inp}")
+                if fused and out % g[0]:
+                    raise ValueError(f"{module}: {out} output channels of a fused sibling are not a multiple of the "
+                                     f"block's {g[0]} (vLLM validate_fp8_block_shape for merged layers)")
             extra = set(t) - set(rules) - {"bias", "k_scale", "v_scale"}
             if extra:
                 raise ValueError(f"{module}: tensors {sorted(extra)} are not part of {algo}")
         for module in excluded:
-            if f"{module}.weight" in self.tensors and f"{module}.weight_scale" in self.tensors:
+            if f"{module}.weight" in self.tensors and any(f"{module}{s}" in self.tensors for s in SCALE_NAMES):
                 raise ValueError(f"{module} is excluded but has quantized tensors")
         self._check_kv()
         self._check_siblings(modules)
@@ -253,7 +287,7 @@ class ServingCheckpoint:
                 flat[f"{module}.bias"] = jnp.asarray(t["bias"].astype(np.float32))
             if "pre_quant_scale" in t:
                 flat[f"{module}.pre_quant_scale"] = jnp.asarray(t["pre_quant_scale"])
-            spec = _input_spec(algo)
+            spec = _input_spec(algo, self.group_size(module))
             specs[module] = spec
             if spec is not None and "input_scale" in t:
                 flat[f"{module}.input_amax"] = self.input_amax(f"{module}.input_scale", spec)
@@ -270,12 +304,33 @@ class ServingCheckpoint:
         return config, _make_forward(config, specs, kv_spec), params
 
 
-def _input_spec(algo: str):
+def _input_spec(algo: str, block=None):
     import jq
-    from jq.config import as_config
+    from jq.config import QuantizerSpec, as_config
 
+    if algo == BLOCK_FP8:  # E4M3 per token in groups of bk, scale from each group's amax
+        return QuantizerSpec(num_bits=(4, 3), block_sizes={-1: block[1], "type": "dynamic"})
     spec = as_config(jq.get_preset(_INPUT_PRESET[algo])).resolve("x.input_quantizer")
     return spec if spec is not None and spec.enable else None
+
+
+def _check_block_fp8_config(qc: dict) -> None:
+    """vLLM's ``Fp8Config`` rules for a block FP8 ``quantization_config`` (see the module docstring)."""
+    block = qc.get("weight_block_size")
+    if qc.get("activation_scheme") != "dynamic":
+        raise ValueError(f"quantization_config {qc}: block FP8 needs activation_scheme 'dynamic'")
+    if not isinstance(block, list) or len(block) != 2 or not all(isinstance(n, int) and n > 0 for n in block):
+        raise ValueError(f"quantization_config weight_block_size {block!r}: two positive ints [bn, bk]")
+    if block[0] != block[1]:
+        raise ValueError(f"weight_block_size {block}: not square; vLLM sizes the input groups by bn in some versions "
+                         f"and by bk in others")
+
+
+def _block_fp8_quant(qc: dict) -> dict:
+    """hf_quant_config's ``quantization`` dict equivalent to a block FP8 ``quantization_config``."""
+    excluded = qc.get("ignored_layers") or qc.get("modules_to_not_convert") or []
+    return {"quant_algo": BLOCK_FP8, "kv_cache_quant_algo": None, "weight_block_size": qc.get("weight_block_size"),
+            "exclude_modules": list(excluded)}
 
 
 def _kv_spec():
@@ -332,9 +387,12 @@ def _make_forward(config, specs: dict, kv_spec):
 def read_serving_checkpoint(path: str | os.PathLike, *, check: bool = True) -> ServingCheckpoint:
     """Read (and by default :meth:`~ServingCheckpoint.check`) a checkpoint directory."""
     path = Path(path)
-    for f in ("config.json", "hf_quant_config.json"):
-        if not (path / f).exists():
-            raise FileNotFoundError(f"{path}: no {f}")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json")
+    config = json.loads((path / "config.json").read_text())
+    block_fp8 = is_block_fp8(config.get("quantization_config"))
+    if not block_fp8 and not (path / "hf_quant_config.json").exists():
+        raise FileNotFoundError(f"{path}: no hf_quant_config.json")
     index = path / "model.safetensors.index.json"
     files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
              else ["model.safetensors"])
@@ -347,8 +405,9 @@ def read_serving_checkpoint(path: str | os.PathLike, *, check: bool = True) -> S
         wm = json.loads(index.read_text())["weight_map"]
         if set(wm) != set(tensors):
             raise ValueError(f"{index}: the weight_map and the shards' tensors differ")
-    ck = ServingCheckpoint(json.loads((path / "config.json").read_text()),
-                           json.loads((path / "hf_quant_config.json").read_text())["quantization"], tensors, metadata)
+    quant = (_block_fp8_quant(config["quantization_config"]) if block_fp8
+             else json.loads((path / "hf_quant_config.json").read_text())["quantization"])
+    ck = ServingCheckpoint(config, quant, tensors, metadata)
     if check:
         ck.check()
     return ck

@@ -5,8 +5,10 @@
 reference uses). Storage: ``float8_e4m3fn`` / ``float8_e5m2`` values and the float32 ``s``. Per-token scaling is
 ModelOpt's ``block_sizes={-1: None}`` with ``type="dynamic"``.
 
-Checkpoints: ``FP8`` (per-tensor weight and static per-tensor input) and ``FP8_PER_CHANNEL_PER_TOKEN`` (one
-scale per output channel ``weight_scale[out]``, inputs quantized per token at run time: no ``input_scale``). Kernels (GPU): fused Pallas-Triton
+Checkpoints: ``FP8`` (per-tensor weight and static per-tensor input), ``FP8_PER_CHANNEL_PER_TOKEN`` (one
+scale per output channel ``weight_scale[out]``, inputs quantized per token at run time: no ``input_scale``) and
+``FP8_BLOCK_SCALES`` (DeepSeek-V3's block FP8, TensorRT-LLM's name: one scale per ``[bn, bk]`` weight tile,
+``weight_scale_inv[ceil(out / bn), ceil(in / bk)]``, inputs quantized per token in groups of ``bk`` at run time). Kernels (GPU): fused Pallas-Triton
 fake-quant / quantize / dequantize for per-tensor, per-row and per-token scales; the real-quantized linear layer
 runs cuBLASLt's fp8 GEMM through XLA (:class:`~jq.formats.linear.FP8Linear`).
 """
@@ -24,7 +26,7 @@ from jq.formats.scaled import ScaledFormat
 from jq.qtensor import QTensor
 from jq_kernels import fp8 as fp8_kernels
 
-__all__ = ["FP8Format", "FP8"]
+__all__ = ["FP8Format", "FP8", "weight_tile", "expand_tiles"]
 
 _NAMES = {(4, 3): "e4m3", (5, 2): "e5m2"}
 _DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
@@ -38,11 +40,35 @@ def element_name(spec) -> str:
     return _NAMES[spec.num_bits]
 
 
+def weight_tile(spec) -> tuple[int, int] | None:
+    """``(bn, bk)`` of a weight spec with static 2-D tiles (``block_sizes={-1: bk, -2: bn}`` on the canonical
+    ``[out, in]`` view), else None."""
+    bs = spec.block_sizes
+    if bs is None or bs.type != "static" or bs.scale_bits is not None or spec.axis is not None:
+        return None
+    sizes = {a if a >= 0 else a + 2: n for a, n in bs.sizes}  # axes of the 2-D view: -1 -> 1, -2 -> 0
+    if len(bs.sizes) != 2 or set(sizes) != {0, 1} or None in sizes.values():
+        return None
+    return sizes[0], sizes[1]
+
+
+def expand_tiles(scale: np.ndarray, tile, shape) -> np.ndarray:
+    """One value per element of an ``[out, in]`` tensor of ``shape`` from one per ``tile = (bn, bk)`` block
+    (ragged last tiles cut).
+
+    Example:
+      >>> expand_tiles(np.array([[1.0, 2.0]]), (2, 2), (2, 3))  # [[1, 1, 2], [1, 1, 2]]
+    """
+    bn, bk = tile
+    full = np.repeat(np.repeat(np.asarray(scale, np.float32), bn, axis=0), bk, axis=1)
+    return full[: shape[0], : shape[1]]
+
+
 class FP8Format(ScaledFormat):
     """FP8 E4M3 / E5M2 with static or dynamic per-tensor / per-axis / per-block / per-token scales."""
 
     name = "fp8"
-    hf_algorithms = ("FP8", "FP8_PER_CHANNEL_PER_TOKEN")
+    hf_algorithms = ("FP8", "FP8_PER_CHANNEL_PER_TOKEN", "FP8_BLOCK_SCALES")
 
     def claims(self, spec) -> bool:
         bs = spec.block_sizes
@@ -95,8 +121,13 @@ class FP8Format(ScaledFormat):
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def hf_algorithm(self, wspec, ispec):
-        if element_name(wspec) != "e4m3" or wspec.block_sizes is not None or ispec is None or ispec.format is not self \
-                or element_name(ispec) != "e4m3":
+        if element_name(wspec) != "e4m3" or ispec is None or ispec.format is not self or element_name(ispec) != "e4m3":
+            return None
+        if wspec.block_sizes is not None:
+            tile = weight_tile(wspec)
+            if tile is not None and ispec.is_dynamic and ispec.axis is None and ispec.block_sizes is not None \
+                    and dict(ispec.block_sizes.sizes) == {-1: tile[1]} and tile[0] == tile[1]:
+                return "FP8_BLOCK_SCALES", {"weight_block_size": list(tile)}
             return None
         if wspec.axis is None and ispec.axis is None and ispec.block_sizes is None and not ispec.is_dynamic:
             return "FP8", {}
@@ -107,12 +138,17 @@ class FP8Format(ScaledFormat):
 
     def hf_tensors(self, qt, wspec, amax, algo):
         scale = self.export_scale(wspec, amax)
-        return {"weight": np.asarray(qt.data),
-                "weight_scale": scale.reshape(()) if algo == "FP8" else scale.reshape(-1)}
+        data = np.asarray(qt.data)[tuple(slice(0, n) for n in qt.shape)]  # without a ragged tile's padding
+        if algo == "FP8_BLOCK_SCALES":  # the dequantization multiplier 1/s per tile (DeepSeek's name)
+            return {"weight": data, "weight_scale_inv": scale.reshape(amax.shape)}
+        return {"weight": data, "weight_scale": scale.reshape(()) if algo == "FP8" else scale.reshape(-1)}
 
     def hf_dequantize(self, tensors, layer_config):
+        w = tensors["weight"].astype(np.float32)
+        if "weight_scale_inv" in tensors:
+            return w * expand_tiles(tensors["weight_scale_inv"], layer_config["weight_block_size"], w.shape)
         scale = tensors["weight_scale"].astype(np.float32)
-        return tensors["weight"].astype(np.float32) * (scale if scale.ndim == 0 else scale[:, None])
+        return w * (scale if scale.ndim == 0 else scale[:, None])
 
     # -- kernels ----------------------------------------------------------------------------------------
     def kernel_mode(self, spec, cshape) -> str | None:

@@ -13,6 +13,7 @@ model's output when it sits on top of other layers (the last ``Dense`` of an ``n
 whatever its name; delete that key to quantize it. KV-cache presets are fragments meant to
 be merged into a main preset with :func:`merge_presets`.
 
+``FP8_BLOCKWISE_CFG`` (DeepSeek-V3's block FP8: 128 x 128 weight tiles, inputs per token in groups of 128) and
 ``INT8_SMOOTHQUANT_PER_TOKEN_CFG`` (SmoothQuant, alpha 0.5, per-token dynamic INT8 activations: TensorRT-LLM's
 SmoothQuant with ``--per_token --per_channel``) is jq's addition. ``INT4_AWQ_CLIP_CFG`` and ``INT4_AWQ_FULL_CFG`` are jq's names for
 ``INT4_AWQ_CFG`` with ModelOpt's other AWQ algorithms (ModelOpt swaps the algorithm of ``INT4_AWQ_CFG`` and has no preset for them). ModelOpt presets jq
@@ -31,6 +32,7 @@ __all__ = [
     "INT8_WEIGHT_ONLY_CFG",
     "FP8_DEFAULT_CFG",
     "FP8_PER_CHANNEL_PER_TOKEN_CFG",
+    "FP8_BLOCKWISE_CFG",
     "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
     "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
     "INT4_AWQ_CFG",
@@ -58,6 +60,7 @@ __all__ = [
     "get_preset",
     "merge_presets",
     "with_output_head",
+    "with_block_size",
 ]
 
 DEFAULT_DISABLED_QUANTIZER_CFG = {
@@ -116,6 +119,12 @@ INT8_WEIGHT_ONLY_CFG = _preset({"num_bits": 8, "axis": 0}, _OFF, "max")
 FP8_DEFAULT_CFG = _preset({"num_bits": (4, 3), "axis": None}, {"num_bits": (4, 3), "axis": None}, "max")
 FP8_PER_CHANNEL_PER_TOKEN_CFG = _preset(
     {"num_bits": (4, 3), "axis": 0}, {"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}}, "max")
+# jq's addition (no ModelOpt preset takes inputs): DeepSeek-V3's block FP8, E4M3 weights in 128 x 128 tiles and
+# inputs quantized per token in groups of 128 at run time (dynamic), as vLLM, SGLang and TensorRT-LLM run a
+# block FP8 checkpoint (vLLM runs ModelOpt's FP8_PB_WO checkpoints this way too). Exported as quant_method "fp8"
+# (jq.export.to_serving_checkpoint); for a layer width that 128 does not divide, set both 128s to a divisor.
+FP8_BLOCKWISE_CFG = _preset({"num_bits": (4, 3), "block_sizes": {-1: 128, -2: 128}, "enable": True},
+                            {"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: 128}, "enable": True}, "max")
 FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG = _preset(
     {"num_bits": (4, 3), "block_sizes": {-1: 128, -2: 128}, "enable": True}, _OFF, "max")
 INT4_BLOCKWISE_WEIGHT_ONLY_CFG = _preset({"num_bits": 4, "block_sizes": {-1: 128}, "enable": True}, _OFF, "max")
@@ -223,4 +232,32 @@ def with_output_head(preset: dict) -> dict:
     """
     out = copy.deepcopy(preset)
     out["quant_cfg"].pop("@output_head", None)
+    return out
+
+
+def with_block_size(preset: dict, size: int) -> dict:
+    """A copy of ``preset`` with every integer block size of its enabled quantizers set to ``size``: INT groups,
+    FP8 tiles and input groups (``FP8_BLOCKWISE_CFG``'s 128 x 128 and 128); per-token sizes (None) and formats
+    whose block is part of the format (NVFP4's 16, MX's 32: ``scale_bits`` set) are kept.
+
+    Example:
+      >>> with_block_size(FP8_BLOCKWISE_CFG, 64)["quant_cfg"]["*weight_quantizer"]["block_sizes"]
+      {-1: 64, -2: 64}
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"block size must be a positive int, got {size!r}")
+    out = copy.deepcopy(preset)
+    changed = 0
+    for entry in out["quant_cfg"].values():
+        for spec in entry if isinstance(entry, list) else [entry]:
+            blocks = spec.get("block_sizes") if isinstance(spec, dict) and spec.get("enable", True) else None
+            if not blocks or blocks.get("scale_bits") is not None:
+                continue
+            for axis, n in list(blocks.items()):
+                if not isinstance(axis, str) and n is not None:
+                    blocks[axis] = size
+                    changed += 1
+    if not changed:
+        raise ValueError("the preset has no integer block size to set (per-tensor, per-channel, per-token, NVFP4 and "
+                         "MX quantizers keep theirs)")
     return out

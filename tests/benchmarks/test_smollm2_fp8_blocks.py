@@ -22,6 +22,14 @@ def test_group_replaces_only_the_input_block_size():
     assert spec.format.name == "fp8" and spec.is_dynamic and dict(spec.block_sizes.sizes) == {-1: 64}
 
 
+def test_blockwise_preset_gets_g_by_g_weight_tiles_too():
+    cfg = blocked_cfg("FP8_BLOCKWISE:gptq,act_order=true@64")
+    w = QuantizerSpec.from_dict(cfg["quant_cfg"]["*weight_quantizer"])
+    i = QuantizerSpec.from_dict(cfg["quant_cfg"]["*input_quantizer"])
+    assert dict(w.block_sizes.sizes) == {-1: 64, -2: 64} and not w.is_dynamic
+    assert dict(i.block_sizes.sizes) == {-1: 64} and i.is_dynamic
+
+
 def test_mx_gives_mxfp8_inputs_and_patterns_still_apply():
     cfg = blocked_cfg("FP8_PER_CHANNEL_PER_TOKEN~*weight_quantizer@mx")
     assert QuantizerSpec.from_dict(cfg["quant_cfg"]["*input_quantizer"]).format.name == "mxfp8"

@@ -4,6 +4,7 @@ FP8 and NVFP4 weights dequantize to jq's fake-quantized weights bit for bit; INT
 float32 ulps (ModelOpt's ``weight * (amax / 7)`` vs jq's ``q / (7 / amax)``).
 """
 
+import copy
 import json
 
 import jax.numpy as jnp
@@ -12,9 +13,12 @@ import numpy as np
 import pytest
 
 import jq.export
+import jq.models as jm
+from jq.model import QuantizedModel
 from jq.export.hf_checkpoint import _pack_rows_int4, _unpack_rows_int4, read_safetensors
 from jq.export.scales import canonical_weight
 from jq.quantizer import fake_quant_reference
+from tests.models.conftest import tiny_model
 
 
 def _fake_quantized(qm, site):
@@ -126,3 +130,22 @@ def test_safetensors_reader_handles_fp8(tmp_path):
     assert meta == {"k": "v"}
     for k, v in data.items():
         assert got[k].dtype == np.asarray(v).dtype and np.array_equal(got[k], np.asarray(v))
+
+
+def test_block_fp8_tiles_dequantize_exactly(tmp_path):
+    """FP8_BLOCK_SCALES: one ``weight_scale_inv`` per 16 x 16 tile; the weight read back is jq's fake-quantized
+    weight bit for bit."""
+    _, config, params = tiny_model(num_hidden_layers=1)
+    cfg = copy.deepcopy(jq.FP8_BLOCKWISE_CFG)
+    cfg["quant_cfg"]["*weight_quantizer"]["block_sizes"].update({-1: 16, -2: 16})
+    cfg["quant_cfg"]["*input_quantizer"]["block_sizes"][-1] = 16
+    tokens = jnp.asarray(np.arange(24).reshape(2, 12) % 48, jnp.int32)
+    qm = jq.calibrate(QuantizedModel.create(params, jm.make_forward(config), cfg), [(tokens,)], progress=False)
+    ck = jq.export.read_hf_checkpoint(jq.export.to_hf_checkpoint(qm, tmp_path / "ckpt"))
+    assert ck.quant_config["quantization"]["weight_block_size"] == [16, 16]
+    sites = [s for s in qm.traced.sites if s.kind == "linear" and s.name != "lm_head"]
+    assert len(sites) == 7
+    for site in sites:
+        ref = _fake_quantized(qm, site)
+        assert ck.tensors[f"{site.name}.weight_scale_inv"].shape == (-(-ref.shape[0] // 16), ref.shape[1] // 16)
+        assert np.array_equal(ck.dequantize(site.name), ref), site.name

@@ -13,8 +13,9 @@ import pytest
 
 import jq
 import jq.models as jm
-from jq.export.serving import to_serving_checkpoint
-from jq.export.serving_reader import dequantize_weight, read_serving_checkpoint
+from jq.export.serving import block_fp8_config, to_serving_checkpoint
+from jq.export.serving_reader import (ServingCheckpoint, _block_fp8_quant, dequantize_weight,
+                                       read_serving_checkpoint)
 from jq.model import QuantizedModel
 from tests.models.conftest import tiny_model
 
@@ -160,3 +161,85 @@ def test_tied_head_is_excluded_under_its_hf_name(tmp_path):
     _, forward, params = ck.to_jq()
     np.testing.assert_array_equal(np.asarray(jax.jit(forward)(params, TOKENS)),
                                   np.asarray(jax.jit(qm.apply)(qm.params, TOKENS)))
+
+
+def _block_fp8(block):
+    cfg = copy.deepcopy(jq.FP8_BLOCKWISE_CFG)  # the tiny model's widths are 16, 32 and 48
+    cfg["quant_cfg"]["*weight_quantizer"]["block_sizes"].update({-1: block, -2: block})
+    cfg["quant_cfg"]["*input_quantizer"]["block_sizes"][-1] = block
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _block_fp8_model(block):
+    hf, config, params = tiny_model(num_hidden_layers=1)
+    qm = QuantizedModel.create(params, jm.make_forward(config), _block_fp8(block))
+    return hf, config, jq.calibrate(qm, [(TOKENS,)], progress=False)
+
+
+def test_block_fp8_checkpoint_is_deepseeks_layout_and_reproduces_quantized_logits_exactly(tmp_path):
+    hf, config, qm = _block_fp8_model(16)
+    out = to_serving_checkpoint(qm, tmp_path / "ckpt", hf_config=hf)
+    assert not (out / "hf_quant_config.json").exists()  # DeepSeek-V3's layout has none
+    assert json.loads((out / "config.json").read_text())["quantization_config"] == {
+        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [16, 16],
+        "ignored_layers": ["lm_head"], "modules_to_not_convert": ["lm_head"]}
+    ck = read_serving_checkpoint(out)
+    assert sorted(set(ck.modules().values())) == ["FP8_BLOCK_SCALES"] and len(ck.modules()) == 7
+    t = ck.module_tensors("model.layers.0.mlp.down_proj")  # [32, 48]: 2 x 3 tiles
+    assert set(t) == {"weight", "weight_scale_inv"}
+    assert t["weight"].dtype == ml_dtypes.float8_e4m3fn and t["weight"].shape == (32, 48)
+    assert t["weight_scale_inv"].dtype == np.float32 and t["weight_scale_inv"].shape == (2, 3)
+    w = np.asarray(qm.params["model"]["layers"][0]["mlp"]["down_proj"]["weight"], np.float32)  # HF [out, in]
+    tile = np.abs(w[16:32, 32:48]).max()
+    assert t["weight_scale_inv"][1, 2] == pytest.approx(tile / 448, rel=1e-6)  # the dequantization multiplier
+    assert np.abs(ck.dequantize("model.layers.0.mlp.down_proj") - w).max() <= 0.0625 * np.abs(w).max()
+    _, forward, params = ck.to_jq()
+    got = np.asarray(jax.jit(forward)(params, TOKENS))
+    np.testing.assert_array_equal(got, np.asarray(jax.jit(qm.apply)(qm.params, TOKENS)))
+    assert not np.array_equal(got, np.asarray(jax.jit(jm.make_forward(config))(qm.params, TOKENS)))
+
+
+def test_block_fp8_widths_the_serving_kernels_cannot_tile_are_refused(tmp_path):
+    hf, _, qm = _block_fp8_model(32)  # k_proj has 16 output channels, down_proj reads 48: neither holds 32s
+    with pytest.raises(ValueError, match="k_proj'.*not a multiple of the e4m3 b32x32 block size 32"):
+        to_serving_checkpoint(qm, tmp_path / "ckpt", hf_config=hf)
+    # a checkpoint from elsewhere: the reader applies vLLM's rules (input groups; a fused sibling's whole tiles)
+    qc = block_fp8_config([32, 32], [])
+    fp8 = lambda o, i: np.zeros((o, i), ml_dtypes.float8_e4m3fn)  # noqa: E731
+    for module, (o, i), match in (("mlp.down_proj", (32, 48), "48 input channels are not a multiple of the block's 32"),
+                                  ("self_attn.k_proj", (16, 32), "16 output channels of a fused sibling")):
+        tensors = {f"model.layers.0.{module}.weight": fp8(o, i),
+                   f"model.layers.0.{module}.weight_scale_inv": np.ones((-(-o // 32), -(-i // 32)), np.float32)}
+        ck = ServingCheckpoint({**hf, "quantization_config": qc}, _block_fp8_quant(qc), tensors, {})
+        with pytest.raises(ValueError, match=match):
+            ck.check()
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"activation_scheme": "static"}, "activation_scheme 'dynamic'"),
+    ({"weight_block_size": [16]}, "two positive ints"),
+    ({"weight_block_size": [32, 16]}, "not square"),
+], ids=["static-inputs", "one-entry", "not-square"])
+def test_block_fp8_config_rules(tmp_path, edit, match):
+    hf, _, qm = _block_fp8_model(16)
+    out = to_serving_checkpoint(qm, tmp_path / "ckpt", hf_config=hf)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"].update(edit)
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        read_serving_checkpoint(out)
+
+
+def test_block_fp8_with_a_kv_cache_or_mixed_formats_is_refused(tmp_path):
+    hf, config, params = tiny_model(num_hidden_layers=1)
+    qm = QuantizedModel.create(params, jm.make_forward(config), jq.merge_presets(_block_fp8(16), jq.FP8_KV_CFG))
+    qm = jq.calibrate(qm, [(TOKENS,)], progress=False)
+    with pytest.raises(ValueError, match="no KV-cache scales"):
+        to_serving_checkpoint(qm, tmp_path / "kv", hf_config=hf)
+    mixed = _block_fp8(16)
+    mixed["quant_cfg"]["*mlp*weight_quantizer"] = {"num_bits": (4, 3), "axis": 0}
+    mixed["quant_cfg"]["*mlp*input_quantizer"] = {"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}}
+    qm = jq.calibrate(QuantizedModel.create(params, jm.make_forward(config), mixed), [(TOKENS,)], progress=False)
+    with pytest.raises(ValueError, match="one weight_block_size for every quantized layer"):
+        to_serving_checkpoint(qm, tmp_path / "mixed", hf_config=hf)
