@@ -5,7 +5,7 @@ Each variant is a preset entry as ``examples/smollm2_perplexity.py`` takes it (`
 :func:`jq_zoo.preset_entry.preset_cfg`) followed by ``@G``: every input quantizer of the preset gets
 ``block_sizes={-1: G, "type": "dynamic"}`` (``@token`` keeps the preset's ``{-1: None}``: one scale per token;
 ``@mx`` gives MXFP8's activation scaling, groups of 32 with power-of-two E8M0 scales, the form Blackwell's
-tensor cores read)::
+tensor cores read); a preset with 2-D weight tiles (``FP8_BLOCKWISE``) gets ``G x G`` tiles too::
 
     python -m benchmarks.calibration.smollm2_fp8_blocks --n-tokens 1024 --budget-s 3000 \
         --variants FP8_PER_CHANNEL_PER_TOKEN@token FP8_PER_CHANNEL_PER_TOKEN@64 \
@@ -51,6 +51,10 @@ def blocked_cfg(entry: str) -> dict:
     for k in touched:
         spec = {key: val for key, val in quant_cfg[k].items() if key != "type"}
         quant_cfg[k] = {**spec, "block_sizes": blocks}
+    for k, v in quant_cfg.items():  # 2-D weight tiles (FP8_BLOCKWISE): G x G, as serving stacks pair them
+        sizes = v.get("block_sizes") or {}
+        if k.endswith("weight_quantizer") and group.isdigit() and {-1, -2} <= set(sizes):
+            quant_cfg[k] = {**v, "block_sizes": {**sizes, -1: int(group), -2: int(group)}}
     return {**cfg, "quant_cfg": quant_cfg}
 
 
