@@ -188,11 +188,10 @@ def cmd_eval(args) -> int:
     import jax
 
     import jq.models as jm
+    from jq.export.serving import is_block_fp8
     from jq.export.serving_reader import read_serving_checkpoint
 
     path = Path(args.model)
-    from jq.export.serving import is_block_fp8
-
     qc = json.loads((path / "config.json").read_text()).get("quantization_config") if (path / "config.json").exists() \
         else None
     if not (path / "hf_quant_config.json").exists() and not is_block_fp8(qc):

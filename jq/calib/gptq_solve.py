@@ -18,13 +18,15 @@ per-block amax (INT groups, NVFP4 16-blocks) is computed from the updated weight
 block's first column (the reference GPTQ's groups), capped at the weight's original largest block amax
 ``G``; the block that holds ``G`` keeps it (:func:`jq.calib.static_amax.pin_mask`). With ``act_order`` the
 per-block amaxes are fixed up front from the original weight (GPTQ's "static groups"), as columns of one block
-are no longer quantized together. Two-dimensional tiles (``block_sizes={-1: bk, -2: bn}``: one amax per ``bn`` output
-channels x ``bk`` input channels, DeepSeek-style block FP8, NVFP4's 16x16 weight blocks) are static groups in either
-order: one amax is shared by ``bn`` rows that GPTQ updates independently, so it is fixed up front from the original
-weight (after the scale search, if any) and each row quantizes its columns with its tile's amax. Each column is quantized by the spec's own fake quantization, as the first
-block of a two-block tensor whose second block (zeros) carries ``G``: formats whose tensor-level scale derives
-from the block amaxes (NVFP4: ``max / 2688``) see the weight's own, and the returned per-block amaxes
-reproduce the quantized weight exactly (``fake_quant(Q, amax) == Q``).
+are no longer quantized together. Two-dimensional tiles (``block_sizes={-1: bk, -2: bn}``: one amax per ``bn``
+output x ``bk`` input channels, DeepSeek-style block FP8, NVFP4's 16x16 weight blocks) are static groups in either
+order: ``bn`` rows that GPTQ updates independently share one amax, so it is fixed up front from the original
+weight (after the scale search, if any) and each row quantizes its columns with its tile's amax.
+
+Each column is quantized by the spec's own fake quantization, as the first block of a two-block tensor whose
+second block (zeros) carries ``G``: formats whose tensor-level scale derives from the block amaxes (NVFP4:
+``max / 2688``) see the weight's own, and the returned per-block amaxes reproduce the quantized weight exactly
+(``fake_quant(Q, amax) == Q``).
 
 Scale search (``shrink``, AutoGPTQ's ``mse=True``): each block amax ``a`` (computed as above, from the updated
 weights or up front) becomes ``a * m`` for the shrink factor ``m`` of the grid minimising the block's rounding

@@ -33,6 +33,7 @@ written as DeepSeek-V3 ships it, which vLLM, SGLang, TensorRT-LLM and transforme
 (float8_e4m3fn) and ``weight_scale_inv`` (float32 ``[ceil(out / bn), ceil(in / bk)]``, the dequantization
 multiplier ``amax / 448`` as jq computes it), no ``hf_quant_config.json`` and no KV scales. Sources and which
 stacks take which block sizes: ``docs/serving.md``.
+
 The safetensors header metadata keeps jq's calibrated amax of every per-tensor input / KV quantizer
 (``"jq_amax"``, JSON): serving stacks ignore it; :mod:`jq.export.serving_reader` uses it to restore jq's
 exact scale where ``amax -> scale`` does not invert uniquely.
