@@ -88,7 +88,8 @@ def _algo(site_name: str, wspec, ispec, low_rank: bool = False) -> tuple[str, di
         raise ValueError(f"site {site_name!r}: weight {wspec.describe() if wspec else 'off'} with input "
                          f"{ispec.describe() if ispec else 'off'} has no ModelOpt checkpoint format; supported: "
                          f"{', '.join(SUPPORTED_ALGOS)} (FP8 per-tensor W/A, INT4 blocks weight-only, INT8 "
-                         f"per-channel weights with per-tensor or no input, NVFP4 with or without NVFP4 inputs)")
+                         f"per-channel weights with per-tensor or no input, NVFP4 with or without NVFP4 inputs, "
+                         f"FP8 square [b, b] weight tiles with dynamic per-token input groups of b)")
     if low_rank:
         if found[0] not in SVD_ALGOS:
             raise ValueError(f"site {site_name!r}: an SVDQuant low-rank branch on {found[0]} (weight "

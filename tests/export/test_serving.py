@@ -243,3 +243,12 @@ def test_block_fp8_with_a_kv_cache_or_mixed_formats_is_refused(tmp_path):
     qm = jq.calibrate(QuantizedModel.create(params, jm.make_forward(config), mixed), [(TOKENS,)], progress=False)
     with pytest.raises(ValueError, match="one weight_block_size for every quantized layer"):
         to_serving_checkpoint(qm, tmp_path / "mixed", hf_config=hf)
+
+
+def test_block_fp8_tiles_must_be_square(tmp_path):
+    hf, config, params = tiny_model(num_hidden_layers=1)
+    cfg = _block_fp8(16)
+    cfg["quant_cfg"]["*weight_quantizer"]["block_sizes"][-2] = 8  # [8, 16] tiles
+    qm = jq.calibrate(QuantizedModel.create(params, jm.make_forward(config), cfg), [(TOKENS,)], progress=False)
+    with pytest.raises(ValueError, match=r"e4m3 b8x16.*no ModelOpt checkpoint format.*FP8 square \[b, b\] weight tiles"):
+        to_serving_checkpoint(qm, tmp_path / "ckpt", hf_config=hf)
