@@ -21,6 +21,12 @@ PARTS = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_at
          "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
 
 
+def _assert_same_sums(got, want):
+    """Equal up to the summation order of the GEMMs (float32 ulps of logits of magnitude ~7); a wrong weight row,
+    scale or FP8 rounding differs by orders of magnitude more."""
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-5)
+
+
 def _quantize(params, config, cfg):
     return jq.quantize(params, jm.make_forward(config), cfg, calib_data=[(TOKENS,)], progress=False)
 
@@ -38,8 +44,9 @@ def test_fused_float_logits_equal_unfused_and_unfuse_inverts(overrides):
     assert ("bias" in layer["self_attn"]["qkv_proj"]) == config.qkv_bias
     assert ("bias" in layer["mlp"]["gate_up_proj"]) == config.mlp_bias
     fwd = jax.jit(jm.make_forward(config))
-    # f32 on CPU: each output element is the same K-long dot product in either layout; observed bit-identical
-    np.testing.assert_array_equal(np.asarray(fwd(fused, TOKENS)), np.asarray(fwd(params, TOKENS)))
+    # each output element is the same K-long dot product in either layout, summed in an order XLA's CPU GEMM may pick
+    # by the output width: bit-identical on some CPUs, within 6e-6 of logits ~7 on AMD EPYC
+    _assert_same_sums(fwd(fused, TOKENS), fwd(params, TOKENS))
     back = llama.unfuse_projections(fused, config)
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
@@ -64,8 +71,8 @@ def test_fuse_works_on_stacked_layers_and_rejects_bad_input():
 
 def test_fp8_per_channel_per_token_fused_equals_unfused():
     """Per-row weight scales and per-token input scales do not depend on the sibling rows: the fused quantized
-    model is the unfused one up to the order the backend accumulates each GEMM's K-long dots in: asserted
-    bit-identical (XLA CPU, f32); a GPU GEMM tiled by N may differ in the last bits."""
+    model is the unfused one up to the order the backend accumulates each GEMM's K-long dots in (bit-identical on
+    some CPUs, float32 ulps on others; a GPU GEMM tiled by N may differ in the last bits too)."""
     _, config, params = tiny_model()
     cfg = jq.FP8_PER_CHANNEL_PER_TOKEN_CFG
     qu, qf = _quantize(params, config, cfg), _quantize(llama.fuse_projections(params), config, cfg)
@@ -79,7 +86,7 @@ def test_fp8_per_channel_per_token_fused_equals_unfused():
                                   for p in parts])
             np.testing.assert_array_equal(np.asarray(wf).reshape(-1), np.asarray(wu))
     yu, yf = jax.jit(qu.apply)(qu.params, TOKENS), jax.jit(qf.apply)(qf.params, TOKENS)
-    np.testing.assert_array_equal(np.asarray(yf), np.asarray(yu))
+    _assert_same_sums(yf, yu)
 
 
 def test_fp8_per_tensor_fused_amax_is_max_of_siblings():
@@ -93,15 +100,21 @@ def test_fp8_per_tensor_fused_amax_is_max_of_siblings():
             sib = [float(qu.qstate[f"{pre}{p}.weight_quantizer"]["amax"]) for p in parts]
             assert float(qf.qstate[f"{pre}{fused}.weight_quantizer"]["amax"]) == max(sib)
             differs |= len(set(sib)) > 1
-            # the siblings read one input: one calibrated input amax, the fused site's
+            # the siblings read one input: one calibrated input amax, the fused site's (exactly at the first site;
+            # later inputs went through GEMMs whose summation order may differ by the layout: float32 ulps)
             iu = {float(qu.qstate[f"{pre}{p}.input_quantizer"]["amax"]) for p in parts}
-            assert iu == {float(qf.qstate[f"{pre}{fused}.input_quantizer"]["amax"])}
+            assert len(iu) == 1
+            first = i == 0 and fused == "self_attn.qkv_proj"
+            assert iu.pop() == pytest.approx(float(qf.qstate[f"{pre}{fused}.input_quantizer"]["amax"]),
+                                             rel=0 if first else 1e-6, abs=0)
     assert differs  # the sibling amaxes differ on this model: the shared amax is a real change
-    # with the siblings' weight amax shared (jq's share_sibling_weight_amax) the models are the same (bit-identical
-    # on CPU f32, as the per-channel case): the shared amax is the only difference
+    # with the siblings' weight amax shared (jq's share_sibling_weight_amax) the models are the same (up to the
+    # GEMMs' summation order, as the per-channel case): the shared amax is the only difference
     qs = jq.calibrate(qu, [(TOKENS,)], share_sibling_weight_amax=True)
     yf, ys = jax.jit(qf.apply)(qf.params, TOKENS), jax.jit(qs.apply)(qs.params, TOKENS)
-    np.testing.assert_array_equal(np.asarray(yf), np.asarray(ys))
+    _assert_same_sums(yf, ys)
+    yu = jax.jit(qu.apply)(qu.params, TOKENS)  # the unshared amax is a visible change, far above the tolerance
+    assert float(jnp.max(jnp.abs(yu - yf))) > 1e-3
 
 
 @pytest.mark.parametrize("cfg,kind", [("FP8_DEFAULT_CFG", "fp8"), ("W4A16_NVFP4_CFG", "nvfp4_w4a16"),
