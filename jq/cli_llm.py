@@ -113,7 +113,7 @@ def _preset(name: str, kv: str | None, block_size: int | None = None) -> dict:
 
 
 def _algorithm(text: str):
-    from jq.config import algorithm_from_text
+    from jq.calib.algorithms import algorithm_from_text
 
     try:
         return algorithm_from_text(text)
@@ -188,16 +188,13 @@ def cmd_eval(args) -> int:
     import jax
 
     import jq.models as jm
-    from jq.export.serving import is_block_fp8
     from jq.export.serving_reader import read_serving_checkpoint
 
     path = Path(args.model)
-    qc = json.loads((path / "config.json").read_text()).get("quantization_config") if (path / "config.json").exists() \
-        else None
-    if not (path / "hf_quant_config.json").exists() and not is_block_fp8(qc):
-        raise CliError(f"{path}: no hf_quant_config.json and no block FP8 quantization_config in config.json "
-                       f"(expected a checkpoint written by jq-quant quantize --export-hf)")
-    ck = read_serving_checkpoint(path)
+    try:  # the reader knows which files each layout needs (block FP8 has no hf_quant_config.json)
+        ck = read_serving_checkpoint(path)
+    except FileNotFoundError as e:
+        raise CliError(f"{e} (expected a checkpoint written by jq-quant quantize --export-hf)") from None
     _read_config(path)
     config, forward, params = ck.to_jq()
     tokenizer = _tokenizer(path)

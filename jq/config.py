@@ -347,35 +347,6 @@ class Algorithm:
         return dict(self.options)
 
 
-def parse_value(text: str):
-    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def algorithm_from_text(text: str) -> str | dict:
-    """An algorithm written on a command line: ``NAME[,key=value,...]`` (values by :func:`parse_value`).
-
-    Example:
-      >>> algorithm_from_text("gptq,act_order=true,perc_damp=0.1")
-      {'method': 'gptq', 'act_order': True, 'perc_damp': 0.1}
-    """
-    method, *fields = text.split(",")
-    options = {}
-    for field in fields:
-        key, eq, value = field.partition("=")
-        if not eq or not key:
-            raise ValueError(f"algorithm {text!r}: option {field!r} is not key=value")
-        options[key] = parse_value(value)
-    return {"method": method, **options} if options else method
-
-
 def _default_spec_for(name: str) -> QuantizerSpec:
     """State of a quantizer before any entry: ModelOpt creates input/weight quantizers enabled (INT8 per
     tensor) and output/attention quantizers disabled."""

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import jq
-from jq.config import algorithm_from_text, parse_value
+from jq.calib.algorithms import algorithm_from_text, parse_value
 
 __all__ = ["parse_value", "preset_cfg"]
 

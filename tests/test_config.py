@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import jq
-from jq.config import QuantConfig, QuantizerSpec, algorithm_from_text, as_config, warn_unused
+from jq.calib.algorithms import algorithm_from_text
+from jq.config import QuantConfig, QuantizerSpec, as_config, warn_unused
 
 
 def test_spec_kinds():

@@ -18,8 +18,8 @@ name               algorithm
 ``svdquant``       :class:`~jq.calib.svdquant.SVDQuant` (``lowrank``, ``smooth``, ``alpha_step``)
 =================  ==============================================================================
 
-A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``) becomes an
-algorithm object with :func:`make`; an unknown name or option is a ``ValueError`` listing the valid ones.
+A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``, on a command line
+``smoothquant,alpha=0.5``: :func:`algorithm_from_text`) becomes an algorithm object with :func:`make`; an unknown name or option is a ``ValueError`` listing the valid ones.
 Adding an algorithm: one module with an :class:`~jq.calib.base.Algorithm` dataclass, one line here.
 
 Example:
@@ -43,7 +43,7 @@ from jq.calib.svdquant import SVDQuant
 from jq.config import Algorithm as AlgorithmConfig
 from jq.config import did_you_mean
 
-__all__ = ["ALGORITHMS", "make", "names"]
+__all__ = ["ALGORITHMS", "make", "names", "algorithm_from_text", "parse_value"]
 
 ALGORITHMS: dict = {cls.name: cls for cls in (MaxCalibration, NoCalibration, SmoothQuant, AWQLite,
                                               PercentileCalibration, EntropyCalibration, MSECalibration,
@@ -81,3 +81,32 @@ def _as_field_type(field, value):
     if isinstance(value, (list, tuple)):
         return tuple(value)
     return (value,)
+
+
+def parse_value(text: str):
+    """``true``/``false`` -> bool, ``128`` -> int, ``0.5`` -> float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def algorithm_from_text(text: str) -> str | dict:
+    """An algorithm written on a command line: ``NAME[,key=value,...]`` (values by :func:`parse_value`).
+
+    Example:
+      >>> algorithm_from_text("gptq,act_order=true,perc_damp=0.1")
+      {'method': 'gptq', 'act_order': True, 'perc_damp': 0.1}
+    """
+    method, *fields = text.split(",")
+    options = {}
+    for field in fields:
+        key, eq, value = field.partition("=")
+        if not eq or not key:
+            raise ValueError(f"algorithm {text!r}: option {field!r} is not key=value")
+        options[key] = parse_value(value)
+    return {"method": method, **options} if options else method

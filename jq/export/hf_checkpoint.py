@@ -76,6 +76,7 @@ __all__ = ["to_hf_checkpoint", "read_hf_checkpoint", "HFCheckpoint", "read_safet
 
 SUPPORTED_ALGOS = tuple(a for f in formats.FORMATS for a in f.hf_algorithms)
 SAFETENSORS_FILE, CONFIG_FILE = "model.safetensors", "hf_quant_config.json"
+SCALE_TENSORS = ("weight_scale", "weight_scale_inv")  # a quantized layer has one (block FP8: DeepSeek's name)
 # ModelOpt's quant_algo of a layer with an SVDQuant low-rank branch, by the quant_algo of its weight format
 SVD_ALGOS = {"NVFP4": "NVFP4_SVD"}
 
@@ -330,8 +331,7 @@ class HFCheckpoint:
     def layer_config(self, name: str) -> dict | None:
         """The layer's ``{"quant_algo": ...}`` (None when it is excluded or not quantized)."""
         q = self.quant_config["quantization"]
-        if name in q.get("exclude_modules", []) or not any(f"{name}.{s}" in self.tensors
-                                                            for s in ("weight_scale", "weight_scale_inv")):
+        if name in q.get("exclude_modules", []) or not any(f"{name}.{s}" in self.tensors for s in SCALE_TENSORS):
             return None
         if q.get("quant_algo") == "MIXED_PRECISION":
             return q["quantized_layers"].get(name)

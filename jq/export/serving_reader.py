@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jq.export.hf_checkpoint import read_safetensors
+from jq.export.hf_checkpoint import SCALE_TENSORS, read_safetensors
 from jq.export.serving import BLOCK_FP8, is_block_fp8
 
 __all__ = ["ServingCheckpoint", "read_serving_checkpoint", "RULES", "E2M1_VALUES", "dequantize_weight"]
@@ -84,7 +84,7 @@ RULES = {
     "FP8_BLOCK_SCALES": {"weight": (FP8, lambda o, i, g: (o, i)),
                          "weight_scale_inv": (F32, lambda o, i, g: (-(-o // g[0]), -(-i // g[1])))},
 }
-SCALE_NAMES = (".weight_scale", ".weight_scale_inv")  # the tensor that marks a quantized module
+SCALE_NAMES = tuple(f".{s}" for s in SCALE_TENSORS)  # the tensor that marks a quantized module
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 SHARED = ("input_scale", "weight_scale_2")
 FUSED = {m for group in SIBLINGS for m in group}

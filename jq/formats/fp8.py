@@ -8,9 +8,10 @@ ModelOpt's ``block_sizes={-1: None}`` with ``type="dynamic"``.
 Checkpoints: ``FP8`` (per-tensor weight and static per-tensor input), ``FP8_PER_CHANNEL_PER_TOKEN`` (one
 scale per output channel ``weight_scale[out]``, inputs quantized per token at run time: no ``input_scale``) and
 ``FP8_BLOCK_SCALES`` (DeepSeek-V3's block FP8, TensorRT-LLM's name: one scale per ``[bn, bk]`` weight tile,
-``weight_scale_inv[ceil(out / bn), ceil(in / bk)]``, inputs quantized per token in groups of ``bk`` at run time). Kernels (GPU): fused Pallas-Triton
-fake-quant / quantize / dequantize for per-tensor, per-row and per-token scales; the real-quantized linear layer
-runs cuBLASLt's fp8 GEMM through XLA (:class:`~jq.formats.linear.FP8Linear`).
+``weight_scale_inv[ceil(out / bn), ceil(in / bk)]``, inputs quantized per token in groups of ``bk`` at run time).
+
+Kernels (GPU): fused Pallas-Triton fake-quant / quantize / dequantize for per-tensor, per-row and per-token scales;
+the real-quantized linear layer runs cuBLASLt's fp8 GEMM through XLA (:class:`~jq.formats.linear.FP8Linear`).
 """
 
 from __future__ import annotations
