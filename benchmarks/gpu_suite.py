@@ -18,7 +18,8 @@ Sections (issue 15):
                   decode and prefill (:mod:`benchmarks.llm_decode`; extra arguments from ``JQ_LLM_ARGS``);
   ``fp8_decode``  FP8 decode-GEMM kernel configs vs XLA bf16 / w8a8 / dequant at the decode and 8B layer shapes,
                   B = 1, 8, 32, weight GB/s, correctness vs w8a8 (:mod:`benchmarks.kernel_bench.fp8_decode_sweep`;
-                  configs from ``JQ_FP8_DECODE_SWEEP``, default ``jq_kernels.fp8_decode.CONFIGS``);
+                  Triton configs from ``JQ_FP8_DECODE_SWEEP``, default ``jq_kernels.fp8_decode.CONFIGS``; Mosaic
+                  wgmma configs from ``JQ_FP8_WGMMA_SWEEP``, default ``fp8_decode_sweep.WGMMA_CONFIGS``, ``none``);
   ``llm_real``    the real SmolLM2-135M: real-quantized serving vs fake quant, greedy tokens and logits, tok/s,
                   per preset the wall / compile / trace seconds of each phase (``JQ_LLM_REAL_ARGS``);
 older ones: quant_smoke quant_bench gemm_smoke gemm_bench gemm_schedules gemm_schedule_smoke e2e.
@@ -85,15 +86,18 @@ def run_section(sec: str, budget_s: float, small: bool) -> dict:
     elif sec == "fp8_decode":
         from benchmarks.kernel_bench import fp8_decode_sweep as f
         from jq_kernels import fp8_decode as D
-        spec = os.environ.get("JQ_FP8_DECODE_SWEEP")
+        from jq_kernels import fp8_wgmma as WG
+        spec, wspec = os.environ.get("JQ_FP8_DECODE_SWEEP"), os.environ.get("JQ_FP8_WGMMA_SWEEP")
         configs = D.parse_configs(spec) if spec else None
+        wgmma = None if wspec is None else (() if wspec == "none" else WG.parse_wgmma_configs(wspec))
         if small:
             configs = configs or D.parse_configs("fp8:32,64,0,4,2;bf16:32,64,2,4,2")
             r = f.fp8_decode_sweep(configs, batches=(1, 3), decode_shape=("decode", 256, 512),
                                    layer_shapes=(("gate_up", 128, 256),), budget_s=budget_s, iters=2, max_copies=2,
-                                   out_name="section_fp8_decode.json")
+                                   out_name="section_fp8_decode.json", wgmma_configs=wgmma)
         else:
-            r = f.fp8_decode_sweep(configs, budget_s=budget_s, out_name="section_fp8_decode.json")
+            r = f.fp8_decode_sweep(configs, budget_s=budget_s, out_name="section_fp8_decode.json",
+                                   wgmma_configs=wgmma)
     elif sec in ("llm", "llm_real"):
         from benchmarks import llm_decode
         path = os.path.join(_out(), f"section_{sec}_cells.json")

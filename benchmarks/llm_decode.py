@@ -8,7 +8,9 @@ Variants (``--variants``; default :data:`DEFAULT_VARIANTS`): ``bf16`` (no evalua
 cache), ``fp8_w8a8`` (FP8 weights and activations, the fp8 GEMM forced at every shape), ``fp8`` (the default
 :class:`jq.formats.fp8_gemm.FP8GemmPolicy`: its ``small_batch_gemm`` for <= 32 tokens, fp8 GEMM above),
 ``fp8_dequant`` (the bf16-GEMM path forced), ``fp8_kernel`` (the Pallas FP8 decode GEMM forced up to 64 tokens, fp8
-GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
+GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``fp8_wgmma`` (the Mosaic GPU fp8 wgmma decode GEMM,
+:mod:`jq_kernels.fp8_wgmma`, forced up to 64 tokens; its config from ``JQ_FP8_WGMMA_CFG``, one
+``parse_wgmma_configs`` entry; off a GPU the w8a8 reference runs), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
 of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8`` suffix stores the KV
 cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``); a ``_fused`` infix (``fp8_kernel_fused``,
 ``nvfp4_fused_kv8``, ``bf16_fused``) runs the same random weights with q/k/v and gate/up fused into one GEMM each
@@ -65,9 +67,10 @@ SHAPES = {
 }
 PRESETS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "W4A16_NVFP4_CFG", "int4": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
 FP8_POLICIES = {"fp8": FP8GemmPolicy(), "fp8_w8a8": FP8GemmPolicy(mode="w8a8"),
-                "fp8_dequant": FP8GemmPolicy(mode="dequant"), "fp8_kernel": FP8GemmPolicy(mode="decode_kernel")}
-_UNFUSED = ("bf16", "bf16_kv8", "fp8_w8a8", "fp8", "fp8_kv8", "fp8_dequant", "fp8_kernel", "nvfp4", "nvfp4_kv8",
-            "int4", "int4_kv8")
+                "fp8_dequant": FP8GemmPolicy(mode="dequant"), "fp8_kernel": FP8GemmPolicy(mode="decode_kernel"),
+                "fp8_wgmma": FP8GemmPolicy(mode="wgmma_kernel")}
+_UNFUSED = ("bf16", "bf16_kv8", "fp8_w8a8", "fp8", "fp8_kv8", "fp8_dequant", "fp8_kernel", "fp8_wgmma", "nvfp4",
+            "nvfp4_kv8", "int4", "int4_kv8")
 VARIANTS = _UNFUSED + tuple(v[:-4] + "_fused_kv8" if v.endswith("_kv8") else v + "_fused" for v in _UNFUSED)
 # "_qhead": the lm_head quantized in the variant's format too (ModelOpt's presets leave it in bf16)
 VARIANTS += tuple(v[:-4] + "_qhead_kv8" if v.endswith("_kv8") else v + "_qhead" for v in VARIANTS
@@ -92,6 +95,13 @@ def _decode_cfg():
     cfg = fp8_decode.FP8DecodeConfig.from_name(max(names, key=names.count)) if names else None
     print(f"fp8_kernel: decode config {cfg.name if cfg else 'default'} (from {path})", flush=True)
     return cfg
+
+
+def _wgmma_cfg():
+    """The ``fp8_wgmma`` variant's kernel config from ``JQ_FP8_WGMMA_CFG`` (unset: the kernel's default)."""
+    from jq_kernels import fp8_wgmma
+    spec = os.environ.get("JQ_FP8_WGMMA_CFG", "")
+    return fp8_wgmma.parse_wgmma_configs(spec)[0] if spec else None
 
 
 def parse_variant(variant: str) -> tuple[str, bool, bool, bool]:
@@ -242,6 +252,8 @@ class Model:
                 extra = {}
                 if base == "fp8_kernel":  # off a GPU the kernel runs in interpret mode (the CPU smoke runs it)
                     extra = {"decode_cfg": _decode_cfg(), "kernel_interpret": jax.default_backend() != "gpu"}
+                elif base == "fp8_wgmma":
+                    extra = {"wgmma_cfg": _wgmma_cfg()}
                 kernels = {k: dataclasses.replace(v, policy=FP8_POLICIES[base], **extra) for k, v in kernels.items()}
             lm = llm_stack.real_quant_stacked(qm, self.config1, top, stack, kv_cache=kv8,
                                               realized=realized, kernels=kernels)

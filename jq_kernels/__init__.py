@@ -4,6 +4,7 @@
   fake-quant kernels, bit-exact with :mod:`jq.numerics`.
 * :mod:`jq_kernels.fp8_linear` -- the FP8 linear layer through XLA's cuBLASLt fp8 GEMM.
 * :mod:`jq_kernels.fp8_decode` -- the FP8 decode GEMM for a few tokens (Pallas-Triton, swap-AB, split-K).
+* :mod:`jq_kernels.fp8_wgmma` -- the FP8 decode GEMM on Mosaic GPU (TMA-fed e4m3 wgmma, swap-AB, split-K).
 * :mod:`jq_kernels.w4a16` -- the W4A16 decode GEMM (NVFP4 / INT4 weights) on Mosaic GPU, its offline weight layout,
   its PTX and their bit-exact CPU emulation.
 * :mod:`jq_kernels._common` -- float-bit arithmetic and exact division shared by the Triton kernels.
@@ -16,7 +17,7 @@ Design notes and measurements: ``docs/kernels.md``.
 
 import importlib
 
-__all__ = ["nvfp4", "fp8", "mx", "fp8_linear", "fp8_decode", "w4a16"]
+__all__ = ["nvfp4", "fp8", "mx", "fp8_linear", "fp8_decode", "fp8_wgmma", "w4a16"]
 
 
 def __getattr__(name):

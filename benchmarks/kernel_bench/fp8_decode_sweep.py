@@ -4,7 +4,8 @@ For ``y = x @ W.T`` at the decode-GEMM shape (N=28672, K=8192) and the Llama-3-8
 k/v 1024x4096, gate/up 14336x4096, down 4096x14336), B = 1, 8, 32, every method is timed in the same run:
 
 * ``bf16``: XLA's ``x_bf16 @ w_bf16.T`` (f32 accumulation);
-* ``w8a8`` / ``dequant`` / ``kernel:<config>``: :class:`jq.formats.linear.FP8Linear` with the GEMM forced
+* ``w8a8`` / ``dequant`` / ``kernel:<config>`` (the Pallas-Triton decode GEMM) / ``wgmma:<config>`` (the Mosaic
+  GPU one, :mod:`jq_kernels.fp8_wgmma`; GPU only): :class:`jq.formats.linear.FP8Linear` with the GEMM forced
   (activation quantization included, as the model runs it).
 
 Each timed program runs the method on ``copies`` distinct weights (enough to spill the 50 MB L2) and as many
@@ -14,10 +15,12 @@ the results, so launch overhead is the device's, not Python's; the figure is the
 program's output against the ``w8a8`` program's and the ``dequant`` program's (same weights, same quantized
 activations, exact products: equal up to f32 summation order; cuBLASLt's fp8 GEMM may accumulate with fewer bits,
 so a row is correct when it is within 1e-4 of either). The decode shape runs every config; the layer shapes run the
-best config per batch of the decode shape (the default where none is correct). ``budget_s``: no cell starts past
-it. On a CPU the kernel runs in Pallas interpret mode (``harness_only``: no timing meaning).
+best config per batch of the decode shape (the default where none is correct), of each kernel. ``budget_s``: no
+cell starts past it. On a CPU the Triton kernel runs in Pallas interpret mode and the Mosaic kernel is skipped
+(``harness_only``: no timing meaning).
 
-``JQ_FP8_DECODE_SWEEP="fp8:128,256,0,4,4;..." PYTHONPATH=. python -m benchmarks.gpu_suite fp8_decode``
+``JQ_FP8_DECODE_SWEEP="fp8:128,256,0,4,4;..." JQ_FP8_WGMMA_SWEEP="1,256,4,0;..." PYTHONPATH=. python -m
+benchmarks.gpu_suite fp8_decode``
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from benchmarks.kernel_bench.common import device_info, save, time_fn
 from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq.formats.linear import FP8Linear
 from jq_kernels import fp8_decode as D
+from jq_kernels import fp8_wgmma as WG
 from jq_kernels.fp8_linear import prepare_fp8_weight
 
 DECODE_SHAPE = ("decode", 28672, 8192)
@@ -42,6 +46,11 @@ FUSED_LAYER_SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up2", 28672
 SHAPE_SETS = {"llama3_8b": LAYER_SHAPES, "llama3_8b_fused": FUSED_LAYER_SHAPES}
 BAR = 1.6  # issue 15: FP8 >= 1.6x bf16 tokens/s at every B <= 32 (model level)
 L2_SPILL_BYTES = 128 << 20  # fp8 bytes per timed program: > 2x the H100/H200 L2
+# the Mosaic kernel's candidates, its default first: 64- or 128-row CTAs, 2-4 K steps of 256-512 in flight
+WGMMA_CONFIGS = (WG.FP8WgmmaConfig(), WG.FP8WgmmaConfig(rows=2), WG.FP8WgmmaConfig(block_k=512, stages=3),
+                 WG.FP8WgmmaConfig(rows=2, block_k=512, stages=2), WG.FP8WgmmaConfig(ctas_per_sm=4),
+                 WG.FP8WgmmaConfig(stages=6))
+KERNELS = {"kernel": "decode_kernel", "wgmma": "wgmma_kernel"}  # method prefix -> FP8GemmPolicy mode
 
 
 def _weights(n, k, copies, seed):
@@ -57,8 +66,10 @@ def _program(method, cfg, interpret):
         def one(x, amax, w):
             return jnp.dot(x, w.T, preferred_element_type=jnp.float32)
     else:
-        mode = "decode_kernel" if method.startswith("kernel") else method
-        lin = FP8Linear(policy=FP8GemmPolicy(mode=mode), decode_cfg=cfg, kernel_interpret=interpret)
+        prefix = method.split(":", 1)[0]
+        mode = KERNELS.get(prefix, method)
+        kw = {"wgmma_cfg": cfg} if prefix == "wgmma" else {"decode_cfg": cfg, "kernel_interpret": interpret}
+        lin = FP8Linear(policy=FP8GemmPolicy(mode=mode), **kw)
         platform = "cpu" if interpret else "gpu"
 
         def one(x, amax, w):
@@ -74,15 +85,19 @@ def _program(method, cfg, interpret):
 
 def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE, layer_shapes=LAYER_SHAPES,
                      budget_s=1e9, out_name="fp8_decode_sweep.json", iters=10, max_copies=16,
-                     every_config=False) -> dict:
+                     every_config=False, wgmma_configs=None) -> dict:
     """Time the methods at ``decode_shape`` (every config; None: skipped) and at each of ``layer_shapes`` (the
-    decode shape's best config per batch, or every config with ``every_config``); ``rec["best_by_shape"]`` holds
-    the fastest correct config per (shape, batch)."""
+    decode shape's best config per batch and kernel, or every config with ``every_config``);
+    ``rec["best_by_shape"]`` holds the fastest correct config per (shape, batch). ``configs``: Triton decode-kernel
+    configs (None: ``jq_kernels.fp8_decode.CONFIGS``); ``wgmma_configs``: Mosaic kernel configs (None:
+    :data:`WGMMA_CONFIGS`; ``()``: none)."""
     t0 = time.time()
     on_gpu = jax.default_backend() == "gpu"
     interpret = not on_gpu
     configs = list(configs or D.CONFIGS)
-    rec = {"info": device_info(), "configs": [c.name for c in configs], "batches": list(batches), "rows": [],
+    wgmma_configs = list(WGMMA_CONFIGS if wgmma_configs is None else wgmma_configs)
+    kernel_methods = [(f"kernel:{c.name}", c) for c in configs] + [(f"wgmma:{c.name}", c) for c in wgmma_configs]
+    rec = {"info": device_info(), "configs": [m for m, _ in kernel_methods], "batches": list(batches), "rows": [],
            "harness_only": interpret, "method": "time per GEMM inside one jit over `copies` distinct weights"}
 
     def cells(shape, methods):
@@ -104,8 +119,12 @@ def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE
                 if time.time() - t0 > budget_s:
                     row["skipped"] = "budget"
                     continue
+                if method.startswith("wgmma:") and interpret:
+                    row["skipped"] = "needs a GPU"
+                    continue
                 if cfg is not None:
-                    row["plan"] = D.decode_plan(n, k, b, cfg)
+                    row["plan"] = (WG.wgmma_plan(n, k, b, cfg) if method.startswith("wgmma:")
+                                   else D.decode_plan(n, k, b, cfg))
                 faulthandler.dump_traceback_later(90, exit=True)  # a hung kernel ends the process
                 try:
                     fn = _program(method, cfg, interpret)
@@ -134,18 +153,26 @@ def fp8_decode_sweep(configs=None, batches=(1, 8, 32), decode_shape=DECODE_SHAPE
         del ws, stored
 
     base = [("bf16", None), ("w8a8", None), ("dequant", None)]
-    every = lambda b: base + [(f"kernel:{c.name}", c) for c in configs]
-    rec["best"] = {}
+    every = lambda b: base + kernel_methods
+    rec["best"], best_method = {}, {}
     if decode_shape is not None:
         cells(decode_shape, every)
         rec["best"] = _best(rec, decode_shape[0])
+        best_method = {(p, b): v["method"] for p in KERNELS for b, v in _best(rec, decode_shape[0], p).items()}
         save(out_name, rec)
+
+    def methods(b):  # per kernel: its best config at the decode shape, else its first (default) config
+        out = []
+        for prefix in KERNELS:
+            mine = [m for m in kernel_methods if m[0].startswith(prefix + ":")]
+            out += [m for m in mine if m[0] == best_method.get((prefix, b))] or mine[:1]
+        return base + out
+
     for shape in layer_shapes:
-        def methods(b):
-            best = [c for c in configs if c.name == rec["best"].get(b, {}).get("config")]
-            return base + [(f"kernel:{c.name}", c) for c in (best or configs[:1])]
         cells(shape, every if every_config else methods)
-    rec["best_by_shape"] = {s[0]: _best(rec, s[0]) for s in ([decode_shape] if decode_shape else []) + list(layer_shapes)}
+    shapes = ([decode_shape] if decode_shape else []) + list(layer_shapes)
+    rec["best_by_shape"] = {s[0]: _best(rec, s[0]) for s in shapes}
+    rec["best_wgmma_by_shape"] = {s[0]: _best(rec, s[0], "wgmma") for s in shapes}
     rec["wall_s"] = time.time() - t0
     rec["summary"] = table(rec)
     save(out_name, rec)
@@ -160,16 +187,16 @@ def _ok(r):
     return "us" in r and bool(r.get("finite")) and checked
 
 
-def _best(rec, shape) -> dict:
-    """Per batch: the fastest correct kernel config at ``shape``."""
+def _best(rec, shape, prefix: str = "kernel") -> dict:
+    """Per batch: the fastest correct config at ``shape`` of the kernel whose methods start with ``prefix:``."""
     out = {}
     for b in rec["batches"]:
         rows = [r for r in rec["rows"] if r.get("shape") == shape and r.get("B") == b
-                and str(r.get("method", "")).startswith("kernel:") and _ok(r)]
+                and str(r.get("method", "")).startswith(prefix + ":") and _ok(r)]
         if rows:
             r = min(rows, key=lambda r: r["us"])
-            out[b] = {"config": r["method"].split(":", 1)[1], "us": r["us"], "GBps": r["GBps"],
-                      "speedup_vs_bf16": r.get("speedup_vs_bf16")}
+            out[b] = {"config": r["method"].split(":", 1)[1], "method": r["method"], "us": r["us"],
+                      "GBps": r["GBps"], "speedup_vs_bf16": r.get("speedup_vs_bf16")}
     return out
 
 
@@ -202,10 +229,12 @@ def table(rec) -> str:
         sp = v["speedup_vs_bf16"]
         lines.append(f"best kernel config at the decode shape, B={b}: {v['config']} {v['GBps']:.0f} GB/s"
                      + (f", {sp:.2f}x bf16" if sp else ""))
-    for shape, by_b in rec.get("best_by_shape", {}).items():
-        for b, v in by_b.items():
-            sp = v["speedup_vs_bf16"]
-            lines.append(f"best at {shape}, B={b}: {v['config']} {v['GBps']:.0f} GB/s" + (f", {sp:.2f}x bf16" if sp else ""))
+    for key in ("best_by_shape", "best_wgmma_by_shape"):
+        for shape, by_b in rec.get(key, {}).items():
+            for b, v in by_b.items():
+                sp = v["speedup_vs_bf16"]
+                lines.append(f"best at {shape}, B={b}: {v['method']} {v['GBps']:.0f} GB/s"
+                             + (f", {sp:.2f}x bf16" if sp else ""))
     return "\n".join(lines)
 
 
@@ -215,6 +244,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default="llama3_8b_fused", choices=sorted(SHAPE_SETS))
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--configs", default="", help="parse_configs spec (default: jq_kernels.fp8_decode.CONFIGS)")
+    ap.add_argument("--wgmma-configs", default=None,
+                    help="parse_wgmma_configs spec (default: WGMMA_CONFIGS; 'none': the Mosaic kernel not at all)")
     ap.add_argument("--every-config", action="store_true", help="every config at every layer shape")
     ap.add_argument("--decode-shape", action="store_true", help="also the N=28672, K=8192 decode shape first")
     ap.add_argument("--budget-s", type=float, default=1e9)
@@ -224,7 +255,9 @@ def main(argv=None):
     return fp8_decode_sweep(D.parse_configs(a.configs) if a.configs else None,
                             batches=tuple(int(b) for b in a.batches.split(",")),
                             decode_shape=DECODE_SHAPE if a.decode_shape else None, layer_shapes=SHAPE_SETS[a.shapes],
-                            budget_s=a.budget_s, out_name=a.out_name, iters=a.iters, every_config=a.every_config)
+                            budget_s=a.budget_s, out_name=a.out_name, iters=a.iters, every_config=a.every_config,
+                            wgmma_configs=None if a.wgmma_configs is None else
+                            (() if a.wgmma_configs == "none" else WG.parse_wgmma_configs(a.wgmma_configs)))
 
 
 if __name__ == "__main__":

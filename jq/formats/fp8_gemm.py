@@ -1,7 +1,7 @@
 """Which GEMM serves a real-quantized FP8 linear layer, chosen by shape: the fp8 GEMM, the weight-dequant GEMM or
-the FP8 decode kernel.
+one of the two FP8 decode kernels.
 
-Three ways to compute ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)`` on E4M3 operands:
+Four ways to compute ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)`` on E4M3 operands:
 
 * ``"w8a8"``: one fp8 ``dot_general`` (cuBLASLt's fp8 GEMM on Hopper, :func:`jq_kernels.fp8_linear.fp8_linear`):
   compute-efficient, the choice for many tokens;
@@ -10,7 +10,10 @@ Three ways to compute ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)`` on E4M3 operands:
   accumulator, so both give the same number up to accumulation order;
 * ``"decode_kernel"``: the Pallas-Triton decode GEMM :mod:`jq_kernels.fp8_decode` (swap-AB, split-K), which reads
   the stored E4M3 weight once at 1 byte per element; same numbers up to accumulation order; at most
-  :data:`jq_kernels.fp8_decode.MAX_TOKENS` rows (above, the policy answers ``"w8a8"``).
+  :data:`jq_kernels.fp8_decode.MAX_TOKENS` rows (above, the policy answers ``"w8a8"``);
+* ``"wgmma_kernel"``: the Mosaic GPU decode GEMM :mod:`jq_kernels.fp8_wgmma` (TMA-fed fp8 wgmma, both operands in
+  shared memory; the activation quantized by XLA first); same numbers up to accumulation order; at most
+  :data:`jq_kernels.fp8_wgmma.MAX_TOKENS` rows. Not measured on a GPU yet, so never chosen by ``auto``.
 
 :class:`FP8GemmPolicy` ``auto`` picks :attr:`FP8GemmPolicy.small_batch_gemm` for at most ``dequant_max_tokens`` rows
 (tokens in the call) and ``"w8a8"`` above. The threshold (32, the decode batch sizes of issue 15) and the
@@ -19,7 +22,7 @@ one path.
 
 Example:
   >>> FP8GemmPolicy().choose(tokens=8, n=4096, k=4096)
-  'dequant'
+  'decode_kernel'
   >>> FP8GemmPolicy(mode="w8a8").choose(tokens=8, n=4096, k=4096)
   'w8a8'
   >>> FP8GemmPolicy(mode="decode_kernel").choose(tokens=128, n=4096, k=4096)
@@ -31,11 +34,11 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from jq_kernels import fp8_decode  # attributes read at call time: jq_kernels imports jq.numerics (jq's __init__)
+from jq_kernels import fp8_decode, fp8_wgmma  # read at call time: jq_kernels imports jq.numerics (jq's __init__)
 
 __all__ = ["FP8GemmPolicy", "FP8_GEMMS"]
 
-FP8_GEMMS = ("w8a8", "dequant", "decode_kernel")
+FP8_GEMMS = ("w8a8", "dequant", "decode_kernel", "wgmma_kernel")
 _MODES = ("auto",) + FP8_GEMMS
 
 
@@ -44,8 +47,8 @@ class FP8GemmPolicy:
     """Shape rule for the FP8 linear layer's GEMM.
 
     Attributes:
-      mode: ``"auto"`` (by shape), or ``"w8a8"`` / ``"dequant"`` / ``"decode_kernel"`` to force one path (the
-        decode kernel only up to :data:`jq_kernels.fp8_decode.MAX_TOKENS` rows, ``"w8a8"`` above).
+      mode: ``"auto"`` (by shape), or ``"w8a8"`` / ``"dequant"`` / ``"decode_kernel"`` / ``"wgmma_kernel"`` to force
+        one path (a decode kernel only up to its ``MAX_TOKENS`` rows, ``"w8a8"`` above).
       dequant_max_tokens: ``auto`` uses :attr:`small_batch_gemm` for ``tokens <= dequant_max_tokens`` (0 disables
         it).
       dequant_min_weight: ``auto`` keeps ``"w8a8"`` for weights of fewer than this many elements ``n * k``
@@ -69,7 +72,7 @@ class FP8GemmPolicy:
                              f"{self.dequant_max_tokens}, dequant_min_weight={self.dequant_min_weight}")
 
     def choose(self, *, tokens: int, n: int, k: int) -> str:
-        """``"w8a8"``, ``"dequant"`` or ``"decode_kernel"`` for a GEMM of ``tokens`` rows and a weight ``[n, k]``."""
+        """The GEMM (one of :data:`FP8_GEMMS`) for ``tokens`` rows and a weight ``[n, k]``."""
         if tokens < 1 or n < 1 or k < 1:
             raise ValueError(f"FP8GemmPolicy.choose: tokens, n, k must be positive, got {tokens}, {n}, {k}")
         if self.mode != "auto":
@@ -78,4 +81,5 @@ class FP8GemmPolicy:
             gemm = self.small_batch_gemm
         else:
             gemm = "w8a8"
-        return "w8a8" if gemm == "decode_kernel" and tokens > fp8_decode.MAX_TOKENS else gemm
+        limit = {"decode_kernel": fp8_decode.MAX_TOKENS, "wgmma_kernel": fp8_wgmma.MAX_TOKENS}.get(gemm)
+        return "w8a8" if limit is not None and tokens > limit else gemm

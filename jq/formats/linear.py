@@ -8,7 +8,8 @@ input_amax, platform)`` computing ``x2 [B, K] @ W.T`` in float32.
 
 * :class:`FP8Linear`: E4M3 weight (K-major) and the activation quantized per tensor with its calibrated amax;
   one fp8 ``dot_general`` that XLA runs as cuBLASLt's fp8 GEMM on Hopper, or, for a few tokens, a bf16 GEMM on
-  the upcast E4M3 operands or the Pallas-Triton decode GEMM :mod:`jq_kernels.fp8_decode` (same numbers;
+  the upcast E4M3 operands, the Pallas-Triton decode GEMM :mod:`jq_kernels.fp8_decode` or the Mosaic GPU one
+  :mod:`jq_kernels.fp8_wgmma` (same numbers;
   :class:`~jq.formats.fp8_gemm.FP8GemmPolicy` chooses by shape; ``quantizes_input``: the kernel quantizes the
   activation itself).
 * :class:`W4A16Linear`: 4-bit weights (NVFP4 or INT4 in groups of 128) with 16-bit activations; on a GPU the
@@ -27,7 +28,7 @@ from jax import lax
 from jq import numerics as nx
 from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq_kernels import fp8 as fp8_kernels
-from jq_kernels import fp8_decode, fp8_linear, w4a16
+from jq_kernels import fp8_decode, fp8_linear, fp8_wgmma, w4a16
 
 __all__ = ["FP8Linear", "W4A16Linear", "kernels_enabled"]
 
@@ -40,13 +41,14 @@ def kernels_enabled() -> bool:
 @dataclasses.dataclass(frozen=True)
 class FP8Linear:
     """``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)``: E4M3 operands, float32 accumulation; ``policy`` picks the GEMM
-    (fp8 ``"w8a8"``, bf16 ``"dequant"`` or the Pallas ``"decode_kernel"``) from the call's token count and weight
-    shape.
+    (fp8 ``"w8a8"``, bf16 ``"dequant"``, the Pallas-Triton ``"decode_kernel"`` or the Mosaic ``"wgmma_kernel"``) from
+    the call's token count and weight shape.
 
-    ``decode_cfg``: the decode kernel's launch parameters (None: its default; ``x_in_kernel`` decides whether the
-    kernel quantizes the activation itself). The kernel runs compiled on a GPU with kernels enabled, in Pallas
-    interpret mode where ``kernel_interpret`` (CPU tests of the kernel path), else as the ``"w8a8"`` reference
-    (same numbers up to summation order).
+    ``decode_cfg``: the Triton decode kernel's launch parameters (None: its default; ``x_in_kernel`` decides whether
+    the kernel quantizes the activation itself); ``wgmma_cfg``: the Mosaic kernel's (None: its default; XLA
+    quantizes the activation before it). Both run compiled on a GPU with kernels enabled; the Triton kernel also in
+    Pallas interpret mode where ``kernel_interpret`` (CPU tests of the kernel path); otherwise the ``"w8a8"``
+    reference runs (same numbers up to summation order).
     """
 
     name: str = "fp8"
@@ -54,10 +56,11 @@ class FP8Linear:
     policy: FP8GemmPolicy = FP8GemmPolicy()
     decode_cfg: fp8_decode.FP8DecodeConfig | None = None  # None: the kernel's default
     kernel_interpret: bool = False
+    wgmma_cfg: fp8_wgmma.FP8WgmmaConfig | None = None  # None: the kernel's default
 
     def gemm(self, tokens: int, stored) -> str:
-        """The GEMM ``apply`` runs for ``tokens`` rows on this stored weight (``"w8a8"``, ``"dequant"`` or
-        ``"decode_kernel"``)."""
+        """The GEMM ``apply`` runs for ``tokens`` rows on this stored weight (one of
+        :data:`jq.formats.fp8_gemm.FP8_GEMMS`)."""
         n, k = stored[0].shape
         return self.policy.choose(tokens=tokens, n=int(n), k=int(k))
 
@@ -75,6 +78,13 @@ class FP8Linear:
                 return fp8_kernels.fp8_quantize(v, a, interpret=False)
         gemm = self.gemm(int(x2.shape[0]), stored)
         amax = jnp.reshape(input_amax, ())
+        if gemm == "wgmma_kernel" and on_gpu:
+            # XLA quantizes (jnp, exact: the values land on the E4M3 grid before the cast), so the quantization
+            # fuses into the op producing x instead of costing a launch per GEMM
+            q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
+            xq = q.astype(jnp.float8_e4m3fn)
+            return fp8_wgmma.fp8_wgmma_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, out_dtype=jnp.float32,
+                                              cfg=self.wgmma_cfg)
         if gemm == "decode_kernel" and (on_gpu or self.kernel_interpret):
             cfg = self.decode_cfg or fp8_decode.FP8DecodeConfig()
             x_scale = None

@@ -10,8 +10,9 @@ def test_sweep_checks_every_method_against_w8a8_and_picks_a_best_config(tmp_path
     from benchmarks.kernel_bench import fp8_decode_sweep as S
 
     cfgs = D.parse_configs("fp8:32,64,0,4,2;bf16:32,64,2,4,2")
+    wcfgs = (S.WG.FP8WgmmaConfig(), S.WG.FP8WgmmaConfig(rows=2))
     rec = S.fp8_decode_sweep(cfgs, batches=(3,), decode_shape=("decode", 64, 128),
-                             layer_shapes=(("k_v", 32, 128),), iters=1, max_copies=2)
+                             layer_shapes=(("k_v", 32, 128),), iters=1, max_copies=2, wgmma_configs=wcfgs)
     rows = {(r["shape"], r["method"]): r for r in rec["rows"]}
     assert rec["harness_only"] and (tmp_path / "fp8_decode_sweep.json").exists()
     for c in cfgs:
@@ -21,8 +22,12 @@ def test_sweep_checks_every_method_against_w8a8_and_picks_a_best_config(tmp_path
     assert rows[("decode", "dequant")]["rel_err_vs_w8a8"] < 1e-6
     best = rec["best"][3]["config"]
     assert best in [c.name for c in cfgs]
-    # the layer shape runs the decode shape's best config
-    assert {m for s, m in rows if s == "k_v"} == {"bf16", "w8a8", "dequant", f"kernel:{best}"}
+    # the Mosaic kernel needs a GPU: its cells are listed as skipped, so it has no best and its default runs next
+    assert all(rows[("decode", f"wgmma:{c.name}")]["skipped"] == "needs a GPU" for c in wcfgs)
+    assert rec["best_wgmma_by_shape"]["decode"] == {}
+    # the layer shape runs the decode shape's best config of each kernel
+    assert {m for s, m in rows if s == "k_v"} == {"bf16", "w8a8", "dequant", f"kernel:{best}",
+                                                  f"wgmma:{wcfgs[0].name}"}
     assert "best kernel config at the decode shape, B=3" in rec["summary"]
 
 
@@ -71,7 +76,7 @@ def test_every_config_mode_times_each_config_at_each_layer_shape_and_picks_a_bes
 
     cfgs = D.parse_configs("fp8:32,64,0,4,2;bf16:32,64,2,4,2")
     rec = S.fp8_decode_sweep(cfgs, batches=(2,), decode_shape=None, layer_shapes=(("qkv", 48, 128), ("o", 32, 64)),
-                             iters=1, max_copies=2, every_config=True)
+                             iters=1, max_copies=2, every_config=True, wgmma_configs=())
     methods = {(r["shape"], r["method"]) for r in rec["rows"]}
     assert not any(s == "decode" for s, _ in methods)  # decode_shape=None: skipped
     for shape in ("qkv", "o"):
@@ -84,6 +89,8 @@ def test_cli_sweeps_the_fused_8b_layer_shapes_under_its_budget(tmp_path, monkeyp
     monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
     from benchmarks.kernel_bench import fp8_decode_sweep as S
 
-    rec = S.main(["--batches", "1", "--every-config", "--budget-s", "-1", "--configs", "fp8:32,64,0,4,2"])
+    rec = S.main(["--batches", "1", "--every-config", "--budget-s", "-1", "--configs", "fp8:32,64,0,4,2",
+                  "--wgmma-configs", "2,256,4,0"])
     assert [r["shape"] for r in rec["rows"]] == [s[0] for s in S.FUSED_LAYER_SHAPES]
+    assert rec["configs"] == ["kernel:fp8/n32k64s0w4p2", "wgmma:wgmma/r2k256p4s0"]
     assert all(r["skipped"] == "budget" for r in rec["rows"])

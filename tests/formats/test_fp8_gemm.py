@@ -1,5 +1,5 @@
-"""FP8GemmPolicy: the shape rule choosing the FP8 linear layer's GEMM, and the three GEMMs' equality on CPU (the
-decode kernel in Pallas interpret mode)."""
+"""FP8GemmPolicy: the shape rule choosing the FP8 linear layer's GEMM, and the GEMMs' equality on CPU (the Triton
+decode kernel in Pallas interpret mode, the Mosaic one in jax's GPU interpreter)."""
 
 import dataclasses
 
@@ -15,6 +15,8 @@ from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq.formats.linear import FP8Linear
 from jq.presets import with_output_head
 from jq_kernels.fp8_decode import FP8DecodeConfig
+from jq_kernels.fp8_wgmma import FP8WgmmaConfig
+from tests.kernels import mosaic_interpret
 
 SMALL = FP8DecodeConfig(block_n=32, block_k=64, target_programs=8)  # interpret grids of a few steps
 
@@ -74,6 +76,33 @@ def test_decode_kernel_mode_is_forced_up_to_the_kernel_token_limit():
     p = FP8GemmPolicy(mode="decode_kernel")
     assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 32, 64, 65, 2048)] == \
         ["decode_kernel"] * 3 + ["w8a8"] * 2
+
+
+def test_wgmma_kernel_mode_is_forced_up_to_its_token_limit_and_never_chosen_by_auto():
+    p = FP8GemmPolicy(mode="wgmma_kernel")
+    assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 64, 65)] == ["wgmma_kernel"] * 2 + ["w8a8"]
+    assert "wgmma_kernel" not in {FP8GemmPolicy().choose(tokens=t, n=4096, k=4096) for t in (1, 8, 32, 64)}
+
+
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_wgmma_kernel_equals_the_fp8_gemm(tokens):
+    """The layer's GPU path (XLA quantizes x, the Mosaic kernel multiplies) in jax's GPU interpreter; off the GPU the
+    mode runs the w8a8 reference."""
+    mosaic_interpret.require()
+    kx, kw = jax.random.split(jax.random.key(5))
+    x = jax.random.normal(kx, (tokens, 384))
+    w = jax.random.normal(kw, (128, 384))
+    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
+    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
+    amax = jnp.max(jnp.abs(x))
+    kern = FP8Linear(policy=FP8GemmPolicy(mode="wgmma_kernel"), wgmma_cfg=FP8WgmmaConfig(block_k=128, split_k=3))
+    assert kern.gemm(tokens, stored) == "wgmma_kernel"
+    with mosaic_interpret.gpu_interpret():
+        y = kern.apply(x, stored, input_amax=amax, platform="gpu")
+    y8 = FP8Linear(policy=FP8GemmPolicy(mode="w8a8")).apply(x, stored, input_amax=amax, platform="cpu")
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y8), rtol=1e-5, atol=1e-5)
+    ref = kern.apply(x, stored, input_amax=amax, platform="cpu")
+    np.testing.assert_array_equal(np.asarray(ref), np.asarray(y8))
 
 
 def test_auto_small_batch_gemm_is_one_class_constant(monkeypatch):

@@ -1,0 +1,118 @@
+"""The fp8 wgmma decode GEMM (Mosaic GPU) equals the exact dot of its E4M3 operands up to float32 summation order.
+
+Reference values: E4M3 x E4M3 products are exact, so the float64 sum of the products is the exact dot; every float32
+ordering of it lies within ``K * 2^-24 * sum |products|`` of it. The kernel runs in jax's GPU interpreter on the
+CPU (grid, pipeline, K splits, padding; :mod:`tests.kernels.mosaic_interpret`) and lowers for CUDA (Mosaic's
+wgmma operand checks); the shared-memory layout, the compile and the timings need a GPU
+(``benchmarks/kernel_bench/fp8_decode_sweep.py``, methods ``wgmma:<config>``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jq_kernels import fp8_wgmma as W
+from tests.kernels import mosaic_interpret
+
+
+def _operands(b, n, k, seed=0):
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = (jax.random.normal(kx, (b, k)) * 40).astype(jnp.float8_e4m3fn)
+    w = (jax.random.normal(kw, (n, k)) * 40).astype(jnp.float8_e4m3fn)
+    return x, w
+
+
+def _check(y, x, w, scale):
+    xf, wf = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    ref, tol = xf @ wf.T * scale, np.abs(xf) @ np.abs(wf).T * (xf.shape[1] * 2.0**-24) * scale
+    err = np.abs(np.asarray(y, np.float64) - ref)
+    assert np.all(err <= tol + 1e-30), float(np.max(err - tol))
+
+
+@pytest.mark.parametrize("b,n,k,cfg", [
+    (1, 128, 512, W.FP8WgmmaConfig(block_k=128, split_k=4)),        # one step per K range
+    (3, 256, 1024, W.FP8WgmmaConfig(rows=2, split_k=2)),            # two 64-row tiles per CTA
+    (9, 192, 640, W.FP8WgmmaConfig(stages=2)),                      # K 640: block_k falls back to 128
+    (64, 64, 256, W.FP8WgmmaConfig(block_k=256, stages=1)),         # the largest token tile
+])
+def test_equals_the_exact_dot_up_to_float32_order(b, n, k, cfg):
+    mosaic_interpret.require()
+    x, w = _operands(b, n, k, seed=b)
+    with mosaic_interpret.gpu_interpret():
+        y = W.fp8_wgmma_matmul(x, w, jnp.float32(0.5), cfg=cfg)
+    assert y.shape == (b, n) and y.dtype == jnp.float32
+    _check(y, x, w, 0.5)
+
+
+def test_ragged_n_is_padded_to_whole_tiles():
+    mosaic_interpret.require()
+    x, w = _operands(2, 100, 256, seed=3)
+    assert W.wgmma_plan(100, 256, 2)["n_pad"] == 128
+    with mosaic_interpret.gpu_interpret():
+        y = W.fp8_wgmma_matmul(x, w, jnp.float32(1.0), out_dtype=jnp.bfloat16)
+    assert y.shape == (2, 100) and y.dtype == jnp.bfloat16
+    ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    # a bf16 output: the exact dot rounded once (half an ulp, 2^-9 relative) plus the f32 summation error
+    np.testing.assert_allclose(np.asarray(y.astype(jnp.float32), np.float64), ref, rtol=2**-8,
+                               atol=1e-6 * np.abs(ref).max())
+
+
+def test_split_partials_are_the_dots_of_their_k_ranges():
+    mosaic_interpret.require()
+    x, w = _operands(4, 64, 1024, seed=4)
+    cfg = W.FP8WgmmaConfig(block_k=128, split_k=4)
+    with mosaic_interpret.gpu_interpret():
+        part = W.fp8_wgmma_partials(x, w, cfg)
+    assert part.shape == (4, 64, 8)
+    for s in range(4):
+        cols = slice(256 * s, 256 * (s + 1))
+        _check(np.asarray(part[s, :, :4]).T, x[:, cols], w[:, cols], 1.0)
+    assert np.all(np.asarray(part[:, :, 4:]) == 0)  # padded token columns stay zero
+
+
+def test_plan_splits_k_until_the_gpu_is_filled():
+    # 8B layer shapes, one token, 132 SMs, >= 2 CTAs per SM wanted, >= 4 K steps of 256 per CTA
+    plans = {name: W.wgmma_plan(n, k, 1, sms=132) for name, n, k in
+             (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336))}
+    assert {k: (p["groups"], p["split"], p["steps"]) for k, p in plans.items()} == {
+        "qkv": (96, 4, 4), "o": (64, 4, 4), "gate_up": (448, 1, 16), "down": (64, 8, 7)}
+    assert all(p["tokens"] == 8 and p["bk"] == 256 for p in plans.values())
+
+
+def test_plan_pads_tokens_to_eight_and_caps_stages_by_shared_memory():
+    assert [W.wgmma_plan(64, 256, b)["tokens"] for b in (1, 8, 9, 33, 64)] == [8, 8, 16, 40, 64]
+    p = W.wgmma_plan(512, 8192, 64, W.FP8WgmmaConfig(rows=4, block_k=512, stages=8, split_k=1))
+    assert p["stages"] == W.SMEM_PIPELINE_BYTES // ((256 + 64) * 512) == 1
+    assert W.wgmma_plan(192, 256, 1, W.FP8WgmmaConfig(rows=2))["rows"] == 1  # 3 tiles: 2 does not divide
+
+
+def test_bad_inputs_name_the_value():
+    x, w = _operands(2, 64, 128)
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        W.fp8_wgmma_partials(x.astype(jnp.bfloat16), w)
+    with pytest.raises(ValueError, match=r"x \[B, K\] and w \[N, K\]"):
+        W.fp8_wgmma_partials(x, w[:, :64])
+    with pytest.raises(ValueError, match="tokens must be in 1..64, got 65"):
+        W.wgmma_plan(64, 128, 65)
+    with pytest.raises(ValueError, match="block_k a multiple of 128"):
+        W.FP8WgmmaConfig(block_k=192)
+    with pytest.raises(ValueError, match="want rows,block_k,stages,split_k"):
+        W.parse_wgmma_configs("2,256")
+
+
+def test_parse_configs_and_names():
+    cfgs = W.parse_wgmma_configs("1,256,4,0; 2,512,3,2")
+    assert [c.name for c in cfgs] == ["wgmma/r1k256p4s0", "wgmma/r2k512p3s2"]
+    assert cfgs[1] == W.FP8WgmmaConfig(rows=2, block_k=512, stages=3, split_k=2)
+
+
+@pytest.mark.parametrize("b,n,k,cfg", [(1, 28672, 8192, W.FP8WgmmaConfig()), (32, 6144, 4096, W.FP8WgmmaConfig(rows=2)),
+                                       (64, 4096, 14336, W.FP8WgmmaConfig(block_k=512, stages=3))])
+def test_mosaic_lowering_for_cuda(b, n, k, cfg):
+    """Mosaic's Python lowering accepts the e4m3 wgmma on the K-major token view (it rejects a transposed fp8
+    operand) and the kernel is one custom call next to the XLA epilogue."""
+    fn = jax.jit(lambda x, w: W.fp8_wgmma_matmul(x, w, jnp.float32(1.0), cfg=cfg))
+    txt = fn.trace(jax.ShapeDtypeStruct((b, k), jnp.float8_e4m3fn),
+                   jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn)).lower(lowering_platforms=("cuda",)).as_text()
+    assert txt.count("stablehlo.custom_call @mosaic_gpu") == 1
