@@ -10,9 +10,9 @@ cache), ``fp8_w8a8`` (FP8 weights and activations, the fp8 GEMM forced at every 
 ``fp8_dequant`` (the bf16-GEMM path forced), ``fp8_kernel`` (the Pallas FP8 decode GEMM forced up to 64 tokens, fp8
 GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``fp8_wgmma`` (the Mosaic GPU fp8 wgmma decode GEMM,
 :mod:`jq_kernels.fp8_wgmma`, forced up to 64 tokens; its config from ``JQ_FP8_WGMMA_CFG``, one
-``parse_wgmma_configs`` entry; off a GPU the w8a8 reference runs), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM), ``int4`` (INT4 in groups
-of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8`` suffix stores the KV
-cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``); a ``_fused`` infix (``fp8_kernel_fused``,
+``parse_wgmma_configs`` entry; off a GPU the w8a8 reference runs), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM),
+``int4`` (INT4 in groups of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8``
+suffix stores the KV cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``); a ``_fused`` infix (``fp8_kernel_fused``,
 ``nvfp4_fused_kv8``, ``bf16_fused``) runs the same random weights with q/k/v and gate/up fused into one GEMM each
 (:func:`jq.models.llama.fuse_projections`, as serving stacks do; quantized: calibrated and realized on the fused
 params, so a fused site has one per-tensor weight amax, the max of its parts'); a ``_qhead`` infix

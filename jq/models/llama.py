@@ -51,8 +51,23 @@ def layer_scope(i: int) -> str:
 
 
 def param_key_count(config: LlamaConfig) -> int:
-    """How many keys :func:`init_params` splits its key into (its draws use them in :func:`param_tree`'s order)."""
-    return 1 + config.num_hidden_layers * 20 + 2
+    """How many keys :func:`init_params` splits its key into: one per leaf :func:`param_tree` draws, counted by
+    walking it (with jax's partitionable threefry, the default since jax 0.5, the first ``m`` keys of
+    ``jax.random.split(key, n)`` do not depend on ``n``, so the count does not change the draws).
+
+    Example:
+      >>> param_key_count(cfg)   # 2 layers, no biases, untied: 2 * (7 weights + 2 norms) + embedding, norm, head
+      21
+    """
+    count = 0
+
+    def draw(shape):
+        nonlocal count
+        count += 1
+        return shape
+
+    param_tree(config, draw, draw)
+    return count
 
 
 def param_tree(config: LlamaConfig, weight, norm) -> dict:

@@ -98,6 +98,21 @@ def test_bfloat16_params_compute_in_bfloat16_close_to_float32():
     assert float(jnp.mean(a.argmax(-1) == b.argmax(-1))) >= 0.9
 
 
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": True}, {"attention_bias": True, "mlp_bias": True}])
+def test_param_key_count_is_one_key_per_drawn_leaf_and_keeps_the_draws(overrides):
+    """One key per leaf; with the partitionable threefry the first keys of a split do not depend on its length, so
+    the weights equal those of the former bound of 20 keys per layer (+ 3) bit for bit."""
+    from jq.models import llama
+
+    _, config, _ = tiny_model(**overrides)
+    n = llama.param_key_count(config)
+    shapes = llama.param_tree(config, lambda s: s, lambda s: s)
+    assert n == len(jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
+    key = jax.random.key(3)
+    old, new = jax.random.split(key, config.num_hidden_layers * 20 + 3), jax.random.split(key, n)
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(old[:n])), np.asarray(jax.random.key_data(new)))
+
+
 def test_param_tree_spells_hf_names():
     _, config, params = tiny_model(tie_word_embeddings=True)
     names = set(jm.flatten_params(params))
