@@ -104,33 +104,45 @@ def stack_realized(qm1, top, layers, *, backend=None):
     axis 0 (a list for listed ``layers``) -- ``jq.deploy.realize`` of ``qm1`` on each layer's params with its weight
     amax recalibrated on that layer, one jitted program called per layer (no host round trip) --,
     ``weights["top"]`` the stored weights of quantized sites outside the layers (the ``lm_head`` when its quantizers
-    are on; kept from layer 0's call, the other layers' copies dropped), and the 1-layer model's kernels, plan and
-    backend."""
+    are on; realized by layer 0's program only: the other layers' program has those sites' quantizers off), and
+    the 1-layer model's kernels, plan and backend."""
     from jq import backends
 
     backend = backend or ("gpu" if backends.platform() == "gpu" else "xla")
     n = layer_count(layers)
     as_list = isinstance(layers, list)
 
-    def realize_layer(top, layer):
-        p = with_layer(top, layer)
-        return deploy.realize(qm1.replace(params=p, qstate=_weight_amax_of_layer(qm1, p)), backend=backend).weights
+    def realizer(qm):
+        def realize_layer(top, layer):
+            p = with_layer(top, layer)
+            return deploy.realize(qm.replace(params=p, qstate=_weight_amax_of_layer(qm, p)), backend=backend).weights
+        return realize_layer
 
-    fn = jax.jit(realize_layer)  # one program for every layer
-    per, top_stored = [], {}
-    for i in range(n):
-        layer = layers[i] if as_list else jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
-        try:
-            stored = fn(top, layer)
-        except Exception as e:  # noqa: BLE001 - insurance: a realize step that cannot be traced runs eagerly
-            if fn is realize_layer:
-                raise
-            print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager", flush=True)
-            fn = realize_layer
-            stored = fn(top, layer)
-        if i == 0:
-            top_stored = {k: v for k, v in stored.items() if layer_of(k) is None}
-        per.append({k: v for k, v in stored.items() if layer_of(k) is not None})
+    eager_only = []  # set once a jitted realize failed: every later call runs eagerly
+
+    def call(qm, fn, top, layer):
+        if not eager_only:
+            try:
+                return fn(top, layer)
+            except Exception as e:  # noqa: BLE001 - insurance: a realize step that cannot be traced runs eagerly
+                print(f"stack_realized: jitted realize failed ({type(e).__name__}: {str(e)[:200]}); eager",
+                      flush=True)
+                eager_only.append(True)
+        return realizer(qm)(top, layer)
+
+    def layer_params(i):
+        return layers[i] if as_list else jax.tree_util.tree_map(lambda a: a[i], layers)
+
+    stored = call(qm1, jax.jit(realizer(qm1)), top, layer_params(0))
+    top_stored = {k: v for k, v in stored.items() if layer_of(k) is None}
+    per = [{k: v for k, v in stored.items() if layer_of(k) is not None}]
+    qm_rest = qm1.replace(config=qm1.config.with_entries(*((f"{k}.*", False) for k in top_stored))) if top_stored \
+        else qm1
+    fn = jax.jit(realizer(qm_rest))  # one program for every other layer
+    for i in range(1, n):
+        stored = call(qm_rest, fn, top, layer_params(i))
+        assert not any(layer_of(k) is None for k in stored), f"stack_realized: layer {i} realized {sorted(stored)}"
+        per.append(stored)
     weights = {"layers": per if as_list else stack_trees(per), "top": top_stored}
     del per
     return weights, deploy.site_kernels(qm1), deploy.site_plan(qm1), backend

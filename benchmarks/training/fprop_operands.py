@@ -22,21 +22,32 @@ import dataclasses
 import sys
 
 from benchmarks.training import common, convergence
-from jq.recipes import (
-    GemmPlan,
-    HighPrecisionGemms,
-    HighPrecisionOperand,
-    NVFP4BlockScaling,
-)
+from jq.recipes import GemmPlan, HighPrecisionOperand, NVFP4BlockScaling
 
 RUN_SLOTS = {"nvfp4_fprop_x_only": ("fprop_x",), "nvfp4_fprop_w_only": ("fprop_w",)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class QuantizedSlots(HighPrecisionGemms):
-    """``recipe`` with only the operand slots ``slots`` quantized (every other slot unquantized)."""
+class QuantizedSlots:
+    """``recipe`` with only the operand slots ``slots`` (of :attr:`jq.recipes.GemmPlan.SLOTS`) quantized, every other
+    slot unquantized; state and keys are the wrapped recipe's."""
 
+    recipe: object
     slots: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        bad = [s for s in self.slots if s not in GemmPlan.SLOTS]
+        if bad:
+            raise ValueError(f"QuantizedSlots.slots must be among {list(GemmPlan.SLOTS)}, got {bad}")
+
+    stateful = property(lambda self: self.recipe.stateful)
+    needs_key = property(lambda self: self.recipe.needs_key)
+
+    def init_state(self, shape: tuple[int, ...] = ()):
+        return self.recipe.init_state(shape)
+
+    def update_state(self, state, observation):
+        return self.recipe.update_state(state, observation)
 
     def plan(self) -> GemmPlan:
         plan = self.recipe.plan()

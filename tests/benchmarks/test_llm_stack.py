@@ -77,6 +77,29 @@ def test_int4_real_quant_stacked_with_a_quantized_head_equals_unrolled_served_mo
     assert isinstance(slm, serve.ScannedLM)
 
 
+def test_stack_realized_realizes_the_head_in_the_first_layers_program_only(monkeypatch):
+    from benchmarks.llm_decode import head_like_layers
+
+    c1, _, top, layers, _, _ = _models(3)
+    calib = [(jnp.asarray(np.random.default_rng(1).integers(0, c1.vocab_size, (2, 8)), jnp.int32),)]
+    qm1 = jq.quantize(top, jm.make_forward(c1), head_like_layers(jq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG),
+                      calib_data=calib, progress=False)
+    traced = []  # the top-level sites each realize call stores (jitted: once per traced program)
+    real = deploy.realize
+
+    def spy(qm, **kw):
+        out = real(qm, **kw)
+        traced.append(sorted(k for k in out.weights if S.layer_of(k) is None))
+        return out
+
+    monkeypatch.setattr(S.deploy, "realize", spy)
+    weights, *_ = S.stack_realized(qm1, top, layers)
+    assert traced == [["lm_head"], []]  # layer 0's program, then one program for layers 1 and 2
+    assert set(weights["top"]) == {"lm_head"}
+    leaves = jax.tree_util.tree_leaves(weights["layers"])
+    assert leaves and all(a.shape[0] == 3 for a in leaves)
+
+
 def test_quant_sweep_spec_parses_and_rejects_unknown_kernels():
     assert Q.parse_quant_sweep("mxfp8:512,8,3;nvfp4@markstein:256,4,2") == [
         ("mxfp8", None, 512, 8, 3), ("nvfp4", "markstein", 256, 4, 2)]

@@ -77,9 +77,14 @@ def test_qat_recovery_schedules_start_at_the_peak_and_decay_to_zero():
 
 def test_fprop_operand_diagnostics_quantize_exactly_their_one_slot():
     from benchmarks.training import fprop_operands
-    from jq.recipes import GemmPlan, NVFP4Operand
+    from jq.recipes import GemmPlan, NVFP4BlockScaling, NVFP4Operand
 
     fprop_operands.register()
     for name, slots in fprop_operands.RUN_SLOTS.items():
         plan = fprop_operands.common.RUNS[name].recipe.plan()
         assert {s for s in GemmPlan.SLOTS if isinstance(getattr(plan, s), NVFP4Operand)} == set(slots)
+    spec = fprop_operands.QuantizedSlots(recipe=NVFP4BlockScaling(), slots=("fprop_x",))
+    assert not hasattr(spec, "gemms")  # no inherited field it would ignore
+    assert spec.needs_key == NVFP4BlockScaling().needs_key and spec.stateful == NVFP4BlockScaling().stateful
+    with pytest.raises(ValueError, match="fprop_q"):
+        fprop_operands.QuantizedSlots(recipe=NVFP4BlockScaling(), slots=("fprop_q",))
