@@ -12,10 +12,10 @@ GEMM above; its config from ``JQ_FP8_DECODE_CFG``), ``fp8_wgmma`` (the Mosaic GP
 :mod:`jq_kernels.fp8_wgmma`, forced up to 64 tokens; its config from ``JQ_FP8_WGMMA_CFG``, one
 ``parse_wgmma_configs`` entry; off a GPU the w8a8 reference runs), ``nvfp4`` (NVFP4 W4A16, the Mosaic GEMM),
 ``int4`` (INT4 in groups of 128, max calibration, W4A16; ``INT4_AWQ_CFG`` realizes to the same kernel); a ``_kv8``
-suffix stores the KV cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``); a ``_fused`` infix (``fp8_kernel_fused``,
-``nvfp4_fused_kv8``, ``bf16_fused``) runs the same random weights with q/k/v and gate/up fused into one GEMM each
-(:func:`jq.models.llama.fuse_projections`, as serving stacks do; quantized: calibrated and realized on the fused
-params, so a fused site has one per-tensor weight amax, the max of its parts'); a ``_qhead`` infix
+suffix stores the KV cache in FP8 E4M3 with the calibrated amax (``FP8_KV_CFG``); a ``_fused`` infix
+(``fp8_kernel_fused``, ``nvfp4_fused_kv8``, ``bf16_fused``) runs the same random weights with q/k/v and gate/up
+fused into one GEMM each (:func:`jq.models.llama.fuse_projections`, as serving stacks do; quantized: calibrated and
+realized on the fused params, so a fused site has one per-tensor weight amax, the max of its parts'); a ``_qhead`` infix
 (``int4_fused_qhead``, ``fp8_qhead_kv8``) quantizes the ``lm_head`` with the layers' specs as well
 (:func:`head_like_layers`; ModelOpt's presets keep it in bf16, and at the 8B shape its 1.05 GB are ~7 % of the
 bf16 step's bytes, ~22 % of a W4A16 step's). Quantized variants: ``jq.deploy.realize`` per layer
@@ -98,10 +98,20 @@ def _decode_cfg():
 
 
 def _wgmma_cfg():
-    """The ``fp8_wgmma`` variant's kernel config from ``JQ_FP8_WGMMA_CFG`` (unset: the kernel's default)."""
+    """The ``fp8_wgmma`` variant's kernel config from ``JQ_FP8_WGMMA_CFG``: one ``parse_wgmma_configs`` entry;
+    ``sweep:<record>``: the config most often fastest over the (shape, batch) cells of that
+    ``fp8_decode_sweep`` record (relative paths under ``$OUT``; the default if it has none); unset: the default."""
     from jq_kernels import fp8_wgmma
     spec = os.environ.get("JQ_FP8_WGMMA_CFG", "")
-    return fp8_wgmma.parse_wgmma_configs(spec)[0] if spec else None
+    if not spec.startswith("sweep:"):
+        return fp8_wgmma.parse_wgmma_configs(spec)[0] if spec else None
+    from benchmarks.kernel_bench.common import OUT
+    path = os.path.join(OUT, spec[len("sweep:"):])
+    best = json.load(open(path)).get("best_wgmma_by_shape", {}) if os.path.exists(path) else {}
+    names = [v["config"] for by_b in best.values() for v in by_b.values()]
+    cfg = fp8_wgmma.FP8WgmmaConfig.from_name(max(names, key=names.count)) if names else None
+    print(f"fp8_wgmma: config {cfg.name if cfg else 'default'} (from {path})", flush=True)
+    return cfg
 
 
 def parse_variant(variant: str) -> tuple[str, bool, bool, bool]:

@@ -30,6 +30,7 @@ Example (lowering only, on any machine)::
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,26 @@ class FP8WgmmaConfig:
 
     @property
     def name(self) -> str:
-        return f"wgmma/r{self.rows}k{self.block_k}p{self.stages}s{self.split_k}"
+        """``wgmma/r<rows>k<block_k>p<stages>s<split_k>``, then ``c<ctas_per_sm>`` / ``m<min_steps>`` unless 2 / 4."""
+        extra = ((f"c{self.ctas_per_sm}" if self.ctas_per_sm != 2 else "")
+                 + (f"m{self.min_steps}" if self.min_steps != 4 else ""))
+        return f"wgmma/r{self.rows}k{self.block_k}p{self.stages}s{self.split_k}{extra}"
+
+    @classmethod
+    def from_name(cls, name: str) -> "FP8WgmmaConfig":
+        """The config whose :attr:`name` is ``name``.
+
+        Example:
+          >>> FP8WgmmaConfig.from_name("wgmma/r2k512p3s0c4") == FP8WgmmaConfig(rows=2, block_k=512, stages=3,
+          ...                                                                   ctas_per_sm=4)
+          True
+        """
+        m = re.fullmatch(r"wgmma/r(\d+)k(\d+)p(\d+)s(\d+)(?:c(\d+))?(?:m(\d+))?", name)
+        if m is None:
+            raise ValueError(f"FP8WgmmaConfig.from_name: {name!r} is not a config name like 'wgmma/r1k256p4s0'")
+        rows, bk, stages, split = (int(v) for v in m.groups()[:4])
+        return cls(rows=rows, block_k=bk, stages=stages, split_k=split, ctas_per_sm=int(m.group(5) or 2),
+                   min_steps=int(m.group(6) or 4))
 
 
 def parse_wgmma_configs(spec: str) -> tuple[FP8WgmmaConfig, ...]:

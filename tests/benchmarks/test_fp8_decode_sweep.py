@@ -63,6 +63,33 @@ def test_llm_fp8_kernel_variant_takes_the_sweeps_most_frequent_best_config(tmp_p
     assert llm_decode._decode_cfg().name == "fp8/n64k256s4w2p3"
 
 
+def test_llm_fp8_wgmma_variant_takes_the_sweeps_most_frequent_best_config(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import llm_decode
+    from jq_kernels.fp8_wgmma import FP8WgmmaConfig
+
+    monkeypatch.setattr("benchmarks.kernel_bench.common.OUT", str(tmp_path))
+    monkeypatch.setenv("JQ_FP8_WGMMA_CFG", "sweep:sweep.json")
+    assert llm_decode._wgmma_cfg() is None  # no record: the kernel's default
+    best = {"qkv": {"1": {"config": "wgmma/r2k256p4s0"}, "8": {"config": "wgmma/r1k512p3s0"}},
+            "o": {"1": {"config": "wgmma/r2k256p4s0"}}, "down": {}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"best_wgmma_by_shape": best}))
+    assert llm_decode._wgmma_cfg() == FP8WgmmaConfig(rows=2)
+    monkeypatch.setenv("JQ_FP8_WGMMA_CFG", "1,512,3,2")
+    assert llm_decode._wgmma_cfg().name == "wgmma/r1k512p3s2"
+
+
+def test_wgmma_config_names_round_trip():
+    from benchmarks.kernel_bench import fp8_decode_sweep as S
+    from jq_kernels.fp8_wgmma import FP8WgmmaConfig
+
+    for c in S.WGMMA_CONFIGS + (FP8WgmmaConfig(min_steps=2, ctas_per_sm=3),):
+        assert FP8WgmmaConfig.from_name(c.name) == c
+    with pytest.raises(ValueError, match="not a config name"):
+        FP8WgmmaConfig.from_name("wgmma-1-256")
+
+
 def test_config_names_round_trip():
     for c in D.CONFIGS:
         assert D.FP8DecodeConfig.from_name(c.name) == c
