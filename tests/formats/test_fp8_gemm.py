@@ -21,6 +21,15 @@ from tests.kernels import mosaic_interpret
 SMALL = FP8DecodeConfig(block_n=32, block_k=64, target_programs=8)  # interpret grids of a few steps
 
 
+def _layer_operands(seed, tokens, n, k):
+    """``(x [tokens, k], stored FP8 weight (w_q [n, k], 1/s_w), input amax)`` of a random layer."""
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, (tokens, k))
+    w = jax.random.normal(kw, (n, k))
+    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
+    return x, (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s)), jnp.max(jnp.abs(x))
+
+
 def test_auto_uses_the_small_batch_gemm_up_to_the_token_threshold():
     p = FP8GemmPolicy(dequant_max_tokens=32)
     assert [p.choose(tokens=t, n=4096, k=4096) for t in (1, 8, 32, 33, 4096)] == \
@@ -59,15 +68,10 @@ def test_linear_kernel_asks_the_policy_per_call_shape():
 @pytest.mark.parametrize("tokens", [3, 40])
 def test_dequant_gemm_equals_the_fp8_gemm(tokens):
     """E4M3 values are exact in bf16 and their products exact in f32: the two GEMMs agree to summation order."""
-    kx, kw = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (tokens, 256))
-    w = jax.random.normal(kw, (128, 256))
-    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
-    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
-    amax = jnp.max(jnp.abs(x))
+    x, stored, amax = _layer_operands(1, tokens, 128, 256)
     y = {m: FP8Linear(policy=FP8GemmPolicy(mode=m)).apply(x, stored, input_amax=amax, platform="cpu")
          for m in ("w8a8", "dequant")}
-    ref = nx.fp8_fake_quant(x, amax, "e4m3") @ nx.fp8_fake_quant(w, jnp.max(jnp.abs(w)), "e4m3").T
+    ref = nx.fp8_fake_quant(x, amax, "e4m3") @ (stored[0].astype(jnp.float32) * stored[1]).T
     np.testing.assert_allclose(np.asarray(y["dequant"]), np.asarray(y["w8a8"]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(y["dequant"]), np.asarray(ref), rtol=1e-4, atol=1e-3)
 
@@ -89,12 +93,7 @@ def test_wgmma_kernel_equals_the_fp8_gemm(tokens):
     """The layer's GPU path (XLA quantizes x, the Mosaic kernel multiplies) in jax's GPU interpreter; off the GPU the
     mode runs the w8a8 reference."""
     mosaic_interpret.require()
-    kx, kw = jax.random.split(jax.random.key(5))
-    x = jax.random.normal(kx, (tokens, 384))
-    w = jax.random.normal(kw, (128, 384))
-    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
-    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
-    amax = jnp.max(jnp.abs(x))
+    x, stored, amax = _layer_operands(5, tokens, 128, 384)
     kern = FP8Linear(policy=FP8GemmPolicy(mode="wgmma_kernel"), wgmma_cfg=FP8WgmmaConfig(block_k=128, split_k=3))
     assert kern.gemm(tokens, stored) == "wgmma_kernel"
     with mosaic_interpret.gpu_interpret():
@@ -116,12 +115,7 @@ def test_auto_small_batch_gemm_is_one_class_constant(monkeypatch):
 @pytest.mark.parametrize("x_in_kernel", [True, False])
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_decode_kernel_equals_the_fp8_gemm(tokens, x_in_kernel):
-    kx, kw = jax.random.split(jax.random.key(4))
-    x = jax.random.normal(kx, (tokens, 192))
-    w = jax.random.normal(kw, (96, 192))
-    q, s = nx.fp8_quantize(w, jnp.max(jnp.abs(w)), "e4m3")
-    stored = (q.astype(jnp.float8_e4m3fn), nx.fp8_dequant_scale(s))
-    amax = jnp.max(jnp.abs(x))
+    x, stored, amax = _layer_operands(4, tokens, 96, 192)
     cfg = dataclasses.replace(SMALL, x_in_kernel=x_in_kernel)
     kern = FP8Linear(policy=FP8GemmPolicy(mode="decode_kernel"), decode_cfg=cfg, kernel_interpret=True)
     assert kern.gemm(tokens, stored) == "decode_kernel"
