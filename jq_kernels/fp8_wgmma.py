@@ -38,7 +38,7 @@ from jax import lax
 
 from jq_kernels import _common as C
 
-__all__ = ["FP8WgmmaConfig", "MAX_TOKENS", "wgmma_plan", "fp8_wgmma_partials", "fp8_wgmma_matmul",
+__all__ = ["FP8WgmmaConfig", "MAX_TOKENS", "wave_cost", "wgmma_plan", "fp8_wgmma_partials", "fp8_wgmma_matmul",
            "parse_wgmma_configs"]
 
 MAX_TOKENS = 64  # [64, 64] float32 accumulators: 32 registers per thread per 64-row tile
@@ -55,9 +55,8 @@ class FP8WgmmaConfig:
       block_k: K columns per pipeline step (a multiple of 128; the largest of 512 / 256 / 128 dividing K is used
         when this one does not).
       stages: TMA copies in flight (capped so that a CTA's stages fit in shared memory).
-      split_k: K ranges per row group (partial sums added after); 0: the smallest power of two giving at least
-        ``ctas_per_sm`` CTAs per SM while every range keeps >= ``min_steps`` steps.
-      ctas_per_sm, min_steps: the ``split_k=0`` rule.
+      split_k: K ranges per row group (partial sums added after); 0: chosen by :func:`wgmma_plan`'s rule.
+      ctas_per_sm, min_steps: that rule's floors (CTAs per SM where the K steps allow; K steps per CTA).
 
     Example:
       >>> FP8WgmmaConfig(rows=2).name
@@ -68,7 +67,7 @@ class FP8WgmmaConfig:
     block_k: int = 256
     stages: int = 4
     split_k: int = 0
-    ctas_per_sm: int = 2
+    ctas_per_sm: int = 1
     min_steps: int = 4
 
     def __post_init__(self):
@@ -80,8 +79,8 @@ class FP8WgmmaConfig:
 
     @property
     def name(self) -> str:
-        """``wgmma/r<rows>k<block_k>p<stages>s<split_k>``, then ``c<ctas_per_sm>`` / ``m<min_steps>`` unless 2 / 4."""
-        extra = ((f"c{self.ctas_per_sm}" if self.ctas_per_sm != 2 else "")
+        """``wgmma/r<rows>k<block_k>p<stages>s<split_k>``, then ``c<ctas_per_sm>`` / ``m<min_steps>`` unless 1 / 4."""
+        extra = ((f"c{self.ctas_per_sm}" if self.ctas_per_sm != 1 else "")
                  + (f"m{self.min_steps}" if self.min_steps != 4 else ""))
         return f"wgmma/r{self.rows}k{self.block_k}p{self.stages}s{self.split_k}{extra}"
 
@@ -98,7 +97,7 @@ class FP8WgmmaConfig:
         if m is None:
             raise ValueError(f"FP8WgmmaConfig.from_name: {name!r} is not a config name like 'wgmma/r1k256p4s0'")
         rows, bk, stages, split = (int(v) for v in m.groups()[:4])
-        return cls(rows=rows, block_k=bk, stages=stages, split_k=split, ctas_per_sm=int(m.group(5) or 2),
+        return cls(rows=rows, block_k=bk, stages=stages, split_k=split, ctas_per_sm=int(m.group(5) or 1),
                    min_steps=int(m.group(6) or 4))
 
 
@@ -125,9 +124,25 @@ def _num_sms() -> int:
         return 132
 
 
+def wave_cost(groups: int, split: int, n_steps: int, sms: int, tile_bytes: int, partial_bytes: int) -> int:
+    """Bytes-equivalent time of a grid, ``ceil(ctas / sms) * (n_steps / split) * tile_bytes * sms + 2 * split *
+    partial_bytes``: the busiest SM's weight tiles (the whole GPU moves ``sms`` times as many bytes meanwhile) plus
+    the f32 partial sums written and read (``partial_bytes`` per K range).
+
+    Example (gate/up of Llama-3-8B, 448 row groups of 16 K steps, 132 SMs, B = 1): a split of 2 fills the SMs
+    evenly (7 CTAs of 8 steps on the busiest) where no split leaves 4 CTAs of 16 steps on some SMs and 3 on others:
+      >>> wave_cost(448, 2, 16, 132, 16384, 917504) < wave_cost(448, 1, 16, 132, 16384, 917504)
+      True
+    """
+    return -(-groups * split // sms) * (n_steps // split) * tile_bytes * sms + 2 * split * partial_bytes
+
+
 def wgmma_plan(n: int, k: int, tokens: int, cfg: FP8WgmmaConfig | None = None, sms: int | None = None) -> dict:
     """Static launch plan: ``tokens`` (padded), ``n_pad``, ``k_pad``, ``rows``, ``bk``, ``stages``, ``steps`` (K steps
     per CTA), ``split``, ``groups`` (row groups) and ``ctas``. ``sms`` None: the default device's (132 off a GPU).
+
+    ``split_k=0``: among the splits dividing the K steps that keep >= ``min_steps`` steps per CTA (or none), those
+    giving >= ``ctas_per_sm`` CTAs per SM if any do, the least :func:`wave_cost` (ties: the smaller split).
 
     Example:
       >>> p = wgmma_plan(4096, 4096, 1, sms=132)
@@ -148,10 +163,9 @@ def wgmma_plan(n: int, k: int, tokens: int, cfg: FP8WgmmaConfig | None = None, s
     if cfg.split_k:
         split = max(d for d in range(1, cfg.split_k + 1) if n_steps % d == 0)
     else:
-        split = 1
-        while (groups * split < cfg.ctas_per_sm * sms and n_steps % (2 * split) == 0
-               and n_steps // (2 * split) >= cfg.min_steps):
-            split *= 2
+        ok = [d for d in range(1, n_steps + 1) if n_steps % d == 0 and (d == 1 or n_steps // d >= cfg.min_steps)]
+        ok = [d for d in ok if groups * d >= cfg.ctas_per_sm * sms] or ok
+        split = min(ok, key=lambda d: (wave_cost(groups, d, n_steps, sms, 64 * rows * bk, 4 * n_pad * tpad), d))
     step_bytes = (64 * rows + tpad) * bk  # one weight tile and one token tile, 1 byte per element
     stages = max(1, min(cfg.stages, n_steps // split, SMEM_PIPELINE_BYTES // step_bytes))
     return {"tokens": tpad, "n_pad": n_pad, "k_pad": k_pad, "rows": rows, "bk": bk, "stages": stages,

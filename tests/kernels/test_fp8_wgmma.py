@@ -71,13 +71,23 @@ def test_split_partials_are_the_dots_of_their_k_ranges():
     assert np.all(np.asarray(part[:, :, 4:]) == 0)  # padded token columns stay zero
 
 
-def test_plan_splits_k_until_the_gpu_is_filled():
-    # 8B layer shapes, one token, 132 SMs, >= 2 CTAs per SM wanted, >= 4 K steps of 256 per CTA
+def test_plan_split_fills_every_sm_and_balances_the_busiest_one():
+    # fused 8B layer shapes, one token, 132 SMs: >= 1 CTA per SM where the K steps (of 256) allow >= 4 per CTA, then
+    # the least wave_cost; gate/up takes 2 ranges of 8 steps (7 CTAs on the busiest SM, 6.8 on average) over 448
+    # CTAs of 16 steps (4 on some SMs, 3 on others)
     plans = {name: W.wgmma_plan(n, k, 1, sms=132) for name, n, k in
              (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336))}
     assert {k: (p["groups"], p["split"], p["steps"]) for k, p in plans.items()} == {
-        "qkv": (96, 4, 4), "o": (64, 4, 4), "gate_up": (448, 1, 16), "down": (64, 8, 7)}
+        "qkv": (96, 4, 4), "o": (64, 4, 4), "gate_up": (448, 2, 8), "down": (64, 4, 14)}
     assert all(p["tokens"] == 8 and p["bk"] == 256 for p in plans.values())
+    # no floor reachable (o needs split 8 = 2 steps per CTA for 2 CTAs per SM): the least cost, the smaller split
+    assert W.wgmma_plan(4096, 4096, 1, W.FP8WgmmaConfig(ctas_per_sm=2), sms=132)["split"] == 2
+
+
+def test_wave_cost_counts_the_busiest_sm_and_the_partials():
+    assert W.wave_cost(132, 1, 8, 132, 100, 0) == 8 * 100 * 132
+    assert W.wave_cost(133, 1, 8, 132, 100, 0) == 2 * 8 * 100 * 132  # one CTA more: a second wave
+    assert W.wave_cost(132, 2, 8, 132, 100, 10) == 2 * 4 * 100 * 132 + 2 * 2 * 10
 
 
 def test_plan_pads_tokens_to_eight_and_caps_stages_by_shared_memory():
