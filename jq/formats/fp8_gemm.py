@@ -18,7 +18,7 @@ Four ways to compute ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)`` on E4M3 operands:
 :class:`FP8GemmPolicy` ``auto`` picks :attr:`FP8GemmPolicy.small_batch_gemm` for at most ``dequant_max_tokens`` rows
 (tokens in the call) and ``"w8a8"`` above. The threshold (32, the decode batch sizes of issue 15) and the
 small-batch GEMM are to be set from the ``fp8_decode`` GPU sweep (``benchmarks/gpu_suite.py``); ``mode`` forces
-one path.
+one path. :data:`GEMMS` maps each name to the function computing it.
 
 Example:
   >>> FP8GemmPolicy().choose(tokens=8, n=4096, k=4096)
@@ -34,11 +34,72 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from jq_kernels import fp8_decode, fp8_wgmma  # read at call time: jq_kernels imports jq.numerics (jq's __init__)
+import jax.numpy as jnp
 
-__all__ = ["FP8GemmPolicy", "FP8_GEMMS"]
+from jq import numerics as nx
+from jq_kernels import fp8 as fp8_kernels
+# modules, attributes read at call time: jq_kernels imports jq.numerics (jq's __init__)
+from jq_kernels import fp8_decode, fp8_linear, fp8_wgmma
 
-FP8_GEMMS = ("w8a8", "dequant", "decode_kernel", "wgmma_kernel")
+__all__ = ["FP8GemmPolicy", "FP8_GEMMS", "GEMMS"]
+
+
+# Each GEMM: ``(layer, x2 [B, K], w_q [N, K] float8_e4m3fn, w_inv = 1/s_w, amax of x, on_gpu) -> y [B, N] float32``
+# with ``y = (q(x) @ w_q.T) (1/s_x) (1/s_w)``; ``layer`` is the :class:`jq.formats.linear.FP8Linear` serving the site
+# (its kernel configs). Off the GPU (or with kernels off) the kernels run the w8a8 reference.
+
+def _pallas_quantize_x(on_gpu):
+    """The activation quantizer of the XLA GEMMs: jq's FP8 quantize kernel on the GPU, else jnp (None)."""
+    if not on_gpu:
+        return None
+    return lambda v, a: fp8_kernels.fp8_quantize(v, a, interpret=False)
+
+
+def w8a8_gemm(layer, x2, w_q, w_inv, amax, on_gpu):
+    """One fp8 ``dot_general`` (cuBLASLt's fp8 GEMM on Hopper)."""
+    del layer
+    return fp8_linear.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=_pallas_quantize_x(on_gpu))
+
+
+def dequant_gemm(layer, x2, w_q, w_inv, amax, on_gpu):
+    """An XLA bf16 GEMM on the E4M3 operands upcast (exact)."""
+    del layer
+    return fp8_linear.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=_pallas_quantize_x(on_gpu),
+                                 operand_dtype=jnp.bfloat16)
+
+
+def decode_kernel_gemm(layer, x2, w_q, w_inv, amax, on_gpu):
+    """The Pallas-Triton decode GEMM (``layer.decode_cfg``; interpret mode off the GPU with
+    ``layer.kernel_interpret``)."""
+    if not (on_gpu or layer.kernel_interpret):
+        return w8a8_gemm(layer, x2, w_q, w_inv, amax, on_gpu)
+    cfg = layer.decode_cfg or fp8_decode.FP8DecodeConfig()
+    s_x = nx.fp8_quant_scale(amax, "e4m3")
+    x_scale = None
+    if cfg.x_in_kernel:  # the kernel quantizes each activation tile it loads (one launch)
+        xq, x_scale = x2, s_x
+    elif on_gpu:
+        xq, s_x = _pallas_quantize_x(on_gpu)(x2, amax)
+    else:
+        q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
+        xq = q.astype(jnp.float8_e4m3fn)
+    return fp8_decode.fp8_decode_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, x_scale=x_scale,
+                                        out_dtype=jnp.float32, cfg=cfg, interpret=not on_gpu)
+
+
+def wgmma_kernel_gemm(layer, x2, w_q, w_inv, amax, on_gpu):
+    """The Mosaic GPU decode GEMM (``layer.wgmma_cfg``); XLA quantizes the activation (jnp, exact: the values land
+    on the E4M3 grid before the cast), so the quantization fuses into the op producing x instead of a launch."""
+    if not on_gpu:
+        return w8a8_gemm(layer, x2, w_q, w_inv, amax, on_gpu)
+    q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
+    return fp8_wgmma.fp8_wgmma_matmul(q.astype(jnp.float8_e4m3fn), w_q, nx.fp8_dequant_scale(s_x) * w_inv,
+                                      out_dtype=jnp.float32, cfg=layer.wgmma_cfg)
+
+
+GEMMS = {"w8a8": w8a8_gemm, "dequant": dequant_gemm, "decode_kernel": decode_kernel_gemm,
+         "wgmma_kernel": wgmma_kernel_gemm}
+FP8_GEMMS = tuple(GEMMS)
 _MODES = ("auto",) + FP8_GEMMS
 
 

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jq import numerics as nx
+from jq.formats import fp8_gemm
 from jq.formats.fp8_gemm import FP8GemmPolicy
-from jq_kernels import fp8 as fp8_kernels
-from jq_kernels import fp8_decode, fp8_linear, fp8_wgmma, w4a16
+from jq_kernels import fp8_decode, fp8_wgmma, w4a16
 
 __all__ = ["FP8Linear", "W4A16Linear", "kernels_enabled"]
 
@@ -71,35 +71,8 @@ class FP8Linear:
 
     def apply(self, x2, stored, *, input_amax, platform: str):
         w_q, w_inv = stored
-        on_gpu = platform == "gpu" and kernels_enabled()
-        quantize_x = None
-        if on_gpu:
-            def quantize_x(v, a):
-                return fp8_kernels.fp8_quantize(v, a, interpret=False)
-        gemm = self.gemm(int(x2.shape[0]), stored)
-        amax = jnp.reshape(input_amax, ())
-        if gemm == "wgmma_kernel" and on_gpu:
-            # XLA quantizes (jnp, exact: the values land on the E4M3 grid before the cast), so the quantization
-            # fuses into the op producing x instead of costing a launch per GEMM
-            q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
-            xq = q.astype(jnp.float8_e4m3fn)
-            return fp8_wgmma.fp8_wgmma_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, out_dtype=jnp.float32,
-                                              cfg=self.wgmma_cfg)
-        if gemm == "decode_kernel" and (on_gpu or self.kernel_interpret):
-            cfg = self.decode_cfg or fp8_decode.FP8DecodeConfig()
-            x_scale = None
-            if cfg.x_in_kernel:  # the kernel quantizes each activation tile it loads (one launch)
-                xq, s_x = x2, nx.fp8_quant_scale(amax, "e4m3")
-                x_scale = s_x
-            elif quantize_x is not None:
-                xq, s_x = quantize_x(x2, amax)
-            else:
-                q, s_x = nx.fp8_quantize(x2, amax, "e4m3")
-                xq = q.astype(jnp.float8_e4m3fn)
-            return fp8_decode.fp8_decode_matmul(xq, w_q, nx.fp8_dequant_scale(s_x) * w_inv, x_scale=x_scale,
-                                                out_dtype=jnp.float32, cfg=cfg, interpret=not on_gpu)
-        return fp8_linear.fp8_linear(x2, w_q, w_inv, amax, out_dtype=jnp.float32, quantize_x=quantize_x,
-                                     operand_dtype=jnp.bfloat16 if gemm == "dequant" else None)
+        gemm = fp8_gemm.GEMMS[self.gemm(int(x2.shape[0]), stored)]
+        return gemm(self, x2, w_q, w_inv, jnp.reshape(input_amax, ()), platform == "gpu" and kernels_enabled())
 
 
 @dataclasses.dataclass(frozen=True)

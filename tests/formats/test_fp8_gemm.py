@@ -152,3 +152,16 @@ def test_decode_kernel_through_deploy_equals_the_w8a8_model():
     np.testing.assert_allclose(y_kernel, y_w8a8, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(y_w8a8))))
     y_fake = np.asarray(jax.jit(qm.apply)(qm.params, x))
     assert np.linalg.norm(y_kernel - y_fake) / np.linalg.norm(y_fake) < 1e-5
+
+
+@pytest.mark.parametrize("mode,kernel,absent", [("w8a8", "jq_fp8_quantize", "mosaic_gpu"),
+                                                ("dequant", "jq_fp8_quantize", "mosaic_gpu"),
+                                                ("decode_kernel", "jq_fp8_decode", "mosaic_gpu"),
+                                                ("wgmma_kernel", "@mosaic_gpu", "triton")])
+def test_each_gemm_lowers_to_its_kernel_on_the_gpu_path(mode, kernel, absent):
+    """FP8Linear's GPU path for each forced GEMM, lowered for CUDA: the kernel that mode names, not another's."""
+    x, stored, amax = _layer_operands(6, 4, 256, 512)
+    lin = FP8Linear(policy=FP8GemmPolicy(mode=mode))
+    fn = jax.jit(lambda x, w, s, a: lin.apply(x, (w, s), input_amax=a, platform="gpu"))
+    txt = fn.trace(x, *stored, amax).lower(lowering_platforms=("cuda",)).as_text()
+    assert kernel in txt and absent not in txt
