@@ -26,7 +26,9 @@ Passes (``--passes``), under a wall-time budget (``--budget-s``: no cell starts 
 jitted ``lax.scan`` after ``--prompt`` cached positions), ``prefill`` (the ``--prompt``-token prompt pass into an
 empty cache), ``real`` (:mod:`benchmarks.llm_exactness`: the real SmolLM2-135M, real-quantized serving vs the
 fake-quant model, greedy tokens and logits over ``--real-tokens`` tokens, and its tokens/s).
-Timings: median of ``--iters`` calls after a compile call, each ``block_until_ready``.
+Timings: median of ``--iters`` calls after a compile call, each ``block_until_ready``; ``--profile`` adds, per
+cell, one traced call's device kernels per step by kind and the idle time between them
+(:mod:`benchmarks.kernel_bench.trace_summary`).
 
 ``PYTHONUNBUFFERED=1 PYTHONPATH=. python -m benchmarks.llm_decode --out $OUT/llm_decode.json``;
 ``--smoke`` runs tiny shapes (CPU, a few minutes).
@@ -338,13 +340,28 @@ def _phase_pass(model, args, budget, rec, phase):
                 else:
                     cache = lm.init_cache(b, model.max_len)
                     fn, a, n_tok = prefill, (model.prompts[b],), b * args.prompt
-                t, compile_s, _ = _median_time(fn, (lm.weights, lm.params) + a + (cache,), args.iters)
-                return {"s": t, "tok_s": n_tok / t, "ms_per_step": 1e3 * t / (args.steps if phase == "decode" else 1),
-                        "compile_s": compile_s, "build_s": build_s}
+                call = (lm.weights, lm.params) + a + (cache,)
+                t, compile_s, _ = _median_time(fn, call, args.iters)
+                out = {"s": t, "tok_s": n_tok / t, "ms_per_step": 1e3 * t / (args.steps if phase == "decode" else 1),
+                       "compile_s": compile_s, "build_s": build_s}
+                if args.profile:
+                    out["profile"] = _profile(fn, call, args.steps if phase == "decode" else 1)
+                return out
             rec["cells"][key] = _cell(run)
             print(key, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec["cells"][key].items()},
                   flush=True)
             _save(args, rec)
+
+
+def _profile(fn, call, steps):
+    """:func:`benchmarks.kernel_bench.trace_summary.profile_call` of one more call (its failure is recorded)."""
+    from benchmarks.kernel_bench import trace_summary
+    try:
+        prof = trace_summary.profile_call(fn, call, steps=steps)
+    except Exception as e:  # noqa: BLE001 - the timing stands without its profile
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    print(trace_summary.table(prof), flush=True)
+    return prof
 
 
 def _save(args, rec):
@@ -415,6 +432,9 @@ def parse(argv):
                         "by one lax.scan (compiles fastest; on the GPU the scan copies each layer's weight slice "
                         "before its GEMM, run 28: 0.37x the bf16 weight bandwidth)")
     p.add_argument("--passes", default="fp8_gemm,decode,prefill")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing a cell, trace one more call and record where its time goes per step (device "
+                        "kernels by kind, busy vs idle: benchmarks.kernel_bench.trace_summary)")
     p.add_argument("--real-presets", default="fp8_kv8,nvfp4,int4_awq,fp8_f32", help="real pass: formats (llm_exactness.PRESETS)")
     p.add_argument("--real-tokens", type=int, default=128, help="real pass: greedy tokens compared")
     p.add_argument("--real-batches", default="1,8", help="real pass: batches of the tokens/s rows")
