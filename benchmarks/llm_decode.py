@@ -52,21 +52,12 @@ import numpy as np
 import jq
 import jq.models as jm
 from benchmarks import llm_stack
+from benchmarks.llm_shapes import SHAPES, config_of
 from jq import numerics as nx
 from jq.formats.fp8_gemm import FP8GemmPolicy
 from jq.models import llama, serve
 from jq.models.stacking import unstack_trees
 
-SHAPES = {
-    "smollm2_135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0,
-                         tie_word_embeddings=True),
-    "llama3_8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-                      tie_word_embeddings=False),
-    "tiny": dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=False),
-}
 PRESETS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "W4A16_NVFP4_CFG", "int4": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
 FP8_POLICIES = {"fp8": FP8GemmPolicy(), "fp8_w8a8": FP8GemmPolicy(mode="w8a8"),
                 "fp8_dequant": FP8GemmPolicy(mode="dequant"), "fp8_kernel": FP8GemmPolicy(mode="decode_kernel"),
@@ -133,12 +124,6 @@ def head_like_layers(cfg: dict) -> dict:
     for q in ("weight_quantizer", "input_quantizer"):
         quant_cfg[f"*lm_head.{q}"] = rules.resolve(f"model.layers.0.mlp.down_proj.{q}").to_dict()
     return dict(cfg, quant_cfg=quant_cfg)
-
-
-def config_of(shape: str, layers: int) -> jm.LlamaConfig:
-    d = dict(SHAPES[shape], num_hidden_layers=layers, architectures=["LlamaForCausalLM"],
-             max_position_embeddings=4096, rms_norm_eps=1e-5)
-    return jm.LlamaConfig.from_hf(d)
 
 
 def _median_time(fn, args, iters: int):

@@ -69,7 +69,7 @@ LOGIT_RTOL = 2e-2  # floor of the tolerance on max |real - fake| / max |fake| ov
 def _load(args):
     """``(config, params, prompt [1, t], calib batches, source)``."""
     if args.smoke:
-        from benchmarks.llm_decode import config_of
+        from benchmarks.llm_shapes import config_of
 
         config = config_of("tiny", 2)
         params = jm.init_params(config, jax.random.key(3), dtype=jnp.bfloat16, scale=0.1)

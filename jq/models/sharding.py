@@ -22,6 +22,8 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jq.trace.sites import keypath_parts
+
 __all__ = ["partition_spec_of", "partition_specs", "place"]
 
 _COLUMN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head")
@@ -49,10 +51,8 @@ def partition_spec_of(name: str, shape: tuple, axis: str = "tp", axis_size: int 
 
 def partition_specs(params, axis: str = "tp", axis_size: int | None = None):
     """A pytree of :class:`PartitionSpec` matching ``params`` (see the module table)."""
-    from jq.models.hf import hf_name_of
-
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: partition_spec_of(hf_name_of(p), tuple(x.shape), axis, axis_size), params)
+    return jax.tree_util.tree_map_with_path(  # the dotted HF name of each leaf's path
+        lambda p, x: partition_spec_of(".".join(keypath_parts(p)), tuple(x.shape), axis, axis_size), params)
 
 
 def place(params, mesh, axis: str = "tp"):

@@ -16,7 +16,7 @@ import jq
 import jq.models as jm
 from benchmarks import llm_stack as S
 from benchmarks.kernel_bench import quant_kernels as Q
-from benchmarks.llm_decode import config_of
+from benchmarks.llm_shapes import config_of
 from jq import deploy
 from jq.models import serve
 
