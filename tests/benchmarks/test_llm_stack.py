@@ -132,3 +132,26 @@ def test_fp8_kv8_real_quant_stacked_equals_scanned_served_model():
     # the full model's own per-layer activation amax)
     assert np.abs(np.asarray(logits) - np.asarray(S.plain(c1, top, layers).generate(prompt, 4)[1])).max() > 0
 
+
+
+def test_fp8_wgmma_variant_lowers_for_cuda_with_one_mosaic_kernel_per_projection():
+    """The decode program of the stacked FP8 model, every projection forced onto the Mosaic wgmma GEMM and served
+    as on a GPU, lowered for CUDA from this CPU: 7 projections x 2 layers, each one Mosaic call, no Triton GEMM."""
+    import dataclasses
+
+    from benchmarks import llm_decode
+    from jq.formats.fp8_gemm import FP8GemmPolicy
+    from jq.models.stacking import unstack_trees
+
+    c1, _, top, layers, _, _ = _models()
+    listed = unstack_trees(layers)
+    calib = [(jnp.asarray(np.random.default_rng(1).integers(0, c1.vocab_size, (2, 8)), jnp.int32),)]
+    qm1 = jq.quantize(top, jm.make_forward(c1), jq.FP8_DEFAULT_CFG, calib_data=calib, progress=False)
+    weights, kernels, plan, _ = S.stack_realized(qm1, top, listed)
+    kernels = {k: dataclasses.replace(v, policy=FP8GemmPolicy(mode="wgmma_kernel")) for k, v in kernels.items()}
+    lm = S.real_quant_stacked(qm1, c1, top, listed, kv_cache=False, realized=(weights, kernels, plan, "gpu"))
+    keys, values, _ = lm.init_cache(1, 16)
+    cache = serve.StackedCache(keys, values, jnp.int32(4))
+    txt = llm_decode._decode_program(lm, 2).trace(lm.weights, lm.params, jnp.zeros((1,), jnp.int32), cache).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert txt.count("stablehlo.custom_call @mosaic_gpu") == 14 and "jq_fp8_decode" not in txt
