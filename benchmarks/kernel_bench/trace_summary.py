@@ -8,7 +8,8 @@ steps inside the call), with
 * ``span_us``: first kernel start to last kernel end; ``busy_us``: the union of the kernel intervals (streams
   overlapping count once); ``idle_us = span_us - busy_us``: the gaps between kernels (launch latency, host work,
   dependencies) -- time no kernel runs;
-* ``kinds``: kernel time and count by :func:`kind` (cuBLAS GEMMs, jq's Pallas kernels, XLA fusions, copies);
+* ``kinds``: kernel time and count by :func:`kind` (jq's Pallas kernels, cuBLAS or XLA GEMMs, XLA fusions,
+  copies);
 * ``top``: the kernels with the most time (name, count, total and mean µs).
 
 The trace directory is temporary (raw traces are large); only the summary is kept. Off a GPU the trace has no
@@ -29,10 +30,10 @@ import tempfile
 
 __all__ = ["kind", "device_kernels", "summarize", "load_perfetto", "profile_call", "table", "KINDS"]
 
-KINDS = ("cublas_gemm", "pallas_kernel", "xla_fusion", "copy", "other")
-_KIND_PATTERNS = (
-    ("cublas_gemm", re.compile(r"gemm|gemv|xmma|cutlass|cublas|sm90_|sm80_|nvjet", re.I)),
-    ("pallas_kernel", re.compile(r"^jq_|mosaic|triton|pallas|fp8_wgmma|w4a16", re.I)),
+KINDS = ("pallas_kernel", "xla_gemm", "xla_fusion", "copy", "other")
+_KIND_PATTERNS = (  # first match wins: jq's kernels before the GEMM names (XLA's own Triton GEMMs say "gemm")
+    ("pallas_kernel", re.compile(r"^jq_|mosaic|pallas|fp8_wgmma|w4a16", re.I)),
+    ("xla_gemm", re.compile(r"gemm|gemv|xmma|cutlass|cublas|sm90_|sm80_|nvjet", re.I)),
     ("copy", re.compile(r"memcpy|memset|^copy", re.I)),
     ("xla_fusion", re.compile(r"fusion|^loop_|^input_|^reduce|^transpose|^wrapped_|^concatenate|^dynamic", re.I)),
 )
@@ -43,7 +44,9 @@ def kind(name: str) -> str:
 
     Example:
       >>> kind("sm90_xmma_gemm_bf16bf16_bf16f32"), kind("jq_fp8_decode_fp8_qx"), kind("loop_add_fusion")
-      ('cublas_gemm', 'pallas_kernel', 'xla_fusion')
+      ('xla_gemm', 'pallas_kernel', 'xla_fusion')
+      >>> kind("triton_gemm_dot_3"), kind("jq_w4a16_gemm")    # XLA's Triton GEMM; jq's kernel
+      ('xla_gemm', 'pallas_kernel')
     """
     for k, pattern in _KIND_PATTERNS:
         if pattern.search(name):
@@ -97,7 +100,7 @@ def summarize(trace: dict, steps: int = 1, top: int = 20) -> dict:
       ...     {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Kernel)"}},
       ...     {"ph": "X", "pid": 1, "tid": 7, "ts": 0, "dur": 4, "name": "nvjet_gemm"},
       ...     {"ph": "X", "pid": 1, "tid": 7, "ts": 6, "dur": 2, "name": "loop_add_fusion"}]}
-      >>> s = summarize(t); (s["span_us"], s["busy_us"], s["idle_us"], s["kinds"]["cublas_gemm"]["us"])
+      >>> s = summarize(t); (s["span_us"], s["busy_us"], s["idle_us"], s["kinds"]["xla_gemm"]["us"])
       (8.0, 6.0, 2.0, 4.0)
     """
     kernels = device_kernels(trace)

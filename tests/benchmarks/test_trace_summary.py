@@ -49,14 +49,14 @@ def test_busy_is_the_union_of_kernel_intervals_and_idle_the_gaps():
     s = T.summarize(_trace(), steps=2)
     assert (s["span_us"], s["busy_us"], s["idle_us"]) == (50.0, 40.0, 10.0)  # 10-60; busy 10-35, 40-45, 50-60
     assert s["span_us_per_step"] == 25.0 and s["kernels_per_step"] == 2.0
-    assert s["kinds"]["cublas_gemm"] == {"count": 2, "us": 30.0, "us_per_step": 15.0, "count_per_step": 1.0}
+    assert s["kinds"]["xla_gemm"] == {"count": 2, "us": 30.0, "us_per_step": 15.0, "count_per_step": 1.0}
     assert s["kinds"]["pallas_kernel"]["us"] == 10.0 and s["kinds"]["xla_fusion"]["us"] == 5.0
     assert [t["name"] for t in s["top"]] == ["sm90_xmma_gemm_bf16", "jq_fp8_decode_fp8_qx", "loop_add_fusion"]
     assert s["top"][0]["count"] == 2 and s["top"][0]["mean_us"] == 15.0
     assert "idle 5.0 us" in T.table(s)
 
 
-@pytest.mark.parametrize("name,want", [("nvjet_hsh_128x64", "cublas_gemm"), ("mosaic_gpu_kernel", "pallas_kernel"),
+@pytest.mark.parametrize("name,want", [("nvjet_hsh_128x64", "xla_gemm"), ("mosaic_gpu_kernel", "pallas_kernel"),
                                        ("input_reduce_fusion", "xla_fusion"), ("Memcpy DtoD", "copy"),
                                        ("rsqrt_kernel", "other")])
 def test_kind_of_kernel_names(name, want):
