@@ -71,5 +71,11 @@ def gpu_interpret():
     try:
         with force_gpu_interpret_mode(InterpretGPUParams()):
             yield
+    except BaseException:
+        # the interpreter keeps per-process state that a failed kernel leaves behind (its docs: reset before reuse)
+        reset = getattr(gc, "reset_gpu_interpret_mode_state", None)
+        if reset is not None:
+            reset()
+        raise
     finally:
         gc.wgmma = original
