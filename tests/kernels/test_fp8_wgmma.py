@@ -45,6 +45,46 @@ def test_equals_the_exact_dot_up_to_float32_order(b, n, k, cfg):
     _check(y, x, w, 0.5)
 
 
+STREAM_K_CASES = [  # (tokens, N, K, SMs): runs crossing row groups, a shorter last run, slots no CTA reaches
+    (3, 256, 1024, 3),   # 4 groups x 8 steps over 3 CTAs of 11 steps
+    (1, 128, 640, 4),    # 2 groups x 5 steps over 4 CTAs of 3 (the last run 1 step)
+    (9, 192, 512, 5),    # 3 groups x 4 steps over 4 CTAs of 3
+    (2, 64, 384, 7),     # one group of 3 steps over 3 CTAs of 1
+]
+
+
+@pytest.mark.parametrize("b,n,k,sms", STREAM_K_CASES)
+@pytest.mark.parametrize("rows", [1, 2])
+def test_stream_k_equals_the_exact_dot_and_fills_unreached_slots_with_zeros(b, n, k, sms, rows, monkeypatch):
+    mosaic_interpret.require()
+    monkeypatch.setattr(W, "_num_sms", lambda: sms)
+    cfg = W.FP8WgmmaConfig(schedule="stream_k", block_k=128, rows=rows)
+    x, w = _operands(b, n, k, seed=b + sms)
+    p = W.wgmma_plan(n, k, b, cfg)
+    with mosaic_interpret.gpu_interpret():
+        part = np.asarray(W.fp8_wgmma_partials(x, w, cfg))
+    assert part.shape == (p["split"], p["n_pad"], p["tokens"])
+    _check(part.sum(0)[:n, :b].T, x, w, 1.0)
+    # slot s of row group g is CTA (first(g) + s)'s share of the group's K steps, or zero where that CTA is past it
+    rows_per_group = 64 * p["rows"]
+    for g in range(p["groups"]):
+        first, last = (g * p["n_steps"]) // p["steps"], (g * p["n_steps"] + p["n_steps"] - 1) // p["steps"]
+        for slot in range(last - first + 1, p["split"]):
+            assert not part[slot, g * rows_per_group:(g + 1) * rows_per_group].any(), (g, slot)
+
+
+def test_stream_k_plan_gives_every_cta_an_equal_run():
+    p = W.wgmma_plan(4096, 4096, 1, W.FP8WgmmaConfig(schedule="stream_k", ctas_per_sm=2), sms=132)
+    # 64 groups x 16 steps, runs of 4: every group meets exactly 4 CTAs (4 slots, not the misaligned bound's 5)
+    assert (p["total"], p["steps"], p["ctas"], p["split"]) == (1024, 4, 256, 4)
+    p = W.wgmma_plan(28672, 4096, 1, W.FP8WgmmaConfig(schedule="stream_k"), sms=132)
+    assert (p["total"], p["steps"], p["ctas"], p["split"]) == (7168, 55, 131, 2)  # 448 x 16 over 131 runs of 55
+    with pytest.raises(ValueError, match="split_k must be 0"):
+        W.FP8WgmmaConfig(schedule="stream_k", split_k=2)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        W.FP8WgmmaConfig(schedule="ws")
+
+
 def test_ragged_n_is_padded_to_whole_tiles():
     mosaic_interpret.require()
     x, w = _operands(2, 100, 256, seed=3)
@@ -112,13 +152,19 @@ def test_bad_inputs_name_the_value():
 
 
 def test_parse_configs_and_names():
-    cfgs = W.parse_wgmma_configs("1,256,4,0; 2,512,3,2")
-    assert [c.name for c in cfgs] == ["wgmma/r1k256p4s0", "wgmma/r2k512p3s2"]
+    cfgs = W.parse_wgmma_configs("1,256,4,0; 2,512,3,2; sk3:1,256,4,0")
+    assert [c.name for c in cfgs] == ["wgmma/r1k256p4s0", "wgmma/r2k512p3s2", "wgmma/r1k256p4s0c3-sk"]
     assert cfgs[1] == W.FP8WgmmaConfig(rows=2, block_k=512, stages=3, split_k=2)
+    assert cfgs[2] == W.FP8WgmmaConfig(schedule="stream_k", ctas_per_sm=3)
+    assert all(W.FP8WgmmaConfig.from_name(c.name) == c for c in cfgs)
+    with pytest.raises(ValueError, match="the only prefix is sk"):
+        W.parse_wgmma_configs("grid:1,256,4,0")
 
 
 @pytest.mark.parametrize("b,n,k,cfg", [(1, 28672, 8192, W.FP8WgmmaConfig()), (32, 6144, 4096, W.FP8WgmmaConfig(rows=2)),
-                                       (64, 4096, 14336, W.FP8WgmmaConfig(block_k=512, stages=3))])
+                                       (64, 4096, 14336, W.FP8WgmmaConfig(block_k=512, stages=3)),
+                                       (1, 4096, 14336, W.FP8WgmmaConfig(schedule="stream_k", ctas_per_sm=2)),
+                                       (32, 6144, 4096, W.FP8WgmmaConfig(schedule="stream_k", rows=2))])
 def test_mosaic_lowering_for_cuda(b, n, k, cfg):
     """Mosaic's Python lowering accepts the e4m3 wgmma on the K-major token view (it rejects a transposed fp8
     operand) and the kernel is one custom call next to the XLA epilogue."""
