@@ -24,7 +24,7 @@ from jax import lax
 from jq.numerics.rounding import exact_divide
 
 __all__ = [
-    "pick_block", "pad_rows", "triton_params", "on_gpu", "resolve_interpret", "f32_bits", "bits_f32", "magic_round", "e4m3_round",
+    "num_sms", "pick_block", "pad_rows", "triton_params", "on_gpu", "resolve_interpret", "f32_bits", "bits_f32", "magic_round", "e4m3_round",
     "e2m1_round", "e2m1_index", "e2m1_value", "e4m3_bits_from_value", "e4m3_value_from_bits", "bf16_round_bits",
     "unpack_bf16_words", "div_rn", "recip_rn",
     "markstein_div", "DIV_MODES", "default_div_mode", "hash_u32",
@@ -48,6 +48,14 @@ def _triton_params_cls():
 def triton_params(num_warps: int = 4, num_stages: int = 2):
     """Explicit Triton compiler params (always pass them: the default GPU backend changed across versions)."""
     return _triton_params_cls()(num_warps=num_warps, num_stages=num_stages)
+
+
+def num_sms() -> int:
+    """Streaming multiprocessors of the default device (132, an H100's, when it does not say)."""
+    try:
+        return int(getattr(jax.devices()[0], "core_count", 132) or 132)
+    except Exception:  # pragma: no cover
+        return 132
 
 
 def pick_block(n: int, want: int, min_block: int = 32) -> tuple[int, int]:

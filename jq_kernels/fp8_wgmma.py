@@ -138,13 +138,6 @@ def parse_wgmma_configs(spec: str) -> tuple[FP8WgmmaConfig, ...]:
     return tuple(out)
 
 
-def _num_sms() -> int:
-    try:
-        return int(getattr(jax.devices()[0], "core_count", 132) or 132)
-    except Exception:  # pragma: no cover
-        return 132
-
-
 def wave_cost(groups: int, split: int, n_steps: int, sms: int, tile_bytes: int, partial_bytes: int) -> int:
     """Bytes-equivalent time of a grid, ``ceil(ctas / sms) * (n_steps / split) * tile_bytes * sms + 2 * split *
     partial_bytes``: the busiest SM's weight tiles (the whole GPU moves ``sms`` times as many bytes meanwhile) plus
@@ -174,7 +167,7 @@ def wgmma_plan(n: int, k: int, tokens: int, cfg: FP8WgmmaConfig | None = None, s
     cfg = cfg or FP8WgmmaConfig()
     if not 1 <= tokens <= MAX_TOKENS:
         raise ValueError(f"fp8_wgmma: tokens must be in 1..{MAX_TOKENS}, got {tokens}")
-    sms = sms or _num_sms()
+    sms = sms or C.num_sms()
     tpad = max(8, -(-tokens // 8) * 8)
     n_pad = -(-n // 64) * 64
     tiles = n_pad // 64

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
+import jax  # noqa: F401  (the plan() example)
+
+from jq_kernels._common import num_sms
 
 __all__ = ["MosaicConfig", "plan", "default_config", "num_sms", "SCHEDULES", "EPILOGUES"]
 
@@ -45,14 +47,6 @@ class MosaicConfig:
 
 
 _SMEM_PIPELINE_BYTES = 200 * 1024  # of the 227 KB a Hopper CTA may use; the rest: barriers, Mosaic scratch
-
-
-def num_sms() -> int:
-    """Streaming multiprocessors of the default device (132, an H100's, when it does not say)."""
-    try:
-        return int(getattr(jax.devices()[0], "core_count", 132) or 132)
-    except Exception:  # pragma: no cover
-        return 132
 
 
 def _auto_split(ctas: int, n_steps: int) -> int:

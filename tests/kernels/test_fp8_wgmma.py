@@ -57,7 +57,7 @@ STREAM_K_CASES = [  # (tokens, N, K, SMs): runs crossing row groups, a shorter l
 @pytest.mark.parametrize("rows", [1, 2])
 def test_stream_k_equals_the_exact_dot_and_fills_unreached_slots_with_zeros(b, n, k, sms, rows, monkeypatch):
     mosaic_interpret.require()
-    monkeypatch.setattr(W, "_num_sms", lambda: sms)
+    monkeypatch.setattr(W.C, "num_sms", lambda: sms)
     cfg = W.FP8WgmmaConfig(schedule="stream_k", block_k=128, rows=rows)
     x, w = _operands(b, n, k, seed=b + sms)
     p = W.wgmma_plan(n, k, b, cfg)
