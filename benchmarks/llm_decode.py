@@ -72,6 +72,16 @@ VARIANTS += tuple(v[:-4] + "_qhead_kv8" if v.endswith("_kv8") else v + "_qhead" 
 DEFAULT_VARIANTS = ("bf16", "fp8", "nvfp4", "int4", "nvfp4_kv8", "bf16_kv8", "fp8_w8a8")
 
 
+def _most_often_fastest(path: str, best_cells, from_name, label: str):
+    """The config named most often in a sweep record's best cells (``best_cells(record)`` lists their
+    ``{"config": name}`` entries), built by ``from_name``; None (the kernel's default) without a record or cells."""
+    cells = best_cells(json.load(open(path))) if os.path.exists(path) else []
+    names = [v["config"] for v in cells]
+    cfg = from_name(max(names, key=names.count)) if names else None
+    print(f"{label}: config {cfg.name if cfg else 'default'} (from {path})", flush=True)
+    return cfg
+
+
 def _decode_cfg():
     """The ``fp8_kernel`` variant's decode-kernel config from ``JQ_FP8_DECODE_CFG``: one
     :func:`jq_kernels.fp8_decode.parse_configs` entry; ``sweep``: the config the ``fp8_decode`` section of the
@@ -82,12 +92,9 @@ def _decode_cfg():
     if spec != "sweep":
         return fp8_decode.parse_configs(spec)[0] if spec else None
     from benchmarks.kernel_bench.common import OUT
-    path = os.path.join(OUT, "section_fp8_decode.json")
-    best = json.load(open(path)).get("best", {}) if os.path.exists(path) else {}
-    names = [v["config"] for v in best.values()]
-    cfg = fp8_decode.FP8DecodeConfig.from_name(max(names, key=names.count)) if names else None
-    print(f"fp8_kernel: decode config {cfg.name if cfg else 'default'} (from {path})", flush=True)
-    return cfg
+    return _most_often_fastest(os.path.join(OUT, "section_fp8_decode.json"),
+                               lambda rec: list(rec.get("best", {}).values()),
+                               fp8_decode.FP8DecodeConfig.from_name, "fp8_kernel")
 
 
 def _wgmma_cfg():
@@ -99,12 +106,10 @@ def _wgmma_cfg():
     if not spec.startswith("sweep:"):
         return fp8_wgmma.parse_wgmma_configs(spec)[0] if spec else None
     from benchmarks.kernel_bench.common import OUT
-    path = os.path.join(OUT, spec[len("sweep:"):])
-    best = json.load(open(path)).get("best_wgmma_by_shape", {}) if os.path.exists(path) else {}
-    names = [v["config"] for by_b in best.values() for v in by_b.values()]
-    cfg = fp8_wgmma.FP8WgmmaConfig.from_name(max(names, key=names.count)) if names else None
-    print(f"fp8_wgmma: config {cfg.name if cfg else 'default'} (from {path})", flush=True)
-    return cfg
+    return _most_often_fastest(os.path.join(OUT, spec[len("sweep:"):]),
+                               lambda rec: [v for by_b in rec.get("best_wgmma_by_shape", {}).values()
+                                            for v in by_b.values()],
+                               fp8_wgmma.FP8WgmmaConfig.from_name, "fp8_wgmma")
 
 
 def parse_variant(variant: str) -> tuple[str, bool, bool, bool]:
