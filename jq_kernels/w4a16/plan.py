@@ -10,9 +10,9 @@ import dataclasses
 
 import jax  # noqa: F401  (the plan() example)
 
-from jq_kernels._common import num_sms
+from jq_kernels import _common as C  # attributes read at call time (C imports jq, which imports this)
 
-__all__ = ["MosaicConfig", "plan", "default_config", "num_sms", "SCHEDULES", "EPILOGUES"]
+__all__ = ["MosaicConfig", "plan", "default_config", "SCHEDULES", "EPILOGUES"]
 
 SCHEDULES = ("grid", "stream_k", "ws")
 EPILOGUES = ("xla", "kernel")
@@ -52,7 +52,7 @@ _SMEM_PIPELINE_BYTES = 200 * 1024  # of the 227 KB a Hopper CTA may use; the res
 def _auto_split(ctas: int, n_steps: int) -> int:
     """Smallest power-of-two K split giving >= 2 CTAs per SM (and dividing the K steps)."""
     s = 1
-    while ctas * s < 2 * num_sms() and n_steps % (2 * s) == 0 and n_steps // (2 * s) >= 4:
+    while ctas * s < 2 * C.num_sms() and n_steps % (2 * s) == 0 and n_steps // (2 * s) >= 4:
         s *= 2
     return s
 
@@ -109,7 +109,7 @@ def plan(pw, b: int, cfg: MosaicConfig) -> dict:
         p.update(split=split, slots=split)
     else:
         total = groups * n_steps
-        want = cfg.ctas or (num_sms() if cfg.schedule == "ws" else 3 * num_sms())
+        want = cfg.ctas or (C.num_sms() if cfg.schedule == "ws" else 3 * C.num_sms())
         per = -(-total // max(1, min(want, total)))  # K steps per CTA
         if cfg.ctas is None:  # small weights: at most 4 partial-sum slots (runs of >= (n_steps - 1) / 3 steps)
             per = max(per, -(-(n_steps - 1) // 3), 1)
@@ -131,6 +131,6 @@ def default_config(pw, b: int) -> MosaicConfig:
     splits K to reach two CTAs per SM (the rule measured end to end in run 11, RESULTS.md §5).
     """
     cfg = MosaicConfig()
-    if plan(pw, b, STREAM_K_SIZE_RULE)["ctas"] >= num_sms():
+    if plan(pw, b, STREAM_K_SIZE_RULE)["ctas"] >= C.num_sms():
         return cfg
     return dataclasses.replace(cfg, schedule="grid", rows=1, stages=3)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jq_kernels import _common as C
 from jq_kernels.w4a16 import PackedW4
 from jq_kernels.w4a16 import plan as P
 
@@ -75,8 +76,8 @@ def test_default_config_picks_stream_k_only_where_it_fills_the_gpu():
         return types.SimpleNamespace(codes=jax.ShapeDtypeStruct((n // 64, k // 16, 512), jnp.uint8), fmt="nvfp4")
 
     big = P.default_config(packed(28672, 8192), 16)
-    assert big.schedule == "stream_k" and P.plan(packed(28672, 8192), 16, big)["ctas"] >= P.num_sms()
+    assert big.schedule == "stream_k" and P.plan(packed(28672, 8192), 16, big)["ctas"] >= C.num_sms()
     for n, k in ((4096, 4096), (1024, 4096), (4096, 14336)):
         cfg = P.default_config(packed(n, k), 1)
         assert cfg.schedule == "grid" and cfg.rows == 1
-        assert P.plan(packed(n, k), 1, P.STREAM_K_SIZE_RULE)["ctas"] < P.num_sms()
+        assert P.plan(packed(n, k), 1, P.STREAM_K_SIZE_RULE)["ctas"] < C.num_sms()
