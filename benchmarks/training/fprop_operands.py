@@ -22,37 +22,27 @@ import dataclasses
 import sys
 
 from benchmarks.training import common, convergence
-from jq.recipes import GemmPlan, HighPrecisionOperand, NVFP4BlockScaling
+from jq.recipes import GemmPlan, NVFP4BlockScaling
+from jq.recipes.high_precision import PartlyHighPrecision
 
 RUN_SLOTS = {"nvfp4_fprop_x_only": ("fprop_x",), "nvfp4_fprop_w_only": ("fprop_w",)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class QuantizedSlots:
+class QuantizedSlots(PartlyHighPrecision):
     """``recipe`` with only the operand slots ``slots`` (of :attr:`jq.recipes.GemmPlan.SLOTS`) quantized, every other
     slot unquantized; state and keys are the wrapped recipe's."""
 
-    recipe: object
     slots: tuple[str, ...] = ()
 
     def __post_init__(self):
         bad = [s for s in self.slots if s not in GemmPlan.SLOTS]
         if bad:
             raise ValueError(f"QuantizedSlots.slots must be among {list(GemmPlan.SLOTS)}, got {bad}")
+        super().__post_init__()
 
-    stateful = property(lambda self: self.recipe.stateful)
-    needs_key = property(lambda self: self.recipe.needs_key)
-
-    def init_state(self, shape: tuple[int, ...] = ()):
-        return self.recipe.init_state(shape)
-
-    def update_state(self, state, observation):
-        return self.recipe.update_state(state, observation)
-
-    def plan(self) -> GemmPlan:
-        plan = self.recipe.plan()
-        rest = {s: HighPrecisionOperand(tensor=getattr(plan, s).tensor) for s in GemmPlan.SLOTS if s not in self.slots}
-        return dataclasses.replace(plan, **rest)
+    def high_precision_slots(self) -> tuple[str, ...]:
+        return tuple(s for s in GemmPlan.SLOTS if s not in self.slots)
 
 
 def register() -> None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jq.recipes.operands import OperandContext, QOperand
 
-__all__ = ["GEMM_SLOTS", "HighPrecisionGemms", "HighPrecisionOperand"]
+__all__ = ["GEMM_SLOTS", "HighPrecisionGemms", "HighPrecisionOperand", "PartlyHighPrecision"]
 
 # GEMM name -> its two operand slots of GemmPlan
 GEMM_SLOTS = {"fprop": ("fprop_x", "fprop_w"), "dgrad": ("dgrad_dy", "dgrad_w"), "wgrad": ("wgrad_dy", "wgrad_x")}
@@ -44,29 +44,18 @@ class HighPrecisionOperand:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class HighPrecisionGemms:
-    """``recipe`` with the operands of ``gemms`` (a subset of fprop / dgrad / wgrad) left unquantized.
-
-    Attributes:
-      recipe: the low-precision recipe (any of :mod:`jq.recipes.recipes`).
-      gemms: the GEMMs run on unquantized operands; default ``("fprop",)``.
-
-    Example:
-      >>> r = HighPrecisionGemms(recipe=NVFP4BlockScaling(), gemms=("fprop",))
-      >>> type(r.plan().fprop_x).__name__, type(r.plan().dgrad_dy).__name__
-      ('HighPrecisionOperand', 'NVFP4Operand')
-    """
+class PartlyHighPrecision:
+    """``recipe`` with the operand slots :meth:`high_precision_slots` names left unquantized; state, key and update
+    are ``recipe``'s. Subclasses say which slots (:class:`HighPrecisionGemms`: those of whole GEMMs)."""
 
     recipe: object
-    gemms: tuple[str, ...] = ("fprop",)
 
     def __post_init__(self):
-        bad = [g for g in self.gemms if g not in GEMM_SLOTS]
-        if bad or not self.gemms:
-            raise ValueError(f"HighPrecisionGemms.gemms must be a non-empty subset of {list(GEMM_SLOTS)}, "
-                             f"got {self.gemms!r}")
         if not hasattr(self.recipe, "plan"):
-            raise ValueError(f"HighPrecisionGemms.recipe must be a training recipe, got {self.recipe!r}")
+            raise ValueError(f"{type(self).__name__}.recipe must be a training recipe, got {self.recipe!r}")
+
+    def high_precision_slots(self) -> tuple[str, ...]:
+        raise NotImplementedError
 
     @property
     def stateful(self) -> bool:
@@ -84,6 +73,32 @@ class HighPrecisionGemms:
 
     def plan(self):
         plan = self.recipe.plan()
-        keep = {slot: HighPrecisionOperand(tensor=getattr(plan, slot).tensor)
-                for g in self.gemms for slot in GEMM_SLOTS[g]}
+        keep = {slot: HighPrecisionOperand(tensor=getattr(plan, slot).tensor) for slot in self.high_precision_slots()}
         return dataclasses.replace(plan, **keep)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HighPrecisionGemms(PartlyHighPrecision):
+    """``recipe`` with the operands of ``gemms`` (a subset of fprop / dgrad / wgrad) left unquantized.
+
+    Attributes:
+      recipe: the low-precision recipe (any of :mod:`jq.recipes.recipes`).
+      gemms: the GEMMs run on unquantized operands; default ``("fprop",)``.
+
+    Example:
+      >>> r = HighPrecisionGemms(recipe=NVFP4BlockScaling(), gemms=("fprop",))
+      >>> type(r.plan().fprop_x).__name__, type(r.plan().dgrad_dy).__name__
+      ('HighPrecisionOperand', 'NVFP4Operand')
+    """
+
+    gemms: tuple[str, ...] = ("fprop",)
+
+    def __post_init__(self):
+        bad = [g for g in self.gemms if g not in GEMM_SLOTS]
+        if bad or not self.gemms:
+            raise ValueError(f"HighPrecisionGemms.gemms must be a non-empty subset of {list(GEMM_SLOTS)}, "
+                             f"got {self.gemms!r}")
+        super().__post_init__()
+
+    def high_precision_slots(self) -> tuple[str, ...]:
+        return tuple(slot for g in self.gemms for slot in GEMM_SLOTS[g])
