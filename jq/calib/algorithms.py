@@ -19,7 +19,8 @@ name               algorithm
 =================  ==============================================================================
 
 A config's ``algorithm`` (``"smoothquant"`` or ``{"method": "smoothquant", "alpha": 0.5}``, on a command line
-``smoothquant,alpha=0.5``: :func:`algorithm_from_text`) becomes an algorithm object with :func:`make`; an unknown name or option is a ``ValueError`` listing the valid ones.
+``smoothquant,alpha=0.5``: :func:`algorithm_from_text`) becomes an algorithm object with :func:`make`; an unknown
+name or option is a ``ValueError`` listing the valid ones.
 Adding an algorithm: one module with an :class:`~jq.calib.base.Algorithm` dataclass, one line here.
 
 Example:
